@@ -1,0 +1,154 @@
+"""The local model store: verified bundles under ``<root>/<name>/<version>/``.
+
+Both the pipeline (``kefu model train/list``) and the node use it. Adding a bundle verifies it
+first and copies it in atomically (write to a temporary sibling, then rename), so a reader
+never sees half a bundle.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kefu.bundle import MANIFEST, Manifest, verify_bundle
+from kefu.errors import BundleError, KefuError
+from kefu.keys import TrustStore
+
+__all__ = ["DEFAULT_DATA_DIR", "ModelStore", "StoreEntry", "data_dir", "shipped_dir", "trust_for"]
+
+DEFAULT_DATA_DIR = "kefu-data"
+
+
+def data_dir(explicit: str | Path | None = None) -> Path:
+    """``--data-dir`` if given, else ``$KEFU_DATA_DIR``, else ``./kefu-data``."""
+    return Path(explicit or os.environ.get("KEFU_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def shipped_dir() -> Path:
+    """Default bundles (and their release public key) shipped inside the package."""
+    return Path(__file__).parent / "defaults"
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    name: str
+    version: str
+    path: Path
+    manifest: Manifest | None
+    verified: bool
+    problem: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.manifest
+        dev = (m.metrics.get("dev") or {}) if m else {}
+        lat = (dev.get("latency") or {}).get("batch_1", {})
+        return {
+            "name": self.name,
+            "version": self.version,
+            "path": str(self.path),
+            "verified": self.verified,
+            "problem": self.problem,
+            "task": m.task if m else None,
+            "family": m.family if m else None,
+            "labels": len(m.labels) if m else None,
+            "created_at": m.created_at if m else None,
+            "metrics": {
+                "accuracy": dev.get("accuracy"),
+                "macro_f1": dev.get("macro_f1"),
+                "ece": dev.get("ece"),
+                "p50_ms_batch1": lat.get("p50_ms"),
+                "p99_ms_batch1": lat.get("p99_ms"),
+                "quantization_accuracy_change": m.metrics.get("quantization_accuracy_change")
+                if m
+                else None,
+                "size_bytes": m.metrics.get("size_bytes") if m else None,
+            },
+        }
+
+
+class ModelStore:
+    def __init__(self, root: Path, trust: TrustStore):
+        self.root = Path(root)
+        self.trust = trust
+
+    def entries(self) -> list[StoreEntry]:
+        out: list[StoreEntry] = []
+        if not self.root.is_dir():
+            return out
+        for name_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for vdir in sorted(p for p in name_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                try:
+                    manifest = verify_bundle(vdir, self.trust)
+                    out.append(StoreEntry(name_dir.name, vdir.name, vdir, manifest, True))
+                except KefuError as exc:
+                    m = None
+                    try:
+                        m = Manifest.from_bytes((vdir / MANIFEST).read_bytes())
+                    except (OSError, KefuError):
+                        pass
+                    out.append(StoreEntry(name_dir.name, vdir.name, vdir, m, False, str(exc)))
+        out.sort(key=lambda e: (e.name, e.manifest.created_at if e.manifest else "", e.version))
+        return out
+
+    def resolve(self, ref: str) -> Path:
+        """``name@version`` → that bundle; ``name`` → its newest verified version; a path → itself."""
+        p = Path(ref)
+        if (p / MANIFEST).is_file():
+            return p
+        name, _, version = ref.partition("@")
+        if version:
+            path = self.root / name / version
+            if not path.is_dir():
+                raise BundleError(f"no version {version!r} of model {name!r} in the store", path=self.root)
+            return path
+        good = [e for e in self.entries() if e.name == name and e.verified]
+        if not good:
+            raise BundleError(f"no verified bundle named {name!r} in the store", path=self.root)
+        return good[-1].path
+
+    def add(self, bundle_dir: Path, *, replace: bool = False) -> Path:
+        manifest = verify_bundle(bundle_dir, self.trust)
+        dest = self.root / manifest.name / manifest.version
+        if dest.exists():
+            if not replace:
+                raise BundleError(f"{manifest.ref} is already in the store", path=dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{manifest.version}.", dir=dest.parent))
+        try:
+            for f in bundle_dir.iterdir():
+                if f.is_file():
+                    shutil.copyfile(f, tmp / f.name)
+            verify_bundle(tmp, self.trust)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return dest
+
+    def seed_shipped(self) -> list[Path]:
+        """Copy the shipped default bundles into the store when they are not there yet."""
+        added = []
+        root = shipped_dir()
+        if not root.is_dir():
+            return added
+        for b in sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()):
+            m = Manifest.from_bytes((b / MANIFEST).read_bytes(), source=b / MANIFEST)
+            if not (self.root / m.name / m.version).exists():
+                added.append(self.add(b))
+        return added
+
+
+def trust_for(data: Path, extra: list[str] | None = None) -> TrustStore:
+    """Trusted keys: ``<data>/trusted-keys/*.pub``, the shipped release key, ``$KEFU_TRUSTED_KEYS``
+    (``:``-separated) and any ``--trust`` files."""
+    paths = [data / "trusted-keys", shipped_dir()]
+    env = os.environ.get("KEFU_TRUSTED_KEYS", "")
+    paths += [Path(p) for p in env.split(":") if p]
+    paths += [Path(p) for p in extra or []]
+    return TrustStore.from_paths(p for p in paths if p.exists() or p in map(Path, extra or []))

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install everything the tests need into ./.venv and run lint, types and the whole test suite.
+# This is the README's test command and exactly what .ci/run executes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# The CPU build of torch first: an open range would pull a multi-GB CUDA build.
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e '.[train,dev]'
+ruff check .
+mypy kefu models
+pytest -q "$@"

@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny real dataset, a signing key, and a tiny bundle trained once per run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kefu.keys import SigningKey, TrustStore, generate_keypair
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "models" / "data"
+TINY_LABELS = ("delivery_tracking", "return_refund", "greeting")
+
+
+def _subset(src: Path, dest: Path) -> Path:
+    rows = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    keep = [r for r in rows if r["label"] in TINY_LABELS]
+    dest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep), encoding="utf-8")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Three real demo-shop intents (zh + en): a train and a held-out dev file."""
+    d = tmp_path_factory.mktemp("tiny")
+    src = DATA / "demo_shop_intent"
+    return _subset(src / "train.jsonl", d / "train.jsonl"), _subset(src / "dev.jsonl", d / "dev.jsonl")
+
+
+@pytest.fixture(scope="session")
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> SigningKey:
+    return generate_keypair(tmp_path_factory.mktemp("keys"), "test")
+
+
+@pytest.fixture(scope="session")
+def trust(signing_key: SigningKey) -> TrustStore:
+    return TrustStore([signing_key.public])
+
+
+def tiny_config(**kw: object):  # type: ignore[no-untyped-def]
+    from kefu.models.training import TrainConfig
+
+    base: dict[str, object] = dict(
+        family="ngram", epochs=15, vocab_size=800, bigram_buckets=4096, latency_rounds=20, threads=1
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(
+    tmp_path_factory: pytest.TempPathFactory, tiny_data: tuple[Path, Path], signing_key: SigningKey
+) -> Path:
+    """A signed INT8 bundle trained end to end from the tiny dataset (a few seconds)."""
+    from kefu.models.dataset import load_dataset
+    from kefu.models.training import train_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-intent" / "1"
+    train_bundle(
+        load_dataset(tiny_data[0]), load_dataset(tiny_data[1]), name="tiny-intent", version="1",
+        task="intent", out_dir=out, config=tiny_config(), signing_key=signing_key,
+    )
+    return out
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny bundle that a test may tamper with."""
+    dest = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, dest)
+    return dest
