@@ -4,18 +4,7 @@ Shared pieces live here: the exception hierarchy (:mod:`kefu.errors`), the signe
 bundle format (:mod:`kefu.bundle`), signing keys (:mod:`kefu.keys`) and the CLI entry point.
 """
 
-__version__ = "0.1.0"
-
 import os as _os
-
-# In a source checkout, `import kefu` may resolve to ./kefu straight from the working directory
-# (ahead of the installed package-dir mapping), and kefu.models etc. would then be missing.
-# Map the sibling packages exactly as pyproject's package-dir does.
-_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isfile(
-    _os.path.join(_root, "models", "__init__.py")
-):
-    __path__.append(_root)  # type: ignore[name-defined]
 
 from kefu.errors import (
     BundleError,
@@ -25,6 +14,17 @@ from kefu.errors import (
     PermanentError,
     TemporaryError,
 )
+
+__version__ = "0.1.0"
+
+# In a source checkout, `import kefu` may resolve to ./kefu straight from the working directory
+# (ahead of the installed package-dir mapping), and kefu.models etc. would then be missing.
+# Map the sibling packages exactly as pyproject's package-dir does.
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isfile(
+    _os.path.join(_root, "models", "__init__.py")
+):
+    __path__.append(_root)
 
 __all__ = [
     "BundleError",

@@ -86,7 +86,9 @@ class Manifest:
 
     def to_bytes(self) -> bytes:
         # Canonical form: sorted keys, UTF-8, trailing newline. The signature covers these bytes.
-        return (json.dumps(asdict(self), ensure_ascii=False, sort_keys=True, indent=2) + "\n").encode()
+        return (
+            json.dumps(asdict(self), ensure_ascii=False, sort_keys=True, indent=2) + "\n"
+        ).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, *, source: str | Path = MANIFEST) -> Manifest:
@@ -159,17 +161,23 @@ def sign_bundle(bundle_dir: Path, key: SigningKey) -> dict[str, str]:
 def _check_files(bundle_dir: Path, manifest: Manifest) -> None:
     missing = [n for n in PAYLOAD_FILES if n not in manifest.files]
     if missing:
-        raise BundleError(f"manifest does not list {', '.join(missing)}", path=bundle_dir / MANIFEST)
+        raise BundleError(
+            f"manifest does not list {', '.join(missing)}", path=bundle_dir / MANIFEST
+        )
     for name, meta in manifest.files.items():
         if "/" in name or "\\" in name or name.startswith("."):
-            raise BundleError(f"manifest lists an unsafe file name {name!r}", path=bundle_dir / MANIFEST)
+            raise BundleError(
+                f"manifest lists an unsafe file name {name!r}", path=bundle_dir / MANIFEST
+            )
         p = bundle_dir / name
         if not p.is_file():
             raise BundleError("file listed in the manifest is missing", path=p)
         size = p.stat().st_size
         if size != meta.get("size"):
             kind = "truncated" if size < int(meta.get("size", 0)) else "has the wrong size"
-            raise BundleError(f"file {kind}: {size} bytes, manifest says {meta.get('size')}", path=p)
+            raise BundleError(
+                f"file {kind}: {size} bytes, manifest says {meta.get('size')}", path=p
+            )
         if sha256_file(p) != meta.get("sha256"):
             raise BundleError("SHA-256 does not match the manifest (file was modified)", path=p)
 
@@ -202,7 +210,9 @@ def verify_bundle(bundle_dir: Path, trust: TrustStore) -> Manifest:
             path=spath,
         )
     if not key.verify(signature, data):
-        raise SignatureError("signature does not match the manifest (manifest was modified)", path=mpath)
+        raise SignatureError(
+            "signature does not match the manifest (manifest was modified)", path=mpath
+        )
     _check_files(bundle_dir, manifest)
     return manifest
 

@@ -20,7 +20,10 @@ GATE_FAILED = 3
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data directory (default: $KEFU_DATA_DIR or ./kefu-data)")
     p.add_argument(
-        "--trust", action="append", default=[], metavar="PUB",
+        "--trust",
+        action="append",
+        default=[],
+        metavar="PUB",
         help="extra trusted public key file (repeatable)",
     )
 
@@ -32,11 +35,15 @@ def _ctx(args: argparse.Namespace) -> tuple[Path, TrustStore]:
     return d, trust_for(d, args.trust)
 
 
-def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _store(args: argparse.Namespace):
+    """The local store, with the shipped default bundles copied in on first use."""
     from kefu.models.store import ModelStore
 
     d, trust = _ctx(args)
-    return ModelStore(d / "models", trust)
+    store = ModelStore(d / "models", trust)
+    for path in store.seed_shipped():
+        print(f"installed shipped bundle {path}", file=sys.stderr)
+    return store
 
 
 def local_signing_key(data: Path, key_path: str | None) -> SigningKey:
@@ -59,7 +66,7 @@ def default_version() -> str:
 
 
 @contextmanager
-def progress_bar(enabled: bool = True):  # type: ignore[no-untyped-def]
+def progress_bar(enabled: bool = True):
     """Yields ``report(stage, fraction)``; draws a rich progress bar on a terminal."""
     if not enabled:
         yield lambda stage, frac: None
@@ -67,8 +74,12 @@ def progress_bar(enabled: bool = True):  # type: ignore[no-untyped-def]
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     with Progress(
-        TextColumn("{task.description:<28}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-        transient=False, console=None,
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        transient=False,
+        console=None,
     ) as prog:
         task = prog.add_task("", total=1.0)
         label = [""]
@@ -106,36 +117,60 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     data, trust = _ctx(args)
     train = load_dataset(args.data, text_col=args.text_col, label_col=args.label_col)
-    dev = load_dataset(args.dev, text_col=args.text_col, label_col=args.label_col) if args.dev else None
+    dev = (
+        load_dataset(args.dev, text_col=args.text_col, label_col=args.label_col)
+        if args.dev
+        else None
+    )
     key = local_signing_key(data, args.key)
     trust.add(key.public)
     version = args.version or default_version()
     store = ModelStore(data / "models", trust)
     out = Path(args.out) if args.out else store.root / args.name / version
     cfg = TrainConfig(
-        family=args.family, epochs=args.epochs, freeze=args.freeze, quantize=not args.no_quantize,
-        threads=args.threads, seed=args.seed,
+        family=args.family,
+        epochs=args.epochs,
+        freeze=args.freeze,
+        quantize=not args.no_quantize,
+        threads=args.threads,
+        seed=args.seed,
     )
     with progress_bar(not args.json and sys.stderr.isatty()) as report:
         result = train_bundle(
-            train, dev, name=args.name, version=version, task=args.task, out_dir=out,
-            config=cfg, signing_key=key, progress=report,
+            train,
+            dev,
+            name=args.name,
+            version=version,
+            task=args.task,
+            out_dir=out,
+            config=cfg,
+            signing_key=key,
+            progress=report,
         )
     m = result.manifest.metrics
     summary = {
-        "name": args.name, "version": version, "path": str(out), "family": args.family,
-        "seconds": round(result.seconds, 2), "timings": result.timings,
-        "accuracy": result.report["accuracy"], "macro_f1": result.report["macro_f1"],
+        "name": args.name,
+        "version": version,
+        "path": str(out),
+        "family": args.family,
+        "seconds": round(result.seconds, 2),
+        "timings": result.timings,
+        "accuracy": result.report["accuracy"],
+        "macro_f1": result.report["macro_f1"],
         "fp32_accuracy": m["fp32_accuracy"],
         "quantization_accuracy_change": m["quantization_accuracy_change"],
-        "latency": result.report["latency"], "size_bytes": m["size_bytes"],
+        "latency": result.report["latency"],
+        "size_bytes": m["size_bytes"],
     }
     if args.json:
         _print_json(summary)
     else:
         print(f"bundle   {out}  ({m['size_bytes'] / 1e6:.1f} MB, {m['precision']})")
         print(f"trained  {result.timings['train_s']:.1f} s, total {result.seconds:.1f} s")
-        print(f"dev      accuracy {_pct(result.report['accuracy'])}  macro-F1 {_pct(result.report['macro_f1'])}")
+        print(
+            f"dev      accuracy {_pct(result.report['accuracy'])}  "
+            f"macro-F1 {_pct(result.report['macro_f1'])}"
+        )
         print(
             f"int8     accuracy change vs fp32: {100 * m['quantization_accuracy_change']:+.2f} pts"
             f" (fp32 {_pct(m['fp32_accuracy'])})"
@@ -148,13 +183,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- eval / predict
 
 
-def _load(args: argparse.Namespace, ref: str, threads: int = 1):  # type: ignore[no-untyped-def]
+def _load(args: argparse.Namespace, ref: str, threads: int = 1):
     from kefu.models.runtime import RuntimeOptions, load_model
 
     store = _store(args)
     providers = tuple(p.strip() for p in getattr(args, "providers", "cpu").split(","))
     return load_model(
-        store.resolve(ref), trust=store.trust,
+        store.resolve(ref),
+        trust=store.trust,
         options=RuntimeOptions(providers=providers, intra_op_threads=threads),
     )
 
@@ -182,10 +218,17 @@ def _print_report(r: dict[str, Any]) -> None:
     print(f"{'class':<28}{'precision':>10}{'recall':>9}{'f1':>8}{'n':>6}")
     for lab, c in r["per_class"].items():
         if c["support"]:
-            print(f"{lab:<28}{_pct(c['precision']):>10}{_pct(c['recall']):>9}{_pct(c['f1']):>8}{c['support']:>6}")
+            print(
+                f"{lab:<28}{_pct(c['precision']):>10}{_pct(c['recall']):>9}{_pct(c['f1']):>8}{c['support']:>6}"
+            )
     labels, conf = r["labels"], r["confusion"]
     pairs = sorted(
-        ((conf[i][j], labels[i], labels[j]) for i in range(len(labels)) for j in range(len(labels)) if i != j and conf[i][j]),
+        (
+            (conf[i][j], labels[i], labels[j])
+            for i in range(len(labels))
+            for j in range(len(labels))
+            if i != j and conf[i][j]
+        ),
         reverse=True,
     )[:10]
     if pairs:
@@ -205,10 +248,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     model = _load(args, args.bundle)
-    texts = args.text if args.text != ["-"] else sys.stdin.buffer.read().decode("utf-8", "replace").splitlines()
+    texts = (
+        args.text
+        if args.text != ["-"]
+        else sys.stdin.buffer.read().decode("utf-8", "replace").splitlines()
+    )
     preds = model.predict(texts)
     if args.json:
-        _print_json([{"text": t, **p.to_dict(), "model": model.ref} for t, p in zip(texts, preds, strict=True)])
+        _print_json(
+            [
+                {"text": t, **p.to_dict(), "model": model.ref}
+                for t, p in zip(texts, preds, strict=True)
+            ]
+        )
     else:
         for t, p in zip(texts, preds, strict=True):
             top = sorted(p.distribution.items(), key=lambda kv: -kv[1])[:3]
@@ -225,8 +277,10 @@ def cmd_gate(args: argparse.Namespace) -> int:
     from kefu.models.gate import GateTolerance, compare
 
     tol = GateTolerance(
-        accuracy_drop=args.accuracy_drop / 100, macro_f1_drop=args.f1_drop / 100,
-        class_recall_drop=args.class_recall_drop / 100, check_latency=not args.no_latency,
+        accuracy_drop=args.accuracy_drop / 100,
+        macro_f1_drop=args.f1_drop / 100,
+        class_recall_drop=args.class_recall_drop / 100,
+        check_latency=not args.no_latency,
         latency_ratio=args.latency_ratio,
     )
     cand = _eval_report(args, args.candidate)
@@ -238,12 +292,22 @@ def cmd_gate(args: argparse.Namespace) -> int:
         print(f"gate: {cand['model']} vs baseline {base['model']} on {cand['dataset']['path']}")
         for c in result.checks:
             mark = "PASS" if c.passed else "FAIL"
-            print(f"  {mark}  {c.name:<24} candidate {c.candidate:.4f}  baseline {c.baseline:.4f}  ({c.limit})")
-        print("result: " + ("PASS" if result.passed else "FAIL (candidate is worse than baseline beyond tolerance)"))
+            print(
+                f"  {mark}  {c.name:<24} candidate {c.candidate:.4f}  "
+                f"baseline {c.baseline:.4f}  ({c.limit})"
+            )
+        print(
+            "result: "
+            + (
+                "PASS"
+                if result.passed
+                else "FAIL (candidate is worse than baseline beyond tolerance)"
+            )
+        )
     return 0 if result.passed else GATE_FAILED
 
 
-# ----------------------------------------------------------------------------- sign / verify / compile / list
+# --------------------------------------------------------------- sign / verify / compile / list
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
@@ -266,7 +330,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     import onnxruntime as ort
-
     from kefu.models.runtime import RuntimeOptions, load_model
 
     if not args.tensorrt:
@@ -281,8 +344,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
     path = store.resolve(args.bundle)
     cache = Path(args.engine_cache or path / "trt-cache")
     model = load_model(
-        path, trust=store.trust,
-        options=RuntimeOptions(providers=("tensorrt",), trt_engine_cache_dir=str(cache), trt_fp16=args.fp16, strict=True),
+        path,
+        trust=store.trust,
+        options=RuntimeOptions(
+            providers=("tensorrt",),
+            trt_engine_cache_dir=str(cache),
+            trt_fp16=args.fp16,
+            strict=True,
+        ),
     )
     # Building happens on first run per shape profile: run the typical batch sizes once.
     for n in (1, 8, 32):
@@ -300,7 +369,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no bundles in {store.root} (try: kefu model build-defaults)")
         return 0
-    print(f"{'name':<20}{'version':<18}{'family':<8}{'accuracy':>9}{'macro-F1':>9}{'p50 b1':>10}{'size':>8}  status")
+    print(
+        f"{'name':<20}{'version':<18}{'family':<8}{'accuracy':>9}{'macro-F1':>9}"
+        f"{'p50 b1':>10}{'size':>8}  status"
+    )
     for r in rows:
         mt = r["metrics"]
         size = f"{mt['size_bytes'] / 1e6:.1f}MB" if mt["size_bytes"] else "-"
@@ -319,8 +391,13 @@ def cmd_build_defaults(args: argparse.Namespace) -> int:
     key = local_signing_key(data, args.key)
     trust.add(key.public)
     results = build_defaults(
-        data / "models", key=key, only=args.only, fast=args.fast, version=args.version,
-        progress=not args.json and sys.stderr.isatty(), out_root=Path(args.out) if args.out else None,
+        data / "models",
+        key=key,
+        only=args.only,
+        fast=args.fast,
+        version=args.version,
+        progress=not args.json and sys.stderr.isatty(),
+        out_root=Path(args.out) if args.out else None,
     )
     if args.json:
         _print_json(results)
@@ -328,7 +405,8 @@ def cmd_build_defaults(args: argparse.Namespace) -> int:
         for r in results:
             print(
                 f"{r['name']:<20}{r['version']:<18}{r['family']:<8} accuracy {_pct(r['accuracy'])} "
-                f"macro-F1 {_pct(r['macro_f1'])}  int8 change {100 * r['quantization_accuracy_change']:+.2f} pts"
+                f"macro-F1 {_pct(r['macro_f1'])}  "
+                f"int8 change {100 * r['quantization_accuracy_change']:+.2f} pts"
                 f"  p50 {_ms(r['p50_ms_batch1'])}  {r['seconds']:.0f} s  {r['path']}"
             )
     return 0
@@ -340,7 +418,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     def data_cols(q: argparse.ArgumentParser) -> None:
         q.add_argument("--text-col", help="text column (default: text)")
-        q.add_argument("--label-col", help="label column (default: label/category/intent/sentiment)")
+        q.add_argument(
+            "--label-col", help="label column (default: label/category/intent/sentiment)"
+        )
 
     t = verbs.add_parser("train", help="train a bundle from a labelled CSV/TSV/JSONL file")
     t.add_argument("--data", required=True, help="training data file")
@@ -373,7 +453,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     pr = verbs.add_parser("predict", help="classify texts")
     pr.add_argument("bundle")
-    pr.add_argument("--text", action="append", required=True, help="text (repeatable; '-' reads stdin lines)")
+    pr.add_argument(
+        "--text", action="append", required=True, help="text (repeatable; '-' reads stdin lines)"
+    )
     pr.add_argument("--providers", default="cpu", help="preference order, e.g. tensorrt,cuda,cpu")
     pr.add_argument("--json", action="store_true")
     _common(pr)
@@ -383,10 +465,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("candidate")
     g.add_argument("--baseline", required=True)
     g.add_argument("--data", required=True)
-    g.add_argument("--accuracy-drop", type=float, default=1.0, help="max accuracy drop, points (1.0)")
+    g.add_argument(
+        "--accuracy-drop", type=float, default=1.0, help="max accuracy drop, points (1.0)"
+    )
     g.add_argument("--f1-drop", type=float, default=1.0, help="max macro-F1 drop, points (1.0)")
-    g.add_argument("--class-recall-drop", type=float, default=10.0, help="max per-class recall drop, points (10)")
-    g.add_argument("--latency-ratio", type=float, default=1.5, help="max p50 latency ratio at batch 1 (1.5)")
+    g.add_argument(
+        "--class-recall-drop",
+        type=float,
+        default=10.0,
+        help="max per-class recall drop, points (10)",
+    )
+    g.add_argument(
+        "--latency-ratio", type=float, default=1.5, help="max p50 latency ratio at batch 1 (1.5)"
+    )
     g.add_argument("--no-latency", action="store_true", help="skip the latency check")
     g.add_argument("--threads", type=int, default=1)
     g.add_argument("--rounds", type=int, default=200)
@@ -420,8 +511,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(ls)
     ls.set_defaults(handler=cmd_list)
 
-    b = verbs.add_parser("build-defaults", help="build demo-shop-intent, sentiment and banking77-intent")
-    b.add_argument("--only", action="append", choices=("demo-shop-intent", "sentiment", "banking77-intent"))
+    b = verbs.add_parser(
+        "build-defaults", help="build demo-shop-intent, sentiment and banking77-intent"
+    )
+    b.add_argument(
+        "--only", action="append", choices=("demo-shop-intent", "sentiment", "banking77-intent")
+    )
     b.add_argument("--fast", action="store_true", help="small family for banking77 too (no MiniLM)")
     b.add_argument("--version")
     b.add_argument("--key")

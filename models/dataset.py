@@ -213,13 +213,17 @@ def load_dataset(
         )
     if not texts:
         raise DatasetError("no labelled rows", path=path)
-    ds = Dataset(texts, labels, path=str(path), lines=lines, sha256=hashlib.sha256(data).hexdigest())
+    ds = Dataset(
+        texts, labels, path=str(path), lines=lines, sha256=hashlib.sha256(data).hexdigest()
+    )
     if allowed_labels is not None:
         ds.check_labels(allowed_labels)
     return ds
 
 
-def stratified_split(ds: Dataset, *, dev_fraction: float, seed: int = 13) -> tuple[Dataset, Dataset]:
+def stratified_split(
+    ds: Dataset, *, dev_fraction: float, seed: int = 13
+) -> tuple[Dataset, Dataset]:
     """Deterministic per-label split into (train, dev)."""
     rng = random.Random(seed)
     by_label: dict[str, list[int]] = {}

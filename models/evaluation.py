@@ -6,25 +6,27 @@ and adds latency percentiles measured at batch 1 and batch 32 on the model's own
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
 from kefu.models.dataset import Dataset
 from kefu.models.runtime import TextClassifier
 
 __all__ = ["classification_report", "evaluate", "expected_calibration_error", "measure_latency"]
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = 15
+) -> float:
     """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
     if len(confidence) == 0:
         return 0.0
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         sel = (confidence > lo) & (confidence <= hi)
         if sel.any():
             ece += sel.mean() * abs(correct[sel].mean() - confidence[sel].mean())
@@ -50,7 +52,7 @@ def classification_report(
     present = true_n > 0  # macro averages over classes that occur in the data
     correct = (t == p).astype(float)
     return {
-        "n": int(len(t)),
+        "n": len(t),
         "accuracy": float(correct.mean()) if len(t) else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "macro_precision": float(precision[present].mean()) if present.any() else 0.0,

@@ -65,13 +65,18 @@ def compare(
     def drop_check(name: str, key: str, limit: float) -> None:
         c, b = float(candidate[key]), float(baseline[key])
         checks.append(
-            GateCheck(name, c >= b - limit - 1e-12, c, b, f"may drop by at most {limit * 100:.1f} pts")
+            GateCheck(
+                name, c >= b - limit - 1e-12, c, b, f"may drop by at most {limit * 100:.1f} pts"
+            )
         )
 
     same_labels = set(candidate["labels"]) == set(baseline["labels"])
     checks.append(
         GateCheck(
-            "label set", same_labels, len(candidate["labels"]), len(baseline["labels"]),
+            "label set",
+            same_labels,
+            len(candidate["labels"]),
+            len(baseline["labels"]),
             "candidate and baseline must predict the same labels",
         )
     )
@@ -85,7 +90,10 @@ def compare(
             if c < b["recall"] - tol.class_recall_drop - 1e-12:
                 checks.append(
                     GateCheck(
-                        f"recall[{lab}]", False, c, b["recall"],
+                        f"recall[{lab}]",
+                        False,
+                        c,
+                        b["recall"],
                         f"may drop by at most {tol.class_recall_drop * 100:.0f} pts",
                     )
                 )
@@ -95,7 +103,10 @@ def compare(
         limit = b * tol.latency_ratio + tol.latency_slack_ms
         checks.append(
             GateCheck(
-                "p50 latency (batch 1)", c <= limit, c, b,
+                "p50 latency (batch 1)",
+                c <= limit,
+                c,
+                b,
                 f"at most {tol.latency_ratio:.2f}x baseline + {tol.latency_slack_ms} ms",
             )
         )

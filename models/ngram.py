@@ -19,7 +19,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torch import nn
 
-__all__ = ["NgramConfig", "NgramClassifier", "build_tokenizer"]
+__all__ = ["NgramClassifier", "NgramConfig", "build_tokenizer"]
 
 PAD, UNK = "[PAD]", "[UNK]"
 # Large odd multiplier for hashing (a, b) token pairs; must match between training and ONNX.
@@ -62,8 +62,9 @@ class NgramClassifier(nn.Module):
     def __init__(self, *, vocab_size: int, num_labels: int, config: NgramConfig):
         super().__init__()
         self.buckets = config.bigram_buckets
-        self.unigram = nn.Embedding(vocab_size, config.dim, padding_idx=0)
-        self.bigram = nn.Embedding(config.bigram_buckets, config.dim)
+        # Sparse gradients: each step touches a few hundred rows of 65k, not all of them.
+        self.unigram = nn.Embedding(vocab_size, config.dim, padding_idx=0, sparse=True)
+        self.bigram = nn.Embedding(config.bigram_buckets, config.dim, sparse=True)
         self.head = nn.Sequential(
             nn.Dropout(config.dropout),
             nn.Linear(2 * config.dim, config.hidden),

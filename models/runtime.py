@@ -107,7 +107,8 @@ def clean_text(text: str | bytes) -> str:
         # Command-line arguments with invalid UTF-8 arrive as lone surrogates.
         text = text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
     text = "".join(
-        " " if unicodedata.category(ch) in ("Cc", "Cf", "Cs") else ch for ch in text[:MAX_TEXT_CHARS]
+        " " if unicodedata.category(ch) in ("Cc", "Cf", "Cs") else ch
+        for ch in text[:MAX_TEXT_CHARS]
     )
     return " ".join(text.split())
 
@@ -265,7 +266,9 @@ def open_unverified(
     try:
         tokenizer = Tokenizer.from_file(str(bundle_dir / "tokenizer.json"))
     except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
-        raise BundleError(f"tokenizer cannot be loaded ({exc})", path=bundle_dir / "tokenizer.json") from exc
+        raise BundleError(
+            f"tokenizer cannot be loaded ({exc})", path=bundle_dir / "tokenizer.json"
+        ) from exc
     labels_path = bundle_dir / "labels.json"
     try:
         labels = json.loads(labels_path.read_text(encoding="utf-8"))
@@ -292,8 +295,8 @@ def open_unverified(
     wanted = PROVIDER_ALIASES.get(options.providers[0].lower(), options.providers[0])
     if options.strict and (not active or active[0] != wanted):
         raise ProviderUnavailable(
-            f"{wanted} requested in strict mode, but the session runs on {active[0] if active else 'nothing'}"
-            f" ({plan.skipped.get(wanted, 'unknown reason')})"
+            f"{wanted} requested in strict mode, but the session runs on "
+            f"{active[0] if active else 'nothing'} ({plan.skipped.get(wanted, 'unknown reason')})"
         )
     log.info("loaded %s on %s", manifest.ref, ", ".join(active))
     return TextClassifier(

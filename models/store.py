@@ -70,6 +70,14 @@ class StoreEntry:
         }
 
 
+def _readable_manifest(bundle_dir: Path) -> Manifest | None:
+    """The manifest of a refused bundle, when it can still be read (for listing only)."""
+    try:
+        return Manifest.from_bytes((bundle_dir / MANIFEST).read_bytes())
+    except (OSError, KefuError):
+        return None
+
+
 class ModelStore:
     def __init__(self, root: Path, trust: TrustStore):
         self.root = Path(root)
@@ -79,23 +87,23 @@ class ModelStore:
         out: list[StoreEntry] = []
         if not self.root.is_dir():
             return out
-        for name_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for vdir in sorted(p for p in name_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for name_dir in sorted(
+            p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        ):
+            for vdir in sorted(
+                p for p in name_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+            ):
                 try:
                     manifest = verify_bundle(vdir, self.trust)
                     out.append(StoreEntry(name_dir.name, vdir.name, vdir, manifest, True))
                 except KefuError as exc:
-                    m = None
-                    try:
-                        m = Manifest.from_bytes((vdir / MANIFEST).read_bytes())
-                    except (OSError, KefuError):
-                        pass
+                    m = _readable_manifest(vdir)
                     out.append(StoreEntry(name_dir.name, vdir.name, vdir, m, False, str(exc)))
         out.sort(key=lambda e: (e.name, e.manifest.created_at if e.manifest else "", e.version))
         return out
 
     def resolve(self, ref: str) -> Path:
-        """``name@version`` → that bundle; ``name`` → its newest verified version; a path → itself."""
+        """``name@version`` → that bundle; ``name`` → its newest verified version; a path → it."""
         p = Path(ref)
         if (p / MANIFEST).is_file():
             return p
@@ -103,7 +111,9 @@ class ModelStore:
         if version:
             path = self.root / name / version
             if not path.is_dir():
-                raise BundleError(f"no version {version!r} of model {name!r} in the store", path=self.root)
+                raise BundleError(
+                    f"no version {version!r} of model {name!r} in the store", path=self.root
+                )
             return path
         good = [e for e in self.entries() if e.name == name and e.verified]
         if not good:
@@ -113,9 +123,8 @@ class ModelStore:
     def add(self, bundle_dir: Path, *, replace: bool = False) -> Path:
         manifest = verify_bundle(bundle_dir, self.trust)
         dest = self.root / manifest.name / manifest.version
-        if dest.exists():
-            if not replace:
-                raise BundleError(f"{manifest.ref} is already in the store", path=dest)
+        if dest.exists() and not replace:
+            raise BundleError(f"{manifest.ref} is already in the store", path=dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{manifest.version}.", dir=dest.parent))
         try:
@@ -133,7 +142,7 @@ class ModelStore:
 
     def seed_shipped(self) -> list[Path]:
         """Copy the shipped default bundles into the store when they are not there yet."""
-        added = []
+        added: list[Path] = []
         root = shipped_dir()
         if not root.is_dir():
             return added

@@ -16,9 +16,13 @@ TINY_LABELS = ("delivery_tracking", "return_refund", "greeting")
 
 
 def _subset(src: Path, dest: Path) -> Path:
-    rows = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [
+        json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
     keep = [r for r in rows if r["label"] in TINY_LABELS]
-    dest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep), encoding="utf-8")
+    dest.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep), encoding="utf-8"
+    )
     return dest
 
 
@@ -27,7 +31,9 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Three real demo-shop intents (zh + en): a train and a held-out dev file."""
     d = tmp_path_factory.mktemp("tiny")
     src = DATA / "demo_shop_intent"
-    return _subset(src / "train.jsonl", d / "train.jsonl"), _subset(src / "dev.jsonl", d / "dev.jsonl")
+    return _subset(src / "train.jsonl", d / "train.jsonl"), _subset(
+        src / "dev.jsonl", d / "dev.jsonl"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +66,14 @@ def tiny_bundle(
 
     out = tmp_path_factory.mktemp("bundles") / "tiny-intent" / "1"
     train_bundle(
-        load_dataset(tiny_data[0]), load_dataset(tiny_data[1]), name="tiny-intent", version="1",
-        task="intent", out_dir=out, config=tiny_config(), signing_key=signing_key,
+        load_dataset(tiny_data[0]),
+        load_dataset(tiny_data[1]),
+        name="tiny-intent",
+        version="1",
+        task="intent",
+        out_dir=out,
+        config=tiny_config(),
+        signing_key=signing_key,
     )
     return out
 

@@ -24,7 +24,17 @@ def test_manifest_lists_every_file_with_sha256(tiny_bundle: Path, trust: TrustSt
     m = verify_bundle(tiny_bundle, trust)
     assert set(m.files) == {"model.onnx", "tokenizer.json", "labels.json"}
     assert all(len(f["sha256"]) == 64 for f in m.files.values())
-    for field in ("name", "version", "task", "family", "created_at", "inputs", "outputs", "dataset", "metrics"):
+    for field in (
+        "name",
+        "version",
+        "task",
+        "family",
+        "created_at",
+        "inputs",
+        "outputs",
+        "dataset",
+        "metrics",
+    ):
         assert getattr(m, field), field
     assert m.inputs["input_ids"]["shape"] == ["batch", "sequence"]
     assert m.dataset["train"]["sha256"] and m.dataset["dev"]["sha256"]
@@ -50,7 +60,7 @@ def test_truncated_file_is_refused(bundle_copy: Path, trust: TrustStore) -> None
 def test_modified_manifest_breaks_the_signature(bundle_copy: Path, trust: TrustStore) -> None:
     p = bundle_copy / "manifest.json"
     raw = json.loads(p.read_text())
-    raw["metrics"]["dev"]["accuracy"] = 1.0  # someone polishing the numbers
+    raw["metrics"]["dev"]["accuracy"] += 0.5  # someone polishing the numbers
     p.write_text(json.dumps(raw, sort_keys=True, indent=2) + "\n")
     with pytest.raises(SignatureError, match="manifest was modified"):
         verify_bundle(bundle_copy, trust)
@@ -78,7 +88,9 @@ def test_sign_refuses_a_bundle_whose_files_do_not_match(bundle_copy: Path, signi
         sign_bundle(bundle_copy, signing_key)
 
 
-def test_pack_unpack_roundtrip_and_refuses_foreign_members(tiny_bundle: Path, tmp_path: Path, trust: TrustStore) -> None:
+def test_pack_unpack_roundtrip_and_refuses_foreign_members(
+    tiny_bundle: Path, tmp_path: Path, trust: TrustStore
+) -> None:
     blob = pack(tiny_bundle)
     out = unpack(blob, tmp_path / "unpacked")
     assert verify_bundle(out, trust).ref == "tiny-intent@1"

@@ -9,9 +9,20 @@ from pathlib import Path
 from conftest import DATA
 
 INTENTS = {
-    "delivery_tracking", "order_query", "order_modify", "order_cancel", "return_refund",
-    "payment_issue", "account_security", "invoice", "product_inquiry", "human_agent",
-    "complaint", "greeting", "goodbye", "out_of_scope",
+    "delivery_tracking",
+    "order_query",
+    "order_modify",
+    "order_cancel",
+    "return_refund",
+    "payment_issue",
+    "account_security",
+    "invoice",
+    "product_inquiry",
+    "human_agent",
+    "complaint",
+    "greeting",
+    "goodbye",
+    "out_of_scope",
 }
 
 
@@ -32,7 +43,9 @@ def test_demo_shop_intent_data_covers_taxonomy_in_both_languages() -> None:
         assert per[(intent, "zh")] >= 35, intent
         assert per[(intent, "en")] >= 25, intent
         assert per[(intent, "zh")] + per[(intent, "en")] >= 60, intent
-    assert not {norm(r["text"]) for r in train} & {norm(r["text"]) for r in dev}, "dev leaks into train"
+    assert not {norm(r["text"]) for r in train} & {norm(r["text"]) for r in dev}, (
+        "dev leaks into train"
+    )
 
 
 def test_sentiment_cs_data_has_three_classes_both_languages_and_is_held_out() -> None:

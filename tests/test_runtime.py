@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from kefu.models.runtime import RuntimeOptions, clean_text, load_model, plan_providers
 
 from kefu.errors import BundleError, ProviderUnavailable
 from kefu.keys import TrustStore
-from kefu.models.runtime import RuntimeOptions, clean_text, load_model, plan_providers
 
 GPU = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def test_predict_returns_label_probability_and_distribution(tiny_bundle: Path, trust: TrustStore) -> None:
+def test_predict_returns_label_probability_and_distribution(
+    tiny_bundle: Path, trust: TrustStore
+) -> None:
     model = load_model(tiny_bundle, trust=trust)
     preds = model.predict(["我的快递到哪了", "hello there", "I want a refund for my shoes"])
     assert [p.label for p in preds] == ["delivery_tracking", "greeting", "return_refund"]
@@ -82,11 +84,15 @@ class FakeGpuSession:
     """FAKE: stands in for an onnxruntime-gpu session whose GPU providers fail to start
     (what happens on a host without a GPU or driver); it runs the real model on CPU."""
 
-    requested: list[str] = []
+    requested: ClassVar[list[str]] = []
 
-    def __init__(self, path: str, *, sess_options: Any, providers: list[str], provider_options: Any):
+    def __init__(
+        self, path: str, *, sess_options: Any, providers: list[str], provider_options: Any
+    ):
         FakeGpuSession.requested = list(providers)
-        self._real = ort.InferenceSession(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        self._real = ort.InferenceSession(
+            path, sess_options=sess_options, providers=["CPUExecutionProvider"]
+        )
 
     def get_providers(self) -> list[str]:
         return ["CPUExecutionProvider"]
@@ -99,7 +105,9 @@ def test_fallback_from_faked_gpu_providers_is_logged(
     tiny_bundle: Path, trust: TrustStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="kefu.models.runtime")
-    model = load_model(tiny_bundle, trust=trust, available_providers=GPU, session_factory=FakeGpuSession)
+    model = load_model(
+        tiny_bundle, trust=trust, available_providers=GPU, session_factory=FakeGpuSession
+    )
     assert FakeGpuSession.requested == GPU  # asked in order TensorRT → CUDA → CPU
     assert model.active_providers == ["CPUExecutionProvider"]
     assert "TensorrtExecutionProvider fell back" in caplog.text
@@ -107,7 +115,10 @@ def test_fallback_from_faked_gpu_providers_is_logged(
     assert model.predict(["退款"])[0].label == "return_refund"
     with pytest.raises(ProviderUnavailable, match="strict mode"):
         load_model(
-            tiny_bundle, trust=trust, available_providers=GPU, session_factory=FakeGpuSession,
+            tiny_bundle,
+            trust=trust,
+            available_providers=GPU,
+            session_factory=FakeGpuSession,
             options=RuntimeOptions(strict=True),
         )
 
