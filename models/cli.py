@@ -330,6 +330,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     import onnxruntime as ort
+
     from kefu.models.runtime import RuntimeOptions, load_model
 
     if not args.tensorrt:

@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kefu.models.dataset import Dataset, concat, load_dataset, stratified_split
-
 from kefu.errors import DatasetError
 from kefu.keys import SigningKey
+from kefu.models.dataset import Dataset, concat, load_dataset, stratified_split
 
 __all__ = ["DEFAULT_MODELS", "banking77_path", "build_defaults", "demo_shop_data", "sentiment_data"]
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from kefu.models.dataset import Dataset
 from kefu.models.runtime import TextClassifier
 

@@ -7,6 +7,7 @@ which does not.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import shutil
@@ -19,15 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from kefu.models.dataset import Dataset, stratified_split
-from kefu.models.evaluation import evaluate
-from kefu.models.runtime import RuntimeOptions, TextClassifier, open_unverified
 from tokenizers import Tokenizer
 from torch import nn
 
 from kefu.bundle import Manifest, sign_bundle, write_manifest
 from kefu.errors import DatasetError, PermanentError
 from kefu.keys import SigningKey
+from kefu.models.dataset import Dataset, stratified_split
+from kefu.models.evaluation import evaluate
+from kefu.models.runtime import RuntimeOptions, TextClassifier, open_unverified
 
 __all__ = ["FAMILIES", "TrainConfig", "TrainResult", "train_bundle"]
 
@@ -225,6 +226,8 @@ def _fit_temperature(
 
 
 def _export(model: nn.Module, path: Path) -> None:
+    # The TorchScript exporter (dynamo=False) gives a plain graph that onnxruntime's dynamic
+    # quantizer handles fully, and needs no onnxscript; the dynamo exporter is not required here.
     ids = torch.ones((2, 8), dtype=torch.long)
     mask = torch.ones((2, 8), dtype=torch.long)
     with torch.no_grad():
@@ -249,13 +252,30 @@ def _quantize(src: Path, dst: Path, family: str) -> None:
 
     # Embedding tables dominate both families' size: quantize Gather too. Per-channel weight
     # scales keep the transformer's accuracy drop smaller (measured: see README).
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm", "Gather"],
-        per_channel=family == "minilm",
-    )
+    root = logging.getLogger()
+    # onnxruntime logs a generic "consider pre-processing" hint on the root logger; it is
+    # advice for static (calibrated) quantization and only confuses users here.
+    hint = _DropMessage("pre-processing before quantization")
+    root.addFilter(hint)
+    try:
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+            per_channel=family == "minilm",
+        )
+    finally:
+        root.removeFilter(hint)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
 
 
 def _write_payload(out: Path, onnx_src: Path, tok: Tokenizer, labels: list[str]) -> None:

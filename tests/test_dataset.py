@@ -3,9 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kefu.models.dataset import load_dataset, stratified_split
 
 from kefu.errors import DatasetError
+from kefu.models.dataset import load_dataset, stratified_split
 
 
 def write(p: Path, content: str | bytes) -> Path:

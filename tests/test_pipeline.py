@@ -7,16 +7,17 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import tiny_config
+
+from kefu.bundle import verify_bundle
+from kefu.errors import DatasetError, PermanentError
+from kefu.keys import SigningKey, TrustStore
 from kefu.models.dataset import Dataset, load_dataset
 from kefu.models.evaluation import classification_report, evaluate
 from kefu.models.gate import compare
 from kefu.models.runtime import load_model
 from kefu.models.training import train_bundle
 
-from kefu.bundle import verify_bundle
-from kefu.errors import DatasetError, PermanentError
-from kefu.keys import SigningKey, TrustStore
+from conftest import tiny_config
 
 
 def test_exported_graph_has_opset_17_and_dynamic_axes(tiny_bundle: Path) -> None:

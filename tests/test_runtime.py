@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 import numpy as np
 import onnxruntime as ort
 import pytest
-from kefu.models.runtime import RuntimeOptions, clean_text, load_model, plan_providers
 
 from kefu.errors import BundleError, ProviderUnavailable
 from kefu.keys import TrustStore
+from kefu.models.runtime import RuntimeOptions, clean_text, load_model, plan_providers
 
 GPU = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 

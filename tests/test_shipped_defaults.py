@@ -9,13 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import DATA
+
+from kefu.keys import TrustStore, load_public_key
 from kefu.models.dataset import load_dataset
 from kefu.models.evaluation import evaluate
 from kefu.models.runtime import load_model
 from kefu.models.store import ModelStore, shipped_dir
 
-from kefu.keys import TrustStore, load_public_key
+from conftest import DATA
 
 RELEASE = TrustStore([load_public_key(shipped_dir() / "kefu-release.pub")])
 
