@@ -124,7 +124,16 @@ class ModelStore:
         manifest = verify_bundle(bundle_dir, self.trust)
         dest = self.root / manifest.name / manifest.version
         if dest.exists() and not replace:
-            raise BundleError(f"{manifest.ref} is already in the store", path=dest)
+            same = (dest / MANIFEST).is_file() and (
+                (dest / MANIFEST).read_bytes() == (bundle_dir / MANIFEST).read_bytes()
+            )
+            if same:
+                return dest  # idempotent: this exact bundle is already there
+            raise BundleError(
+                f"{manifest.ref} is already in the store with different content "
+                "(a version is immutable: publish a new version)",
+                path=dest,
+            )
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{manifest.version}.", dir=dest.parent))
         try:
@@ -150,6 +159,8 @@ class ModelStore:
             m = Manifest.from_bytes((b / MANIFEST).read_bytes(), source=b / MANIFEST)
             if not (self.root / m.name / m.version).exists():
                 added.append(self.add(b))
+            else:
+                self.add(b)  # refuses a different bundle squatting on the shipped version
         return added
 
 

@@ -10,5 +10,5 @@ python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e '.[train,dev]'
 ruff check .
-mypy kefu models
+./scripts/typecheck.sh
 pytest -q "$@"

@@ -6,11 +6,14 @@ rebuilt bundle that got worse (or a tampered one) fails here.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from kefu.keys import TrustStore, load_public_key
+from kefu.bundle import Manifest, sign_bundle, write_manifest
+from kefu.errors import BundleError
+from kefu.keys import SigningKey, TrustStore, load_public_key
 from kefu.models.dataset import load_dataset
 from kefu.models.evaluation import evaluate
 from kefu.models.runtime import load_model
@@ -63,3 +66,19 @@ def test_shipped_bundles_are_small() -> None:
     for name in ("demo-shop-intent", "sentiment"):
         size = sum(p.stat().st_size for p in (shipped_dir() / name).iterdir())
         assert size < 10_000_000, name
+
+
+def test_a_version_is_immutable_in_the_store(
+    tmp_path: Path, tiny_bundle: Path, trust: TrustStore, signing_key: SigningKey
+) -> None:
+    store = ModelStore(tmp_path / "models", trust)
+    first = store.add(tiny_bundle)
+    assert store.add(tiny_bundle) == first  # the same content again: idempotent
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bundle, other)
+    m = Manifest.from_bytes((other / "manifest.json").read_bytes())
+    m.metrics["note"] = "rebuilt"  # a different build under the same name@version
+    write_manifest(other, m)
+    sign_bundle(other, signing_key)
+    with pytest.raises(BundleError, match="immutable"):
+        store.add(other)

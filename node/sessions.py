@@ -1,0 +1,747 @@
+"""Per-tenant session storage: the domain records, the ``SessionStore`` seam, an in-memory double.
+
+The dialog core keeps structured multi-turn state (sessions, turns, slots, hand-offs to human
+agents, customer feedback) behind :class:`SessionStore`. A store serves exactly one tenant:
+isolation is structural (the SQLite adapter opens one database file per tenant), so a session
+id from another tenant simply does not exist in this store.
+
+Rules every implementation follows (the contract tests run against both):
+
+* ``ENDED`` and ``EXPIRED`` sessions are read-only: appending turns, setting slots, touching,
+  changing fields or opening a hand-off raise :class:`StateConflict`. Feedback may still be
+  added (it usually arrives after the end); re-setting the same status is a no-op.
+* ``append_turn`` assigns ``seq`` (1, 2, …) and bumps ``turn_count``/``last_active_at`` in one
+  transaction; once it returns, the turn is durable.
+* ``update_session`` is not activity (a timeout job marking a session EXPIRED must not delay
+  its purge); ``touch_session`` and ``append_turn`` are.
+* At most one hand-off per session is not CLOSED; opening one marks the session HANDED_OFF.
+  Closing it leaves the session status to the dialog core (back to OPEN, or ENDED).
+* ``purge_expired`` deletes sessions idle longer than the retention period with their turns,
+  slots and feedback. Hand-off records are kept for the agent-workload audit trail (who claimed
+  what, when), but their ``summary`` (the only part that may quote the customer) is wiped and
+  any still-active hand-off is closed.
+* JSON-valued fields (attributes, entities, slot values, summaries) round-trip through JSON in
+  both stores, so tuples come back as lists and a non-JSON value is an :class:`InvalidRecord`.
+* Collection getters (``get_turns``, ``get_slots``, ``list_feedback``) return empty results for
+  an unknown session; mutations raise :class:`RecordNotFound`.
+
+This module is pure: no sqlite3, no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import json
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
+
+from kefu.errors import PermanentError, TemporaryError
+
+MAX_TEXT_CHARS = 20_000  # longer turn text is refused rather than bloating the store
+MAX_PAGE_SIZE = 500
+_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class StorageUnavailable(TemporaryError):
+    """Storage cannot take writes now: disk/quota full, I/O error, read-only, or store closed."""
+
+
+class StorageBusy(TemporaryError):
+    """Lock contention outlasted the retries, or the store's bounded queue is full."""
+
+
+class StorageCorrupt(PermanentError):
+    """The database file is damaged or is not a database; an operator must restore it."""
+
+
+class InvalidTenant(PermanentError):
+    """A tenant id is not a safe slug, or a database file belongs to another tenant."""
+
+
+class InvalidRecord(PermanentError):
+    """A record or argument is malformed (bad rating, non-JSON value, bad cursor, …)."""
+
+
+class StateConflict(PermanentError):
+    """The record's state forbids the change (ended session, hand-off already claimed)."""
+
+
+class RecordNotFound(PermanentError):
+    """No such session, turn or hand-off in this tenant's store."""
+
+    _ZH: ClassVar[dict[str, str]] = {"session": "会话", "turn": "对话轮次", "handoff": "转人工记录"}
+
+    def __init__(self, kind: str, record_id: object):
+        self.kind = kind
+        self.record_id = record_id
+        zh = self._ZH.get(kind, kind)
+        super().__init__(f"{kind} {record_id!r} not found / 未找到{zh} {record_id!r}")
+
+
+# --------------------------------------------------------------------------- enums and rules
+
+
+class SessionStatus(StrEnum):
+    OPEN = "open"
+    HANDED_OFF = "handed_off"
+    ENDED = "ended"
+    EXPIRED = "expired"
+
+
+class TurnRole(StrEnum):
+    CUSTOMER = "customer"
+    BOT = "bot"
+    AGENT = "agent"
+
+
+class HandoffStatus(StrEnum):
+    OPEN = "open"
+    CLAIMED = "claimed"
+    CLOSED = "closed"
+
+
+TERMINAL_STATUSES = frozenset({SessionStatus.ENDED, SessionStatus.EXPIRED})
+_S = SessionStatus
+_SESSION_MOVES = {
+    _S.OPEN: {_S.HANDED_OFF, _S.ENDED, _S.EXPIRED},
+    _S.HANDED_OFF: {_S.OPEN, _S.ENDED, _S.EXPIRED},
+    _S.ENDED: set(),
+    _S.EXPIRED: set(),
+}
+_H = HandoffStatus
+# CLAIMED → OPEN is an agent releasing the conversation back to the queue.
+_HANDOFF_MOVES = {
+    _H.OPEN: {_H.CLAIMED, _H.CLOSED},
+    _H.CLAIMED: {_H.OPEN, _H.CLOSED},
+    _H.CLOSED: set(),
+}
+
+
+def validate_tenant_id(tenant: str) -> str:
+    """Return ``tenant`` if it is a slug (``[a-z0-9][a-z0-9_-]{0,62}``). It names a directory,
+    so dots and slashes are refused and it can never escape the data directory."""
+    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
+        raise InvalidTenant(
+            f"invalid tenant id {tenant!r}: use 1-63 of a-z 0-9 _ - / "
+            f"租户 ID {tenant!r} 无效：只能使用 a-z 0-9 _ -，1-63 个字符"
+        )
+    return tenant
+
+
+def new_record_id() -> str:
+    """A random, unguessable id: 128 bits, URL-safe (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Normalise an aware datetime to UTC; naive datetimes are ambiguous and refused."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidRecord(f"timestamp {value!r} has no time zone / 时间戳缺少时区")
+    return value.astimezone(UTC)
+
+
+def to_iso(value: datetime) -> str:
+    """Fixed-width UTC ISO text, so string order equals time order (SQL, cursors)."""
+    return as_utc(value).isoformat(timespec="microseconds")
+
+
+def from_iso(text: str) -> datetime:
+    return as_utc(datetime.fromisoformat(text))
+
+
+def json_dumps(value: Any, *, what: str = "value") -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRecord(f"{what} is not JSON-serialisable / {what} 无法序列化为 JSON") from exc
+
+
+def json_clone(value: Any, *, what: str = "value") -> Any:
+    """What a JSON round trip gives back; both stores hand out exactly this."""
+    return json.loads(json_dumps(value, what=what))
+
+
+def check_text(name: str, value: str | None, max_len: int, *, required: bool = False) -> None:
+    """Refuse non-text or over-long values (and missing or empty ones when ``required``)."""
+    if value is None and not required:
+        return
+    if not isinstance(value, str) or (required and not value) or len(value) > max_len:
+        raise InvalidRecord(
+            f"{name} must be text of 1-{max_len} characters / {name} 须为 1-{max_len} 个字符的文本"
+        )
+
+
+def check_session_move(old: SessionStatus, new: SessionStatus) -> None:
+    if new != old and new not in _SESSION_MOVES[old]:
+        raise StateConflict(
+            f"session cannot go from {old} to {new} / 会话状态不能从 {old} 变为 {new}"
+        )
+
+
+def ensure_writable(session: Session) -> None:
+    if session.status in TERMINAL_STATUSES:
+        zh = "已结束" if session.status == SessionStatus.ENDED else "已过期"
+        raise StateConflict(
+            f"session {session.id!r} is {session.status} and read-only / "
+            f"会话 {session.id!r} {zh}，只读"
+        )
+
+
+def check_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidRecord(f"limit must be 1-{MAX_PAGE_SIZE} / 每页数量须为 1-{MAX_PAGE_SIZE}")
+    return limit
+
+
+def check_retention(retention: timedelta) -> timedelta:
+    if retention <= timedelta(0):
+        raise InvalidRecord("retention must be positive / 保留期必须为正")
+    return retention
+
+
+def encode_cursor(created_at: datetime, record_id: str) -> str:
+    """Opaque keyset cursor: the (created_at, id) of the last item returned."""
+    return base64.urlsafe_b64encode(f"{to_iso(created_at)}|{record_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """Return (created_at ISO text, id); the ISO text compares like the timestamp."""
+    try:
+        stamp, record_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return to_iso(from_iso(stamp)), record_id
+    except (binascii.Error, UnicodeError, ValueError, InvalidRecord) as exc:
+        raise InvalidRecord("malformed paging cursor / 分页游标无效") from exc
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewSession:
+    """What the caller chooses when opening a session; the store adds id, tenant, times."""
+
+    channel: str = "web"  # web, app, mini_program, social, … (the access layer owns the list)
+    user_id: str | None = None
+    language: str | None = None
+    scenario: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_text("channel", self.channel, 64, required=True)
+        check_text("user_id", self.user_id, 256)
+        check_text("language", self.language, 32)
+        check_text("scenario", self.scenario, 128)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Session(NewSession):
+    id: str
+    tenant: str
+    created_at: datetime
+    last_active_at: datetime
+    status: SessionStatus = SessionStatus.OPEN
+    turn_count: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewTurn:
+    """A turn to append; the store assigns ``seq`` and ``created_at`` (see :class:`Turn`)."""
+
+    session_id: str
+    role: TurnRole
+    text: str
+    language: str | None = None
+    intent: str | None = None
+    confidence: float | None = None
+    sentiment: str | None = None  # negative / neutral / positive
+    scenario: str | None = None
+    entities: dict[str, Any] = field(default_factory=dict)
+    handoff: bool = False
+    handoff_reason: str | None = None  # a short code, never customer text
+    model_versions: dict[str, str] = field(default_factory=dict)  # component → version
+    latency_ms: float | None = None
+    request_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.role, TurnRole):
+            raise InvalidRecord(f"role must be one of {[r.value for r in TurnRole]}")
+        check_text("text", self.text, MAX_TEXT_CHARS)
+        if self.confidence is not None and not 0.0 <= self.confidence <= 1.0:
+            raise InvalidRecord("confidence must be within 0..1 / 置信度须在 0 到 1 之间")
+        if self.latency_ms is not None and self.latency_ms < 0:
+            raise InvalidRecord("latency_ms must not be negative / 延迟不能为负")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Turn(NewTurn):
+    seq: int  # 1-based position within the session
+    created_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Slot:
+    session_id: str
+    key: str
+    value: Any  # any JSON value
+    updated_at: datetime
+
+    def __post_init__(self) -> None:
+        check_text("slot key", self.key, 128, required=True)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Handoff:
+    id: str
+    session_id: str
+    reason: str  # a short code such as "customer_request", "negative_sentiment"
+    summary: dict[str, Any] = field(default_factory=dict)  # context for the agent; purge wipes it
+    status: HandoffStatus = HandoffStatus.OPEN
+    agent_id: str | None = None
+    created_at: datetime
+    claimed_at: datetime | None = None
+    closed_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewFeedback:
+    session_id: str
+    turn_seq: int | None = None  # None: about the whole session
+    rating: int | None = None  # 1-5
+    resolved: bool | None = None
+    corrected_intent: str | None = None  # an operator's correction, for retraining
+
+    def __post_init__(self) -> None:
+        if self.rating is not None and (isinstance(self.rating, bool) or not 1 <= self.rating <= 5):
+            raise InvalidRecord("rating must be 1-5 / 评分须为 1-5")
+        if self.rating is None and self.resolved is None and self.corrected_intent is None:
+            raise InvalidRecord("feedback is empty / 反馈内容为空")
+        if self.turn_seq is not None and self.turn_seq < 1:
+            raise InvalidRecord("turn_seq must be >= 1 / 轮次序号须 >= 1")
+        check_text("corrected_intent", self.corrected_intent, 128)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Feedback(NewFeedback):
+    id: int
+    created_at: datetime
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Page(Generic[T]):
+    items: list[T] = field(default_factory=list)
+    next_cursor: str | None = None  # pass back to get the following page; None: no more
+
+
+# Constructors both stores use, so stored records are built (and JSON-normalised) one way.
+
+
+def start_session(new: NewSession, *, tenant: str, now: datetime) -> Session:
+    attributes = json_clone(new.attributes, what="attributes")
+    base = {f.name: getattr(new, f.name) for f in fields(NewSession)} | {"attributes": attributes}
+    return Session(**base, id=new_record_id(), tenant=tenant, created_at=now, last_active_at=now)
+
+
+def stored_turn(new: NewTurn, *, seq: int, now: datetime) -> Turn:
+    base = {f.name: getattr(new, f.name) for f in fields(NewTurn)}
+    base["entities"] = json_clone(new.entities, what="entities")
+    base["model_versions"] = json_clone(new.model_versions, what="model_versions")
+    return Turn(**base, seq=seq, created_at=now)
+
+
+def stored_feedback(new: NewFeedback, *, feedback_id: int, now: datetime) -> Feedback:
+    base = {f.name: getattr(new, f.name) for f in fields(NewFeedback)}
+    return Feedback(**base, id=feedback_id, created_at=now)
+
+
+def open_handoff(
+    session_id: str, *, reason: str, summary: Mapping[str, Any] | None, now: datetime
+) -> Handoff:
+    check_text("reason", reason, 128, required=True)
+    return Handoff(
+        id=new_record_id(),
+        session_id=session_id,
+        reason=reason,
+        created_at=now,
+        summary=json_clone(dict(summary or {}), what="summary"),
+    )
+
+
+def move_handoff(
+    handoff: Handoff, status: HandoffStatus, agent_id: str | None, now: datetime
+) -> Handoff:
+    """The hand-off after a checked status change."""
+    if status not in _HANDOFF_MOVES[handoff.status]:
+        raise StateConflict(
+            f"hand-off cannot go from {handoff.status} to {status} / "
+            f"转人工记录不能从 {handoff.status} 变为 {status}"
+        )
+    if status == HandoffStatus.CLAIMED:
+        check_text("agent_id", agent_id, 128, required=True)
+        return replace(handoff, status=status, agent_id=agent_id, claimed_at=now)
+    if status == HandoffStatus.OPEN:  # released back to the queue
+        return replace(handoff, status=status, agent_id=None, claimed_at=None)
+    return replace(handoff, status=status, agent_id=agent_id or handoff.agent_id, closed_at=now)
+
+
+def patch_session(
+    session: Session,
+    *,
+    status: SessionStatus | None,
+    language: str | None,
+    scenario: str | None,
+    attributes: Mapping[str, Any] | None,
+) -> Session | None:
+    """The session after ``update_session``, or None when nothing changes."""
+    check_text("language", language, 32)
+    check_text("scenario", scenario, 128)
+    if status is not None:
+        check_session_move(session.status, status)
+    if (
+        language is None
+        and scenario is None
+        and attributes is None
+        and (status is None or status == session.status)
+    ):
+        return None
+    ensure_writable(session)
+    return replace(
+        session,
+        status=status or session.status,
+        language=session.language if language is None else language,
+        scenario=session.scenario if scenario is None else scenario,
+        attributes=(
+            session.attributes
+            if attributes is None
+            else json_clone(dict(attributes), what="attributes")
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- the seam
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """Everything the node needs from session storage, for one tenant.
+
+    ``list_sessions`` is newest first, ``list_handoffs`` oldest first (an agent queue); both
+    are keyset-paged through ``Page.next_cursor``. ``get_turns`` returns turns with
+    ``seq > after_seq`` in order, and ``tail`` keeps only the last N of them.
+    ``update_session``'s ``attributes`` replaces the whole dict. ``purge_expired`` deletes
+    sessions whose last activity is before ``now - retention`` and returns how many.
+    ``close`` is idempotent.
+    """
+
+    @property
+    def tenant(self) -> str: ...
+    async def create_session(self, new: NewSession) -> Session: ...
+    async def get_session(self, session_id: str) -> Session | None: ...
+    async def list_sessions(
+        self,
+        *,
+        status: SessionStatus | None = None,
+        user_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Session]: ...
+    async def touch_session(self, session_id: str) -> Session: ...
+    async def update_session(
+        self,
+        session_id: str,
+        *,
+        status: SessionStatus | None = None,
+        language: str | None = None,
+        scenario: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Session: ...
+    async def append_turn(self, turn: NewTurn) -> Turn: ...
+    async def get_turns(
+        self, session_id: str, *, after_seq: int = 0, tail: int | None = None
+    ) -> list[Turn]: ...
+    async def set_slot(self, session_id: str, key: str, value: Any) -> Slot: ...
+    async def get_slots(self, session_id: str) -> dict[str, Slot]: ...
+    async def create_handoff(
+        self, session_id: str, *, reason: str, summary: Mapping[str, Any] | None = None
+    ) -> Handoff: ...
+    async def get_handoff(self, handoff_id: str) -> Handoff | None: ...
+    async def update_handoff(
+        self, handoff_id: str, *, status: HandoffStatus, agent_id: str | None = None
+    ) -> Handoff: ...
+    async def list_handoffs(
+        self,
+        *,
+        status: HandoffStatus | None = None,
+        session_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Handoff]: ...
+    async def add_feedback(self, new: NewFeedback) -> Feedback: ...
+    async def list_feedback(self, session_id: str) -> list[Feedback]: ...
+    async def purge_expired(self, now: datetime, retention: timedelta) -> int: ...
+    async def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- in-memory double
+
+
+class InMemorySessionStore:
+    """The :class:`SessionStore` contract in plain dicts, for unit tests of the pure core."""
+
+    def __init__(self, tenant: str = "demo-shop", *, clock: Callable[[], datetime] = utc_now):
+        self._tenant = validate_tenant_id(tenant)
+        self._clock = clock
+        self._sessions: dict[str, Session] = {}
+        self._turns: dict[str, list[Turn]] = {}
+        self._slots: dict[str, dict[str, Slot]] = {}
+        self._handoffs: dict[str, Handoff] = {}
+        self._feedback: dict[str, list[Feedback]] = {}
+        self._feedback_ids = 0
+        self._closed = False
+
+    @property
+    def tenant(self) -> str:
+        return self._tenant
+
+    async def __aenter__(self) -> InMemorySessionStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _now(self) -> datetime:
+        if self._closed:
+            raise StorageUnavailable("session store is closed / 会话存储已关闭")
+        return as_utc(self._clock())
+
+    def _session(self, session_id: str, *, writable: bool = True) -> Session:
+        self._now()
+        if session_id not in self._sessions:
+            raise RecordNotFound("session", session_id)
+        if writable:
+            ensure_writable(self._sessions[session_id])
+        return self._sessions[session_id]
+
+    def _put(self, session: Session) -> Session:
+        self._sessions[session.id] = session
+        return copy.deepcopy(session)
+
+    async def create_session(self, new: NewSession) -> Session:
+        return self._put(start_session(new, tenant=self._tenant, now=self._now()))
+
+    async def get_session(self, session_id: str) -> Session | None:
+        self._now()
+        return copy.deepcopy(self._sessions.get(session_id))
+
+    async def list_sessions(
+        self,
+        *,
+        status: SessionStatus | None = None,
+        user_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Session]:
+        self._now()
+        rows = [
+            s
+            for s in self._sessions.values()
+            if status in (None, s.status) and user_id in (None, s.user_id)
+        ]
+        return _page(rows, limit=limit, cursor=cursor, newest_first=True)
+
+    async def touch_session(self, session_id: str) -> Session:
+        session = self._session(session_id)
+        return self._put(replace(session, last_active_at=self._now()))
+
+    async def update_session(
+        self,
+        session_id: str,
+        *,
+        status: SessionStatus | None = None,
+        language: str | None = None,
+        scenario: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Session:
+        session = self._session(session_id, writable=False)
+        patched = patch_session(
+            session, status=status, language=language, scenario=scenario, attributes=attributes
+        )
+        return copy.deepcopy(session) if patched is None else self._put(patched)
+
+    async def append_turn(self, turn: NewTurn) -> Turn:
+        session = self._session(turn.session_id)
+        stored = stored_turn(turn, seq=session.turn_count + 1, now=self._now())
+        self._turns.setdefault(session.id, []).append(stored)
+        self._put(replace(session, turn_count=stored.seq, last_active_at=stored.created_at))
+        return copy.deepcopy(stored)
+
+    async def get_turns(
+        self, session_id: str, *, after_seq: int = 0, tail: int | None = None
+    ) -> list[Turn]:
+        self._now()
+        turns = [t for t in self._turns.get(session_id, []) if t.seq > after_seq]
+        if tail is not None:
+            turns = turns[len(turns) - max(tail, 0) :]
+        return copy.deepcopy(turns)
+
+    async def set_slot(self, session_id: str, key: str, value: Any) -> Slot:
+        self._session(session_id)
+        slot = Slot(
+            session_id=session_id,
+            key=key,
+            value=json_clone(value, what="slot value"),
+            updated_at=self._now(),
+        )
+        self._slots.setdefault(session_id, {})[key] = slot
+        return copy.deepcopy(slot)
+
+    async def get_slots(self, session_id: str) -> dict[str, Slot]:
+        self._now()
+        return copy.deepcopy(dict(sorted(self._slots.get(session_id, {}).items())))
+
+    async def create_handoff(
+        self, session_id: str, *, reason: str, summary: Mapping[str, Any] | None = None
+    ) -> Handoff:
+        session = self._session(session_id)
+        handoff = open_handoff(session_id, reason=reason, summary=summary, now=self._now())
+        if any(
+            h.session_id == session_id and h.status != HandoffStatus.CLOSED
+            for h in self._handoffs.values()
+        ):
+            raise StateConflict(
+                f"session {session_id!r} already has an active hand-off / 该会话已有进行中的转人工"
+            )
+        self._handoffs[handoff.id] = handoff
+        self._put(replace(session, status=SessionStatus.HANDED_OFF))
+        return copy.deepcopy(handoff)
+
+    async def get_handoff(self, handoff_id: str) -> Handoff | None:
+        self._now()
+        return copy.deepcopy(self._handoffs.get(handoff_id))
+
+    async def update_handoff(
+        self, handoff_id: str, *, status: HandoffStatus, agent_id: str | None = None
+    ) -> Handoff:
+        now = self._now()
+        if handoff_id not in self._handoffs:
+            raise RecordNotFound("handoff", handoff_id)
+        updated = move_handoff(self._handoffs[handoff_id], status, agent_id, now)
+        self._handoffs[handoff_id] = updated
+        return copy.deepcopy(updated)
+
+    async def list_handoffs(
+        self,
+        *,
+        status: HandoffStatus | None = None,
+        session_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Handoff]:
+        self._now()
+        rows = [
+            h
+            for h in self._handoffs.values()
+            if status in (None, h.status) and session_id in (None, h.session_id)
+        ]
+        return _page(rows, limit=limit, cursor=cursor, newest_first=False)
+
+    async def add_feedback(self, new: NewFeedback) -> Feedback:
+        session = self._session(new.session_id, writable=False)
+        if new.turn_seq is not None and new.turn_seq > session.turn_count:
+            raise RecordNotFound("turn", f"{new.session_id}#{new.turn_seq}")
+        self._feedback_ids += 1
+        stored = stored_feedback(new, feedback_id=self._feedback_ids, now=self._now())
+        self._feedback.setdefault(new.session_id, []).append(stored)
+        return copy.deepcopy(stored)
+
+    async def list_feedback(self, session_id: str) -> list[Feedback]:
+        self._now()
+        return copy.deepcopy(self._feedback.get(session_id, []))
+
+    async def purge_expired(self, now: datetime, retention: timedelta) -> int:
+        self._now()
+        now = as_utc(now)
+        cutoff = now - check_retention(retention)
+        gone = {s.id for s in self._sessions.values() if s.last_active_at < cutoff}
+        for sid in gone:
+            del self._sessions[sid]
+            self._turns.pop(sid, None)
+            self._slots.pop(sid, None)
+            self._feedback.pop(sid, None)
+        for hid, h in self._handoffs.items():
+            if h.session_id in gone:
+                self._handoffs[hid] = replace(
+                    h, summary={}, status=HandoffStatus.CLOSED, closed_at=h.closed_at or now
+                )
+        return len(gone)
+
+    async def close(self) -> None:
+        self._closed = True
+
+
+_Keyed = TypeVar("_Keyed", Session, Handoff)
+
+
+def _page(
+    rows: list[_Keyed], *, limit: int, cursor: str | None, newest_first: bool
+) -> Page[_Keyed]:
+    check_limit(limit)
+
+    def key(r: _Keyed) -> tuple[str, str]:
+        return to_iso(r.created_at), r.id
+
+    rows.sort(key=key, reverse=newest_first)
+    if cursor is not None:
+        after = decode_cursor(cursor)
+        rows = [r for r in rows if (key(r) < after if newest_first else key(r) > after)]
+    items = copy.deepcopy(rows[:limit])
+    more = len(rows) > limit
+    return Page(
+        items=items, next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None
+    )
+
+
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "MAX_TEXT_CHARS",
+    "TERMINAL_STATUSES",
+    "Feedback",
+    "Handoff",
+    "HandoffStatus",
+    "InMemorySessionStore",
+    "InvalidRecord",
+    "InvalidTenant",
+    "NewFeedback",
+    "NewSession",
+    "NewTurn",
+    "Page",
+    "RecordNotFound",
+    "Session",
+    "SessionStatus",
+    "SessionStore",
+    "Slot",
+    "StateConflict",
+    "StorageBusy",
+    "StorageCorrupt",
+    "StorageUnavailable",
+    "Turn",
+    "TurnRole",
+    "new_record_id",
+    "validate_tenant_id",
+]
