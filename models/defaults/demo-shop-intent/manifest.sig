@@ -1,5 +1,5 @@
 {
   "algorithm": "ed25519",
   "key_id": "76e01a902c92146e",
-  "signature": "n8D18mEpVtMnlPOPD8sYB/SxHjkyeyqZPgku/RItWVNN5DjbdX7eaPUfamYkYYB8TMjkpZutH+vc1Wzo6QgCBw=="
+  "signature": "LjkQNzCIjfgpqU6soPsH4b6c5dpE4RSheosyxvtKfm/tZVGRomp3dUGwhcAqKt/nwmi34yPej9zPREh4+empBg=="
 }

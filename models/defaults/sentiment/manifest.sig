@@ -1,5 +1,5 @@
 {
   "algorithm": "ed25519",
   "key_id": "76e01a902c92146e",
-  "signature": "tGGugyAnnaY1aSfG/D5+f7tcJpJkSwtesQ1ux7MrcRQqzKwZl+/xSgW7C11zUtzsn9pigW9oyp9+lDQPia3yCQ=="
+  "signature": "S6+Iu8TM3lbeZqntk5JeAYw2RJILrzXm8s7+3/zMoK/DoTYSfgrICMxXixLWC8NS7he2ojJPy6jHZFmUlxyCAg=="
 }
