@@ -122,12 +122,14 @@ def _fit_frozen_head(
     model: nn.Module, cfg: TrainConfig, ids: list[list[int]], y: list[int], progress: Progress
 ) -> list[float]:
     """Frozen MiniLM: embed every row once, then train only the linear head on the cache."""
-    assert cfg.epochs and cfg.batch_size and cfg.lr
+    from kefu.models.minilm import MiniLMClassifier
+
+    assert cfg.epochs and cfg.batch_size and cfg.lr and isinstance(model, MiniLMClassifier)
     model.eval()
     with torch.no_grad():
         emb = torch.cat([model.embed(*_pad(ids[s : s + 64])) for s in range(0, len(ids), 64)])
     target = torch.tensor(y)
-    head: nn.Linear = model.classifier
+    head = model.classifier
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     gen = torch.Generator().manual_seed(cfg.seed)
