@@ -1,0 +1,191 @@
+"""Tenants on a node: one YAML config, one SQLite database, one knowledge base each.
+
+:class:`TenantRegistry` loads every tenant config it is given. A tenant whose YAML is broken is
+refused with its error (file, line, field) and the others still load, so one bad file never
+takes a node down. Authentication compares a presented API key against every tenant's key
+hashes in constant time.
+
+A tenant whose config lists no API keys (the demo tenant out of the box) gets a generated key
+kept in ``<data-dir>/<tenant>.key`` (mode 0600): created and printed once on first start,
+reused afterwards so clients keep working across restarts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kefu.config import TenantConfig, load_tenant_config
+from kefu.config.tenant import generate_api_key, hash_api_key
+from kefu.errors import KefuError
+from kefu.node.entities import (
+    DEFAULT_PATTERNS,
+    EntityExtractor,
+    EntityPattern,
+    LookupTable,
+)
+from kefu.node.knowledge import KnowledgeBase, entries_from_dicts
+from kefu.node.sessions import SessionStore
+from kefu.node.sqlite_store import SQLiteSessionStore, SQLiteStoreOptions
+
+__all__ = ["DEMO_TENANT_CONFIG", "Tenant", "TenantLoadError", "TenantRegistry", "demo_key_path"]
+
+log = logging.getLogger("kefu.node.tenant")
+
+DEMO_TENANT_CONFIG = Path(__file__).parent / "tenants" / "demo-shop.yaml"
+
+# The node's normaliser for each built-in entity type when a tenant pattern names none.
+_NORMALISER_FOR_TYPE = {
+    "order_number": "order_number",
+    "tracking_number": "tracking_number",
+    "phone": "phone",
+    "amount": "amount",
+    "date": "date",
+    "email": "email",
+}
+
+
+@dataclass
+class Tenant:
+    id: str
+    config: TenantConfig
+    store: SessionStore
+    kb: KnowledgeBase
+    entities: EntityExtractor
+    source: Path
+    #: Hashes accepted besides the config's own (the generated demo key).
+    extra_key_hashes: tuple[str, ...] = ()
+
+    def key_matches(self, key: str) -> bool:
+        """Constant time over all of this tenant's keys: no early exit on a match."""
+        ok = self.config.check_key(key)
+        digest = hash_api_key(key)
+        for h in self.extra_key_hashes:
+            ok = hmac.compare_digest(digest, h) or ok
+        return ok
+
+
+@dataclass(frozen=True)
+class TenantLoadError:
+    source: Path
+    error: str
+
+
+def demo_key_path(data_dir: Path, tenant_id: str) -> Path:
+    return data_dir / f"{tenant_id}.key"
+
+
+def _generated_key(data_dir: Path, tenant_id: str) -> tuple[str, bool]:
+    """The tenant's generated key and whether it was created just now."""
+    path = demo_key_path(data_dir, tenant_id)
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip(), False
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = generate_api_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(key + "\n")
+    return key, True
+
+
+def build_entity_extractor(config: TenantConfig) -> EntityExtractor:
+    """Tenant patterns and lookups on top of the node's defaults (overlaps go by priority)."""
+    ents = config.entities
+    patterns = [
+        EntityPattern(
+            type=p.type,
+            regex=p.regex,
+            langs=tuple(p.languages),
+            normaliser=p.normaliser or _NORMALISER_FOR_TYPE.get(p.type, "text"),
+            priority=p.priority,
+            name=p.id,
+            ignore_case=p.ignore_case,
+        )
+        for p in ents.patterns
+    ]
+    lookups = [
+        LookupTable(
+            type=lk.type, values=dict(lk.values), langs=tuple(lk.languages), priority=lk.priority
+        )
+        for lk in ents.lookups
+    ]
+    return EntityExtractor([*DEFAULT_PATTERNS, *patterns], lookups)
+
+
+def build_knowledge_base(config: TenantConfig, source: Path) -> KnowledgeBase:
+    rows = [e.model_dump() for e in config.kb.entries]
+    return KnowledgeBase(entries_from_dicts(rows, path=source))
+
+
+@dataclass
+class TenantRegistry:
+    data_dir: Path
+    tenants: dict[str, Tenant] = field(default_factory=dict)
+    errors: list[TenantLoadError] = field(default_factory=list)
+    #: Keys generated at this start, to be shown once: tenant id → key.
+    new_keys: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    async def open(
+        cls,
+        data_dir: Path,
+        config_paths: Sequence[Path],
+        *,
+        store_options: SQLiteStoreOptions | None = None,
+    ) -> TenantRegistry:
+        reg = cls(Path(data_dir))
+        for path in config_paths:
+            try:
+                await reg._load(Path(path), store_options)
+            except KefuError as exc:
+                # One broken tenant is refused; the others keep serving.
+                reg.errors.append(TenantLoadError(Path(path), str(exc)))
+                log.error("tenant config refused: %s", exc)
+        return reg
+
+    async def _load(self, path: Path, store_options: SQLiteStoreOptions | None) -> None:
+        config = load_tenant_config(path)
+        tid = config.tenant.id
+        if tid in self.tenants:
+            raise KefuError(
+                f"{path}: tenant '{tid}' is already loaded from {self.tenants[tid].source}"
+            )
+        if not config.tenant.enabled:
+            log.info("tenant %s is disabled in %s", tid, path)
+            return
+        kb = build_knowledge_base(config, path)
+        entities = build_entity_extractor(config)
+        extra: tuple[str, ...] = ()
+        if not config.api_keys:
+            key, created = _generated_key(self.data_dir, tid)
+            extra = (hash_api_key(key),)
+            if created:
+                self.new_keys[tid] = key
+        store = await SQLiteSessionStore.open(self.data_dir, tid, options=store_options)
+        self.tenants[tid] = Tenant(
+            id=tid,
+            config=config,
+            store=store,
+            kb=kb,
+            entities=entities,
+            source=path,
+            extra_key_hashes=extra,
+        )
+
+    def authenticate(self, key: str | None) -> Tenant | None:
+        """The tenant owning ``key``; every tenant is checked so timing reveals nothing."""
+        if not key:
+            return None
+        found: Tenant | None = None
+        for tenant in self.tenants.values():
+            if tenant.key_matches(key) and found is None:
+                found = tenant
+        return found
+
+    async def close(self) -> None:
+        for tenant in self.tenants.values():
+            await tenant.store.close()

@@ -1,0 +1,79 @@
+"""Tenants on a node: loading, refusal of a broken config, keys, isolation of stores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kefu.config.tenant import hash_api_key
+from kefu.node.sessions import NewSession
+from kefu.node.tenant import DEMO_TENANT_CONFIG, TenantRegistry, demo_key_path
+
+
+def second_tenant(tmp_path: Path, tenant_id: str, key: str) -> Path:
+    """A copy of the demo config under another tenant id with one configured key."""
+    text = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
+    text = text.replace("id: demo-shop", f"id: {tenant_id}", 1)
+    text = text.replace(
+        "api_keys: []",
+        f"api_keys:\n  - id: main\n    sha256: {hash_api_key(key)}\n"
+        "    created_at: 2026-11-25T00:00:00Z",
+        1,
+    )
+    p = tmp_path / f"{tenant_id}.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+async def test_demo_tenant_key_is_generated_once_and_reused(tmp_path: Path) -> None:
+    reg = await TenantRegistry.open(tmp_path, [DEMO_TENANT_CONFIG])
+    try:
+        key = reg.new_keys["demo-shop"]
+        path = demo_key_path(tmp_path, "demo-shop")
+        assert (os.stat(path).st_mode & 0o777) == 0o600
+        assert reg.authenticate(key) is reg.tenants["demo-shop"]
+        assert reg.authenticate("wrong") is None and reg.authenticate("") is None
+    finally:
+        await reg.close()
+    again = await TenantRegistry.open(tmp_path, [DEMO_TENANT_CONFIG])
+    try:
+        assert again.new_keys == {}  # printed once only
+        assert again.authenticate(key) is again.tenants["demo-shop"]
+    finally:
+        await again.close()
+
+
+async def test_broken_config_is_refused_and_others_still_load(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("tenant:\n  id: broken\n  bogus_field: 1\n", encoding="utf-8")
+    reg = await TenantRegistry.open(tmp_path / "data", [bad, DEMO_TENANT_CONFIG])
+    try:
+        assert set(reg.tenants) == {"demo-shop"}
+        assert len(reg.errors) == 1 and str(bad) in reg.errors[0].error
+    finally:
+        await reg.close()
+
+
+async def test_each_tenant_has_its_own_store_and_key(tmp_path: Path) -> None:
+    other = second_tenant(tmp_path, "acme", "acme-secret-key")
+    reg = await TenantRegistry.open(tmp_path / "data", [DEMO_TENANT_CONFIG, other])
+    try:
+        demo, acme = reg.tenants["demo-shop"], reg.tenants["acme"]
+        assert reg.authenticate("acme-secret-key") is acme
+        assert reg.authenticate(reg.new_keys["demo-shop"]) is demo
+        s = await acme.store.create_session(NewSession(channel="web", user_id="u1"))
+        assert await demo.store.get_session(s.id) is None
+        assert await acme.store.get_session(s.id) is not None
+    finally:
+        await reg.close()
+
+
+async def test_kb_and_entities_come_from_the_tenant_config(tmp_path: Path) -> None:
+    reg = await TenantRegistry.open(tmp_path, [DEMO_TENANT_CONFIG])
+    try:
+        t = reg.tenants["demo-shop"]
+        assert len(t.kb) >= 40
+        ents = {e.type for e in t.entities.extract("订单2024112512345678 顺丰SF1234567890123 ¥299")}
+        assert {"order_number", "tracking_number", "amount"} <= ents
+    finally:
+        await reg.close()
