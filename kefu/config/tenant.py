@@ -16,11 +16,13 @@ line and field):
    templates, KB scopes and intents (intents from the intent model's ``labels`` when listed),
    ids are unique, exactly one fallback scenario, session-policy overrides name scenarios, ...
 
-Scenario selection (implemented by the node): ``channels``, ``entry_paths`` and ``user`` in
-``match`` are *conditions* (each one given must hold); ``intents``, ``keywords`` and
-``recent_intents`` are *triggers* (any one suffices; none given = the conditions alone
-select). The matching scenario with the highest ``priority`` wins; the ``fallback`` scenario
-answers when none matches.
+Scenario selection (implemented by ``kefu.node.scenario``): ``channels`` and ``user`` in
+``match`` are *conditions* (each one given must hold); ``intents``, ``keywords``,
+``entry_paths`` and ``recent_intents`` are *triggers* (any one suffices; none given = the
+conditions alone select). Stronger evidence wins first (a confident intent beats a keyword),
+then the higher ``priority``; the ``fallback`` scenario answers when none matches. Entry paths
+are triggers, not conditions, so a customer asking 我的订单什么时候到 from the home page still
+reaches logistics.
 """
 
 from __future__ import annotations
@@ -470,6 +472,8 @@ class SessionPolicy(_Model):
     retention_days: PosInt = 30
     handoff: HandoffConditions = HandoffConditions()
     kb_confidence_threshold: Ratio = 0.55
+    # Below this intent confidence a turn neither switches scenario nor counts as understood.
+    intent_confidence_threshold: Ratio = 0.6
     clarify_attempts: NonNegInt = 1  # clarifying questions before offering a human
     offer_human: bool = True  # ask before transferring (False = transfer at once)
 
@@ -491,6 +495,7 @@ class SessionPolicyOverride(_Model):
     retention_days: PosInt | None = None
     handoff: HandoffOverride | None = None
     kb_confidence_threshold: Ratio | None = None
+    intent_confidence_threshold: Ratio | None = None
     clarify_attempts: NonNegInt | None = None
     offer_human: bool | None = None
 
