@@ -1,0 +1,294 @@
+"""One customer turn, end to end: the node's service layer (no gRPC, no SQLite here).
+
+``ConversationService.converse`` runs, in order: text validation → per-tenant rate limit →
+admission control → load or create the session → language → intent and sentiment (ONNX
+bundles through the batching runtime, concurrently) → entities → scenario → knowledge base →
+reply decision → persist both turns (the customer's and the bot's) → result. The adapters
+(gRPC, CLI) translate its exceptions; nothing here knows about status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kefu.errors import PermanentError, TemporaryError
+from kefu.node.admission import AdmissionController, RateLimit, RateLimiter
+from kefu.node.entities import Entity
+from kefu.node.inference import ModelRuntime
+from kefu.node.language import detect_language
+from kefu.node.reply import TurnHistory, decide_reply, kb_answer_for
+from kefu.node.scenario import select_scenario
+from kefu.node.sessions import NewSession, NewTurn, Session, SessionStatus, TurnRole
+from kefu.node.tenant import Tenant, TenantRegistry
+
+__all__ = [
+    "MAX_TEXT_BYTES",
+    "ConversationService",
+    "InvalidTurn",
+    "RateLimited",
+    "SessionNotFound",
+    "TurnRequest",
+    "TurnResult",
+    "validate_text",
+]
+
+MAX_TEXT_BYTES = 4096
+HISTORY_SLOT = "_history"
+
+
+class InvalidTurn(PermanentError):
+    """The request itself is unusable (empty, oversize or control-character text, ...)."""
+
+
+class SessionNotFound(PermanentError):
+    """No such session for this tenant (another tenant's id looks exactly the same)."""
+
+
+class RateLimited(TemporaryError):
+    def __init__(self, retry_after: float):
+        self.retry_after = retry_after
+        super().__init__(
+            f"rate limit exceeded, retry in {retry_after:.2f} s / "
+            f"请求过于频繁，请 {retry_after:.2f} 秒后重试"
+        )
+
+
+def validate_text(text: str) -> str:
+    """The customer's text, or InvalidTurn with a message in both languages."""
+    if not text or not text.strip():
+        raise InvalidTurn("text is empty / 消息内容为空")
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_TEXT_BYTES:
+        raise InvalidTurn(
+            f"text is {size} bytes, the limit is {MAX_TEXT_BYTES} / "
+            f"消息过长（{size} 字节，上限 {MAX_TEXT_BYTES}）"
+        )
+    for ch in text:
+        if ch in "\t\n\r":
+            continue
+        cat = unicodedata.category(ch)
+        if cat in ("Cc", "Cs") or (cat == "Cf" and ch not in "\u200d\u200c"):
+            raise InvalidTurn(
+                f"text contains a control character U+{ord(ch):04X} / "
+                f"消息包含控制字符 U+{ord(ch):04X}"
+            )
+    return text.strip()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TurnRequest:
+    text: str
+    session_id: str | None = None
+    channel: str = "web"
+    user_id: str | None = None
+    entry_path: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    language: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TurnResult:
+    session_id: str
+    seq: int
+    reply: str
+    language: str
+    intent: str
+    confidence: float
+    sentiment: str
+    sentiment_score: float
+    scenario: str
+    entities: list[Entity]
+    handoff: bool
+    handoff_reason: str
+    handoff_id: str
+    clarify: bool
+    kb_entry_id: str
+    model_versions: dict[str, str]
+    latency_us: int
+    request_id: str
+
+
+class ConversationService:
+    def __init__(
+        self,
+        *,
+        registry: TenantRegistry,
+        runtime: ModelRuntime,
+        admission: AdmissionController,
+        limiter: RateLimiter | None = None,
+    ):
+        self.registry = registry
+        self.runtime = runtime
+        self.admission = admission
+        self.limiter = limiter or RateLimiter(
+            RateLimit(rate=100.0, burst=200.0),
+            per_channel={
+                (t.id, ch): RateLimit(
+                    rate=t.config.rate_limits.for_channel(ch).rate_per_second,
+                    burst=float(t.config.rate_limits.for_channel(ch).burst),
+                )
+                for t in registry.tenants.values()
+                for ch in ("web", "app", "mini_program", "social", "api")
+            },
+        )
+
+    async def converse(self, tenant: Tenant, req: TurnRequest) -> TurnResult:
+        started = time.perf_counter()
+        text = validate_text(req.text)
+        ok, retry_after = self.limiter.try_acquire(tenant.id, req.channel)
+        if not ok:
+            raise RateLimited(retry_after)
+        async with self.admission.admit():
+            return await self._turn(tenant, req, text, started)
+
+    async def _session(self, tenant: Tenant, req: TurnRequest) -> Session:
+        store = tenant.store
+        if req.session_id:
+            session = await store.get_session(req.session_id)
+            if session is None:
+                raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
+            return session
+        attributes: dict[str, Any] = dict(req.metadata)
+        return await store.create_session(
+            NewSession(
+                channel=req.channel,
+                user_id=req.user_id or None,
+                language=req.language or None,
+                attributes=attributes,
+            )
+        )
+
+    async def _turn(
+        self, tenant: Tenant, req: TurnRequest, text: str, started: float
+    ) -> TurnResult:
+        cfg, store = tenant.config, tenant.store
+        session = await self._session(tenant, req)
+        slots = await store.get_slots(session.id)
+        history = TurnHistory.from_dict(
+            slots[HISTORY_SLOT].value if HISTORY_SLOT in slots else None
+        )
+        prior = req.language or session.language
+        detected = detect_language(
+            text, prior="zh" if prior == "zh" else "en" if prior == "en" else None
+        )
+        lang = (
+            detected.lang if detected.lang != "und" else (session.language or cfg.languages.default)
+        )
+
+        intent_ref, sentiment_ref = cfg.models.intent.ref, cfg.models.sentiment.ref
+        intent_res, sentiment_res = await asyncio.gather(
+            self.runtime.classify(intent_ref, [text]), self.runtime.classify(sentiment_ref, [text])
+        )
+        intent, sentiment = intent_res[0], sentiment_res[0]
+        entities = tenant.entities.extract(text, lang=lang)
+        attributes = {**session.attributes, **req.metadata}
+        choice = select_scenario(
+            cfg,
+            intent=intent.label,
+            intent_confidence=intent.probability,
+            text=text,
+            lang=lang,
+            channel=req.channel,
+            entry_path=req.entry_path,
+            user_attributes=attributes,
+            recent_intents=history.recent_intents,
+            current_scenario=session.scenario,
+        )
+        kb = kb_answer_for(tenant.kb, cfg, choice.scenario_id, text=text, lang=lang)
+        values = {k: s.value for k, s in slots.items() if not k.startswith("_")}
+        decision = decide_reply(
+            config=cfg,
+            scenario=choice,
+            intent=intent.label,
+            intent_confidence=intent.probability,
+            sentiment=sentiment.label,
+            sentiment_score=sentiment.probability,
+            lang=lang,
+            text=text,
+            entities=entities,
+            kb_result=kb,
+            history=history,
+            values=values,
+        )
+        versions = {"intent": intent.ref, "sentiment": sentiment.ref}
+        entity_dict = {e.type: e.normalized for e in entities}
+        customer = await store.append_turn(
+            NewTurn(
+                session_id=session.id,
+                role=TurnRole.CUSTOMER,
+                text=text,
+                language=lang,
+                intent=intent.label,
+                confidence=round(intent.probability, 6),
+                sentiment=sentiment.label,
+                scenario=choice.scenario_id,
+                entities=entity_dict,
+                model_versions=versions,
+                request_id=req.request_id,
+            )
+        )
+        for e in entities:  # slot memory: the customer need not repeat an order number
+            if e.type in ("order_number", "tracking_number", "phone", "email"):
+                await store.set_slot(session.id, e.type, e.value)
+        await store.set_slot(
+            session.id,
+            HISTORY_SLOT,
+            history.advance(decision, intent=intent.label, sentiment=sentiment.label).to_dict(),
+        )
+        handoff_id = ""
+        if decision.handoff and session.status is SessionStatus.OPEN:
+            handoff = await store.create_handoff(
+                session.id,
+                reason=decision.handoff_reason or "policy",
+                summary={
+                    "intents": [*history.recent_intents, intent.label],
+                    "sentiments": [*history.recent_sentiments, sentiment.label],
+                    "scenario": choice.scenario_id,
+                    "slots": sorted(values),
+                },
+            )
+            handoff_id = handoff.id
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        await store.append_turn(
+            NewTurn(
+                session_id=session.id,
+                role=TurnRole.BOT,
+                text=decision.text,
+                language=decision.lang,
+                intent=intent.label,
+                scenario=choice.scenario_id,
+                handoff=decision.handoff,
+                handoff_reason=decision.handoff_reason,
+                model_versions=versions,
+                latency_ms=round(latency_ms, 3),
+                request_id=req.request_id,
+            )
+        )
+        if session.language != lang or session.scenario != choice.scenario_id:
+            await store.update_session(session.id, language=lang, scenario=choice.scenario_id)
+        return TurnResult(
+            session_id=session.id,
+            seq=customer.seq,
+            reply=decision.text,
+            language=decision.lang,
+            intent=intent.label,
+            confidence=intent.probability,
+            sentiment=sentiment.label,
+            sentiment_score=sentiment.probability,
+            scenario=choice.scenario_id,
+            entities=list(entities),
+            handoff=decision.handoff,
+            handoff_reason=decision.handoff_reason or "",
+            handoff_id=handoff_id,
+            clarify=decision.clarify,
+            kb_entry_id=decision.kb_entry_id or "",
+            model_versions=versions,
+            latency_us=int((time.perf_counter() - started) * 1e6),
+            request_id=req.request_id or "",
+        )
