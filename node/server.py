@@ -1,0 +1,139 @@
+"""Assemble and run a node: tenants, models, conversation service, gRPC server.
+
+``Node`` is an async context manager: ``start()`` loads tenants and models and binds the gRPC
+port; ``drain()`` stops accepting, lets in-flight turns finish within a grace period, then
+closes the runtime and the SQLite stores. Both are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kefu.errors import PermanentError
+from kefu.models.store import ModelStore, trust_for
+from kefu.node.admission import AdmissionController
+from kefu.node.conversation import ConversationService
+from kefu.node.grpc_api import KefuNodeService, generic_handler
+from kefu.node.inference import BatchingModelRuntime, InferenceOptions
+from kefu.node.tenant import DEMO_TENANT_CONFIG, TenantRegistry
+from kefu.v1 import SERVICE_NAME
+
+__all__ = ["Node", "NodeOptions", "NodeStatus", "PortInUse"]
+
+log = logging.getLogger("kefu.node")
+
+
+class PortInUse(PermanentError):
+    exit_code = 69
+
+
+class NodeStatus(enum.Enum):
+    NEW = "new"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(kw_only=True)
+class NodeOptions:
+    data_dir: Path = Path("kefu-data")
+    listen: str = "127.0.0.1:7400"
+    tenant_configs: list[Path] = field(default_factory=lambda: [DEMO_TENANT_CONFIG])
+    max_in_flight: int = 64
+    max_queue: int = 256
+    queue_timeout_s: float = 0.2
+    inference: InferenceOptions = field(default_factory=InferenceOptions)
+    grace_s: float = 10.0
+    #: grpcio turns SO_REUSEPORT on by default; a second node on the same port would then start
+    #: silently and steal half the traffic. Only set this when worker processes share a port.
+    reuse_port: bool = False
+
+
+class Node:
+    def __init__(self, options: NodeOptions):
+        self.options = options
+        self.status = NodeStatus.NEW
+        self.port = 0
+        self.registry: TenantRegistry | None = None
+        self.runtime: BatchingModelRuntime | None = None
+        self.server: grpc.aio.Server | None = None
+        self.service: ConversationService | None = None
+
+    async def start(self) -> Node:
+        if self.status is not NodeStatus.NEW:
+            return self
+        opts = self.options
+        store = ModelStore(opts.data_dir / "models", trust_for(opts.data_dir))
+        store.seed_shipped()
+        self.registry = await TenantRegistry.open(opts.data_dir, opts.tenant_configs)
+        if not self.registry.tenants:
+            errors = "; ".join(e.error for e in self.registry.errors) or "no tenant configs"
+            raise PermanentError(f"no tenant could be loaded: {errors}")
+        self.runtime = BatchingModelRuntime(trust=store.trust, store=store, options=opts.inference)
+        refs = {
+            ref
+            for t in self.registry.tenants.values()
+            for ref in (t.config.models.intent, t.config.models.sentiment)
+        }
+        for ref in sorted(refs, key=lambda r: r.ref):
+            await self.runtime.load(ref.name, ref.ref)
+        admission = AdmissionController(opts.max_in_flight, opts.max_queue, opts.queue_timeout_s)
+        self.service = ConversationService(
+            registry=self.registry, runtime=self.runtime, admission=admission
+        )
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if opts.reuse_port else 0)])
+        server.add_generic_rpc_handlers((generic_handler(KefuNodeService(self.service)),))
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            self.port = server.add_insecure_port(opts.listen)
+        except RuntimeError as exc:
+            raise PortInUse(f"cannot listen on {opts.listen}: {exc}") from exc
+        if not self.port:
+            raise PortInUse(f"cannot listen on {opts.listen} (address in use?)")
+        await server.start()
+        await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.server = server
+        self.status = NodeStatus.SERVING
+        log.info(
+            "node serving on port %d with tenants %s", self.port, sorted(self.registry.tenants)
+        )
+        return self
+
+    async def drain(self) -> None:
+        if self.status in (NodeStatus.DRAINING, NodeStatus.STOPPED):
+            return
+        self.status = NodeStatus.DRAINING
+        if self.server is not None:
+            await self.server.stop(self.options.grace_s)
+        if self.runtime is not None:
+            await self.runtime.close()
+        if self.registry is not None:
+            await self.registry.close()
+        self.status = NodeStatus.STOPPED
+
+    async def wait(self) -> None:
+        if self.server is not None:
+            await self.server.wait_for_termination()
+
+    async def __aenter__(self) -> Node:
+        try:
+            return await self.start()
+        except BaseException:
+            await self.drain()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.shield(self.drain())

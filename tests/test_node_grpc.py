@@ -1,0 +1,155 @@
+"""The node over real gRPC on a free loopback port: real tenants, SQLite, shipped bundles."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_tenant_registry import second_tenant
+
+from kefu.errors import PermanentError
+from kefu.node.server import Node, NodeOptions, PortInUse
+from kefu.node.tenant import DEMO_TENANT_CONFIG
+from kefu.v1 import bearer_metadata
+from kefu.v1 import node_pb2 as pb
+from kefu.v1 import node_pb2_grpc as pbg
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    acme = second_tenant(tmp_path, "acme", "acme-key")
+    opts = NodeOptions(
+        data_dir=tmp_path / "data", listen="127.0.0.1:0", tenant_configs=[DEMO_TENANT_CONFIG, acme]
+    )
+    async with Node(opts) as n:
+        yield n
+
+
+@pytest.fixture
+async def stub(node: Node) -> AsyncIterator[pbg.KefuNodeStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+        yield pbg.KefuNodeStub(channel)
+
+
+def demo_key(node: Node) -> tuple[tuple[str, str], ...]:
+    assert node.registry is not None
+    return bearer_metadata(node.registry.new_keys["demo-shop"])
+
+
+async def test_converse_in_chinese_and_english(node: Node, stub: pbg.KefuNodeStub) -> None:
+    md = demo_key(node)
+    zh = await stub.Converse(
+        pb.ConverseRequest(text="我的订单什么时候到", channel=pb.CHANNEL_APP), metadata=md
+    )
+    assert (zh.intent, zh.scenario, zh.language) == ("delivery_tracking", "logistics", "zh")
+    assert zh.session_id and zh.turn_seq == 1 and zh.server_latency_us > 0
+    assert zh.model_versions["intent"].startswith("demo-shop-intent@")
+    en = await stub.Converse(
+        pb.ConverseRequest(text="how do i get a VAT invoice?", session_id=zh.session_id),
+        metadata=md,
+    )
+    assert en.session_id == zh.session_id and en.language == "en" and en.intent == "invoice"
+    view = await stub.GetSession(pb.GetSessionRequest(session_id=zh.session_id), metadata=md)
+    assert [t.role for t in view.turns] == [pb.ROLE_USER, pb.ROLE_BOT, pb.ROLE_USER, pb.ROLE_BOT]
+    assert view.turns[1].text == zh.text and view.turns[3].text == en.text
+
+
+async def test_stream_emits_typing_then_reply_then_handoff(
+    node: Node, stub: pbg.KefuNodeStub
+) -> None:
+    events = [
+        e
+        async for e in stub.ConverseStream(
+            pb.ConverseRequest(text="转人工"), metadata=demo_key(node)
+        )
+    ]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds == ["typing", "reply", "handoff"]
+    assert events[1].reply.handoff and events[2].handoff.handoff_id == events[1].reply.handoff_id
+
+
+async def test_authentication_and_tenant_isolation(node: Node, stub: pbg.KefuNodeStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        await stub.Converse(pb.ConverseRequest(text="hi"))
+    assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        await stub.Converse(pb.ConverseRequest(text="hi"), metadata=bearer_metadata("wrong-key"))
+    assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    mine = await stub.Converse(pb.ConverseRequest(text="你好"), metadata=demo_key(node))
+    acme = bearer_metadata("acme-key")
+    for call in (
+        stub.GetSession(pb.GetSessionRequest(session_id=mine.session_id), metadata=acme),
+        stub.Converse(pb.ConverseRequest(text="hi", session_id=mine.session_id), metadata=acme),
+        stub.EndSession(pb.EndSessionRequest(session_id=mine.session_id), metadata=acme),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await call
+        assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = await stub.ListSessions(pb.ListSessionsRequest(), metadata=acme)
+    assert mine.session_id not in {s.session_id for s in listed.sessions}
+    own = await stub.ListSessions(pb.ListSessionsRequest(), metadata=demo_key(node))
+    assert mine.session_id in {s.session_id for s in own.sessions}
+
+
+@pytest.mark.parametrize("text", ["", "   ", "x" * 4097, "bad\x07bell"])
+async def test_bad_text_is_invalid_argument(node: Node, stub: pbg.KefuNodeStub, text: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        await stub.Converse(pb.ConverseRequest(text=text), metadata=demo_key(node))
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "/" in (ei.value.details() or "")  # English / Chinese message
+
+
+async def test_invalid_utf8_bytes_are_invalid_argument(node: Node) -> None:
+    # Field 4 (text), wire type 2, 2 bytes: 0xff 0xfe is not UTF-8.
+    raw = bytes([0x22, 0x02, 0xFF, 0xFE])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+        call = channel.unary_unary(
+            "/kefu.v1.KefuNode/Converse",
+            request_serializer=lambda b: b,
+            response_deserializer=pb.ConverseReply.FromString,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await call(raw, metadata=demo_key(node))
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_feedback_end_session_and_health(node: Node, stub: pbg.KefuNodeStub) -> None:
+    md = demo_key(node)
+    r = await stub.Converse(pb.ConverseRequest(text="退货怎么弄"), metadata=md)
+    fb = await stub.SubmitFeedback(
+        pb.SubmitFeedbackRequest(session_id=r.session_id, rating=5, resolved=True), metadata=md
+    )
+    assert fb.feedback_id
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        await stub.SubmitFeedback(
+            pb.SubmitFeedbackRequest(session_id=r.session_id, rating=9), metadata=md
+        )
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    ended = await stub.EndSession(pb.EndSessionRequest(session_id=r.session_id), metadata=md)
+    assert ended.status == pb.SESSION_STATUS_ENDED
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        await stub.Converse(pb.ConverseRequest(text="还在吗", session_id=r.session_id), metadata=md)
+    assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+        h = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="kefu.v1.KefuNode")
+        )
+    assert h.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_second_node_on_the_same_port_is_refused(node: Node, tmp_path: Path) -> None:
+    opts = NodeOptions(data_dir=tmp_path / "other", listen=f"127.0.0.1:{node.port}")
+    with pytest.raises(PortInUse):
+        async with Node(opts):
+            pass
+
+
+async def test_no_loadable_tenant_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tenant: [\n", encoding="utf-8")
+    with pytest.raises(PermanentError, match="no tenant could be loaded"):
+        async with Node(NodeOptions(data_dir=tmp_path, listen="127.0.0.1:0", tenant_configs=[bad])):
+            pass
