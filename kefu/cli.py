@@ -57,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="area", required=True, metavar="AREA")
     _register_keys(sub)
     from kefu.models.cli import register as register_model
+    from kefu.node.cli import register as register_node
 
     register_model(sub)
+    register_node(sub)
     return parser
 
 

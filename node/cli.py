@@ -1,0 +1,148 @@
+"""``kefu node run`` (serve a node) and ``kefu chat`` (a terminal client for trying one)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from kefu.errors import PermanentError, TemporaryError
+
+DEFAULT_TARGET = "127.0.0.1:7400"
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from kefu.models.store import data_dir
+    from kefu.node.server import Node, NodeOptions
+    from kefu.node.tenant import DEMO_TENANT_CONFIG, demo_key_path
+
+    opts = NodeOptions(
+        data_dir=data_dir(args.data_dir),
+        listen=args.listen,
+        tenant_configs=[Path(p) for p in args.config] or [DEMO_TENANT_CONFIG],
+        reuse_port=args.reuse_port,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Node(opts) as node:
+        assert node.registry is not None
+        for err in node.registry.errors:
+            print(f"kefu: tenant refused: {err.error}", file=sys.stderr)
+        for tenant, key in node.registry.new_keys.items():
+            path = demo_key_path(opts.data_dir, tenant)
+            print(f"API key for tenant {tenant} (shown once, kept in {path}, mode 0600):\n  {key}")
+        tenants = ", ".join(sorted(node.registry.tenants))
+        print(
+            f"kefu node serving tenants [{tenants}] on {args.listen.rsplit(':', 1)[0]}:{node.port}"
+        )
+        first = sorted(node.registry.tenants)[0]
+        key_file = demo_key_path(opts.data_dir, first)
+        print(f"try: kefu chat --target 127.0.0.1:{node.port} --key-file {key_file}")
+        sys.stdout.flush()
+        await stop.wait()
+        print("kefu node: stopping (finishing in-flight turns)…", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(args))
+
+
+async def _chat(args: argparse.Namespace) -> int:
+    import grpc
+
+    from kefu.v1 import bearer_metadata
+    from kefu.v1 import node_pb2 as pb
+    from kefu.v1 import node_pb2_grpc as pbg
+
+    key = args.key
+    if not key:
+        path = Path(args.key_file or f"kefu-data/{args.tenant}.key")
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise PermanentError(
+                f"{path}: cannot read the API key ({exc.strerror}); use --key"
+            ) from exc
+    metadata = bearer_metadata(key)
+    session = ""
+    interactive = not args.text
+    texts = iter(args.text) if args.text else None
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        stub = pbg.KefuNodeStub(channel)
+        while True:
+            text: str | None
+            if texts is not None:
+                text = next(texts, None)
+            else:
+                try:
+                    text = await asyncio.to_thread(input, "you> ")
+                except EOFError:
+                    text = None
+            if text is None or text.strip() in ("/quit", "/exit"):
+                return 0
+            try:
+                reply = await stub.Converse(
+                    pb.ConverseRequest(text=text, session_id=session, channel=pb.CHANNEL_WEB),
+                    metadata=metadata,
+                    timeout=args.timeout,
+                )
+            except grpc.aio.AioRpcError as exc:
+                msg = f"{exc.code().name}: {exc.details()}"
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise TemporaryError(
+                        f"node at {args.target} unreachable or busy: {msg}"
+                    ) from exc
+                if not interactive:
+                    raise PermanentError(msg) from exc
+                print(f"  ! {msg}")
+                continue
+            session = reply.session_id
+            print(f"bot> {reply.text}")
+            if args.verbose_reply:
+                print(
+                    f"     [{reply.language} intent={reply.intent} {reply.confidence:.2f} "
+                    f"sentiment={reply.sentiment.label} scenario={reply.scenario}"
+                    f"{' handoff=' + reply.handoff_reason if reply.handoff else ''}"
+                    f" {reply.server_latency_us / 1000:.1f} ms]"
+                )
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_chat(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("node", help="the regional node that serves customer conversations")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    r = verbs.add_parser("run", help="serve gRPC (demo tenant and shipped models by default)")
+    r.add_argument("--config", action="append", default=[], help="tenant YAML (repeatable)")
+    r.add_argument("--data-dir", help="data directory (default: $KEFU_DATA_DIR or ./kefu-data)")
+    r.add_argument("--listen", default=DEFAULT_TARGET, help="gRPC address (default %(default)s)")
+    r.add_argument(
+        "--reuse-port", action="store_true", help="share the port with other worker processes"
+    )
+    r.set_defaults(handler=cmd_run)
+
+    c = sub.add_parser("chat", help="chat with a node from the terminal")
+    c.add_argument("--target", default=DEFAULT_TARGET)
+    c.add_argument("--key", help="tenant API key")
+    c.add_argument("--tenant", default="demo-shop", help="tenant whose generated key to use")
+    c.add_argument("--key-file", help="file holding the key (default: kefu-data/<tenant>.key)")
+    c.add_argument("--text", action="append", help="send these messages and exit (repeatable)")
+    c.add_argument("--timeout", type=float, default=10.0)
+    c.add_argument(
+        "-d",
+        "--details",
+        dest="verbose_reply",
+        action="store_true",
+        help="show intent, sentiment, scenario and latency",
+    )
+    c.set_defaults(handler=cmd_chat)

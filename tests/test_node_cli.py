@@ -1,0 +1,92 @@
+"""``kefu node run`` as a real process and ``kefu chat`` against it; SIGTERM stops it cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+KEFU = str(Path(sys.executable).parent / "kefu")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_node_run_chat_and_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [KEFU, "node", "run", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "serving tenants" in line:
+                break
+        out = "".join(lines)
+        assert "serving tenants [demo-shop]" in out, out + (
+            proc.stderr.read() if proc.poll() else ""
+        )
+        key_file = data / "demo-shop.key"
+        assert (os.stat(key_file).st_mode & 0o777) == 0o600
+        key = key_file.read_text().strip()
+        assert key in out  # printed once
+        chat = subprocess.run(
+            [
+                KEFU,
+                "chat",
+                "--target",
+                f"127.0.0.1:{port}",
+                "--key-file",
+                str(key_file),
+                "-d",
+                "--text",
+                "我的订单什么时候到",
+                "--text",
+                "I want to return my shoes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert chat.returncode == 0, chat.stderr
+        assert "intent=delivery_tracking" in chat.stdout and "scenario=logistics" in chat.stdout
+        assert "intent=return_refund" in chat.stdout
+        bad = subprocess.run(
+            [KEFU, "chat", "--target", f"127.0.0.1:{port}", "--key", "wrong", "--text", "hi"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (
+            bad.returncode != 0
+            and "UNAUTHENTICATED" in bad.stderr
+            and "Traceback" not in bad.stderr
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    assert rc == 0
+    db = sqlite3.connect(data / "tenants" / "demo-shop" / "sessions.db")
+    texts = [r[0] for r in db.execute("select text from turns order by session_id, seq")]
+    assert "我的订单什么时候到" in texts and "I want to return my shoes" in texts
