@@ -23,6 +23,7 @@ async def _run(args: argparse.Namespace) -> int:
         listen=args.listen,
         tenant_configs=[Path(p) for p in args.config] or [DEMO_TENANT_CONFIG],
         reuse_port=args.reuse_port,
+        metrics_listen=args.metrics_listen or None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -42,6 +43,8 @@ async def _run(args: argparse.Namespace) -> int:
         first = sorted(node.registry.tenants)[0]
         key_file = demo_key_path(opts.data_dir, first)
         print(f"try: kefu chat --target 127.0.0.1:{node.port} --key-file {key_file}")
+        if node.metrics_port:
+            print(f"metrics: http://127.0.0.1:{node.metrics_port}/metrics")
         sys.stdout.flush()
         await stop.wait()
         print("kefu node: stopping (finishing in-flight turns)…", file=sys.stderr)
@@ -126,6 +129,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--config", action="append", default=[], help="tenant YAML (repeatable)")
     r.add_argument("--data-dir", help="data directory (default: $KEFU_DATA_DIR or ./kefu-data)")
     r.add_argument("--listen", default=DEFAULT_TARGET, help="gRPC address (default %(default)s)")
+    r.add_argument(
+        "--metrics-listen",
+        default="127.0.0.1:7401",
+        help="Prometheus /metrics address, '' to disable (default %(default)s)",
+    )
     r.add_argument(
         "--reuse-port", action="store_true", help="share the port with other worker processes"
     )

@@ -43,6 +43,7 @@ from kefu.node.conversation import (
     TurnResult,
 )
 from kefu.node.inference import ModelBusy
+from kefu.node.metrics import NodeMetrics
 from kefu.node.sessions import (
     InvalidRecord,
     NewFeedback,
@@ -172,29 +173,39 @@ Handler = Callable[[Tenant, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 class KefuNodeService:
     """One instance per node; holds no per-request state."""
 
-    def __init__(self, service: ConversationService):
+    def __init__(self, service: ConversationService, metrics: NodeMetrics | None = None):
         self.service = service
+        self.metrics = metrics
 
     # ------------------------------------------------------------------ plumbing
 
-    async def _abort(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    @staticmethod
+    def _status(exc: BaseException) -> grpc.StatusCode:
+        if isinstance(exc, InvalidTurn | InvalidRecord):
+            return grpc.StatusCode.INVALID_ARGUMENT
+        if isinstance(exc, SessionNotFound):
+            return grpc.StatusCode.NOT_FOUND
+        if isinstance(exc, RateLimited):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
+        if isinstance(exc, StateConflict):
+            return grpc.StatusCode.FAILED_PRECONDITION
+        if isinstance(exc, Overloaded | ModelBusy | TemporaryError):
+            return grpc.StatusCode.UNAVAILABLE
+        return grpc.StatusCode.INTERNAL
+
+    async def _abort(
+        self, context: grpc.aio.ServicerContext, exc: BaseException, tenant: str = ""
+    ) -> None:
+        code = self._status(exc)
+        if self.metrics is not None:
+            self.metrics.observe_error(tenant, code.name)
         retry = getattr(exc, "retry_after", None)
         if isinstance(retry, int | float):
             context.set_trailing_metadata(((RETRY_AFTER_METADATA_KEY, str(int(retry * 1000))),))
-        if isinstance(exc, InvalidTurn | InvalidRecord):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if isinstance(exc, SessionNotFound):
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        if isinstance(exc, RateLimited):
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        if isinstance(exc, StateConflict):
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        if isinstance(exc, Overloaded | ModelBusy | TemporaryError):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        log.error("request failed: %s", exc)
-        await context.abort(
-            grpc.StatusCode.INTERNAL, f"internal error / 内部错误: {type(exc).__name__}"
-        )
+        if code is grpc.StatusCode.INTERNAL:
+            log.error("request failed: %s", exc)
+            await context.abort(code, f"internal error / 内部错误: {type(exc).__name__}")
+        await context.abort(code, str(exc))
 
     async def _tenant(self, request: Any, context: grpc.aio.ServicerContext) -> Tenant:
         tenant = self.service.registry.authenticate(
@@ -219,7 +230,7 @@ class KefuNodeService:
             try:
                 return await fn(tenant, request, context)
             except KefuError as exc:
-                await self._abort(context, exc)
+                await self._abort(context, exc, tenant.id)
 
         return call
 
@@ -238,8 +249,14 @@ class KefuNodeService:
             request_id=req.request_id or None,
         )
 
+    async def _converse(self, tenant: Tenant, req: pb.ConverseRequest) -> TurnResult:
+        result = await self.service.converse(tenant, self._turn_request(req))
+        if self.metrics is not None:
+            self.metrics.observe_turn(tenant.id, result)
+        return result
+
     async def converse(self, tenant: Tenant, req: pb.ConverseRequest, _: Any) -> pb.ConverseReply:
-        return _reply(await self.service.converse(tenant, self._turn_request(req)))
+        return _reply(await self._converse(tenant, req))
 
     async def converse_stream(
         self, request: Any, context: grpc.aio.ServicerContext
@@ -247,9 +264,9 @@ class KefuNodeService:
         tenant = await self._tenant(request, context)
         yield pb.ConverseEvent(typing=pb.Typing(session_id=request.session_id))
         try:
-            result = await self.service.converse(tenant, self._turn_request(request))
+            result = await self._converse(tenant, request)
         except KefuError as exc:
-            await self._abort(context, exc)
+            await self._abort(context, exc, tenant.id)
             return
         yield pb.ConverseEvent(reply=_reply(result))
         if result.handoff:

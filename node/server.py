@@ -23,6 +23,7 @@ from kefu.node.admission import AdmissionController
 from kefu.node.conversation import ConversationService
 from kefu.node.grpc_api import KefuNodeService, generic_handler
 from kefu.node.inference import BatchingModelRuntime, InferenceOptions
+from kefu.node.metrics import NodeMetrics
 from kefu.node.tenant import DEMO_TENANT_CONFIG, TenantRegistry
 from kefu.v1 import SERVICE_NAME
 
@@ -52,6 +53,8 @@ class NodeOptions:
     queue_timeout_s: float = 0.2
     inference: InferenceOptions = field(default_factory=InferenceOptions)
     grace_s: float = 10.0
+    #: Prometheus /metrics address; None = no metrics endpoint.
+    metrics_listen: str | None = "127.0.0.1:7401"
     #: grpcio turns SO_REUSEPORT on by default; a second node on the same port would then start
     #: silently and steal half the traffic. Only set this when worker processes share a port.
     reuse_port: bool = False
@@ -66,6 +69,8 @@ class Node:
         self.runtime: BatchingModelRuntime | None = None
         self.server: grpc.aio.Server | None = None
         self.service: ConversationService | None = None
+        self.metrics: NodeMetrics | None = None
+        self.metrics_port = 0
 
     async def start(self) -> Node:
         if self.status is not NodeStatus.NEW:
@@ -90,7 +95,14 @@ class Node:
             registry=self.registry, runtime=self.runtime, admission=admission
         )
         server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if opts.reuse_port else 0)])
-        server.add_generic_rpc_handlers((generic_handler(KefuNodeService(self.service)),))
+        self.metrics = NodeMetrics(
+            runtime_stats=self.runtime.stats, admission_stats=admission.stats
+        )
+        if opts.metrics_listen:
+            self.metrics_port = self.metrics.serve(opts.metrics_listen)
+        server.add_generic_rpc_handlers(
+            (generic_handler(KefuNodeService(self.service, self.metrics)),)
+        )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -122,6 +134,8 @@ class Node:
             await self.runtime.close()
         if self.registry is not None:
             await self.registry.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.status = NodeStatus.STOPPED
 
     async def wait(self) -> None:

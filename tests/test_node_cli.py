@@ -27,7 +27,17 @@ def test_node_run_chat_and_sigterm(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "data"
     proc = subprocess.Popen(
-        [KEFU, "node", "run", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"],
+        [
+            KEFU,
+            "node",
+            "run",
+            "--data-dir",
+            str(data),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -22,7 +22,10 @@ from kefu.v1 import node_pb2_grpc as pbg
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
     acme = second_tenant(tmp_path, "acme", "acme-key")
     opts = NodeOptions(
-        data_dir=tmp_path / "data", listen="127.0.0.1:0", tenant_configs=[DEMO_TENANT_CONFIG, acme]
+        data_dir=tmp_path / "data",
+        listen="127.0.0.1:0",
+        metrics_listen="127.0.0.1:0",
+        tenant_configs=[DEMO_TENANT_CONFIG, acme],
     )
     async with Node(opts) as n:
         yield n
@@ -141,7 +144,9 @@ async def test_feedback_end_session_and_health(node: Node, stub: pbg.KefuNodeStu
 
 
 async def test_second_node_on_the_same_port_is_refused(node: Node, tmp_path: Path) -> None:
-    opts = NodeOptions(data_dir=tmp_path / "other", listen=f"127.0.0.1:{node.port}")
+    opts = NodeOptions(
+        data_dir=tmp_path / "other", listen=f"127.0.0.1:{node.port}", metrics_listen=None
+    )
     with pytest.raises(PortInUse):
         async with Node(opts):
             pass
@@ -151,5 +156,30 @@ async def test_no_loadable_tenant_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("tenant: [\n", encoding="utf-8")
     with pytest.raises(PermanentError, match="no tenant could be loaded"):
-        async with Node(NodeOptions(data_dir=tmp_path, listen="127.0.0.1:0", tenant_configs=[bad])):
+        async with Node(
+            NodeOptions(
+                data_dir=tmp_path, listen="127.0.0.1:0", metrics_listen=None, tenant_configs=[bad]
+            )
+        ):
             pass
+
+
+async def test_prometheus_metrics_count_turns_errors_and_batches(
+    node: Node, stub: pbg.KefuNodeStub
+) -> None:
+    import urllib.request
+
+    md = demo_key(node)
+    await stub.Converse(
+        pb.ConverseRequest(text="我的手机号13812345678，订单什么时候到"), metadata=md
+    )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Converse(pb.ConverseRequest(text=""), metadata=md)
+    url = f"http://127.0.0.1:{node.metrics_port}/metrics"
+    body = urllib.request.urlopen(url, timeout=10).read().decode()
+    assert 'kefu_turns_total{intent="delivery_tracking"' in body
+    assert 'kefu_errors_total{code="INVALID_ARGUMENT",tenant="demo-shop"} 1.0' in body
+    assert "kefu_turn_latency_seconds_bucket" in body
+    assert 'kefu_model_batches_total{model="demo-shop-intent"' in body
+    assert "kefu_admission_in_flight" in body
+    assert "13812345678" not in body and "订单" not in body  # no conversation text
