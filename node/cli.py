@@ -15,6 +15,9 @@ DEFAULT_TARGET = "127.0.0.1:7400"
 
 async def _run(args: argparse.Namespace) -> int:
     from kefu.models.store import data_dir
+    from kefu.node.logs import configure_logging
+
+    configure_logging(fmt=args.log_format)
     from kefu.node.server import Node, NodeOptions
     from kefu.node.tenant import DEMO_TENANT_CONFIG, demo_key_path
 
@@ -129,6 +132,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--config", action="append", default=[], help="tenant YAML (repeatable)")
     r.add_argument("--data-dir", help="data directory (default: $KEFU_DATA_DIR or ./kefu-data)")
     r.add_argument("--listen", default=DEFAULT_TARGET, help="gRPC address (default %(default)s)")
+    r.add_argument(
+        "--log-format", choices=("json", "text"), default="json", help="stderr log format"
+    )
     r.add_argument(
         "--metrics-listen",
         default="127.0.0.1:7401",

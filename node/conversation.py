@@ -10,6 +10,7 @@ reply decision → persist both turns (the customer's and the bot's) → result.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import unicodedata
 from collections.abc import Mapping
@@ -36,6 +37,8 @@ __all__ = [
     "TurnResult",
     "validate_text",
 ]
+
+log = logging.getLogger("kefu.node.turn")
 
 MAX_TEXT_BYTES = 4096
 HISTORY_SLOT = "_history"
@@ -272,6 +275,26 @@ class ConversationService:
         )
         if session.language != lang or session.scenario != choice.scenario_id:
             await store.update_session(session.id, language=lang, scenario=choice.scenario_id)
+        # Ids and labels only: the conversation text stays in the tenant's database.
+        log.info(
+            "turn",
+            extra={
+                "fields": {
+                    "tenant": tenant.id,
+                    "session_id": session.id,
+                    "request_id": req.request_id or "",
+                    "seq": customer.seq,
+                    "lang": lang,
+                    "intent": intent.label,
+                    "confidence": round(intent.probability, 3),
+                    "sentiment": sentiment.label,
+                    "scenario": choice.scenario_id,
+                    "source": decision.source,
+                    "handoff": decision.handoff,
+                    "latency_ms": round(latency_ms, 2),
+                }
+            },
+        )
         return TurnResult(
             session_id=session.id,
             seq=customer.seq,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -97,6 +98,11 @@ def test_node_run_chat_and_sigterm(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=30)
     assert rc == 0
+    assert proc.stderr is not None
+    logs = proc.stderr.read()
+    turns = [json.loads(line) for line in logs.splitlines() if '"msg": "turn"' in line]
+    assert {t["intent"] for t in turns} >= {"delivery_tracking", "return_refund"}
+    assert "我的订单什么时候到" not in logs and "return my shoes" not in logs  # residency
     db = sqlite3.connect(data / "tenants" / "demo-shop" / "sessions.db")
     texts = [r[0] for r in db.execute("select text from turns order by session_id, seq")]
     assert "我的订单什么时候到" in texts and "I want to return my shoes" in texts
