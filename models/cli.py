@@ -90,8 +90,6 @@ def progress_bar(enabled: bool = True):
                 prog.update(task, description=stage)
             prog.update(task, completed=frac)
 
-        report.prog = prog  # type: ignore[attr-defined]
-        report.task = task  # type: ignore[attr-defined]
         yield report
 
 
