@@ -8,16 +8,18 @@ closes the runtime and the SQLite stores. Both are idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kefu.errors import PermanentError
+from kefu.errors import PermanentError, TemporaryError
 from kefu.models.store import ModelStore, trust_for
 from kefu.node.admission import AdmissionController
 from kefu.node.conversation import ConversationService
@@ -53,6 +55,8 @@ class NodeOptions:
     queue_timeout_s: float = 0.2
     inference: InferenceOptions = field(default_factory=InferenceOptions)
     grace_s: float = 10.0
+    #: How often the retention job purges sessions past their tenant's retention period.
+    retention_interval_s: float = 3600.0
     #: Prometheus /metrics address; None = no metrics endpoint.
     metrics_listen: str | None = "127.0.0.1:7401"
     #: grpcio turns SO_REUSEPORT on by default; a second node on the same port would then start
@@ -71,6 +75,7 @@ class Node:
         self.service: ConversationService | None = None
         self.metrics: NodeMetrics | None = None
         self.metrics_port = 0
+        self._retention: asyncio.Task[None] | None = None
 
     async def start(self) -> Node:
         if self.status is not NodeStatus.NEW:
@@ -118,16 +123,51 @@ class Node:
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         self.server = server
+        self._retention = asyncio.create_task(self._retention_loop(), name="kefu-retention")
         self.status = NodeStatus.SERVING
         log.info(
             "node serving on port %d with tenants %s", self.port, sorted(self.registry.tenants)
         )
         return self
 
+    async def purge_expired(self, now: datetime | None = None) -> dict[str, int]:
+        """Delete sessions idle for longer than their tenant's retention; counts per tenant.
+
+        Retention is per business line in the config, but the store purges per tenant, so the
+        longest period configured for the tenant applies: nothing a business line must keep
+        is ever deleted early.
+        """
+        assert self.registry is not None
+        now = now or datetime.now(UTC)
+        purged: dict[str, int] = {}
+        for tenant in self.registry.tenants.values():
+            policies = tenant.config.session_policy
+            days = max(
+                [policies.default.retention_days]
+                + [o.retention_days for o in policies.overrides.values() if o.retention_days]
+            )
+            purged[tenant.id] = await tenant.store.purge_expired(now, timedelta(days=days))
+        return purged
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.retention_interval_s)
+            try:
+                counts = await self.purge_expired()
+            except TemporaryError as exc:  # disk busy or full: try again next round
+                log.warning("retention job failed, will retry: %s", exc)
+                continue
+            if any(counts.values()):
+                log.info("retention job purged sessions", extra={"fields": {"purged": counts}})
+
     async def drain(self) -> None:
         if self.status in (NodeStatus.DRAINING, NodeStatus.STOPPED):
             return
         self.status = NodeStatus.DRAINING
+        if self._retention is not None:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
         if self.server is not None:
             await self.server.stop(self.options.grace_s)
         if self.runtime is not None:

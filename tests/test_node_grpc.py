@@ -183,3 +183,19 @@ async def test_prometheus_metrics_count_turns_errors_and_batches(
     assert 'kefu_model_batches_total{model="demo-shop-intent"' in body
     assert "kefu_admission_in_flight" in body
     assert "13812345678" not in body and "订单" not in body  # no conversation text
+
+
+async def test_retention_job_purges_sessions_past_the_longest_retention(
+    node: Node, stub: pbg.KefuNodeStub
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    md = demo_key(node)
+    r = await stub.Converse(pb.ConverseRequest(text="你好"), metadata=md)
+    soon = await node.purge_expired(datetime.now(UTC) + timedelta(days=31))
+    assert soon["demo-shop"] == 0  # payment's 180-day retention keeps it (longest wins)
+    later = await node.purge_expired(datetime.now(UTC) + timedelta(days=181))
+    assert later["demo-shop"] == 1
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        await stub.GetSession(pb.GetSessionRequest(session_id=r.session_id), metadata=md)
+    assert ei.value.code() == grpc.StatusCode.NOT_FOUND
