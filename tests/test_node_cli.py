@@ -106,3 +106,54 @@ def test_node_run_chat_and_sigterm(tmp_path: Path) -> None:
     db = sqlite3.connect(data / "tenants" / "demo-shop" / "sessions.db")
     texts = [r[0] for r in db.execute("select text from turns order by session_id, seq")]
     assert "我的订单什么时候到" in texts and "I want to return my shoes" in texts
+
+
+@pytest.mark.slow
+def test_acknowledged_turn_survives_kill_9(tmp_path: Path) -> None:
+    port = free_port()
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [
+            KEFU,
+            "node",
+            "run",
+            "--data-dir",
+            str(data),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--metrics-listen",
+            "",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "serving tenants" not in proc.stdout.readline():
+            pass
+        chat = subprocess.run(
+            [
+                KEFU,
+                "chat",
+                "--target",
+                f"127.0.0.1:{port}",
+                "--key-file",
+                str(data / "demo-shop.key"),
+                "--text",
+                "发票怎么开 order 2024112512345678",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert chat.returncode == 0 and chat.stdout.startswith("bot> "), chat.stderr
+    finally:
+        proc.kill()  # SIGKILL: no chance to flush anything
+        proc.wait(timeout=30)
+    db = sqlite3.connect(data / "tenants" / "demo-shop" / "sessions.db")
+    rows = list(db.execute("select role, text from turns order by seq"))
+    assert rows[0] == ("customer", "发票怎么开 order 2024112512345678")
+    assert rows[1][0] == "bot" and rows[1][1] == chat.stdout[len("bot> ") :].strip()
+    assert db.execute("pragma integrity_check").fetchone() == ("ok",)

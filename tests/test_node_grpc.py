@@ -199,3 +199,59 @@ async def test_retention_job_purges_sessions_past_the_longest_retention(
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         await stub.GetSession(pb.GetSessionRequest(session_id=r.session_id), metadata=md)
     assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_hot_swap_under_load_fails_no_request(tmp_path: Path) -> None:
+    """Publish a new version of the intent model while clients talk: zero failed RPCs, and
+    turns after the switch report the new version."""
+    import asyncio
+    import shutil
+
+    from kefu.bundle import Manifest, sign_bundle, write_manifest
+    from kefu.keys import generate_keypair
+    from kefu.models.store import shipped_dir
+    from kefu.node.admission import RateLimit, RateLimiter
+
+    data = tmp_path / "data"
+    key = generate_keypair(data / "keys", "ops")
+    (data / "trusted-keys").mkdir(parents=True)
+    (data / "trusted-keys" / "ops.pub").write_text(key.public.to_line())
+    v2 = tmp_path / "v2"
+    shutil.copytree(shipped_dir() / "demo-shop-intent", v2)
+    m = Manifest.from_bytes((v2 / "manifest.json").read_bytes())
+    m.version = "hot-swap-2"
+    write_manifest(v2, m)
+    sign_bundle(v2, key)
+    opts = NodeOptions(data_dir=data, listen="127.0.0.1:0", metrics_listen=None)
+    async with Node(opts) as node, grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
+        stub = pbg.KefuNodeStub(ch)
+        md = demo_key(node)
+        assert node.service is not None  # the demo tenant's own rate limit is not under test here
+        node.service.limiter = RateLimiter(RateLimit(rate=1e6, burst=1e6))
+        seen: list[str] = []
+        failures: list[BaseException] = []
+        swapped = asyncio.Event()
+
+        async def client(i: int) -> None:
+            texts = ["我的订单什么时候到", "refund please", "发票", "hello"]
+            for n in range(40):
+                try:
+                    r = await stub.Converse(
+                        pb.ConverseRequest(text=texts[(i + n) % 4]), metadata=md
+                    )
+                    seen.append(r.model_versions["intent"])
+                except grpc.aio.AioRpcError as exc:
+                    failures.append(exc)
+                if swapped.is_set() and n > 30:
+                    break
+
+        async def swap() -> None:
+            await asyncio.sleep(0.05)
+            assert node.runtime is not None
+            await node.runtime.load("demo-shop-intent", v2)
+            swapped.set()
+
+        await asyncio.gather(*(client(i) for i in range(8)), swap())
+        assert failures == []
+        assert seen[-1] == "demo-shop-intent@hot-swap-2"
+        assert any(v != "demo-shop-intent@hot-swap-2" for v in seen)  # it really swapped mid-run
