@@ -1,0 +1,35 @@
+"""Kefu model pipeline: datasets, training (torch), signed bundles and the runtime loader.
+
+The curated API is importable from here; names load lazily so that a node importing
+:mod:`kefu.models.runtime` never pulls in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Dataset": "dataset",
+    "load_dataset": "dataset",
+    "TrainConfig": "training",
+    "train_bundle": "training",
+    "RuntimeOptions": "runtime",
+    "TextClassifier": "runtime",
+    "Prediction": "runtime",
+    "load_model": "runtime",
+    "evaluate": "evaluation",
+    "GateTolerance": "gate",
+    "compare": "gate",
+    "ModelStore": "store",
+    "trust_for": "store",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kefu.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"kefu.models.{module}"), name)

@@ -1,0 +1,36 @@
+"""Kefu node: serves customer conversations for the tenants of one region.
+
+Layers point inward: adapters (``server``, ``grpc_api``, ``sqlite_store``, ``metrics``,
+``cli``) → services (``conversation``, ``tenant``, ``inference``) → a pure core (``scenario``,
+``reply``, ``knowledge``, ``entities``, ``language``, ``admission``, ``redaction``, the
+``sessions`` seam). Names load lazily so importing the pure core pulls in no gRPC.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Node": "server",
+    "NodeOptions": "server",
+    "ConversationService": "conversation",
+    "TurnRequest": "conversation",
+    "TurnResult": "conversation",
+    "TenantRegistry": "tenant",
+    "BatchingModelRuntime": "inference",
+    "ModelRuntime": "inference",
+    "SessionStore": "sessions",
+    "KnowledgeBase": "knowledge",
+    "select_scenario": "scenario",
+    "decide_reply": "reply",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kefu.node' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"kefu.node.{module}"), name)
