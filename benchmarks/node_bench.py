@@ -658,8 +658,12 @@ def print_report(res: dict[str, Any]) -> None:
         f"node in its own process, client: {env['channels']} gRPC channels"
     )
     print(f"  node: {env['node_command']}")
+    from kefu.node.server import NodeOptions
+
+    defaults = NodeOptions()
     print(
-        "  node admission (CLI defaults): max_in_flight 64, queue 256, queue timeout 0.2 s; "
+        f"  node admission (CLI defaults): max_in_flight {defaults.max_in_flight}, "
+        f"queue {defaults.max_queue}, queue timeout {defaults.queue_timeout_s} s; "
         "SQLite synchronous=FULL in a fresh data dir"
     )
     cap = sum(v["rate_per_second"] for v in stock.get("channels", {}).values())

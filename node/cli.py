@@ -28,6 +28,10 @@ async def _run(args: argparse.Namespace) -> int:
         reuse_port=args.reuse_port,
         metrics_listen=args.metrics_listen or None,
     )
+    if args.max_in_flight:
+        opts.max_in_flight = args.max_in_flight
+    if args.queue_timeout is not None:
+        opts.queue_timeout_s = args.queue_timeout
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -132,6 +136,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--config", action="append", default=[], help="tenant YAML (repeatable)")
     r.add_argument("--data-dir", help="data directory (default: $KEFU_DATA_DIR or ./kefu-data)")
     r.add_argument("--listen", default=DEFAULT_TARGET, help="gRPC address (default %(default)s)")
+    r.add_argument("--max-in-flight", type=int, help="turns served at once (default: 16)")
+    r.add_argument(
+        "--queue-timeout",
+        type=float,
+        help="longest expected wait before a turn is shed, seconds (default: 0.05)",
+    )
     r.add_argument(
         "--log-format", choices=("json", "text"), default="json", help="stderr log format"
     )

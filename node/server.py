@@ -50,9 +50,11 @@ class NodeOptions:
     data_dir: Path = Path("kefu-data")
     listen: str = "127.0.0.1:7400"
     tenant_configs: list[Path] = field(default_factory=lambda: [DEMO_TENANT_CONFIG])
-    max_in_flight: int = 64
+    # Sized by throughput x target latency (~160 turns/s x 0.1 s on 2 cores, see README):
+    # more in flight only queues inside the node and inflates everyone's latency.
+    max_in_flight: int = 16
     max_queue: int = 256
-    queue_timeout_s: float = 0.2
+    queue_timeout_s: float = 0.05
     inference: InferenceOptions = field(default_factory=InferenceOptions)
     grace_s: float = 10.0
     #: How often the retention job purges sessions past their tenant's retention period.
