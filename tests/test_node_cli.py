@@ -23,41 +23,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_node(data: Path, port: int, *, metrics: str = "") -> tuple[subprocess.Popen[str], str]:
+    """``kefu node run`` as a child process; returns it and its stdout up to "serving"."""
+    proc = subprocess.Popen(
+        [KEFU, "node", "run", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
+         "--metrics-listen", metrics],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "serving tenants" in line:
+            break
+    out = "".join(lines)
+    if "serving tenants" not in out:
+        proc.kill()
+        assert proc.stderr is not None
+        pytest.fail(f"node did not start:\n{out}{proc.stderr.read()}")
+    return proc, out
+
+
 @pytest.mark.slow
 def test_node_run_chat_and_sigterm(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "data"
-    proc = subprocess.Popen(
-        [
-            KEFU,
-            "node",
-            "run",
-            "--data-dir",
-            str(data),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, out = start_node(data, port, metrics="127.0.0.1:0")
     try:
-        assert proc.stdout is not None
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "serving tenants" in line:
-                break
-        out = "".join(lines)
-        assert "serving tenants [demo-shop]" in out, out + (
-            proc.stderr.read() if proc.poll() else ""
-        )
+        assert "serving tenants [demo-shop]" in out
         key_file = data / "demo-shop.key"
         assert (os.stat(key_file).st_mode & 0o777) == 0o600
         key = key_file.read_text().strip()
@@ -112,27 +109,8 @@ def test_node_run_chat_and_sigterm(tmp_path: Path) -> None:
 def test_acknowledged_turn_survives_kill_9(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "data"
-    proc = subprocess.Popen(
-        [
-            KEFU,
-            "node",
-            "run",
-            "--data-dir",
-            str(data),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--metrics-listen",
-            "",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    proc, _ = start_node(data, port)
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "serving tenants" not in proc.stdout.readline():
-            pass
         chat = subprocess.run(
             [
                 KEFU,
