@@ -42,6 +42,8 @@ log = logging.getLogger("kefu.node.turn")
 
 MAX_TEXT_BYTES = 4096
 HISTORY_SLOT = "_history"
+#: Entity types kept in the session so later turns can use them (written only when changed).
+REMEMBERED_ENTITIES = frozenset({"order_number", "tracking_number", "phone", "email"})
 
 
 class InvalidTurn(PermanentError):
@@ -237,7 +239,8 @@ class ConversationService:
             )
         )
         for e in entities:  # slot memory: the customer need not repeat an order number
-            if e.type in ("order_number", "tracking_number", "phone", "email"):
+            known = slots.get(e.type)
+            if e.type in REMEMBERED_ENTITIES and (known is None or known.value != e.value):
                 await store.set_slot(session.id, e.type, e.value)
         await store.set_slot(
             session.id,

@@ -156,21 +156,29 @@ def _latin_pattern(keyword: str) -> re.Pattern[str] | None:
     return re.compile(rf"(?<![a-z0-9])(?:{body})(?:s|es|d|ed|ing)?(?![a-z0-9])")
 
 
+@lru_cache(maxsize=8192)
+def _matcher(keyword: str) -> tuple[str | None, re.Pattern[str] | None]:
+    """(Chinese needle, Latin pattern) for a keyword, prepared once: routing runs every turn."""
+    if not keyword.strip():
+        return None, None
+    if _is_cjk_keyword(keyword):
+        return "".join(_fold(keyword).split()), None
+    return None, _latin_pattern(keyword)
+
+
 def find_keywords(keywords: Iterable[str], text: str) -> list[str]:
     """The keywords that occur in ``text`` (in the order given, without repeats)."""
     folded = _fold(text)
     squeezed = "".join(folded.split())
     found: list[str] = []
+    seen: set[str] = set()
     for kw in keywords:
-        if kw in found or not kw.strip():
+        if kw in seen:
             continue
-        if _is_cjk_keyword(kw):
-            if "".join(_fold(kw).split()) in squeezed:
-                found.append(kw)
-        else:
-            rx = _latin_pattern(kw)
-            if rx is not None and rx.search(folded):
-                found.append(kw)
+        needle, rx = _matcher(kw)
+        if (needle is not None and needle in squeezed) or (rx is not None and rx.search(folded)):
+            found.append(kw)
+            seen.add(kw)
     return found
 
 
