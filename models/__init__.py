@@ -6,8 +6,7 @@ The curated API is importable from here; names load lazily so that a node import
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kefu.lazy import lazy_exports
 
 _EXPORTS = {
     "Dataset": "dataset",
@@ -27,9 +26,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kefu.models' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"kefu.models.{module}"), name)
+__getattr__ = lazy_exports("kefu.models", _EXPORTS)

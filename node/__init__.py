@@ -8,8 +8,7 @@ Layers point inward: adapters (``server``, ``grpc_api``, ``sqlite_store``, ``met
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kefu.lazy import lazy_exports
 
 _EXPORTS = {
     "Node": "server",
@@ -28,9 +27,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kefu.node' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"kefu.node.{module}"), name)
+__getattr__ = lazy_exports("kefu.node", _EXPORTS)
