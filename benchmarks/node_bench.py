@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -367,7 +368,7 @@ def bench_config(tmp: Path) -> tuple[Path, dict[str, Any]]:
 class NodeProcess:
     """``kefu node run`` in a child process; stdout/stderr go to files in ``tmp``."""
 
-    def __init__(self, tmp: Path, config: Path):
+    def __init__(self, tmp: Path, config: Path, *, workers: int = 1):
         self.tmp = tmp
         self.data_dir = tmp / "data"
         self.port = free_port()
@@ -379,6 +380,7 @@ class NodeProcess:
         cmd += ["--data-dir", str(self.data_dir), "--config", str(config)]
         cmd += ["--listen", f"127.0.0.1:{self.port}"]
         cmd += ["--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
+        cmd += ["--workers", str(workers)]
         self.command = " ".join(cmd)
         with open(self.out_path, "wb") as out, open(self.log_path, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=tmp)
@@ -399,12 +401,20 @@ class NodeProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of the node process (all its threads)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU of the node: its process and its worker processes (all threads)."""
+        total, pids = 0.0, {self.proc.pid}
+        stats: dict[int, list[str]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        for pid, fields in stats.items():  # direct children are enough: workers do not fork
+            if int(fields[1]) == self.proc.pid:
+                pids.add(pid)
+        for pid in pids:
+            if pid in stats:
+                total += int(stats[pid][11]) + int(stats[pid][12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def scrape(self) -> dict[str, float]:
         """Sums of the node's Prometheus samples by name (labels folded)."""
@@ -759,7 +769,7 @@ async def drive(args: argparse.Namespace, node: NodeProcess, key: str) -> dict[s
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     config, stock = bench_config(tmp)
-    node = NodeProcess(tmp, config)
+    node = NodeProcess(tmp, config, workers=args.workers)
     try:
         print(f"starting node (logs: {node.log_path}) …", file=sys.stderr)
         key = node.wait_ready()
@@ -801,6 +811,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--think", type=float, default=1.0, help="open-loop think time, s (1.0)")
     ap.add_argument("--timeout", type=float, default=5.0, help="per-turn deadline, s (5)")
     ap.add_argument("--raw-seconds", type=float, default=3.0, help="per raw batch size (3)")
+    ap.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="node worker processes (cores)"
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--json", action="store_true", help="print the numbers as JSON")

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kefu.errors import PermanentError, TemporaryError
+
+if TYPE_CHECKING:
+    from kefu.node.server import NodeOptions
 
 DEFAULT_TARGET = "127.0.0.1:7400"
 
@@ -18,8 +23,9 @@ async def _run(args: argparse.Namespace) -> int:
     from kefu.node.logs import configure_logging
 
     configure_logging(fmt=args.log_format)
+    os.environ["KEFU_LOG_FORMAT"] = args.log_format  # worker processes log the same way
     from kefu.node.server import Node, NodeOptions
-    from kefu.node.tenant import DEMO_TENANT_CONFIG, demo_key_path
+    from kefu.node.tenant import DEMO_TENANT_CONFIG
 
     opts = NodeOptions(
         data_dir=data_dir(args.data_dir),
@@ -36,26 +42,72 @@ async def _run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if args.workers > 1:
+        return await _run_pool(opts, args.workers, stop, args.listen)
     async with Node(opts) as node:
         assert node.registry is not None
-        for err in node.registry.errors:
-            print(f"kefu: tenant refused: {err.error}", file=sys.stderr)
-        for tenant, key in node.registry.new_keys.items():
-            path = demo_key_path(opts.data_dir, tenant)
-            print(f"API key for tenant {tenant} (shown once, kept in {path}, mode 0600):\n  {key}")
-        tenants = ", ".join(sorted(node.registry.tenants))
-        print(
-            f"kefu node serving tenants [{tenants}] on {args.listen.rsplit(':', 1)[0]}:{node.port}"
+        _announce(
+            opts,
+            listen=args.listen,
+            port=node.port,
+            metrics_port=node.metrics_port,
+            tenants=sorted(node.registry.tenants),
+            errors=[e.error for e in node.registry.errors],
+            new_keys=node.registry.new_keys,
         )
-        first = sorted(node.registry.tenants)[0]
-        key_file = demo_key_path(opts.data_dir, first)
-        print(f"try: kefu chat --target 127.0.0.1:{node.port} --key-file {key_file}")
-        if node.metrics_port:
-            print(f"metrics: http://127.0.0.1:{node.metrics_port}/metrics")
-        sys.stdout.flush()
         await stop.wait()
         print("kefu node: stopping (finishing in-flight turns)…", file=sys.stderr)
     return 0
+
+
+async def _run_pool(opts: NodeOptions, workers: int, stop: asyncio.Event, listen: str) -> int:
+    from kefu.node.workers import WorkerPool
+
+    os.environ.setdefault("KEFU_LOG_FORMAT", "json")
+    async with WorkerPool(opts, workers=workers) as pool:
+        _announce(
+            opts,
+            listen=listen,
+            port=pool.port,
+            metrics_port=pool.metrics_port,
+            tenants=pool.tenants,
+            errors=pool.tenant_errors,
+            new_keys=pool.new_keys,
+            workers=workers,
+        )
+        await stop.wait()
+        print("kefu node: stopping workers (finishing in-flight turns)…", file=sys.stderr)
+    return 0
+
+
+def _announce(
+    opts: NodeOptions,
+    *,
+    listen: str,
+    port: int,
+    metrics_port: int,
+    tenants: list[str],
+    errors: list[str],
+    new_keys: dict[str, str],
+    workers: int = 1,
+) -> None:
+    from kefu.node.tenant import demo_key_path
+
+    for err in errors:
+        print(f"kefu: tenant refused: {err}", file=sys.stderr)
+    for tenant, key in new_keys.items():
+        path = demo_key_path(opts.data_dir, tenant)
+        print(f"API key for tenant {tenant} (shown once, kept in {path}, mode 0600):\n  {key}")
+    procs = f" with {workers} worker processes" if workers > 1 else ""
+    print(
+        f"kefu node serving tenants [{', '.join(tenants)}] on "
+        f"{listen.rsplit(':', 1)[0]}:{port}{procs}"
+    )
+    key_file = demo_key_path(opts.data_dir, tenants[0])
+    print(f"try: kefu chat --target 127.0.0.1:{port} --key-file {key_file}")
+    if metrics_port:
+        print(f"metrics: http://127.0.0.1:{metrics_port}/metrics")
+    sys.stdout.flush()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -149,6 +201,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--metrics-listen",
         default="127.0.0.1:7401",
         help="Prometheus /metrics address, '' to disable (default %(default)s)",
+    )
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="node processes sharing the port (use the core count for throughput; default 1)",
     )
     r.add_argument(
         "--reuse-port", action="store_true", help="share the port with other worker processes"

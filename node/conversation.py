@@ -24,7 +24,18 @@ from kefu.node.inference import ModelRuntime
 from kefu.node.language import detect_language
 from kefu.node.reply import TurnHistory, decide_reply, kb_answer_for
 from kefu.node.scenario import select_scenario
-from kefu.node.sessions import NewSession, NewTurn, Session, SessionStatus, TurnRole
+from kefu.node.sessions import (
+    HandoffRequest,
+    NewSession,
+    NewTurn,
+    Session,
+    SessionStatus,
+    Slot,
+    TurnRecord,
+    TurnRole,
+    start_session,
+    utc_now,
+)
 from kefu.node.tenant import Tenant, TenantRegistry
 
 __all__ = [
@@ -152,29 +163,32 @@ class ConversationService:
         async with self.admission.admit():
             return await self._turn(tenant, req, text, started)
 
-    async def _session(self, tenant: Tenant, req: TurnRequest) -> Session:
-        store = tenant.store
+    async def _context(
+        self, tenant: Tenant, req: TurnRequest
+    ) -> tuple[Session, dict[str, Slot], bool]:
+        """The session and its slots; a new session is built here and stored with the turn."""
         if req.session_id:
-            session = await store.get_session(req.session_id)
-            if session is None:
+            context = await tenant.store.load_context(req.session_id)
+            if context is None:
                 raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
-            return session
-        attributes: dict[str, Any] = dict(req.metadata)
-        return await store.create_session(
+            return context.session, context.slots, False
+        session = start_session(
             NewSession(
                 channel=req.channel,
                 user_id=req.user_id or None,
                 language=req.language or None,
-                attributes=attributes,
-            )
+                attributes=dict(req.metadata),
+            ),
+            tenant=tenant.id,
+            now=utc_now(),
         )
+        return session, {}, True
 
     async def _turn(
         self, tenant: Tenant, req: TurnRequest, text: str, started: float
     ) -> TurnResult:
         cfg, store = tenant.config, tenant.store
-        session = await self._session(tenant, req)
-        slots = await store.get_slots(session.id)
+        session, slots, is_new = await self._context(tenant, req)
         history = TurnHistory.from_dict(
             slots[HISTORY_SLOT].value if HISTORY_SLOT in slots else None
         )
@@ -223,34 +237,32 @@ class ConversationService:
         )
         versions = {"intent": intent.ref, "sentiment": sentiment.ref}
         entity_dict = {e.type: e.normalized for e in entities}
-        customer = await store.append_turn(
-            NewTurn(
-                session_id=session.id,
-                role=TurnRole.CUSTOMER,
-                text=text,
-                language=lang,
-                intent=intent.label,
-                confidence=round(intent.probability, 6),
-                sentiment=sentiment.label,
-                scenario=choice.scenario_id,
-                entities=entity_dict,
-                model_versions=versions,
-                request_id=req.request_id,
-            )
+        customer_turn = NewTurn(
+            session_id=session.id,
+            role=TurnRole.CUSTOMER,
+            text=text,
+            language=lang,
+            intent=intent.label,
+            confidence=round(intent.probability, 6),
+            sentiment=sentiment.label,
+            scenario=choice.scenario_id,
+            entities=entity_dict,
+            model_versions=versions,
+            request_id=req.request_id,
         )
-        for e in entities:  # slot memory: the customer need not repeat an order number
-            known = slots.get(e.type)
-            if e.type in REMEMBERED_ENTITIES and (known is None or known.value != e.value):
-                await store.set_slot(session.id, e.type, e.value)
-        await store.set_slot(
-            session.id,
-            HISTORY_SLOT,
-            history.advance(decision, intent=intent.label, sentiment=sentiment.label).to_dict(),
-        )
-        handoff_id = ""
+        # Slot memory: the customer need not repeat an order number (written only when changed).
+        slot_writes: dict[str, Any] = {
+            e.type: e.value
+            for e in entities
+            if e.type in REMEMBERED_ENTITIES
+            and (e.type not in slots or slots[e.type].value != e.value)
+        }
+        slot_writes[HISTORY_SLOT] = history.advance(
+            decision, intent=intent.label, sentiment=sentiment.label
+        ).to_dict()
+        handoff = None
         if decision.handoff and session.status is SessionStatus.OPEN:
-            handoff = await store.create_handoff(
-                session.id,
+            handoff = HandoffRequest(
                 reason=decision.handoff_reason or "policy",
                 summary={
                     "intents": [*history.recent_intents, intent.label],
@@ -259,25 +271,35 @@ class ConversationService:
                     "slots": sorted(values),
                 },
             )
-            handoff_id = handoff.id
         latency_ms = (time.perf_counter() - started) * 1000.0
-        await store.append_turn(
-            NewTurn(
+        bot_turn = NewTurn(
+            session_id=session.id,
+            role=TurnRole.BOT,
+            text=decision.text,
+            language=decision.lang,
+            intent=intent.label,
+            scenario=choice.scenario_id,
+            handoff=decision.handoff,
+            handoff_reason=decision.handoff_reason,
+            model_versions=versions,
+            latency_ms=round(latency_ms, 3),
+            request_id=req.request_id,
+        )
+        # One transaction for the whole turn, group-committed with concurrent turns: once it
+        # returns, both turns, the slots and any hand-off are on disk together.
+        recorded = await store.record_turn(
+            TurnRecord(
                 session_id=session.id,
-                role=TurnRole.BOT,
-                text=decision.text,
-                language=decision.lang,
-                intent=intent.label,
-                scenario=choice.scenario_id,
-                handoff=decision.handoff,
-                handoff_reason=decision.handoff_reason,
-                model_versions=versions,
-                latency_ms=round(latency_ms, 3),
-                request_id=req.request_id,
+                new_session=session if is_new else None,
+                turns=(customer_turn, bot_turn),
+                slots=slot_writes,
+                language=lang if session.language != lang else None,
+                scenario=choice.scenario_id if session.scenario != choice.scenario_id else None,
+                handoff=handoff,
             )
         )
-        if session.language != lang or session.scenario != choice.scenario_id:
-            await store.update_session(session.id, language=lang, scenario=choice.scenario_id)
+        customer = recorded.turns[0]
+        handoff_id = recorded.handoff.id if recorded.handoff is not None else ""
         # Ids and labels only: the conversation text stays in the tenant's database.
         log.info(
             "turn",

@@ -59,6 +59,8 @@ class NodeOptions:
     grace_s: float = 10.0
     #: How often the retention job purges sessions past their tenant's retention period.
     retention_interval_s: float = 3600.0
+    #: Off in all but one worker process: the job is idempotent, N copies only waste I/O.
+    run_retention: bool = True
     #: Prometheus /metrics address; None = no metrics endpoint.
     metrics_listen: str | None = "127.0.0.1:7401"
     #: grpcio turns SO_REUSEPORT on by default; a second node on the same port would then start
@@ -125,7 +127,8 @@ class Node:
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         self.server = server
-        self._retention = asyncio.create_task(self._retention_loop(), name="kefu-retention")
+        if opts.run_retention:
+            self._retention = asyncio.create_task(self._retention_loop(), name="kefu-retention")
         self.status = NodeStatus.SERVING
         log.info(
             "node serving on port %d with tenants %s", self.port, sorted(self.registry.tenants)

@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import json
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -349,6 +348,80 @@ class Page(Generic[T]):
     next_cursor: str | None = None  # pass back to get the following page; None: no more
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HandoffRequest:
+    reason: str  # a short code, never customer text
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TurnRecord:
+    """Everything one customer turn writes, committed in one transaction: all of it or none.
+
+    A turn used to be five transactions (customer turn, slots, hand-off, bot turn, session);
+    now it is one, and the SQLite store commits several concurrent turns with one fsync.
+    """
+
+    session_id: str
+    #: The session this turn opens (built with :func:`start_session`); inserted first.
+    new_session: Session | None = None
+    turns: tuple[NewTurn, ...] = ()
+    slots: Mapping[str, Any] = field(default_factory=dict)  # upserted, JSON values
+    language: str | None = None  # session fields to change; None = leave as is
+    scenario: str | None = None
+    #: Opened unless the session already has an active hand-off (then it is not repeated).
+    handoff: HandoffRequest | None = None
+
+    def __post_init__(self) -> None:
+        if self.new_session is not None and self.new_session.id != self.session_id:
+            raise InvalidRecord("new_session.id differs from session_id")
+        if any(t.session_id != self.session_id for t in self.turns):
+            raise InvalidRecord("every turn of a TurnRecord belongs to its session")
+        for key in self.slots:
+            check_text("slot key", key, 128, required=True)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RecordedTurn:
+    session: Session  # as it is after the record
+    turns: list[Turn]
+    handoff: Handoff | None = None  # the hand-off this record opened, if any
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionContext:
+    """What a turn needs to read first: the session and its slots, from one consistent read."""
+
+    session: Session
+    slots: dict[str, Slot]
+
+
+def apply_turn_record(
+    session: Session, record: TurnRecord, *, now: datetime, has_active_handoff: bool
+) -> tuple[Session, list[Turn], Handoff | None]:
+    """The pure part of recording a turn, shared by both stores: checks, seqs, the new session."""
+    ensure_writable(session)
+    turns = [
+        stored_turn(t, seq=session.turn_count + i, now=now) for i, t in enumerate(record.turns, 1)
+    ]
+    handoff = None
+    if record.handoff is not None and not has_active_handoff:
+        handoff = open_handoff(
+            session.id, reason=record.handoff.reason, summary=record.handoff.summary, now=now
+        )
+    check_text("language", record.language, 32)
+    check_text("scenario", record.scenario, 128)
+    after = replace(
+        session,
+        turn_count=session.turn_count + len(turns),
+        last_active_at=now if turns else session.last_active_at,
+        language=session.language if record.language is None else record.language,
+        scenario=session.scenario if record.scenario is None else record.scenario,
+        status=SessionStatus.HANDED_OFF if handoff is not None else session.status,
+    )
+    return after, turns, handoff
+
+
 # Constructors both stores use, so stored records are built (and JSON-normalised) one way.
 
 
@@ -494,227 +567,10 @@ class SessionStore(Protocol):
     ) -> Page[Handoff]: ...
     async def add_feedback(self, new: NewFeedback) -> Feedback: ...
     async def list_feedback(self, session_id: str) -> list[Feedback]: ...
+    async def load_context(self, session_id: str) -> SessionContext | None: ...
+    async def record_turn(self, record: TurnRecord) -> RecordedTurn: ...
     async def purge_expired(self, now: datetime, retention: timedelta) -> int: ...
     async def close(self) -> None: ...
-
-
-# --------------------------------------------------------------------------- in-memory double
-
-
-class InMemorySessionStore:
-    """The :class:`SessionStore` contract in plain dicts, for unit tests of the pure core."""
-
-    def __init__(self, tenant: str = "demo-shop", *, clock: Callable[[], datetime] = utc_now):
-        self._tenant = validate_tenant_id(tenant)
-        self._clock = clock
-        self._sessions: dict[str, Session] = {}
-        self._turns: dict[str, list[Turn]] = {}
-        self._slots: dict[str, dict[str, Slot]] = {}
-        self._handoffs: dict[str, Handoff] = {}
-        self._feedback: dict[str, list[Feedback]] = {}
-        self._feedback_ids = 0
-        self._closed = False
-
-    @property
-    def tenant(self) -> str:
-        return self._tenant
-
-    async def __aenter__(self) -> InMemorySessionStore:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def _now(self) -> datetime:
-        if self._closed:
-            raise StorageUnavailable("session store is closed / 会话存储已关闭")
-        return as_utc(self._clock())
-
-    def _session(self, session_id: str, *, writable: bool = True) -> Session:
-        self._now()
-        if session_id not in self._sessions:
-            raise RecordNotFound("session", session_id)
-        if writable:
-            ensure_writable(self._sessions[session_id])
-        return self._sessions[session_id]
-
-    def _put(self, session: Session) -> Session:
-        self._sessions[session.id] = session
-        return copy.deepcopy(session)
-
-    async def create_session(self, new: NewSession) -> Session:
-        return self._put(start_session(new, tenant=self._tenant, now=self._now()))
-
-    async def get_session(self, session_id: str) -> Session | None:
-        self._now()
-        return copy.deepcopy(self._sessions.get(session_id))
-
-    async def list_sessions(
-        self,
-        *,
-        status: SessionStatus | None = None,
-        user_id: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> Page[Session]:
-        self._now()
-        rows = [
-            s
-            for s in self._sessions.values()
-            if status in (None, s.status) and user_id in (None, s.user_id)
-        ]
-        return _page(rows, limit=limit, cursor=cursor, newest_first=True)
-
-    async def touch_session(self, session_id: str) -> Session:
-        session = self._session(session_id)
-        return self._put(replace(session, last_active_at=self._now()))
-
-    async def update_session(
-        self,
-        session_id: str,
-        *,
-        status: SessionStatus | None = None,
-        language: str | None = None,
-        scenario: str | None = None,
-        attributes: Mapping[str, Any] | None = None,
-    ) -> Session:
-        session = self._session(session_id, writable=False)
-        patched = patch_session(
-            session, status=status, language=language, scenario=scenario, attributes=attributes
-        )
-        return copy.deepcopy(session) if patched is None else self._put(patched)
-
-    async def append_turn(self, turn: NewTurn) -> Turn:
-        session = self._session(turn.session_id)
-        stored = stored_turn(turn, seq=session.turn_count + 1, now=self._now())
-        self._turns.setdefault(session.id, []).append(stored)
-        self._put(replace(session, turn_count=stored.seq, last_active_at=stored.created_at))
-        return copy.deepcopy(stored)
-
-    async def get_turns(
-        self, session_id: str, *, after_seq: int = 0, tail: int | None = None
-    ) -> list[Turn]:
-        self._now()
-        turns = [t for t in self._turns.get(session_id, []) if t.seq > after_seq]
-        if tail is not None:
-            turns = turns[len(turns) - max(tail, 0) :]
-        return copy.deepcopy(turns)
-
-    async def set_slot(self, session_id: str, key: str, value: Any) -> Slot:
-        self._session(session_id)
-        slot = Slot(
-            session_id=session_id,
-            key=key,
-            value=json_clone(value, what="slot value"),
-            updated_at=self._now(),
-        )
-        self._slots.setdefault(session_id, {})[key] = slot
-        return copy.deepcopy(slot)
-
-    async def get_slots(self, session_id: str) -> dict[str, Slot]:
-        self._now()
-        return copy.deepcopy(dict(sorted(self._slots.get(session_id, {}).items())))
-
-    async def create_handoff(
-        self, session_id: str, *, reason: str, summary: Mapping[str, Any] | None = None
-    ) -> Handoff:
-        session = self._session(session_id)
-        handoff = open_handoff(session_id, reason=reason, summary=summary, now=self._now())
-        if any(
-            h.session_id == session_id and h.status != HandoffStatus.CLOSED
-            for h in self._handoffs.values()
-        ):
-            raise StateConflict(
-                f"session {session_id!r} already has an active hand-off / 该会话已有进行中的转人工"
-            )
-        self._handoffs[handoff.id] = handoff
-        self._put(replace(session, status=SessionStatus.HANDED_OFF))
-        return copy.deepcopy(handoff)
-
-    async def get_handoff(self, handoff_id: str) -> Handoff | None:
-        self._now()
-        return copy.deepcopy(self._handoffs.get(handoff_id))
-
-    async def update_handoff(
-        self, handoff_id: str, *, status: HandoffStatus, agent_id: str | None = None
-    ) -> Handoff:
-        now = self._now()
-        if handoff_id not in self._handoffs:
-            raise RecordNotFound("handoff", handoff_id)
-        updated = move_handoff(self._handoffs[handoff_id], status, agent_id, now)
-        self._handoffs[handoff_id] = updated
-        return copy.deepcopy(updated)
-
-    async def list_handoffs(
-        self,
-        *,
-        status: HandoffStatus | None = None,
-        session_id: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> Page[Handoff]:
-        self._now()
-        rows = [
-            h
-            for h in self._handoffs.values()
-            if status in (None, h.status) and session_id in (None, h.session_id)
-        ]
-        return _page(rows, limit=limit, cursor=cursor, newest_first=False)
-
-    async def add_feedback(self, new: NewFeedback) -> Feedback:
-        session = self._session(new.session_id, writable=False)
-        if new.turn_seq is not None and new.turn_seq > session.turn_count:
-            raise RecordNotFound("turn", f"{new.session_id}#{new.turn_seq}")
-        self._feedback_ids += 1
-        stored = stored_feedback(new, feedback_id=self._feedback_ids, now=self._now())
-        self._feedback.setdefault(new.session_id, []).append(stored)
-        return copy.deepcopy(stored)
-
-    async def list_feedback(self, session_id: str) -> list[Feedback]:
-        self._now()
-        return copy.deepcopy(self._feedback.get(session_id, []))
-
-    async def purge_expired(self, now: datetime, retention: timedelta) -> int:
-        self._now()
-        now = as_utc(now)
-        cutoff = now - check_retention(retention)
-        gone = {s.id for s in self._sessions.values() if s.last_active_at < cutoff}
-        for sid in gone:
-            del self._sessions[sid]
-            self._turns.pop(sid, None)
-            self._slots.pop(sid, None)
-            self._feedback.pop(sid, None)
-        for hid, h in self._handoffs.items():
-            if h.session_id in gone:
-                self._handoffs[hid] = replace(
-                    h, summary={}, status=HandoffStatus.CLOSED, closed_at=h.closed_at or now
-                )
-        return len(gone)
-
-    async def close(self) -> None:
-        self._closed = True
-
-
-_Keyed = TypeVar("_Keyed", Session, Handoff)
-
-
-def _page(
-    rows: list[_Keyed], *, limit: int, cursor: str | None, newest_first: bool
-) -> Page[_Keyed]:
-    check_limit(limit)
-
-    def key(r: _Keyed) -> tuple[str, str]:
-        return to_iso(r.created_at), r.id
-
-    rows.sort(key=key, reverse=newest_first)
-    if cursor is not None:
-        after = decode_cursor(cursor)
-        rows = [r for r in rows if (key(r) < after if newest_first else key(r) > after)]
-    items = copy.deepcopy(rows[:limit])
-    more = len(rows) > limit
-    return Page(
-        items=items, next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None
-    )
 
 
 __all__ = [
@@ -723,8 +579,8 @@ __all__ = [
     "TERMINAL_STATUSES",
     "Feedback",
     "Handoff",
+    "HandoffRequest",
     "HandoffStatus",
-    "InMemorySessionStore",
     "InvalidRecord",
     "InvalidTenant",
     "NewFeedback",
@@ -732,7 +588,9 @@ __all__ = [
     "NewTurn",
     "Page",
     "RecordNotFound",
+    "RecordedTurn",
     "Session",
+    "SessionContext",
     "SessionStatus",
     "SessionStore",
     "Slot",
@@ -741,7 +599,9 @@ __all__ = [
     "StorageCorrupt",
     "StorageUnavailable",
     "Turn",
+    "TurnRecord",
     "TurnRole",
+    "apply_turn_record",
     "new_record_id",
     "validate_tenant_id",
 ]

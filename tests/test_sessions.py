@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 
 from kefu.errors import PermanentError, TemporaryError
+from kefu.node.memory_store import InMemorySessionStore
 from kefu.node.sessions import (
+    HandoffRequest,
     HandoffStatus,
-    InMemorySessionStore,
     InvalidRecord,
     InvalidTenant,
     NewFeedback,
@@ -36,7 +37,9 @@ from kefu.node.sessions import (
     StorageBusy,
     StorageCorrupt,
     StorageUnavailable,
+    TurnRecord,
     TurnRole,
+    start_session,
 )
 from kefu.node.sqlite_store import SCHEMA_VERSION, SQLiteSessionStore, SQLiteStoreOptions
 
@@ -305,6 +308,79 @@ async def test_handoff_lifecycle(store: SessionStore, clock: Clock) -> None:
     assert [x.id for x in by_session.items] == [h.id, third.id]
 
 
+def _record(session_id: str, *, new: Session | None = None, **kw: Any) -> TurnRecord:
+    return TurnRecord(
+        session_id=session_id,
+        new_session=new,
+        turns=(
+            _turn(session_id, "我的订单 20241125001 什么时候到"),
+            _turn(session_id, "预计明天送达 / arriving tomorrow", role=TurnRole.BOT),
+        ),
+        **kw,
+    )
+
+
+async def test_record_turn_writes_a_whole_turn_at_once(store: SessionStore, clock: Clock) -> None:
+    fresh = start_session(NewSession(channel="app"), tenant="acme", now=clock.now)
+    assert await store.load_context(fresh.id) is None  # not stored before its first turn
+    clock.advance(seconds=5)
+    done = await store.record_turn(
+        _record(fresh.id, new=fresh, slots={"order_number": "20241125001"}, scenario="logistics")
+    )
+    assert [t.seq for t in done.turns] == [1, 2] and done.handoff is None
+    assert (done.session.turn_count, done.session.scenario) == (2, "logistics")
+    assert done.session.last_active_at == clock.now
+    context = await store.load_context(fresh.id)
+    assert context is not None and context.session == done.session
+    assert {k: v.value for k, v in context.slots.items()} == {"order_number": "20241125001"}
+    assert [t.text for t in await store.get_turns(fresh.id)][1].startswith("预计明天送达")
+
+    clock.advance(seconds=5)
+    angry = HandoffRequest(reason="complaint", summary={"intents": ["complaint"]})
+    second = await store.record_turn(_record(fresh.id, handoff=angry, language="zh"))
+    assert [t.seq for t in second.turns] == [3, 4]
+    assert second.handoff is not None and second.session.status == SessionStatus.HANDED_OFF
+    third = await store.record_turn(_record(fresh.id, handoff=angry))
+    assert third.handoff is None  # one active hand-off per session: not opened twice
+    assert len((await store.list_handoffs(session_id=fresh.id)).items) == 1
+
+    with pytest.raises(StateConflict):  # the same new session twice
+        await store.record_turn(_record(fresh.id, new=fresh))
+    await store.update_session(fresh.id, status=SessionStatus.ENDED)
+    with pytest.raises(StateConflict):
+        await store.record_turn(_record(fresh.id, slots={"x": 1}))
+    context = await store.load_context(fresh.id)
+    assert context is not None and context.session.turn_count == 6 and "x" not in context.slots
+    with pytest.raises(RecordNotFound):
+        await store.record_turn(_record("no-such-session"))
+
+
+async def test_group_commit_shares_fsyncs_and_isolates_failures(tmp_path: Path) -> None:
+    import asyncio
+
+    store = await _open(tmp_path)
+    try:
+        ended = await store.create_session(NewSession())
+        await store.update_session(ended.id, status=SessionStatus.ENDED)
+        fresh = [start_session(NewSession(), tenant="acme", now=T0) for _ in range(40)]
+        before = store.stats.groups
+        results = await asyncio.gather(
+            *(store.record_turn(_record(s.id, new=s)) for s in fresh[:20]),
+            store.record_turn(_record(ended.id)),  # fails inside a group of good records
+            *(store.record_turn(_record(s.id, new=s)) for s in fresh[20:]),
+            return_exceptions=True,
+        )
+        assert isinstance(results[20], StateConflict)
+        good = results[:20] + results[21:]
+        assert all(not isinstance(r, BaseException) for r in good)
+        assert store.stats.groups - before < 41  # commits were shared
+        for s in fresh:
+            assert (await _get(store, s.id)).turn_count == 2
+        assert await store.get_turns(ended.id) == []
+    finally:
+        await store.close()
+
+
 async def test_feedback(store: SessionStore) -> None:
     s = await store.create_session(NewSession())
     await store.append_turn(_turn(s.id))
@@ -438,15 +514,17 @@ async def test_newer_schema_and_garbage_files_are_refused(tmp_path: Path) -> Non
 
 KILL_SCRIPT = """
 import asyncio, sys, time
-from kefu.node.sessions import NewSession, NewTurn, TurnRole
+from kefu.node.sessions import (
+    NewSession, NewTurn, TurnRecord, TurnRole, start_session, utc_now,
+)
 from kefu.node.sqlite_store import SQLiteSessionStore
 
 async def main():
     store = await SQLiteSessionStore.open(sys.argv[1], "acme")
-    s = await store.create_session(NewSession(channel="app"))
+    s = start_session(NewSession(channel="app"), tenant="acme", now=utc_now())
     turn = NewTurn(session_id=s.id, role=TurnRole.CUSTOMER, text="我要退货 return please")
-    stored = await store.append_turn(turn)
-    print("ACK", s.id, stored.seq, flush=True)
+    done = await store.record_turn(TurnRecord(session_id=s.id, new_session=s, turns=(turn,)))
+    print("ACK", s.id, done.turns[0].seq, flush=True)
     time.sleep(120)
 
 asyncio.run(main())
