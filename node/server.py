@@ -26,6 +26,7 @@ from kefu.node.conversation import ConversationService
 from kefu.node.grpc_api import KefuNodeService, generic_handler
 from kefu.node.inference import BatchingModelRuntime, InferenceOptions
 from kefu.node.metrics import NodeMetrics
+from kefu.node.session_db import SQLiteStoreOptions
 from kefu.node.tenant import DEMO_TENANT_CONFIG, TenantRegistry
 from kefu.v1 import SERVICE_NAME
 
@@ -59,6 +60,8 @@ class NodeOptions:
     grace_s: float = 10.0
     #: How often the retention job purges sessions past their tenant's retention period.
     retention_interval_s: float = 3600.0
+    #: SQLite tuning per tenant store (busy retries, queue bound, group size, disk quota).
+    store: SQLiteStoreOptions | None = None
     #: Off in all but one worker process: the job is idempotent, N copies only waste I/O.
     run_retention: bool = True
     #: Prometheus /metrics address; None = no metrics endpoint.
@@ -87,7 +90,9 @@ class Node:
         opts = self.options
         store = ModelStore(opts.data_dir / "models", trust_for(opts.data_dir))
         store.seed_shipped()
-        self.registry = await TenantRegistry.open(opts.data_dir, opts.tenant_configs)
+        self.registry = await TenantRegistry.open(
+            opts.data_dir, opts.tenant_configs, store_options=opts.store
+        )
         if not self.registry.tenants:
             errors = "; ".join(e.error for e in self.registry.errors) or "no tenant configs"
             raise PermanentError(f"no tenant could be loaded: {errors}")

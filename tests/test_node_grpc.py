@@ -256,3 +256,34 @@ async def test_hot_swap_under_load_fails_no_request(tmp_path: Path) -> None:
         assert failures == []
         assert seen[-1] == "demo-shop-intent@hot-swap-2"
         assert any(v != "demo-shop-intent@hot-swap-2" for v in seen)  # it really swapped mid-run
+
+
+async def test_disk_full_is_unavailable_over_grpc_and_never_corrupts(tmp_path: Path) -> None:
+    import sqlite3
+
+    from kefu.node.session_db import SQLiteStoreOptions
+
+    opts = NodeOptions(
+        data_dir=tmp_path / "data",
+        listen="127.0.0.1:0",
+        metrics_listen=None,
+        store=SQLiteStoreOptions(max_db_bytes=200 * 1024),  # the tenant's disk quota
+    )
+    async with Node(opts) as node, grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
+        stub, md = pbg.KefuNodeStub(ch), demo_key(node)
+        first = await stub.Converse(pb.ConverseRequest(text="我的订单什么时候到"), metadata=md)
+        long_text = "我要退款，" * 250  # ~3.7 KB, under the 4 KB limit
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            for _ in range(200):
+                await stub.Converse(
+                    pb.ConverseRequest(text=long_text, session_id=first.session_id), metadata=md
+                )
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "storage" in (ei.value.details() or "") and "Traceback" not in (
+            ei.value.details() or ""
+        )
+        view = await stub.GetSession(pb.GetSessionRequest(session_id=first.session_id), metadata=md)
+        assert len(view.turns) % 2 == 0  # whole turns only: customer and bot lines together
+        db_path = opts.data_dir / "tenants" / "demo-shop" / "sessions.db"
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
