@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kefu.bundle import sign_bundle, verify_bundle
 from kefu.errors import PermanentError, ProviderUnavailable
 from kefu.keys import SigningKey, TrustStore, generate_keypair, load_signing_key
+from kefu.models.progress import progress_bar
+from kefu.models.store import default_version
 
 GATE_FAILED = 3
 
@@ -59,38 +59,6 @@ def local_signing_key(data: Path, key_path: str | None) -> SigningKey:
     (trusted / "local.pub").write_text(sk.public.to_line(), encoding="utf-8")
     print(f"created signing key {path} (id {sk.public.key_id}) and trusted it", file=sys.stderr)
     return sk
-
-
-def default_version() -> str:
-    return datetime.now(UTC).strftime("%Y%m%d.%H%M%S")
-
-
-@contextmanager
-def progress_bar(enabled: bool = True):
-    """Yields ``report(stage, fraction)``; draws a rich progress bar on a terminal."""
-    if not enabled:
-        yield lambda stage, frac: None
-        return
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        transient=False,
-        console=None,
-    ) as prog:
-        task = prog.add_task("", total=1.0)
-        label = [""]
-
-        def report(stage: str, frac: float) -> None:
-            if stage != label[0]:
-                label[0] = stage
-                prog.update(task, description=stage)
-            prog.update(task, completed=frac)
-
-        yield report
 
 
 def _pct(v: Any) -> str:

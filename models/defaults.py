@@ -106,7 +106,8 @@ def build_defaults(
     progress: bool = True,
     out_root: Path | None = None,
 ) -> list[dict[str, Any]]:
-    from kefu.models.cli import default_version, progress_bar
+    from kefu.models.progress import progress_bar
+    from kefu.models.store import default_version
     from kefu.models.training import TrainConfig, train_bundle
 
     version = version or default_version()

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,8 @@ def trust_for(data: Path, extra: list[str] | None = None) -> TrustStore:
     paths += [Path(p) for p in env.split(":") if p]
     paths += [Path(p) for p in extra or []]
     return TrustStore.from_paths(p for p in paths if p.exists() or p in map(Path, extra or []))
+
+
+def default_version() -> str:
+    """A version for a new bundle: the UTC time, sortable (``20261125.231500``)."""
+    return datetime.now(UTC).strftime("%Y%m%d.%H%M%S")

@@ -18,7 +18,7 @@ _EXPORTS = {
     "TurnResult": "conversation",
     "TenantRegistry": "tenant",
     "BatchingModelRuntime": "inference",
-    "ModelRuntime": "inference",
+    "ModelRuntime": "predictions",
     "SessionStore": "sessions",
     "KnowledgeBase": "knowledge",
     "select_scenario": "scenario",
