@@ -15,6 +15,12 @@ Two layers, applied in this order to every request:
    too. This keeps latency bounded and the node stable at any offered load — overload turns
    into fast, explicit refusals with a retry hint instead of a growing backlog.
 
+3. **Event-loop lag** (:class:`LoopLag`) — in an asyncio server the loop itself is a queue
+   that admission control cannot see: requests wait there, before any handler runs, when the
+   process is out of CPU. A sampler measures how late the loop runs a timer; while that lag
+   exceeds ``max_loop_lag``, new requests are refused at once (a refusal costs a fraction of
+   a turn), which drains the backlog instead of letting every latency grow.
+
 Estimated wait = (position in queue / max_in_flight) × average service time, where the
 average is an exponentially weighted mean of how long admitted work held its slot (no
 estimate until the first request finishes, so a cold node never sheds on a guess).
@@ -42,6 +48,7 @@ __all__ = [
     "AdmissionController",
     "AdmissionStats",
     "Clock",
+    "LoopLag",
     "ManualClock",
     "Overloaded",
     "Permit",
@@ -285,6 +292,29 @@ _current_permits: contextvars.ContextVar[tuple[Permit, ...]] = contextvars.Conte
 )
 
 
+class LoopLag:
+    """How late the event loop runs a timer, sampled every ``interval`` seconds.
+
+    ``value`` is the latest sample (seconds). Run :meth:`run` as a task on the loop to watch.
+    """
+
+    def __init__(self, *, interval: float = 0.005, clock: Clock = time.monotonic):
+        self.interval = interval
+        self.value = 0.0
+        self.max_seen = 0.0
+        self._clock = clock
+
+    def __call__(self) -> float:
+        return self.value
+
+    async def run(self) -> None:
+        while True:
+            start = self._clock()
+            await asyncio.sleep(self.interval)
+            self.value = max(0.0, self._clock() - start - self.interval)
+            self.max_seen = max(self.max_seen, self.value)
+
+
 class AdmissionController:
     """Bounded concurrency with a bounded FIFO queue; policy "shed newest beyond queue".
 
@@ -303,6 +333,8 @@ class AdmissionController:
         clock: Clock = time.monotonic,
         ewma_alpha: float = 0.2,
         min_retry_after: float = 0.05,
+        loop_lag: Callable[[], float] | None = None,
+        max_loop_lag: float = math.inf,
     ):
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
@@ -314,6 +346,8 @@ class AdmissionController:
         self._clock = clock
         self._alpha = ewma_alpha
         self._min_retry = min_retry_after
+        self._loop_lag = loop_lag
+        self.max_loop_lag = max_loop_lag
         self._in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._avg_service: float | None = None
@@ -372,6 +406,8 @@ class AdmissionController:
 
     async def acquire(self) -> Permit:
         """Wait for a slot (FIFO) or raise :class:`Overloaded`; see the class docstring."""
+        if self._loop_lag is not None and self._loop_lag() > self.max_loop_lag:
+            raise self._refuse("loop_lag")
         if self._in_flight < self.max_in_flight and self.queued == 0:
             self._in_flight += 1
             return self._grant()

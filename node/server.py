@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kefu.errors import PermanentError, TemporaryError
 from kefu.models.store import ModelStore, trust_for
-from kefu.node.admission import AdmissionController
+from kefu.node.admission import AdmissionController, LoopLag
 from kefu.node.conversation import ConversationService
 from kefu.node.grpc_api import KefuNodeService, generic_handler
 from kefu.node.inference import BatchingModelRuntime, InferenceOptions
@@ -56,6 +56,8 @@ class NodeOptions:
     max_in_flight: int = 16
     max_queue: int = 256
     queue_timeout_s: float = 0.05
+    #: Refuse new turns while the event loop runs timers this late (the process is out of CPU).
+    max_loop_lag_s: float = 0.025
     inference: InferenceOptions = field(default_factory=InferenceOptions)
     grace_s: float = 10.0
     #: How often the retention job purges sessions past their tenant's retention period.
@@ -83,6 +85,8 @@ class Node:
         self.metrics: NodeMetrics | None = None
         self.metrics_port = 0
         self._retention: asyncio.Task[None] | None = None
+        self._lag: LoopLag | None = None
+        self._lag_task: asyncio.Task[None] | None = None
 
     async def start(self) -> Node:
         if self.status is not NodeStatus.NEW:
@@ -104,7 +108,15 @@ class Node:
         }
         for ref in sorted(refs, key=lambda r: r.ref):
             await self.runtime.load(ref.name, ref.ref)
-        admission = AdmissionController(opts.max_in_flight, opts.max_queue, opts.queue_timeout_s)
+        self._lag = LoopLag()
+        self._lag_task = asyncio.create_task(self._lag.run(), name="kefu-loop-lag")
+        admission = AdmissionController(
+            opts.max_in_flight,
+            opts.max_queue,
+            opts.queue_timeout_s,
+            loop_lag=self._lag,
+            max_loop_lag=opts.max_loop_lag_s,
+        )
         self.service = ConversationService(
             registry=self.registry, runtime=self.runtime, admission=admission
         )
@@ -174,10 +186,11 @@ class Node:
         if self.status in (NodeStatus.DRAINING, NodeStatus.STOPPED):
             return
         self.status = NodeStatus.DRAINING
-        if self._retention is not None:
-            self._retention.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retention
+        for task in (self._retention, self._lag_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.server is not None:
             await self.server.stop(self.options.grace_s)
         if self.runtime is not None:

@@ -10,6 +10,7 @@ import pytest
 from kefu.errors import TemporaryError
 from kefu.node.admission import (
     AdmissionController,
+    LoopLag,
     ManualClock,
     Overloaded,
     Permit,
@@ -302,3 +303,35 @@ async def test_resize_grows_into_waiters_and_shrinks_gradually() -> None:
     assert ac.in_flight == 1
     last.release()
     assert ac.in_flight == 0
+
+
+async def test_loop_lag_sheds_new_work_even_with_free_slots() -> None:
+    lag = {"now": 0.0}
+    ac = AdmissionController(
+        max_in_flight=8, max_queue=8, queue_timeout=1.0, loop_lag=lambda: lag["now"],
+        max_loop_lag=0.025,
+    )  # fmt: skip
+    (permit,) = await hold(ac, 1)
+    lag["now"] = 0.2  # the loop runs its timers 200 ms late: the process is out of CPU
+    with pytest.raises(Overloaded) as info:
+        await ac.acquire()
+    assert info.value.reason == "loop_lag" and ac.in_flight == 1
+    lag["now"] = 0.001
+    (second,) = await hold(ac, 1)
+    permit.release()
+    second.release()
+    assert ac.stats().shed_total == 1
+
+
+async def test_loop_lag_sampler_sees_a_blocked_loop() -> None:
+    sampler = LoopLag(interval=0.005)
+    task = asyncio.create_task(sampler.run())
+    await asyncio.sleep(0.02)
+    time.sleep(0.15)  # block the loop, as a CPU-starved server would be
+    await asyncio.sleep(0.01)
+    assert sampler.max_seen >= 0.12
+    await asyncio.sleep(0.05)
+    assert sampler() < 0.1  # and it recovers once the loop runs freely again
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
