@@ -360,8 +360,11 @@ def install(opts: InstallOptions) -> int:
     if _systemd_running(opts):
         _run(["systemctl", "daemon-reload"])
         if opts.start:
-            _run(["systemctl", "enable", "--now", UNIT_NAME])
-            _say("systemd: enabled and started (systemctl status kefu-node)")
+            _run(["systemctl", "enable", UNIT_NAME])
+            # restart, not start: an upgrade must replace the running (old) version; the old
+            # one drains first (SIGTERM).
+            _run(["systemctl", "restart", UNIT_NAME])
+            _say("systemd: enabled and (re)started (systemctl status kefu-node)")
         else:
             _say("systemd: unit loaded; start it with: systemctl enable --now kefu-node")
     else:

@@ -28,10 +28,14 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kefu import __version__
 from kefu.errors import ConfigError, KefuError
+
+if TYPE_CHECKING:  # the heavy modules load only when a command needs them
+    from kefu.config.node import ResolvedNodeConfig
+    from kefu.node.server import NodeOptions
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -167,7 +171,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- run
 
 
-def _resolve_run_config(args: argparse.Namespace) -> Any:
+def _resolve_run_config(args: argparse.Namespace) -> ResolvedNodeConfig:
     from kefu.config.node import NodeConfig, ResolvedNodeConfig, load_node_config
 
     explicit = args.config or os.environ.get("KEFU_NODE_CONFIG")
@@ -214,7 +218,7 @@ def _resolve_run_config(args: argparse.Namespace) -> Any:
     return resolved
 
 
-def node_options(resolved: Any) -> Any:
+def node_options(resolved: ResolvedNodeConfig) -> NodeOptions:
     """NodeOptions from a resolved node.yaml."""
     from kefu.models.runtime import RuntimeOptions
     from kefu.node.inference import InferenceOptions
@@ -250,7 +254,7 @@ def node_options(resolved: Any) -> Any:
     )
 
 
-async def _serve(resolved: Any) -> int:
+async def _serve(resolved: ResolvedNodeConfig) -> int:
     from kefu.node.logs import configure_logging
     from kefu.node.server import Node
     from kefu.node.tenant import demo_key_path
@@ -320,7 +324,7 @@ def cfg_host(address: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "[::]") else host
 
 
-def _os_error(exc: OSError, resolved: Any) -> KefuError:
+def _os_error(exc: OSError, resolved: ResolvedNodeConfig) -> KefuError:
     from kefu.errors import PermanentError, TemporaryError
 
     where = f"{exc.filename}: " if exc.filename else ""

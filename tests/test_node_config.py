@@ -126,3 +126,15 @@ def test_version_lists_execution_providers(capsys: pytest.CaptureFixture[str]) -
     info = json.loads(capsys.readouterr().out)
     assert info["version"] and "CPUExecutionProvider" in info["execution_providers"]
     assert info["frozen"] is False
+
+
+def test_the_node_executable_never_imports_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kefu.node_main, kefu.node_install, kefu.config.node, kefu.node.server\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
