@@ -4,6 +4,7 @@
                   [--metrics-listen H:P]
     kefu-node version [--json]
     kefu-node check-config FILE [FILE ...]
+    kefu-node chat [--target H:P] [--key-file F] [--text T ...] [-d]
     kefu-node install [--root DIR] [--no-start] ...
     kefu-node uninstall [--root DIR] [--purge]
 
@@ -343,6 +344,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(resolved))
 
 
+# --------------------------------------------------------------------------- chat
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """``kefu chat`` bundled into the executable, so an operator can try a fresh install."""
+    from kefu.node.cli import cmd_chat as chat
+
+    if not args.key and not args.key_file:
+        args.key_file = str(Path("/var/lib/kefu") / f"{args.tenant}.key")
+    return chat(args)
+
+
 # --------------------------------------------------------------------------- install
 
 
@@ -399,6 +412,18 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a node.yaml (and its tenants) or a tenant")
     c.add_argument("files", nargs="+", metavar="FILE")
     c.set_defaults(handler=cmd_check_config)
+
+    t = sub.add_parser("chat", help="try a node: send messages, print the replies")
+    t.add_argument("--target", default="127.0.0.1:7400", help="node address (%(default)s)")
+    t.add_argument("--key", help="tenant API key")
+    t.add_argument("--tenant", default="demo-shop", help="tenant whose generated key to use")
+    t.add_argument("--key-file", help="file holding the key (default /var/lib/kefu/<tenant>.key)")
+    t.add_argument("--text", action="append", help="send these messages and exit (repeatable)")
+    t.add_argument("--timeout", type=float, default=10.0)
+    t.add_argument(
+        "-d", "--details", dest="verbose_reply", action="store_true", help="intent, scenario..."
+    )
+    t.set_defaults(handler=cmd_chat)
 
     i = sub.add_parser("install", help="install as a system service (user, dirs, config, unit)")
     _common_install_args(i)

@@ -110,13 +110,20 @@ def test_serves_zh_and_en_then_stops_cleanly_on_sigterm(binary: Path, tmp_path: 
                     timeout=30,
                 )
             assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        chat = subprocess.run(
+            [str(binary), "chat", "--target", f"127.0.0.1:{port}", "--key-file",
+             str(data / "demo-shop.key"), "-d", "--text", "我想退款"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert chat.returncode == 0, chat.stderr
+        assert "intent=return_refund" in chat.stdout
         text = metrics_text(metrics_port)
         turns = sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
             if line.startswith("kefu_turns_total{") and 'tenant="demo-shop"' in line
         )
-        assert turns == 2
+        assert turns == 3
         assert metric_value(text, "kefu_admission_in_flight") == 0
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -134,7 +141,7 @@ def test_serves_zh_and_en_then_stops_cleanly_on_sigterm(binary: Path, tmp_path: 
     texts = [r[0] for r in db.execute("select text from turns order by session_id, seq")]
     db.close()
     assert "我的订单什么时候到" in texts and "I want to return my shoes" in texts
-    assert len(texts) == 4  # customer + bot, twice
+    assert len(texts) == 6  # customer + bot, three times
 
 
 def test_install_into_a_temporary_root(binary: Path, tmp_path: Path) -> None:
