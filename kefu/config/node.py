@@ -214,6 +214,7 @@ limits:
   max_queue: 256           # turns waiting for a slot; beyond it: UNAVAILABLE (shed)
   queue_timeout_s: 0.05    # longest expected wait before a turn is shed
   drain_timeout_s: 10      # on SIGTERM, in-flight turns get this long to finish
+                           # (above 10: raise TimeoutStopSec past it + 20 s, systemctl edit)
   retention_interval_s: 3600
 
 inference:
