@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -203,19 +204,9 @@ def _resolve_run_config(args: argparse.Namespace) -> ResolvedNodeConfig:
             cfg = NodeConfig.model_validate(merged)
         except ValueError as exc:
             raise ConfigError(f"bad command-line override: {exc}") from exc
-        resolved = ResolvedNodeConfig(
-            source=resolved.source,
-            config=cfg,
-            data_dir=resolved.data_dir,
-            tenant_files=resolved.tenant_files,
-        )
+        resolved = dataclasses.replace(resolved, config=cfg)
     if args.data_dir:
-        resolved = ResolvedNodeConfig(
-            source=resolved.source,
-            config=resolved.config,
-            data_dir=Path(args.data_dir).absolute(),
-            tenant_files=resolved.tenant_files,
-        )
+        resolved = dataclasses.replace(resolved, data_dir=Path(args.data_dir).absolute())
     return resolved
 
 
