@@ -57,6 +57,12 @@ async def _run(args: argparse.Namespace) -> int:
         )
         await stop.wait()
         print("kefu node: stopping (finishing in-flight turns)…", file=sys.stderr)
+    if node.turns_cut:  # exit codes as kefu-node's (kefu/node_main.py EXIT_CODES)
+        print(
+            f"kefu node: drain deadline expired, {node.turns_cut} turn(s) cancelled",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 

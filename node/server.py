@@ -87,6 +87,9 @@ class Node:
         self._retention: asyncio.Task[None] | None = None
         self._lag: LoopLag | None = None
         self._lag_task: asyncio.Task[None] | None = None
+        #: Turns still running when the drain deadline (``grace_s``) expired; they were
+        #: cancelled. Set by :meth:`drain`; 0 = every in-flight turn finished.
+        self.turns_cut = 0
 
     async def start(self) -> Node:
         if self.status is not NodeStatus.NEW:
@@ -192,7 +195,12 @@ class Node:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if self.server is not None:
-            await self.server.stop(self.options.grace_s)
+            # Stop accepting at once; in-flight RPCs get grace_s, then grpc cancels them.
+            stopping = asyncio.ensure_future(self.server.stop(self.options.grace_s))
+            done, _ = await asyncio.wait({stopping}, timeout=self.options.grace_s)
+            if not done and self.service is not None:
+                self.turns_cut = self.service.admission.in_flight
+            await stopping
         if self.runtime is not None:
             await self.runtime.close()
         if self.registry is not None:

@@ -11,4 +11,7 @@ python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e '.[train,dev]'
 ruff check .
 ./scripts/typecheck.sh
+# The kefu-node executable (its own build venv, no torch; ~1 min, reused when the sources did
+# not change): prints size, cold start and RSS; tests/test_packaging.py smoke-tests it.
+./packaging/build.sh --runs 2
 pytest -q "$@"

@@ -1,0 +1,229 @@
+"""The node configuration file (``/etc/kefu/node.yaml``): where a node keeps its data, where
+it listens, which tenants it serves and its limits.
+
+Every field has a typed default, so an empty mapping (``{}``) is a valid config: the node then
+serves the demo tenant on loopback only. Relative paths are resolved against the directory of
+the config file, never against the working directory (a service has no meaningful one).
+Errors name file, line and field (``/etc/kefu/node.yaml:7: field 'limits.max_in_flight':
+Input should be greater than or equal to 1 (got 0)``), via :mod:`kefu.config.yamlsource`.
+
+Example (what ``kefu-node install`` writes, see :data:`DEFAULT_NODE_YAML`)::
+
+    data_dir: /var/lib/kefu
+    listen: 127.0.0.1:7400
+    metrics_listen: 127.0.0.1:7401
+    tenants: []            # tenant YAML files or globs; empty = the built-in demo tenant
+    limits:
+      max_in_flight: 16
+      drain_timeout_s: 10
+"""
+
+from __future__ import annotations
+
+import glob
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from kefu.config.yamlsource import Problem, YamlDocument, load_yaml, parse_yaml
+
+__all__ = [
+    "DEFAULT_NODE_YAML",
+    "InferenceSettings",
+    "LimitSettings",
+    "LoggingSettings",
+    "NodeConfig",
+    "ResolvedNodeConfig",
+    "load_node_config",
+    "parse_host_port",
+    "parse_node_config",
+]
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:7400"`` / ``"[::1]:7400"`` / ``"0.0.0.0:0"`` → (host, port); ValueError."""
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:7400)")
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ValueError(f"{value!r}: port must be a number from 0 to 65535")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        if not all(part and part.replace("-", "").isalnum() for part in bare.split(".")):
+            raise ValueError(f"{value!r}: {host!r} is not an IP address or host name") from None
+    return host, int(port_s)
+
+
+def _address(v: str) -> str:
+    parse_host_port(v)
+    return v
+
+
+def _optional_address(v: str | None) -> str | None:
+    return _address(v) if v else None
+
+
+Address = Annotated[str, AfterValidator(_address)]
+
+
+class _Section(BaseModel):
+    # A typo in an operator's file must be an error, not a silently ignored line.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LimitSettings(_Section):
+    """Overload and shutdown limits (defaults measured on 2 cores, see the README)."""
+
+    #: Turns served at once; more only queues inside the node and inflates latency.
+    max_in_flight: int = Field(default=16, ge=1, le=10_000)
+    #: Turns that may wait for a slot; beyond it new turns are shed with UNAVAILABLE.
+    max_queue: int = Field(default=256, ge=0, le=1_000_000)
+    #: Longest expected wait (seconds) before a turn is shed instead of queued.
+    queue_timeout_s: float = Field(default=0.05, ge=0, le=60)
+    #: On SIGTERM: how long in-flight turns get to finish before they are cancelled.
+    drain_timeout_s: float = Field(default=10.0, ge=0, le=600)
+    #: How often expired sessions are purged (seconds).
+    retention_interval_s: float = Field(default=3600.0, gt=0, le=7 * 86400)
+
+
+class InferenceSettings(_Section):
+    """Model serving knobs (per model version)."""
+
+    #: Execution providers in order of preference; CPU is always the last resort.
+    providers: tuple[Literal["tensorrt", "cuda", "cpu"], ...] = ("tensorrt", "cuda", "cpu")
+    max_batch: int = Field(default=32, ge=1, le=4096)
+    max_wait_us: int = Field(default=2_000, ge=0, le=1_000_000)
+    cache_size: int = Field(default=10_000, ge=0, le=10_000_000)
+    intra_op_threads: int = Field(default=1, ge=1, le=256)
+    #: TensorRT engine cache (GPU hosts); relative to the data directory when relative.
+    trt_engine_cache_dir: str | None = None
+
+
+class LoggingSettings(_Section):
+    format: Literal["json", "text"] = "json"
+
+
+class NodeConfig(_Section):
+    """The node.yaml schema. Paths are as written; :meth:`resolve` makes them absolute."""
+
+    data_dir: str = "/var/lib/kefu"
+    listen: Address = "127.0.0.1:7400"
+    #: Prometheus /metrics address; empty or null turns the endpoint off.
+    metrics_listen: Annotated[str | None, AfterValidator(_optional_address)] = "127.0.0.1:7401"
+    #: Tenant YAML files or glob patterns (``tenants/*.yaml``). Empty = the demo tenant.
+    tenants: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+    #: Share the gRPC port with other worker processes on purpose (SO_REUSEPORT).
+    reuse_port: bool = False
+    limits: LimitSettings = LimitSettings()
+    inference: InferenceSettings = InferenceSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResolvedNodeConfig:
+    """A validated config with absolute paths and the tenant files it names, expanded."""
+
+    source: str = "<node config>"
+    config: NodeConfig = field(default_factory=NodeConfig)
+    data_dir: Path = Path("/var/lib/kefu")
+    #: Tenant config files; empty means the node serves the built-in demo tenant.
+    tenant_files: tuple[Path, ...] = ()
+
+
+def load_node_config(path: str | Path) -> ResolvedNodeConfig:
+    """Read, validate and resolve a node.yaml; every problem is a located ConfigError."""
+    return _resolve(load_yaml(path), base=Path(path).resolve().parent)
+
+
+def parse_node_config(
+    text: str | bytes, *, source: str = "<node config>", base: Path | None = None
+) -> ResolvedNodeConfig:
+    """Like :func:`load_node_config` for text; relative paths resolve against ``base``."""
+    return _resolve(parse_yaml(text, source=source), base=base or Path.cwd())
+
+
+def _resolve(doc: YamlDocument, *, base: Path) -> ResolvedNodeConfig:
+    data = doc.data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise doc.error("the top level must be a mapping (data_dir:, listen:, tenants:, ...)")
+    cfg = YamlDocument(path=doc.path, data=data, lines=doc.lines).validate(NodeConfig)
+    problems: list[Problem] = []
+    files: list[Path] = []
+    for i, entry in enumerate(cfg.tenants):
+        pattern = Path(entry) if Path(entry).is_absolute() else base / entry
+        if glob.has_magic(str(pattern)):
+            matched = sorted(Path(p) for p in glob.glob(str(pattern)))
+            if not matched:
+                problems.append(
+                    Problem(loc=("tenants", i), message=f"no file matches {str(pattern)!r}")
+                )
+            files.extend(matched)
+        elif not pattern.is_file():
+            problems.append(Problem(loc=("tenants", i), message=f"no such file: {pattern}"))
+        else:
+            files.append(pattern)
+    seen: set[Path] = set()
+    for i, f in enumerate(files):
+        if f in seen:
+            problems.append(Problem(loc=("tenants", i), message=f"{f} is listed twice"))
+        seen.add(f)
+    if problems:
+        raise doc.problems_error(problems)
+    data_dir = Path(cfg.data_dir)
+    if not cfg.data_dir.strip():
+        raise doc.error("must not be empty", ("data_dir",))
+    return ResolvedNodeConfig(
+        source=doc.path,
+        config=cfg,
+        data_dir=data_dir if data_dir.is_absolute() else base / data_dir,
+        tenant_files=tuple(files),
+    )
+
+
+#: The config ``kefu-node install`` writes (mode 0640): loopback only, demo tenant, defaults.
+DEFAULT_NODE_YAML = """\
+# Kefu node configuration / Kefu 节点配置
+# Check it with:  kefu-node check-config /etc/kefu/node.yaml
+# Every field is optional; the values below are the defaults.
+
+# Sessions (one SQLite file per tenant), model store and generated keys. 会话与模型数据目录。
+data_dir: /var/lib/kefu
+
+# gRPC API (kefu.v1). Loopback only by default: put a TLS-terminating proxy in front, or set
+# 0.0.0.0:7400 on a private network. 默认只监听本机。
+listen: 127.0.0.1:7400
+
+# Prometheus /metrics over HTTP; "" turns it off.
+metrics_listen: 127.0.0.1:7401
+
+# Tenant configs (files or globs, relative to this file). Empty = the built-in demo tenant
+# "demo-shop", whose API key is generated on first start into <data_dir>/demo-shop.key.
+# 租户配置文件；留空则运行内置演示租户 demo-shop。
+tenants: []
+#  - tenants/*.yaml
+
+limits:
+  max_in_flight: 16        # turns served at once
+  max_queue: 256           # turns waiting for a slot; beyond it: UNAVAILABLE (shed)
+  queue_timeout_s: 0.05    # longest expected wait before a turn is shed
+  drain_timeout_s: 10      # on SIGTERM, in-flight turns get this long to finish
+                           # (above 10: raise TimeoutStopSec past it + 20 s, systemctl edit)
+  retention_interval_s: 3600
+
+inference:
+  providers: [tensorrt, cuda, cpu]   # preference order; CPU is always the fallback
+  max_batch: 32
+  max_wait_us: 2000
+  cache_size: 10000
+  intra_op_threads: 1
+
+logging:
+  format: json             # or text
+"""

@@ -1,0 +1,198 @@
+"""The shipped ``kefu-node`` build, smoke-tested as an operator would use it.
+
+The module fixture runs ``packaging/build.sh --no-measure`` (a no-op when the build is up to
+date: scripts/test.sh has built it just before pytest) and unpacks the shipped archive into a
+temporary directory, so what is tested is the archive itself, not the build tree. Set
+``KEFU_NODE_ARCHIVE`` to test a given archive instead of building.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import tarfile
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from packaging_helpers import ROOT, metric_value, metrics_text, node_yaml, start
+
+from kefu.v1 import SERVICE_NAME, bearer_metadata
+from kefu.v1 import node_pb2 as pb
+from kefu.v1 import node_pb2_grpc as pbg
+
+pytestmark = pytest.mark.slow
+
+
+def is_cjk(c: str) -> bool:
+    return "\u4e00" <= c <= "\u9fff"
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    given = os.environ.get("KEFU_NODE_ARCHIVE")
+    if given:
+        archive = Path(given)
+    else:
+        build = subprocess.run(
+            [str(ROOT / "packaging" / "build.sh"), "--no-measure"],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+        assert build.returncode == 0, build.stdout + build.stderr
+        archives = sorted((ROOT / "dist").glob("kefu-node-*-linux-*.tar.gz"))
+        assert len(archives) == 1, archives
+        archive = archives[0]
+    dest = tmp_path_factory.mktemp("unpacked")
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="tar")
+    exe = dest / "kefu-node" / "kefu-node"
+    assert os.access(exe, os.X_OK)
+    return exe
+
+
+def test_version_and_check_config(binary: Path, tmp_path: Path) -> None:
+    out = subprocess.run(
+        [str(binary), "version", "--json"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["frozen"] is True
+    assert info["build_date"] and len(info["commit"].removesuffix("-dirty")) == 40
+    assert "CPUExecutionProvider" in info["execution_providers"]
+
+    bad = tmp_path / "node.yaml"
+    bad.write_text("listen: 127.0.0.1:7400\nlimits:\n  max_in_flight: many\n", encoding="utf-8")
+    res = subprocess.run(
+        [str(binary), "check-config", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 78
+    assert f"{bad}:3: field 'limits.max_in_flight'" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_serves_zh_and_en_then_stops_cleanly_on_sigterm(binary: Path, tmp_path: Path) -> None:
+    config, port, metrics_port = node_yaml(tmp_path)
+    proc, out = start([str(binary), "run", "--config", str(config)])
+    data = tmp_path / "data"
+    try:
+        assert "serving tenants [demo-shop]" in out
+        key = (data / "demo-shop.key").read_text().strip()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=10
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            stub = pbg.KefuNodeStub(channel)
+            zh = stub.Converse(
+                pb.ConverseRequest(text="我的订单什么时候到", channel=pb.CHANNEL_WEB),
+                metadata=bearer_metadata(key),
+                timeout=30,
+            )
+            assert (zh.language, zh.intent, zh.scenario) == ("zh", "delivery_tracking", "logistics")
+            assert zh.session_id and any(is_cjk(c) for c in zh.text)  # answered in Chinese
+            en = stub.Converse(
+                pb.ConverseRequest(text="I want to return my shoes", channel=pb.CHANNEL_APP),
+                metadata=bearer_metadata(key),
+                timeout=30,
+            )
+            assert (en.language, en.intent) == ("en", "return_refund")
+            assert en.text and not any(is_cjk(c) for c in en.text)  # answered in English
+            with pytest.raises(grpc.RpcError) as denied:
+                stub.Converse(
+                    pb.ConverseRequest(text="hi", channel=pb.CHANNEL_WEB),
+                    metadata=bearer_metadata("kefu_wrong"),
+                    timeout=30,
+                )
+            assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        chat = subprocess.run(
+            [str(binary), "chat", "--target", f"127.0.0.1:{port}", "--key-file",
+             str(data / "demo-shop.key"), "-d", "--text", "我想退款"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert chat.returncode == 0, chat.stderr
+        assert "intent=return_refund" in chat.stdout
+        text = metrics_text(metrics_port)
+        turns = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("kefu_turns_total{") and 'tenant="demo-shop"' in line
+        )
+        assert turns == 3
+        assert metric_value(text, "kefu_admission_in_flight") == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert "stopped cleanly" in err and "Traceback" not in err
+    assert "我的订单什么时候到" not in err  # conversation text never reaches the log
+    db_path = data / "tenants" / "demo-shop" / "sessions.db"
+    assert not db_path.with_name("sessions.db-wal").exists() or (
+        db_path.with_name("sessions.db-wal").stat().st_size == 0
+    )  # closed: the WAL was checkpointed into the database
+    db = sqlite3.connect(db_path)
+    texts = [r[0] for r in db.execute("select text from turns order by session_id, seq")]
+    db.close()
+    assert "我的订单什么时候到" in texts and "I want to return my shoes" in texts
+    assert len(texts) == 6  # customer + bot, three times
+
+
+def test_install_into_a_temporary_root(binary: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        (root / "etc" / name).touch()
+    res = subprocess.run(
+        [str(binary), "install", "--root", str(root)], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "systemd is not running here" in res.stdout  # a directory tree is never "live"
+    link = root / "usr/local/bin/kefu-node"
+    target = Path(os.readlink(link))
+    assert target.is_absolute() and str(target).startswith("/opt/kefu/kefu-node-0.")
+    installed = root / str(target).lstrip("/")
+    assert (installed.parent / "_internal").is_dir()
+    version = subprocess.run(
+        [str(installed), "version", "--json"], capture_output=True, text=True, timeout=60
+    )
+    assert version.returncode == 0 and json.loads(version.stdout)["frozen"] is True
+    config = root / "etc/kefu/node.yaml"
+    assert (config.stat().st_mode & 0o777) == 0o640
+    check = subprocess.run(
+        [str(installed), "check-config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stderr
+    unit = (root / "etc/systemd/system/kefu-node.service").read_text()
+    expected = (
+        "Restart=on-failure",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/kefu",
+        "PrivateTmp=yes",
+        "User=kefu",
+        "ExecStart=/usr/local/bin/kefu-node run --config /etc/kefu/node.yaml",
+    )
+    for line in expected:
+        assert line in unit.splitlines()
+    if os.geteuid() == 0:
+        passwd = (root / "etc/passwd").read_text()
+        assert passwd.startswith("kefu:") and "/usr/sbin/nologin" in passwd
+        uid = int(passwd.split(":")[2])
+        assert (root / "var/lib/kefu").stat().st_uid == uid
+        assert config.stat().st_uid == 0 and config.stat().st_gid != 0
+    res = subprocess.run(
+        [str(installed), "uninstall", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert not link.is_symlink() and not (root / "opt/kefu").exists()
+    assert config.exists() and (root / "var/lib/kefu").is_dir()  # data and config are kept
