@@ -265,6 +265,8 @@ async def _serve(resolved: ResolvedNodeConfig) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    if resolved.config.workers > 1:
+        return await _serve_pool(resolved, opts, stop, received)
     node = Node(opts)
     try:
         try:
@@ -304,6 +306,47 @@ async def _serve(resolved: ResolvedNodeConfig) -> int:
         print(
             f"kefu-node: drain deadline ({opts.grace_s:g} s) expired: {node.turns_cut} "
             f"in-flight turn(s) cancelled / 超时，已取消 {node.turns_cut} 个进行中的对话",
+            file=sys.stderr,
+        )
+        return EXIT_DRAIN_TIMEOUT
+    print("kefu-node: stopped cleanly / 已正常停止", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _serve_pool(
+    resolved: ResolvedNodeConfig, opts: NodeOptions, stop: asyncio.Event, received: list[str]
+) -> int:
+    """``workers: N``: N node processes on one port, supervised (see kefu.node.workers)."""
+    from kefu.node.tenant import demo_key_path
+    from kefu.node.workers import WorkerPool
+
+    os.environ["KEFU_LOG_FORMAT"] = resolved.config.logging.format
+    async with WorkerPool(opts, workers=resolved.config.workers) as pool:
+        for err in pool.tenant_errors:
+            print(f"kefu-node: tenant refused: {err}", file=sys.stderr)
+        for tenant, key in pool.new_keys.items():
+            path = demo_key_path(opts.data_dir, tenant)
+            print(f"API key for tenant {tenant} (shown once, kept in {path}, mode 0600):\n  {key}")
+        print(
+            f"kefu-node {__version__} serving tenants [{', '.join(pool.tenants)}] on "
+            f"{cfg_host(opts.listen)}:{pool.port} with {pool.size} worker processes "
+            f"(config {resolved.source}, data {opts.data_dir})"
+        )
+        if pool.metrics_port:
+            print(
+                f"metrics: http://{cfg_host(opts.metrics_listen or '')}:{pool.metrics_port}/metrics"
+            )
+        sys.stdout.flush()
+        await stop.wait()
+        print(
+            f"kefu-node: {received[0]}: stopping workers, finishing in-flight turns "
+            f"(≤ {opts.grace_s:g} s) / 正在停止，等待进行中的对话完成",
+            file=sys.stderr,
+        )
+    if pool.workers_cut:
+        print(
+            f"kefu-node: {pool.workers_cut} worker(s) did not stop cleanly within the drain "
+            f"deadline / {pool.workers_cut} 个工作进程未能按时正常停止",
             file=sys.stderr,
         )
         return EXIT_DRAIN_TIMEOUT

@@ -83,7 +83,7 @@ async def _run_pool(opts: NodeOptions, workers: int, stop: asyncio.Event, listen
         )
         await stop.wait()
         print("kefu node: stopping workers (finishing in-flight turns)…", file=sys.stderr)
-    return 0
+    return 3 if pool.workers_cut else 0  # 3: like one node whose drain deadline cut turns
 
 
 def _announce(

@@ -111,10 +111,11 @@ async def _serve_worker(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Node(options) as node:
+    node = Node(options)
+    async with node:
         conn.send(("ready", node.metrics_port))
         await stop.wait()
-    return 0
+    return 3 if node.turns_cut else 0  # 3: the drain deadline cut in-flight turns
 
 
 class _WorkerTag(logging.Filter):
@@ -187,6 +188,8 @@ class WorkerPool:
         self.tenants: list[str] = []
         self.tenant_errors: list[str] = []
         self.new_keys: dict[str, str] = {}
+        #: Workers that did not exit cleanly at :meth:`drain` (cut turns, killed, crashed).
+        self.workers_cut = 0
         self._ctx = multiprocessing.get_context("spawn")
         self._metrics_server: Any = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -320,6 +323,8 @@ class WorkerPool:
                 log.error("worker %d did not stop in time; killing it", worker.index)
                 worker.process.kill()
                 await asyncio.to_thread(worker.process.join, 5.0)
+            if worker.process.exitcode != 0:
+                self.workers_cut += 1
             worker.conn.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

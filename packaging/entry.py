@@ -1,8 +1,11 @@
 """PyInstaller entry script of ``kefu-node`` (the code lives in :mod:`kefu.node_main`)."""
 
+import multiprocessing
 import sys
 
 from kefu.node_main import main
 
 if __name__ == "__main__":
+    # Worker processes (node.yaml `workers`) are spawned by re-running this executable.
+    multiprocessing.freeze_support()
     sys.exit(main())

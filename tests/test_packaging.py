@@ -196,3 +196,29 @@ def test_install_into_a_temporary_root(binary: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert not link.is_symlink() and not (root / "opt/kefu").exists()
     assert config.exists() and (root / "var/lib/kefu").is_dir()  # data and config are kept
+
+
+def test_worker_processes_of_the_binary_share_the_port(binary: Path, tmp_path: Path) -> None:
+    config, port, metrics_port = node_yaml(tmp_path)
+    config.write_text(config.read_text(encoding="utf-8") + "workers: 2\n", encoding="utf-8")
+    proc, out = start([str(binary), "run", "--config", str(config)])
+    data = tmp_path / "data"
+    try:
+        assert "with 2 worker processes" in out
+        key = (data / "demo-shop.key").read_text().strip()
+        for text in ["我的订单什么时候到", "I want to return my shoes"] * 4:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # spread connections
+                reply = pbg.KefuNodeStub(channel).Converse(
+                    pb.ConverseRequest(text=text), metadata=bearer_metadata(key), timeout=30
+                )
+                assert reply.intent in ("delivery_tracking", "return_refund")
+        assert 'worker="' in metrics_text(metrics_port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert rc == 0 and "Traceback" not in err, err
+    db = sqlite3.connect(data / "tenants" / "demo-shop" / "sessions.db")
+    assert db.execute("select count(*) from turns").fetchone()[0] == 16
+    db.close()

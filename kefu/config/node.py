@@ -117,7 +117,10 @@ class NodeConfig(_Section):
     metrics_listen: Annotated[str | None, AfterValidator(_optional_address)] = "127.0.0.1:7401"
     #: Tenant YAML files or glob patterns (``tenants/*.yaml``). Empty = the demo tenant.
     tenants: tuple[Annotated[str, Field(min_length=1)], ...] = ()
-    #: Share the gRPC port with other worker processes on purpose (SO_REUSEPORT).
+    #: Node processes sharing the gRPC port (one per core for throughput). The node owns the
+    #: port: it refuses to start when anything else listens there.
+    workers: int = Field(default=1, ge=1, le=64)
+    #: Share the gRPC port with processes started by someone else (SO_REUSEPORT); rarely wanted.
     reuse_port: bool = False
     limits: LimitSettings = LimitSettings()
     inference: InferenceSettings = InferenceSettings()
@@ -208,6 +211,10 @@ metrics_listen: 127.0.0.1:7401
 # 租户配置文件；留空则运行内置演示租户 demo-shop。
 tenants: []
 #  - tenants/*.yaml
+
+# Node processes sharing the gRPC port: one per core for throughput (each loads the models).
+# 工作进程数（共享端口），建议与 CPU 核数相同。
+workers: 1
 
 limits:
   max_in_flight: 16        # turns served at once
