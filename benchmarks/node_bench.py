@@ -368,7 +368,7 @@ def bench_config(tmp: Path) -> tuple[Path, dict[str, Any]]:
 class NodeProcess:
     """``kefu node run`` in a child process; stdout/stderr go to files in ``tmp``."""
 
-    def __init__(self, tmp: Path, config: Path, *, workers: int = 1):
+    def __init__(self, tmp: Path, config: Path, *, workers: int = 1, node_args: Sequence[str] = ()):
         self.tmp = tmp
         self.data_dir = tmp / "data"
         self.port = free_port()
@@ -380,7 +380,7 @@ class NodeProcess:
         cmd += ["--data-dir", str(self.data_dir), "--config", str(config)]
         cmd += ["--listen", f"127.0.0.1:{self.port}"]
         cmd += ["--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
-        cmd += ["--workers", str(workers)]
+        cmd += ["--workers", str(workers), *node_args]
         self.command = " ".join(cmd)
         with open(self.out_path, "wb") as out, open(self.log_path, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=tmp)
@@ -769,7 +769,7 @@ async def drive(args: argparse.Namespace, node: NodeProcess, key: str) -> dict[s
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     config, stock = bench_config(tmp)
-    node = NodeProcess(tmp, config, workers=args.workers)
+    node = NodeProcess(tmp, config, workers=args.workers, node_args=args.node_arg)
     try:
         print(f"starting node (logs: {node.log_path}) …", file=sys.stderr)
         key = node.wait_ready()
@@ -813,6 +813,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--raw-seconds", type=float, default=3.0, help="per raw batch size (3)")
     ap.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="node worker processes (cores)"
+    )
+    ap.add_argument(
+        "--node-arg",
+        action="append",
+        default=[],
+        help="extra `kefu node run` argument, e.g. --node-arg=--max-in-flight=8 (repeatable)",
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
