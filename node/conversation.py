@@ -14,17 +14,30 @@ import logging
 import time
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kefu.errors import PermanentError, TemporaryError
 from kefu.node.admission import AdmissionController, RateLimit, RateLimiter
 from kefu.node.entities import Entity
+from kefu.node.flow import FLOW_SLOT, FlowOutcome, FlowState, FlowTurn
+from kefu.node.handoff import build_summary, renew_if_idle
 from kefu.node.inference import ModelRuntime
+from kefu.node.knowledge import KBAnswer
 from kefu.node.language import detect_language
-from kefu.node.reply import TurnHistory, decide_reply, kb_answer_for
+from kefu.node.plugin_api import PluginCall
+from kefu.node.reply import HandoffReason, ReplyDecision, TurnHistory, decide_reply, kb_answer_for
 from kefu.node.scenario import select_scenario
-from kefu.node.sessions import NewSession, NewTurn, Session, SessionStatus, TurnRole
+from kefu.node.sessions import (
+    HandoffStatus,
+    NewSession,
+    NewTurn,
+    Session,
+    SessionStatus,
+    Turn,
+    TurnRole,
+    utc_now,
+)
 from kefu.node.tenant import Tenant, TenantRegistry
 
 __all__ = [
@@ -117,6 +130,9 @@ class TurnResult:
     model_versions: dict[str, str]
     latency_us: int
     request_id: str
+    plugin_calls: tuple[PluginCall, ...] = ()
+    flow: str = ""
+    flow_event: str = ""
 
 
 class ConversationService:
@@ -158,7 +174,7 @@ class ConversationService:
             session = await store.get_session(req.session_id)
             if session is None:
                 raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
-            return session
+            return await renew_if_idle(store, session, tenant.config)
         attributes: dict[str, Any] = dict(req.metadata)
         return await store.create_session(
             NewSession(
@@ -174,6 +190,8 @@ class ConversationService:
     ) -> TurnResult:
         cfg, store = tenant.config, tenant.store
         session = await self._session(tenant, req)
+        if session.status is SessionStatus.HANDED_OFF:
+            return await self._human_owned(tenant, req, session, text, started)
         slots = await store.get_slots(session.id)
         history = TurnHistory.from_dict(
             slots[HISTORY_SLOT].value if HISTORY_SLOT in slots else None
@@ -207,12 +225,16 @@ class ConversationService:
         )
         kb = kb_answer_for(tenant.kb, cfg, choice.scenario_id, text=text, lang=lang)
         values = {k: s.value for k, s in slots.items() if not k.startswith("_")}
+        flow = await _flow_step(tenant, slots, values, lang, text, intent, entities, kb, choice)
+        history = replace(history, vip=history.vip or _is_vip(attributes))
         decision = decide_reply(
             config=cfg,
             scenario=choice,
-            intent=intent.label,
+            # A mechanical answer inside a flow ("是的", an order number) carries no intent or
+            # sentiment of its own: the models' guesses on such short texts are noise.
+            intent=None if flow.consumed else intent.label,
             intent_confidence=intent.probability,
-            sentiment=sentiment.label,
+            sentiment="neutral" if flow.consumed else sentiment.label,
             sentiment_score=sentiment.probability,
             lang=lang,
             text=text,
@@ -220,7 +242,10 @@ class ConversationService:
             kb_result=kb,
             history=history,
             values=values,
+            plugin_failed=flow.plugin_failed,
+            preset=flow.text,
         )
+        decision = _with_flow(decision, flow, session, cfg.policy_for(choice.scenario_id).max_turns)
         versions = {"intent": intent.ref, "sentiment": sentiment.ref}
         entity_dict = {e.type: e.normalized for e in entities}
         customer = await store.append_turn(
@@ -247,17 +272,26 @@ class ConversationService:
             HISTORY_SLOT,
             history.advance(decision, intent=intent.label, sentiment=sentiment.label).to_dict(),
         )
+        await _persist_flow(store, session.id, slots, flow)
         handoff_id = ""
         if decision.handoff and session.status is SessionStatus.OPEN:
             handoff = await store.create_handoff(
                 session.id,
                 reason=decision.handoff_reason or "policy",
-                summary={
-                    "intents": [*history.recent_intents, intent.label],
-                    "sentiments": [*history.recent_sentiments, sentiment.label],
-                    "scenario": choice.scenario_id,
-                    "slots": sorted(values),
-                },
+                summary=build_summary(
+                    reason=decision.handoff_reason or "policy",
+                    scenario=choice.scenario_id,
+                    language=lang,
+                    intents=[*history.recent_intents, intent.label],
+                    sentiments=[*history.recent_sentiments, sentiment.label],
+                    slots={**values, **{k: v for k, v in flow.remember.items() if v}},
+                    turns=[
+                        *await store.get_turns(session.id, tail=5),
+                        _bot_turn_preview(session.id, decision.text),
+                    ],
+                    open_flow=flow.flow,
+                    plugin_calls=_calls_of(slots, flow),
+                ),
             )
             handoff_id = handoff.id
         latency_ms = (time.perf_counter() - started) * 1000.0
@@ -317,4 +351,147 @@ class ConversationService:
             model_versions=versions,
             latency_us=int((time.perf_counter() - started) * 1e6),
             request_id=req.request_id or "",
+            plugin_calls=flow.calls,
+            flow=flow.flow or "",
+            flow_event=flow.event,
         )
+
+    async def _human_owned(
+        self, tenant: Tenant, req: TurnRequest, session: Session, text: str, started: float
+    ) -> TurnResult:
+        """A turn while a human owns the session: stored for the agent; the bot stays
+        silent once an agent has claimed it, and says "please hold" while it waits."""
+        store = tenant.store
+        was = session.language
+        detected = detect_language(
+            text, prior="zh" if was == "zh" else "en" if was == "en" else None
+        )
+        lang = detected.lang if detected.lang != "und" else (was or "zh")
+        customer = await store.append_turn(
+            NewTurn(
+                session_id=session.id,
+                role=TurnRole.CUSTOMER,
+                text=text,
+                language=lang,
+                scenario=session.scenario,
+                request_id=req.request_id,
+            )
+        )
+        page = await store.list_handoffs(session_id=session.id, limit=50)
+        active = [h for h in page.items if h.status is not HandoffStatus.CLOSED]
+        claimed = bool(active) and active[-1].status is HandoffStatus.CLAIMED
+        reply = "" if claimed else _HOLD["en" if lang == "en" else "zh"]
+        if reply:
+            await store.append_turn(
+                NewTurn(
+                    session_id=session.id,
+                    role=TurnRole.BOT,
+                    text=reply,
+                    language=lang,
+                    scenario=session.scenario,
+                    request_id=req.request_id,
+                )
+            )
+        return TurnResult(
+            session_id=session.id,
+            seq=customer.seq,
+            reply=reply,
+            language=lang,
+            intent="",
+            confidence=0.0,
+            sentiment="",
+            sentiment_score=0.0,
+            scenario=session.scenario or "",
+            entities=[],
+            handoff=False,
+            handoff_reason="",
+            handoff_id=active[-1].id if active else "",
+            clarify=False,
+            kb_entry_id="",
+            model_versions={},
+            latency_us=int((time.perf_counter() - started) * 1e6),
+            request_id=req.request_id or "",
+        )
+
+
+_HOLD = {
+    "zh": "已为您转接人工客服，正在排队，请稍候，人工客服接入后会马上回复您。",
+    "en": "You're in the queue for a human agent; they'll reply here as soon as they join.",
+}
+PLUGIN_CALLS_SLOT = "_plugin_calls"
+MAX_RECORDED_CALLS = 50
+
+
+def _is_vip(attributes: Mapping[str, Any]) -> bool:
+    v = attributes.get("vip")
+    return v is True or (isinstance(v, str) and v.strip().lower() in ("true", "1", "yes"))
+
+
+async def _flow_step(
+    tenant: Tenant,
+    slots: Mapping[str, Any],
+    values: Mapping[str, Any],
+    lang: str,
+    text: str,
+    intent: Any,
+    entities: list[Entity],
+    kb: Any,
+    choice: Any,
+) -> FlowOutcome:
+    """The task-flow hook: one step of the tenant's flow engine (a no-op without flows)."""
+    state = FlowState.from_dict(slots[FLOW_SLOT].value if FLOW_SLOT in slots else None)
+    if tenant.flows is None:
+        return FlowOutcome(state=state)
+    threshold = tenant.config.policy_for(choice.scenario_id).kb_confidence_threshold
+    turn = FlowTurn(
+        text=text,
+        lang=lang if lang in ("zh", "en") else tenant.config.languages.default,
+        intent=intent.label,
+        confidence=intent.probability,
+        entities=entities,
+        kb_usable=isinstance(kb, KBAnswer) and kb.confidence >= threshold,
+    )
+    return await tenant.flows.step(state, turn, values)
+
+
+def _with_flow(
+    decision: ReplyDecision, flow: FlowOutcome, session: Session, max_turns: int
+) -> ReplyDecision:
+    """The reply decision with the flow's hand-off, the business line's turn limit and the
+    reminder of an open flow."""
+    reason: HandoffReason | None = decision.handoff_reason
+    handoff = decision.handoff
+    if not handoff and flow.handoff:
+        handoff, reason = True, "flow_handoff"
+    if not handoff and session.turn_count >= 2 * max_turns:
+        handoff, reason = True, "max_turns"
+    text = decision.text
+    if flow.resume and not handoff:
+        text = f"{text} {flow.resume}" if decision.lang == "en" else f"{text}{flow.resume}"
+    return replace(decision, text=text, handoff=handoff, handoff_reason=reason)
+
+
+def _calls_of(slots: Mapping[str, Any], flow: FlowOutcome) -> list[dict[str, Any]]:
+    old = slots[PLUGIN_CALLS_SLOT].value if PLUGIN_CALLS_SLOT in slots else []
+    old = old if isinstance(old, list) else []
+    return [*old, *(c.to_dict() for c in flow.calls)][-MAX_RECORDED_CALLS:]
+
+
+async def _persist_flow(
+    store: Any, session_id: str, slots: Mapping[str, Any], flow: FlowOutcome
+) -> None:
+    """Flow state, remembered/forgotten values and the plugin calls of this turn."""
+    state = flow.state.to_dict()
+    old = slots[FLOW_SLOT].value if FLOW_SLOT in slots else None
+    if state != old and not (old is None and flow.state == FlowState()):
+        await store.set_slot(session_id, FLOW_SLOT, state)
+    for key, value in flow.remember.items():
+        known = slots[key].value if key in slots else None
+        if value is None or known != value:  # a forget also undoes this turn's entity memory
+            await store.set_slot(session_id, key, value)
+    if flow.calls:
+        await store.set_slot(session_id, PLUGIN_CALLS_SLOT, _calls_of(slots, flow))
+
+
+def _bot_turn_preview(session_id: str, text: str) -> Turn:
+    return Turn(session_id=session_id, role=TurnRole.BOT, text=text, seq=0, created_at=utc_now())

@@ -48,6 +48,7 @@ from pydantic import (
     model_validator,
 )
 
+from kefu.config.flows import FlowSpec, Integration, PluginSpec, flow_problems
 from kefu.config.yamlsource import Problem, YamlDocument, load_yaml, parse_yaml
 
 __all__ = [
@@ -564,6 +565,10 @@ class TenantConfig(_Model):
     session_policy: SessionPolicies = SessionPolicies()
     rate_limits: RateLimits
     soothing: Soothing
+    # Task flows and the back ends they call (kefu.config.flows).
+    integrations: dict[Ident, Integration] = Field(default_factory=dict)
+    plugins: tuple[PluginSpec, ...] = ()
+    flows: tuple[FlowSpec, ...] = ()
 
     # -- keys
 
@@ -758,6 +763,7 @@ def _references(cfg: TenantConfig) -> list[Problem]:
     for lang in langs:
         if not cfg.soothing.prefixes.get(lang):
             p.append(Problem(loc=("soothing", "prefixes"), message=f"no {lang} prefix"))
+    p += flow_problems(cfg)
     return p
 
 
