@@ -221,11 +221,35 @@ def _unknown(loc: Any, what: str, name: str, known: Iterable[str]) -> Problem:
     return Problem(loc=loc, message=f"unknown {what} {name!r}{tail}")
 
 
+def _inputs(pl: PluginSpec, i: int, flow: str, known: set[str]) -> list[Problem]:
+    """Plugin inputs the flow calling it cannot supply, reported where the plugin names them."""
+    out = []
+    for name in pl.inputs:
+        if name in known:
+            continue
+        loc: tuple[Any, ...] = ("plugins", i, "path")
+        for key, value in pl.body.items():
+            if name in placeholders_of(value):
+                loc = ("plugins", i, "body", key)
+        hint = get_close_matches(name, sorted(known), n=1)
+        tail = f"; did you mean {hint[0]!r}?" if hint else ""
+        out.append(
+            Problem(
+                loc=loc,
+                message=f"unknown slot {name!r}: flow {flow!r} calls plugin {pl.id!r} but has no "
+                f"such slot or earlier output{tail}",
+            )
+        )
+    return out
+
+
 def flow_problems(cfg: Any) -> list[Problem]:
     """Cross-reference problems of integrations, plugins and flows in a ``TenantConfig``."""
     p: list[Problem] = []
     plugins: dict[str, PluginSpec] = {}
+    index: dict[str, int] = {}
     for i, pl in enumerate(cfg.plugins):
+        index.setdefault(pl.id, i)
         if pl.id in plugins:
             p.append(Problem(loc=("plugins", i, "id"), message=f"duplicate plugin id {pl.id!r}"))
         plugins[pl.id] = pl
@@ -259,7 +283,6 @@ def flow_problems(cfg: Any) -> list[Problem]:
                     )
                 )
             seen_intents.setdefault(intent, f.id)
-        slot_names = [s.name for s in f.slots]
         known_values: set[str] = set()
         for j, s in enumerate(f.slots):
             sat = (*at, "slots", j)
@@ -277,17 +300,13 @@ def flow_problems(cfg: Any) -> list[Problem]:
                 if pl is None:
                     p.append(_unknown((*sat, "check"), "plugin", s.check, plugins))
                 else:
-                    for name in pl.inputs:
-                        if name not in known_values:
-                            p.append(_unknown((*sat, "check"), "slot", name, known_values))
+                    p += _inputs(pl, index[pl.id], f.id, known_values)
                     known_values |= set(pl.outputs)
         act = plugins.get(f.action)
         if act is None:
             p.append(_unknown((*at, "action"), "plugin", f.action, plugins))
         else:
-            for name in act.inputs:
-                if name not in known_values:
-                    p.append(_unknown((*at, "action"), "slot", name, slot_names))
+            p += _inputs(act, index[act.id], f.id, known_values)
             if act.changes_state and f.confirm is None:
                 p.append(
                     Problem(
