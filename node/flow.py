@@ -54,7 +54,7 @@ __all__ = [
 FLOW_SLOT = "_flow"
 #: Intent confidence needed to start a flow or leave one for another topic mid-flow (higher
 #: than the policy threshold: short answers get confident nonsense intents).
-SWITCH_CONFIDENCE = 0.9
+SWITCH_CONFIDENCE = 0.8
 START_CONFIDENCE = 0.6
 MAX_REPROMPTS = 2
 MAX_SUSPENDED = 3
@@ -133,7 +133,7 @@ _ASKS = re.compile(
     re.IGNORECASE,
 )
 _REQUEST = re.compile(
-    r"我要|我想|帮我|请帮|麻烦|申请|给我|替我|"
+    r"我要|我想|我需要|帮我|请帮|麻烦|申请|给我|替我|"
     r"(?<![a-z])(?:i want|i'd like|i would like|i need|please|help me|can you|could you)(?![a-z])",
     re.IGNORECASE,
 )
@@ -350,21 +350,16 @@ class FlowEngine:
             return await self._off_script(state, flow, active, turn, memory)
         slot = next((s for s in flow.slots if s.name == active.awaiting), None)
         if slot is not None:
-            is_text = slot.type not in self.entity_types
-            switch = self._switch_target(turn, flow)
-            asks = bool(_ASKS.search(turn.text))
+            # Free text answers the question unless it is itself a confident question or
+            # request about something else ("wrong size" is a return reason, not a new task).
             value = self._value_from(slot, turn, awaited=True)
-            if value is not None and not (
-                is_text
-                and (
-                    switch is not None
-                    or (
-                        asks
-                        and turn.confidence >= SWITCH_CONFIDENCE
-                        and turn.intent not in flow.intents
-                    )
-                )
-            ):
+            leaves = (
+                slot.type not in self.entity_types
+                and bool(_ASKS.search(turn.text))
+                and turn.confidence >= SWITCH_CONFIDENCE
+                and turn.intent not in flow.intents
+            )
+            if value is not None and not leaves:
                 values = {**active.values}
                 remember: dict[str, str | None] = {}
                 return await self._fill(

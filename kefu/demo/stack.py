@@ -44,13 +44,19 @@ def demo_tenant_copy(dest: Path, *, order_center_url: str, raise_limits: bool) -
 class DemoStack:
     """``async with DemoStack(tmp_path) as s: await s.say("我的订单什么时候到")``."""
 
-    def __init__(self, root: Path, *, orders: int = 600, raise_limits: bool = True):
+    def __init__(
+        self, root: Path, *, orders: int = 600, customers: int = 120, raise_limits: bool = True
+    ):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.root / "data"
         self.token = secrets.token_urlsafe(16)
         self.order_center = OrderCenter(
-            self.root / "order-center.db", port=0, token=self.token, seed_orders=orders
+            self.root / "order-center.db",
+            port=0,
+            token=self.token,
+            seed_orders=orders,
+            seed_customers=customers,
         )
         self.raise_limits = raise_limits
         self.node: Node | None = None
