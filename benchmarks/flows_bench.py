@@ -64,7 +64,8 @@ PHRASES: dict[str, dict[str, list[str]]] = {
     },
     "cancel": {
         "zh": ["帮我把订单取消了", "我不想要了，取消订单", "帮我取消订单"],
-        "en": ["Please cancel my order", "I'd like to cancel an order", "I want to cancel my order"],
+        "en": ["Please cancel my order", "I'd like to cancel an order",
+               "I want to cancel my order"],
     },
     "return": {
         "zh": ["我要申请退货退款", "东西不合适，我想退货", "我要退货"],
@@ -85,7 +86,8 @@ NO = {"zh": ["不要", "否", "不用"], "en": ["no", "nope", "no thanks"]}
 STOP = {"zh": ["算了", "算了吧，不改了", "不用了"], "en": ["never mind", "forget it"]}
 ASIDE = {"zh": ["你们支持哪些支付方式"], "en": ["what payment methods do you accept?"]}
 ADDRESSES = {
-    "zh": ["北京市朝阳区建国路{n}号{m}室", "上海市徐汇区漕溪北路{n}号{m}室", "广州市越秀区中山五路{n}号{m}室"],
+    "zh": ["北京市朝阳区建国路{n}号{m}室", "上海市徐汇区漕溪北路{n}号{m}室",
+           "广州市越秀区中山五路{n}号{m}室"],
     "en": ["Room {m}, {n} Nanjing Road, Shanghai", "Flat {m}, {n} Queen's Road, Hong Kong"],
 }  # fmt: skip
 REASONS = {"zh": ["尺码不合适", "商品有质量问题", "颜色和图片不一样"], "en": ["wrong size", "it arrived damaged"]}  # fmt: skip
