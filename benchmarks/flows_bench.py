@@ -90,7 +90,10 @@ ADDRESSES = {
            "广州市越秀区中山五路{n}号{m}室"],
     "en": ["Room {m}, {n} Nanjing Road, Shanghai", "Flat {m}, {n} Queen's Road, Hong Kong"],
 }  # fmt: skip
-REASONS = {"zh": ["尺码不合适", "商品有质量问题", "颜色和图片不一样"], "en": ["wrong size", "it arrived damaged"]}  # fmt: skip
+REASONS = {
+    "zh": ["尺码不合适", "商品有质量问题", "颜色和图片不一样"],
+    "en": ["wrong size", "it arrived damaged"],
+}
 TITLES = {"zh": ["杭州云帆科技有限公司", "个人"], "en": ["Acme Trading Ltd", "Jane Smith"]}
 
 
@@ -244,7 +247,8 @@ def _script(flow: str, lang: str, rnd: random.Random, pool: Pool, db: sqlite3.Co
         value = ""
     turns = opener(flow, number)
     if variant == "stop":
-        turns = turns[:1] + [stop] if len(turns) == 1 or rnd.random() < 0.5 else turns + [stop]
+        # dropped right after the opener, or once the order number is given
+        turns = [*turns[:1], stop] if len(turns) == 1 or rnd.random() < 0.5 else [*turns, stop]
     else:
         turns += extra
         if variant == "aside":
