@@ -147,7 +147,9 @@ class PluginSpec(_Model):
 
     @property
     def is_idempotent(self) -> bool:
-        return self.idempotent if self.idempotent is not None else self.method == "GET"
+        if self.idempotent is not None:
+            return self.idempotent
+        return self.kind == "http" and self.method == "GET"
 
     @property
     def changes_state(self) -> bool:

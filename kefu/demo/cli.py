@@ -45,7 +45,9 @@ async def _serve(args: argparse.Namespace) -> None:
         port_no = int(port)
     except ValueError as exc:
         raise PermanentError(f"--listen must be host:port, got {args.listen!r}") from exc
-    data_dir = Path(args.data_dir)
+    from kefu.models.store import data_dir as default_data_dir
+
+    data_dir = default_data_dir(args.data_dir)
     token = _token(data_dir, args.token)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -76,7 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     oc.add_argument(
         "--listen", default=DEFAULT_LISTEN, help=f"host:port (default {DEFAULT_LISTEN})"
     )
-    oc.add_argument("--data-dir", default="kefu-data", help="data directory (default ./kefu-data)")
+    oc.add_argument(
+        "--data-dir", help="data directory (default: $KEFU_DATA_DIR or ./kefu-data), as the node's"
+    )
     oc.add_argument("--token", help="API token (default: <data-dir>/secrets/order_center_token)")
     oc.add_argument("--orders", type=int, default=600, help="orders to seed a new database with")
     oc.set_defaults(handler=_order_center)
