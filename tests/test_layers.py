@@ -16,6 +16,7 @@ PURE = [
     "kefu.node.redaction",
     "kefu.node.sessions",
     "kefu.node.flow",
+    "kefu.node.flow_words",
     "kefu.node.plugin_api",
     "kefu.node.handoff",
 ]

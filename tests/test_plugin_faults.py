@@ -72,3 +72,26 @@ async def test_garbage_answer_is_a_failure_not_a_crash(stack: DemoStack) -> None
     stack.order_center.faults.garbage = False
     again = await stack.say("I want to check my order status", r.session_id)
     assert "currently" in again.text  # recovers once the back end does
+
+
+async def test_business_line_max_turns_hands_over(tmp_path: Path) -> None:
+    def short(text: str) -> str:
+        return text.replace("    max_turns: 40\n", "    max_turns: 2\n", 1)
+
+    async with DemoStack(tmp_path, orders=20, edit_config=short) as s:
+        first = await s.say("你好")
+        second = await s.say("你们支持哪些支付方式", first.session_id)
+        third = await s.say("你好", first.session_id)
+    assert not first.handoff and not second.handoff
+    assert third.handoff and third.handoff_reason == "max_turns"
+
+
+async def test_vip_attribute_hands_over_when_the_policy_says_so(tmp_path: Path) -> None:
+    def vip(text: str) -> str:
+        return text.replace("      vip: false\n", "      vip: true\n", 1)
+
+    async with DemoStack(tmp_path, orders=20, edit_config=vip) as s:
+        plain = await s.say("我的订单什么时候到")
+        member = await s.say("我的订单什么时候到", metadata={"vip": "true"})
+    assert not plain.handoff
+    assert member.handoff_reason == "vip"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,17 @@ __all__ = ["DemoStack", "demo_tenant_copy"]
 _STOCK_URL = "base_url: http://127.0.0.1:7480"
 
 
-def demo_tenant_copy(dest: Path, *, order_center_url: str, raise_limits: bool) -> Path:
+def demo_tenant_copy(
+    dest: Path,
+    *,
+    order_center_url: str,
+    raise_limits: bool,
+    edit: Callable[[str], str] | None = None,
+) -> Path:
+    """The demo tenant config pointed at ``order_center_url`` (``edit`` may change its text)."""
     text = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
+    if edit is not None:
+        text = edit(text)
     if _STOCK_URL not in text:
         raise ValueError("the demo tenant config no longer names the stock order-center URL")
     text = text.replace(_STOCK_URL, f"base_url: {order_center_url}", 1)
@@ -45,8 +55,15 @@ class DemoStack:
     """``async with DemoStack(tmp_path) as s: await s.say("我的订单什么时候到")``."""
 
     def __init__(
-        self, root: Path, *, orders: int = 600, customers: int = 120, raise_limits: bool = True
+        self,
+        root: Path,
+        *,
+        orders: int = 600,
+        customers: int = 120,
+        raise_limits: bool = True,
+        edit_config: Callable[[str], str] | None = None,
     ):
+        self.edit_config = edit_config
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.root / "data"
@@ -74,6 +91,7 @@ class DemoStack:
                 self.root / "demo-shop.yaml",
                 order_center_url=self.order_center.url,
                 raise_limits=self.raise_limits,
+                edit=self.edit_config,
             )
             self.node = Node(
                 NodeOptions(
