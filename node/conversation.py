@@ -272,7 +272,10 @@ class ConversationService:
             HISTORY_SLOT,
             history.advance(decision, intent=intent.label, sentiment=sentiment.label).to_dict(),
         )
-        await _persist_flow(store, session.id, slots, flow)
+        # A person takes over: the open flow is dropped (a returned session starts afresh).
+        await _persist_flow(
+            store, session.id, slots, replace(flow, state=FlowState()) if decision.handoff else flow
+        )
         handoff_id = ""
         if decision.handoff and session.status is SessionStatus.OPEN:
             handoff = await store.create_handoff(

@@ -346,6 +346,7 @@ class KefuNodeService:
             raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
         turns = await store.get_turns(session.id)
         slots = await store.get_slots(session.id)
+        handoffs = await store.list_handoffs(session_id=session.id, limit=500)
         return pb.SessionView(
             session_id=session.id,
             status=_STATUS[session.status],
@@ -357,6 +358,7 @@ class KefuNodeService:
             language=session.language or "",
             slots={k: str(v.value) for k, v in slots.items() if not k.startswith("_")},
             turns=[_turn(t) for t in turns],
+            handoff_id=handoffs.items[-1].id if handoffs.items else "",
         )
 
     async def end_session(

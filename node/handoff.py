@@ -169,7 +169,8 @@ class HandoffConsole:
         else:
             items, nxt = [], cursor
             while len(items) < limit:
-                page = await self.store.list_handoffs(limit=limit, cursor=nxt)
+                # never fetch more than still fits: the cursor must not skip open ones
+                page = await self.store.list_handoffs(limit=limit - len(items), cursor=nxt)
                 items += [h for h in page.items if h.status is not HandoffStatus.CLOSED]
                 nxt = page.next_cursor
                 if nxt is None:

@@ -159,3 +159,55 @@ def test_seed_is_deterministic(tmp_path: Path) -> None:
     seed_order_center(b, orders=50)
     q = "SELECT order_number, status, address FROM orders ORDER BY 1"
     assert sqlite3.connect(a).execute(q).fetchall() == sqlite3.connect(b).execute(q).fetchall()
+
+
+async def test_console_lists_open_handoffs_page_by_page_without_skipping() -> None:
+    from kefu.node.handoff import HandoffConsole, HandoffResolution
+
+    store = InMemorySessionStore()
+    console = HandoffConsole(store)
+    ids = []
+    for _ in range(7):
+        s = await store.create_session(NewSession())
+        ids.append((await store.create_handoff(s.id, reason="explicit_request")).id)
+    for hid in ids[1:6:2]:  # close three in the middle
+        await console.close(hid, resolution=HandoffResolution.ABANDONED, agent_id="")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        views, cursor = await console.list(status=None, limit=2, cursor=cursor)
+        seen += [v.handoff.id for v in views]
+        if cursor is None:
+            break
+    assert seen == [ids[0], ids[2], ids[4], ids[6]]
+
+
+async def test_console_rules() -> None:
+    from kefu.node.handoff import HandoffConsole, HandoffResolution
+    from kefu.node.sessions import InvalidRecord, RecordNotFound, StateConflict
+
+    store = InMemorySessionStore()
+    console = HandoffConsole(store)
+    s = await store.create_session(NewSession())
+    h = await store.create_handoff(s.id, reason="complaint")
+    with pytest.raises(StateConflict):  # not claimed yet
+        await console.reply(agent_id="a1", text="hi", handoff_id=h.id)
+    await console.claim(h.id, "a1")
+    assert (await console.claim(h.id, "a1")).handoff.agent_id == "a1"  # idempotent
+    with pytest.raises(StateConflict):
+        await console.claim(h.id, "a2")
+    with pytest.raises(InvalidRecord):
+        await console.reply(agent_id="a1", text="  ", handoff_id=h.id)
+    with pytest.raises(RecordNotFound):
+        await console.claim("nope", "a1")
+    t1 = await console.reply(agent_id="a1", text="您好", session_id=s.id, request_id="r1")
+    t2 = await console.reply(agent_id="a1", text="您好", session_id=s.id, request_id="r1")
+    assert t1.seq == t2.seq  # a retried request stores nothing new
+    with pytest.raises(StateConflict):
+        await console.close(h.id, resolution=HandoffResolution.RESOLVED, agent_id="a2")
+    view = await console.close(
+        h.id, resolution=HandoffResolution.RESOLVED, agent_id="a1", note="ok"
+    )
+    assert view.resolution == "resolved" and view.note == "ok"
+    ended = await store.get_session(s.id)
+    assert ended is not None and ended.status is SessionStatus.ENDED

@@ -322,7 +322,7 @@ async def test_account_freeze_then_full_handoff_cycle(stack: DemoStack) -> None:
     view = await stub.GetSession(pb.GetSessionRequest(session_id=sid), metadata=md)
     agent_turn = next(t for t in view.turns if t.seq == sent.turn_seq)
     assert agent_turn.role == pb.ROLE_AGENT and agent_turn.agent_id == "agent-7"
-    assert view.status == pb.SESSION_STATUS_HANDOFF
+    assert view.status == pb.SESSION_STATUS_HANDOFF and view.handoff_id == done.handoff_id
 
     closed = await stub.CloseHandoff(
         pb.CloseHandoffRequest(
