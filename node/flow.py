@@ -27,6 +27,7 @@ so it counts neither as low confidence nor as negative sentiment.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -59,6 +60,10 @@ MAX_REPROMPTS = 2
 MAX_SUSPENDED = 3
 _CONFIRM = "__confirm__"
 _JUNK_INTENTS = frozenset({"greeting", "goodbye", "out_of_scope"})
+# Words around a bare entity that do not make it a request of its own.
+_FILLER = re.compile(
+    r"[\s\W_]+|订单号?|单号|编号|号码|是|查|一下|帮我|请|您好|你好|order|number|no|my|is|the|please|hi"
+)
 
 PluginCaller = Callable[[str, Mapping[str, str], str], Awaitable[tuple[PluginResult, PluginCall]]]
 
@@ -313,12 +318,29 @@ class FlowEngine:
     ) -> FlowOutcome:
         flow = self.by_intent.get(turn.intent or "")
         if flow is None or turn.confidence < START_CONFIDENCE:
-            return FlowOutcome(state=state)
+            bare = self._bare_entity_flow(turn)
+            if bare is None:
+                return FlowOutcome(state=state)
+            return replace(await self._start(state, bare, turn, memory), consumed=True)
         if flow.kb_first and turn.kb_usable and not REQUEST.search(turn.text):
             gives = any(self._value_from(s, turn, awaited=False) is not None for s in flow.slots)
             if not gives:
                 return FlowOutcome(state=state)  # a how-to question: the KB answers it
         return await self._start(state, flow, turn, memory)
+
+    def _bare_entity_flow(self, turn: FlowTurn) -> FlowSpec | None:
+        """The flow an entity alone starts ("2024112512345678" → order lookup), if the text is
+        little more than that entity."""
+        for flow in self.flows.values():
+            if flow.entity_trigger is None:
+                continue
+            for e in turn.entities:
+                if e.type == flow.entity_trigger:
+                    rest = turn.text[: e.start] + turn.text[e.end :]
+                    rest = _FILLER.sub("", fold(rest))
+                    if len(rest) <= 4:
+                        return flow
+        return None
 
     async def _start(
         self, state: FlowState, flow: FlowSpec, turn: FlowTurn, memory: Mapping[str, object]

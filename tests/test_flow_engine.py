@@ -36,6 +36,11 @@ def line_of(text: str, needle: str) -> int:
         ),
         ("prompt: ask_return_reason,", "prompt: ask_return_raeson,", "unknown template"),
         ("    then: handoff", "    then: escalate", "then"),
+        (
+            "    entity_trigger: order_number  #",
+            "    entity_trigger: order_numbr  #",
+            "unknown entity type 'order_numbr'",
+        ),
     ],
 )
 def test_broken_flow_config_is_refused_with_the_line(old: str, new: str, message: str) -> None:

@@ -104,6 +104,12 @@ async def test_order_query_zh_and_en(stack: DemoStack) -> None:
     assert "currently: delivered" in en[-1].text
 
 
+async def test_a_bare_order_number_looks_the_order_up(stack: DemoStack) -> None:
+    order = Orders.take(stack, "delivered")
+    (r,) = await chat(stack, f"订单号 {order['order_number']}")
+    assert "已签收" in r.text and order["order_number"] in r.text and not r.handoff
+
+
 async def test_unknown_order_number_is_refused_and_asked_again(stack: DemoStack) -> None:
     order = Orders.take(stack, "delivered")
     _asked, bad, good = await chat(stack, "我要退货", "2024010199999999", order["order_number"])

@@ -206,6 +206,9 @@ class FlowSpec(_Model):
     # Answer a how-to question from the knowledge base instead of starting the flow, unless
     # the customer asks for it ("我要…", "I want …") or gives a slot value.
     kb_first: bool = False
+    # A message that is little more than an entity of this type (a bare order number, with no
+    # flow open) starts this flow.
+    entity_trigger: Ident | None = None
     slots: tuple[SlotSpec, ...] = ()
     confirm: Ident | None = None  # template: "cancel order {order_number}? yes/no"
     declined: Ident | None = None  # template after "no" (default: a built-in text)
@@ -268,6 +271,7 @@ def flow_problems(cfg: Any) -> list[Problem]:
     intents = set(cfg.intent_labels)
     entity_types = set(cfg.entities.types)
     seen_intents: dict[str, str] = {}
+    triggers: dict[str, str] = {}
     ids: set[str] = set()
     for i, f in enumerate(cfg.flows):
         at: tuple[Any, ...] = ("flows", i)
@@ -285,6 +289,20 @@ def flow_problems(cfg: Any) -> list[Problem]:
                     )
                 )
             seen_intents.setdefault(intent, f.id)
+        if f.entity_trigger is not None:
+            if f.entity_trigger not in entity_types:
+                p.append(
+                    _unknown((*at, "entity_trigger"), "entity type", f.entity_trigger, entity_types)
+                )
+            if f.entity_trigger in triggers:
+                p.append(
+                    Problem(
+                        loc=(*at, "entity_trigger"),
+                        message=f"entity {f.entity_trigger!r} already starts flow "
+                        f"{triggers[f.entity_trigger]!r}",
+                    )
+                )
+            triggers.setdefault(f.entity_trigger, f.id)
         known_values: set[str] = set()
         for j, s in enumerate(f.slots):
             sat = (*at, "slots", j)
