@@ -20,23 +20,21 @@ from typing import Any
 from kefu.errors import PermanentError, TemporaryError
 from kefu.node.admission import AdmissionController, RateLimit, RateLimiter
 from kefu.node.entities import Entity
-from kefu.node.flow import FLOW_SLOT, FlowOutcome, FlowState, FlowTurn
 from kefu.node.handoff import build_summary, renew_if_idle
 from kefu.node.inference import ModelRuntime
-from kefu.node.knowledge import KBAnswer
 from kefu.node.language import detect_language
 from kefu.node.plugin_api import PluginCall
-from kefu.node.reply import HandoffReason, ReplyDecision, TurnHistory, decide_reply, kb_answer_for
+from kefu.node.reply import TurnHistory, decide_reply, kb_answer_for
 from kefu.node.scenario import select_scenario
-from kefu.node.sessions import (
-    HandoffStatus,
-    NewSession,
-    NewTurn,
-    Session,
-    SessionStatus,
-    Turn,
-    TurnRole,
-    utc_now,
+from kefu.node.sessions import NewSession, NewTurn, Session, SessionStatus, TurnRole
+from kefu.node.tasks import (
+    bot_turn_preview,
+    flow_step,
+    human_owned_turn,
+    is_vip,
+    persist_flow,
+    plugin_call_log,
+    with_flow,
 )
 from kefu.node.tenant import Tenant, TenantRegistry
 
@@ -225,8 +223,19 @@ class ConversationService:
         )
         kb = kb_answer_for(tenant.kb, cfg, choice.scenario_id, text=text, lang=lang)
         values = {k: s.value for k, s in slots.items() if not k.startswith("_")}
-        flow = await _flow_step(tenant, slots, values, lang, text, intent, entities, kb, choice)
-        history = replace(history, vip=history.vip or _is_vip(attributes))
+        flow = await flow_step(
+            tenant,
+            slots,
+            values,
+            lang=lang,
+            text=text,
+            intent=intent.label,
+            confidence=intent.probability,
+            entities=entities,
+            kb=kb,
+            kb_threshold=cfg.policy_for(choice.scenario_id).kb_confidence_threshold,
+        )
+        history = replace(history, vip=history.vip or is_vip(attributes))
         decision = decide_reply(
             config=cfg,
             scenario=choice,
@@ -245,7 +254,7 @@ class ConversationService:
             plugin_failed=flow.plugin_failed,
             preset=flow.text,
         )
-        decision = _with_flow(decision, flow, session, cfg.policy_for(choice.scenario_id).max_turns)
+        decision = with_flow(decision, flow, session, cfg.policy_for(choice.scenario_id).max_turns)
         versions = {"intent": intent.ref, "sentiment": sentiment.ref}
         entity_dict = {e.type: e.normalized for e in entities}
         customer = await store.append_turn(
@@ -272,10 +281,7 @@ class ConversationService:
             HISTORY_SLOT,
             history.advance(decision, intent=intent.label, sentiment=sentiment.label).to_dict(),
         )
-        # A person takes over: the open flow is dropped (a returned session starts afresh).
-        await _persist_flow(
-            store, session.id, slots, replace(flow, state=FlowState()) if decision.handoff else flow
-        )
+        await persist_flow(store, session.id, slots, flow, handed_off=decision.handoff)
         handoff_id = ""
         if decision.handoff and session.status is SessionStatus.OPEN:
             handoff = await store.create_handoff(
@@ -290,10 +296,10 @@ class ConversationService:
                     slots={**values, **{k: v for k, v in flow.remember.items() if v}},
                     turns=[
                         *await store.get_turns(session.id, tail=5),
-                        _bot_turn_preview(session.id, decision.text),
+                        bot_turn_preview(session.id, decision.text),
                     ],
                     open_flow=flow.flow,
-                    plugin_calls=_calls_of(slots, flow),
+                    plugin_calls=plugin_call_log(slots, flow),
                 ),
             )
             handoff_id = handoff.id
@@ -362,44 +368,13 @@ class ConversationService:
     async def _human_owned(
         self, tenant: Tenant, req: TurnRequest, session: Session, text: str, started: float
     ) -> TurnResult:
-        """A turn while a human owns the session: stored for the agent; the bot stays
-        silent once an agent has claimed it, and says "please hold" while it waits."""
-        store = tenant.store
-        was = session.language
-        detected = detect_language(
-            text, prior="zh" if was == "zh" else "en" if was == "en" else None
-        )
-        lang = detected.lang if detected.lang != "und" else (was or "zh")
-        customer = await store.append_turn(
-            NewTurn(
-                session_id=session.id,
-                role=TurnRole.CUSTOMER,
-                text=text,
-                language=lang,
-                scenario=session.scenario,
-                request_id=req.request_id,
-            )
-        )
-        page = await store.list_handoffs(session_id=session.id, limit=50)
-        active = [h for h in page.items if h.status is not HandoffStatus.CLOSED]
-        claimed = bool(active) and active[-1].status is HandoffStatus.CLAIMED
-        reply = "" if claimed else _HOLD["en" if lang == "en" else "zh"]
-        if reply:
-            await store.append_turn(
-                NewTurn(
-                    session_id=session.id,
-                    role=TurnRole.BOT,
-                    text=reply,
-                    language=lang,
-                    scenario=session.scenario,
-                    request_id=req.request_id,
-                )
-            )
+        """A turn while a human owns the session (see :func:`human_owned_turn`)."""
+        turn = await human_owned_turn(tenant.store, session, text, request_id=req.request_id)
         return TurnResult(
             session_id=session.id,
-            seq=customer.seq,
-            reply=reply,
-            language=lang,
+            seq=turn.seq,
+            reply=turn.reply,
+            language=turn.lang,
             intent="",
             confidence=0.0,
             sentiment="",
@@ -408,93 +383,10 @@ class ConversationService:
             entities=[],
             handoff=False,
             handoff_reason="",
-            handoff_id=active[-1].id if active else "",
+            handoff_id=turn.handoff_id,
             clarify=False,
             kb_entry_id="",
             model_versions={},
             latency_us=int((time.perf_counter() - started) * 1e6),
             request_id=req.request_id or "",
         )
-
-
-_HOLD = {
-    "zh": "已为您转接人工客服，正在排队，请稍候，人工客服接入后会马上回复您。",
-    "en": "You're in the queue for a human agent; they'll reply here as soon as they join.",
-}
-PLUGIN_CALLS_SLOT = "_plugin_calls"
-MAX_RECORDED_CALLS = 50
-
-
-def _is_vip(attributes: Mapping[str, Any]) -> bool:
-    v = attributes.get("vip")
-    return v is True or (isinstance(v, str) and v.strip().lower() in ("true", "1", "yes"))
-
-
-async def _flow_step(
-    tenant: Tenant,
-    slots: Mapping[str, Any],
-    values: Mapping[str, Any],
-    lang: str,
-    text: str,
-    intent: Any,
-    entities: list[Entity],
-    kb: Any,
-    choice: Any,
-) -> FlowOutcome:
-    """The task-flow hook: one step of the tenant's flow engine (a no-op without flows)."""
-    state = FlowState.from_dict(slots[FLOW_SLOT].value if FLOW_SLOT in slots else None)
-    if tenant.flows is None:
-        return FlowOutcome(state=state)
-    threshold = tenant.config.policy_for(choice.scenario_id).kb_confidence_threshold
-    turn = FlowTurn(
-        text=text,
-        lang=lang if lang in ("zh", "en") else tenant.config.languages.default,
-        intent=intent.label,
-        confidence=intent.probability,
-        entities=entities,
-        kb_usable=isinstance(kb, KBAnswer) and kb.confidence >= threshold,
-    )
-    return await tenant.flows.step(state, turn, values)
-
-
-def _with_flow(
-    decision: ReplyDecision, flow: FlowOutcome, session: Session, max_turns: int
-) -> ReplyDecision:
-    """The reply decision with the flow's hand-off, the business line's turn limit and the
-    reminder of an open flow."""
-    reason: HandoffReason | None = decision.handoff_reason
-    handoff = decision.handoff
-    if not handoff and flow.handoff:
-        handoff, reason = True, "flow_handoff"
-    if not handoff and session.turn_count >= 2 * max_turns:
-        handoff, reason = True, "max_turns"
-    text = decision.text
-    if flow.resume and not handoff:
-        text = f"{text} {flow.resume}" if decision.lang == "en" else f"{text}{flow.resume}"
-    return replace(decision, text=text, handoff=handoff, handoff_reason=reason)
-
-
-def _calls_of(slots: Mapping[str, Any], flow: FlowOutcome) -> list[dict[str, Any]]:
-    old = slots[PLUGIN_CALLS_SLOT].value if PLUGIN_CALLS_SLOT in slots else []
-    old = old if isinstance(old, list) else []
-    return [*old, *(c.to_dict() for c in flow.calls)][-MAX_RECORDED_CALLS:]
-
-
-async def _persist_flow(
-    store: Any, session_id: str, slots: Mapping[str, Any], flow: FlowOutcome
-) -> None:
-    """Flow state, remembered/forgotten values and the plugin calls of this turn."""
-    state = flow.state.to_dict()
-    old = slots[FLOW_SLOT].value if FLOW_SLOT in slots else None
-    if state != old and not (old is None and flow.state == FlowState()):
-        await store.set_slot(session_id, FLOW_SLOT, state)
-    for key, value in flow.remember.items():
-        known = slots[key].value if key in slots else None
-        if value is None or known != value:  # a forget also undoes this turn's entity memory
-            await store.set_slot(session_id, key, value)
-    if flow.calls:
-        await store.set_slot(session_id, PLUGIN_CALLS_SLOT, _calls_of(slots, flow))
-
-
-def _bot_turn_preview(session_id: str, text: str) -> Turn:
-    return Turn(session_id=session_id, role=TurnRole.BOT, text=text, seq=0, created_at=utc_now())
