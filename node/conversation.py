@@ -234,6 +234,7 @@ class ConversationService:
             entities=entities,
             kb=kb,
             kb_threshold=cfg.policy_for(choice.scenario_id).kb_confidence_threshold,
+            scenario=choice.scenario_id,
         )
         history = replace(history, vip=history.vip or is_vip(attributes))
         decision = decide_reply(

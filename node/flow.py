@@ -136,6 +136,7 @@ class FlowTurn:
     confidence: float
     entities: Sequence[Entity] = ()
     kb_usable: bool = False  # the knowledge base has a confident in-scope answer
+    scenario: str | None = None  # the scenario the turn was routed to (None: any)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,7 +211,7 @@ class FlowEngine:
         return slot.type != "text" or slot.min_length <= len(value) <= slot.max_length
 
     def _switch_target(self, turn: FlowTurn, current: FlowSpec | None) -> FlowSpec | None:
-        flow = self.by_intent.get(turn.intent or "")
+        flow = self._serving(self.by_intent.get(turn.intent or ""), turn)
         if flow is None or turn.confidence < SWITCH_CONFIDENCE:
             return None
         if current is not None and flow.id == current.id:
@@ -316,7 +317,7 @@ class FlowEngine:
     async def _maybe_start(
         self, state: FlowState, turn: FlowTurn, memory: Mapping[str, object]
     ) -> FlowOutcome:
-        flow = self.by_intent.get(turn.intent or "")
+        flow = self._serving(self.by_intent.get(turn.intent or ""), turn)
         if flow is None or turn.confidence < START_CONFIDENCE:
             bare = self._bare_entity_flow(turn)
             if bare is None:
@@ -327,6 +328,13 @@ class FlowEngine:
             if not gives:
                 return FlowOutcome(state=state)  # a how-to question: the KB answers it
         return await self._start(state, flow, turn, memory)
+
+    @staticmethod
+    def _serving(flow: FlowSpec | None, turn: FlowTurn) -> FlowSpec | None:
+        """``flow`` if it serves the turn's scenario."""
+        if flow is None or not flow.scenarios or turn.scenario is None:
+            return flow
+        return flow if turn.scenario in flow.scenarios else None
 
     def _bare_entity_flow(self, turn: FlowTurn) -> FlowSpec | None:
         """The flow an entity alone starts ("2024112512345678" → order lookup), if the text is

@@ -74,6 +74,7 @@ async def flow_step(
     entities: Sequence[Entity],
     kb: object,
     kb_threshold: float,
+    scenario: str | None = None,
 ) -> FlowOutcome:
     """One step of the tenant's flow engine (a no-op outcome when it has no flows)."""
     state = FlowState.from_dict(slots[FLOW_SLOT].value if FLOW_SLOT in slots else None)
@@ -86,6 +87,7 @@ async def flow_step(
         confidence=confidence,
         entities=entities,
         kb_usable=isinstance(kb, KBAnswer) and kb.confidence >= kb_threshold,
+        scenario=scenario,
     )
     return await tenant.flows.step(state, turn, values)
 

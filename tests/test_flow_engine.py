@@ -37,6 +37,11 @@ def line_of(text: str, needle: str) -> int:
         ("prompt: ask_return_reason,", "prompt: ask_return_raeson,", "unknown template"),
         ("    then: handoff", "    then: escalate", "then"),
         (
+            "    scenarios: [returns_refunds, orders]",
+            "    scenarios: [returns, orders]",
+            "unknown scenario 'returns'",
+        ),
+        (
             "    entity_trigger: order_number  #",
             "    entity_trigger: order_numbr  #",
             "unknown entity type 'order_numbr'",

@@ -203,6 +203,9 @@ class FlowSpec(_Model):
     id: Ident
     names: FlowNames  # "取消订单" / "order cancellation", used in built-in texts
     intents: tuple[Ident, ...] = Field(min_length=1)
+    # The scenarios (business lines) the flow serves; empty = any. A turn routed elsewhere
+    # does not start it.
+    scenarios: tuple[Ident, ...] = ()
     # Answer a how-to question from the knowledge base instead of starting the flow, unless
     # the customer asks for it ("我要…", "I want …") or gives a slot value.
     kb_first: bool = False
@@ -271,6 +274,7 @@ def flow_problems(cfg: Any) -> list[Problem]:
     intents = set(cfg.intent_labels)
     entity_types = set(cfg.entities.types)
     seen_intents: dict[str, str] = {}
+    scenario_ids = {sc.id for sc in cfg.scenarios}
     triggers: dict[str, str] = {}
     ids: set[str] = set()
     for i, f in enumerate(cfg.flows):
@@ -289,6 +293,9 @@ def flow_problems(cfg: Any) -> list[Problem]:
                     )
                 )
             seen_intents.setdefault(intent, f.id)
+        for j, sid in enumerate(f.scenarios):
+            if sid not in scenario_ids:
+                p.append(_unknown((*at, "scenarios", j), "scenario", sid, scenario_ids))
         if f.entity_trigger is not None:
             if f.entity_trigger not in entity_types:
                 p.append(
