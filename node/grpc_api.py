@@ -283,9 +283,18 @@ class KefuNodeService:
         assert tenant is not None
         return tenant
 
-    def _unary(self, fn: Handler) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    def _unary(
+        self, fn: Handler, roles: frozenset[str] = frozenset({"channel", "admin", "agent"})
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             tenant = await self._tenant(request, context)
+            key = api_key_from_metadata(context.invocation_metadata()) or ""
+            if not tenant.roles_for(key) & roles:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"this API key's role may not call this RPC (needs {'/'.join(sorted(roles))})"
+                    " / 该 API 密钥无权调用此接口",
+                )
             try:
                 return await fn(tenant, request, context)
             except KefuError as exc:
@@ -321,6 +330,12 @@ class KefuNodeService:
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ConverseEvent]:
         tenant = await self._tenant(request, context)
+        key = api_key_from_metadata(context.invocation_metadata()) or ""
+        if not tenant.roles_for(key) & {"channel", "admin"}:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "this API key's role may not converse / 该 API 密钥无权发起对话",
+            )
         yield pb.ConverseEvent(typing=pb.Typing(session_id=request.session_id))
         try:
             result = await self._converse(tenant, request)
@@ -447,9 +462,17 @@ class KefuNodeService:
 def generic_handler(svc: KefuNodeService) -> grpc.GenericRpcHandler:
     """The KefuNode service's handlers."""
 
-    def unary(fn: Handler, req_cls: type[Message], resp_cls: type[Message]) -> Any:
+    channel = frozenset({"channel", "admin"})
+    agent = frozenset({"agent"})
+
+    def unary(
+        fn: Handler,
+        req_cls: type[Message],
+        resp_cls: type[Message],
+        roles: frozenset[str] = channel,
+    ) -> Any:
         return grpc.unary_unary_rpc_method_handler(
-            svc._unary(fn),
+            svc._unary(fn, roles),
             request_deserializer=_lenient(req_cls),
             response_serializer=resp_cls.SerializeToString,
         )
@@ -461,15 +484,23 @@ def generic_handler(svc: KefuNodeService) -> grpc.GenericRpcHandler:
             request_deserializer=_lenient(pb.ConverseRequest),
             response_serializer=pb.ConverseEvent.SerializeToString,
         ),
-        "GetSession": unary(svc.get_session, pb.GetSessionRequest, pb.SessionView),
+        "GetSession": unary(svc.get_session, pb.GetSessionRequest, pb.SessionView, channel | agent),
         "EndSession": unary(svc.end_session, pb.EndSessionRequest, pb.EndSessionReply),
         "SubmitFeedback": unary(
             svc.submit_feedback, pb.SubmitFeedbackRequest, pb.SubmitFeedbackReply
         ),
-        "ListSessions": unary(svc.list_sessions, pb.ListSessionsRequest, pb.ListSessionsReply),
-        "ListHandoffs": unary(svc.list_handoffs, pb.ListHandoffsRequest, pb.ListHandoffsReply),
-        "ClaimHandoff": unary(svc.claim_handoff, pb.ClaimHandoffRequest, pb.Handoff),
-        "AgentReply": unary(svc.agent_reply, pb.AgentReplyRequest, pb.AgentReplyReply),
-        "CloseHandoff": unary(svc.close_handoff, pb.CloseHandoffRequest, pb.Handoff),
+        "ListSessions": unary(
+            svc.list_sessions,
+            pb.ListSessionsRequest,
+            pb.ListSessionsReply,
+            frozenset({"admin"}),
+        ),
+        # The hand-off console: agent keys only (summaries quote customers).
+        "ListHandoffs": unary(
+            svc.list_handoffs, pb.ListHandoffsRequest, pb.ListHandoffsReply, agent
+        ),
+        "ClaimHandoff": unary(svc.claim_handoff, pb.ClaimHandoffRequest, pb.Handoff, agent),
+        "AgentReply": unary(svc.agent_reply, pb.AgentReplyRequest, pb.AgentReplyReply, agent),
+        "CloseHandoff": unary(svc.close_handoff, pb.CloseHandoffRequest, pb.Handoff, agent),
     }
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

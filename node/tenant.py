@@ -66,6 +66,17 @@ class Tenant:
     plugins: PluginRunner | None = None
     flows: FlowEngine | None = None
 
+    def roles_for(self, key: str) -> frozenset[str]:
+        """The roles of ``key`` (empty when it is not this tenant's); the generated demo key
+        has every role."""
+        record = self.config.find_key(key)
+        if record is not None:
+            return frozenset(record.roles)
+        digest = hash_api_key(key)
+        if any(hmac.compare_digest(digest, h) for h in self.extra_key_hashes):
+            return frozenset({"channel", "admin", "agent"})
+        return frozenset()
+
     def key_matches(self, key: str) -> bool:
         """Constant time over all of this tenant's keys: no early exit on a match."""
         ok = self.config.check_key(key)

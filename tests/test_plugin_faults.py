@@ -95,3 +95,48 @@ async def test_vip_attribute_hands_over_when_the_policy_says_so(tmp_path: Path) 
         member = await s.say("我的订单什么时候到", metadata={"vip": "true"})
     assert not plain.handoff
     assert member.handoff_reason == "vip"
+
+
+async def test_key_roles_guard_the_console(tmp_path: Path) -> None:
+    import grpc
+
+    from kefu.config.tenant import hash_api_key
+    from kefu.node.server import Node, NodeOptions
+    from kefu.node.tenant import DEMO_TENANT_CONFIG
+    from kefu.v1 import bearer_metadata
+    from kefu.v1 import node_pb2 as pb
+    from kefu.v1 import node_pb2_grpc as pbg
+
+    keys = "".join(
+        f"  - id: {name}\n    sha256: {hash_api_key(name + '-key')}\n"
+        f"    created_at: 2026-11-25T00:00:00Z\n    roles: [{name}]\n"
+        for name in ("channel", "agent")
+    )
+    cfg = tmp_path / "roles.yaml"
+    cfg.write_text(
+        DEMO_TENANT_CONFIG.read_text(encoding="utf-8").replace(
+            "api_keys: []", "api_keys:\n" + keys.rstrip("\n"), 1
+        ),
+        encoding="utf-8",
+    )
+    opts = NodeOptions(
+        data_dir=tmp_path / "data", listen="127.0.0.1:0", metrics_listen=None,
+        tenant_configs=[cfg],
+    )  # fmt: skip
+    channel, agent = bearer_metadata("channel-key"), bearer_metadata("agent-key")
+    async with Node(opts) as node, grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
+        stub = pbg.KefuNodeStub(ch)
+        r = await stub.Converse(pb.ConverseRequest(text="转人工"), metadata=channel)
+        assert r.handoff
+        for call in (
+            stub.ListHandoffs(pb.ListHandoffsRequest(), metadata=channel),
+            stub.Converse(pb.ConverseRequest(text="你好"), metadata=agent),
+            stub.ListSessions(pb.ListSessionsRequest(), metadata=channel),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await call
+            assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        listed = await stub.ListHandoffs(pb.ListHandoffsRequest(), metadata=agent)
+        assert [h.handoff_id for h in listed.handoffs] == [r.handoff_id]
+        view = await stub.GetSession(pb.GetSessionRequest(session_id=r.session_id), metadata=agent)
+        assert view.handoff_id == r.handoff_id

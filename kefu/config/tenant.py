@@ -234,6 +234,9 @@ class TenantInfo(_Model):
     enabled: bool = True
 
 
+KeyRole = Literal["channel", "admin", "agent"]
+
+
 class ApiKeyRecord(_Model):
     """An API key as stored: only its SHA-256, never the key itself."""
 
@@ -242,6 +245,9 @@ class ApiKeyRecord(_Model):
     created_at: datetime
     revoked: bool = False
     note: str = ""
+    # What the key may do (see proto/kefu/v1/node.proto): channel = conversations, admin =
+    # also ListSessions, agent = the hand-off console. Default: all three.
+    roles: tuple[KeyRole, ...] = Field(default=("channel", "admin", "agent"), min_length=1)
 
 
 def hash_api_key(key: str) -> str:
