@@ -56,11 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="area", required=True, metavar="AREA")
     _register_keys(sub)
+    from kefu.demo.cli import register as register_demo
     from kefu.models.cli import register as register_model
     from kefu.node.cli import register as register_node
 
     register_model(sub)
     register_node(sub)
+    register_demo(sub)
     return parser
 
 

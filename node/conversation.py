@@ -14,14 +14,16 @@ import logging
 import time
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kefu.errors import PermanentError, TemporaryError
 from kefu.node.admission import AdmissionController, RateLimit, RateLimiter
 from kefu.node.entities import Entity
+from kefu.node.handoff import build_summary, renew_if_idle
 from kefu.node.inference import ModelRuntime
 from kefu.node.language import detect_language
+from kefu.node.plugin_api import PluginCall
 from kefu.node.reply import TurnHistory, decide_reply, kb_answer_for
 from kefu.node.scenario import select_scenario
 from kefu.node.sessions import (
@@ -35,6 +37,15 @@ from kefu.node.sessions import (
     TurnRole,
     start_session,
     utc_now,
+)
+from kefu.node.tasks import (
+    flow_slot_writes,
+    flow_step,
+    human_owned_turn,
+    is_vip,
+    plugin_call_log,
+    turn_preview,
+    with_flow,
 )
 from kefu.node.tenant import Tenant, TenantRegistry
 
@@ -128,6 +139,9 @@ class TurnResult:
     model_versions: dict[str, str]
     latency_us: int
     request_id: str
+    plugin_calls: tuple[PluginCall, ...] = ()
+    flow: str = ""
+    flow_event: str = ""
 
 
 class ConversationService:
@@ -171,6 +185,11 @@ class ConversationService:
             context = await tenant.store.load_context(req.session_id)
             if context is None:
                 raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
+            session = await renew_if_idle(tenant.store, context.session, tenant.config)
+            if session.id != context.session.id:  # idle too long: a fresh session carries on
+                context = await tenant.store.load_context(session.id)
+                if context is None:
+                    raise SessionNotFound(f"session {session.id!r} not found / 会话不存在")
             return context.session, context.slots, False
         session = start_session(
             NewSession(
@@ -189,6 +208,8 @@ class ConversationService:
     ) -> TurnResult:
         cfg, store = tenant.config, tenant.store
         session, slots, is_new = await self._context(tenant, req)
+        if session.status is SessionStatus.HANDED_OFF:
+            return await self._human_owned(tenant, req, session, text, started)
         history = TurnHistory.from_dict(
             slots[HISTORY_SLOT].value if HISTORY_SLOT in slots else None
         )
@@ -221,12 +242,28 @@ class ConversationService:
         )
         kb = kb_answer_for(tenant.kb, cfg, choice.scenario_id, text=text, lang=lang)
         values = {k: s.value for k, s in slots.items() if not k.startswith("_")}
+        flow = await flow_step(
+            tenant,
+            slots,
+            values,
+            lang=lang,
+            text=text,
+            intent=intent.label,
+            confidence=intent.probability,
+            entities=entities,
+            kb=kb,
+            kb_threshold=cfg.policy_for(choice.scenario_id).kb_confidence_threshold,
+            scenario=choice.scenario_id,
+        )
+        history = replace(history, vip=history.vip or is_vip(attributes))
         decision = decide_reply(
             config=cfg,
             scenario=choice,
-            intent=intent.label,
+            # A mechanical answer inside a flow ("是的", an order number) carries no intent or
+            # sentiment of its own: the models' guesses on such short texts are noise.
+            intent=None if flow.consumed else intent.label,
             intent_confidence=intent.probability,
-            sentiment=sentiment.label,
+            sentiment="neutral" if flow.consumed else sentiment.label,
             sentiment_score=sentiment.probability,
             lang=lang,
             text=text,
@@ -234,7 +271,10 @@ class ConversationService:
             kb_result=kb,
             history=history,
             values=values,
+            plugin_failed=flow.plugin_failed,
+            preset=flow.text,
         )
+        decision = with_flow(decision, flow, session, cfg.policy_for(choice.scenario_id).max_turns)
         versions = {"intent": intent.ref, "sentiment": sentiment.ref}
         entity_dict = {e.type: e.normalized for e in entities}
         customer_turn = NewTurn(
@@ -260,16 +300,27 @@ class ConversationService:
         slot_writes[HISTORY_SLOT] = history.advance(
             decision, intent=intent.label, sentiment=sentiment.label
         ).to_dict()
+        # After the entity memory: a value the flow forgets also undoes it.
+        slot_writes.update(flow_slot_writes(slots, flow, handed_off=decision.handoff))
         handoff = None
         if decision.handoff and session.status is SessionStatus.OPEN:
             handoff = HandoffRequest(
                 reason=decision.handoff_reason or "policy",
-                summary={
-                    "intents": [*history.recent_intents, intent.label],
-                    "sentiments": [*history.recent_sentiments, sentiment.label],
-                    "scenario": choice.scenario_id,
-                    "slots": sorted(values),
-                },
+                summary=build_summary(
+                    reason=decision.handoff_reason or "policy",
+                    scenario=choice.scenario_id,
+                    language=lang,
+                    intents=[*history.recent_intents, intent.label],
+                    sentiments=[*history.recent_sentiments, sentiment.label],
+                    slots={**values, **{k: v for k, v in flow.remember.items() if v}},
+                    turns=[
+                        *([] if is_new else await store.get_turns(session.id, tail=4)),
+                        turn_preview(session.id, text, TurnRole.CUSTOMER),
+                        turn_preview(session.id, decision.text),
+                    ],
+                    open_flow=flow.flow,
+                    plugin_calls=plugin_call_log(slots, flow),
+                ),
             )
         latency_ms = (time.perf_counter() - started) * 1000.0
         bot_turn = NewTurn(
@@ -337,6 +388,35 @@ class ConversationService:
             clarify=decision.clarify,
             kb_entry_id=decision.kb_entry_id or "",
             model_versions=versions,
+            latency_us=int((time.perf_counter() - started) * 1e6),
+            request_id=req.request_id or "",
+            plugin_calls=flow.calls,
+            flow=flow.flow or "",
+            flow_event=flow.event,
+        )
+
+    async def _human_owned(
+        self, tenant: Tenant, req: TurnRequest, session: Session, text: str, started: float
+    ) -> TurnResult:
+        """A turn while a human owns the session (see :func:`human_owned_turn`)."""
+        turn = await human_owned_turn(tenant.store, session, text, request_id=req.request_id)
+        return TurnResult(
+            session_id=session.id,
+            seq=turn.seq,
+            reply=turn.reply,
+            language=turn.lang,
+            intent="",
+            confidence=0.0,
+            sentiment="",
+            sentiment_score=0.0,
+            scenario=session.scenario or "",
+            entities=[],
+            handoff=False,
+            handoff_reason="",
+            handoff_id=turn.handoff_id,
+            clarify=False,
+            kb_entry_id="",
+            model_versions={},
             latency_us=int((time.perf_counter() - started) * 1e6),
             request_id=req.request_id or "",
         )

@@ -42,11 +42,14 @@ from kefu.node.conversation import (
     TurnRequest,
     TurnResult,
 )
+from kefu.node.handoff import HandoffConsole, HandoffResolution, HandoffView
 from kefu.node.inference import ModelBusy
 from kefu.node.metrics import NodeMetrics
 from kefu.node.sessions import (
+    HandoffStatus,
     InvalidRecord,
     NewFeedback,
+    RecordNotFound,
     Session,
     SessionStatus,
     StateConflict,
@@ -150,6 +153,7 @@ def _turn(t: Turn) -> pb.Turn:
         server_latency_us=int((t.latency_ms or 0.0) * 1000),
         created_at=_ts(t.created_at),
         request_id=t.request_id or "",
+        agent_id=t.model_versions.get("agent", "") if t.role is TurnRole.AGENT else "",
     )
 
 
@@ -164,6 +168,61 @@ def _summary(s: Session) -> pb.SessionSummary:
         turn_count=s.turn_count,
         scenario=s.scenario or "",
         language=s.language or "",
+    )
+
+
+_HANDOFF_STATUS = {
+    HandoffStatus.OPEN: pb.HANDOFF_STATUS_WAITING,
+    HandoffStatus.CLAIMED: pb.HANDOFF_STATUS_CLAIMED,
+    HandoffStatus.CLOSED: pb.HANDOFF_STATUS_CLOSED,
+}
+_HANDOFF_STATUS_IN = {v: k for k, v in _HANDOFF_STATUS.items()}
+_RESOLUTION = {
+    pb.HANDOFF_RESOLUTION_RESOLVED: HandoffResolution.RESOLVED,
+    pb.HANDOFF_RESOLUTION_UNRESOLVED: HandoffResolution.UNRESOLVED,
+    pb.HANDOFF_RESOLUTION_RETURNED_TO_BOT: HandoffResolution.RETURNED_TO_BOT,
+    pb.HANDOFF_RESOLUTION_ABANDONED: HandoffResolution.ABANDONED,
+}
+_RESOLUTION_OUT = {v.value: k for k, v in _RESOLUTION.items()}
+
+
+def _handoff(v: HandoffView) -> pb.Handoff:
+    h, s, summary = v.handoff, v.session, v.handoff.summary or {}
+    raw_last = summary.get("last_messages")
+    last: list[Any] = raw_last if isinstance(raw_last, list) else []
+    roles = {"customer": pb.ROLE_USER, "bot": pb.ROLE_BOT, "agent": pb.ROLE_AGENT}
+    return pb.Handoff(
+        handoff_id=h.id,
+        session_id=h.session_id,
+        status=_HANDOFF_STATUS[h.status],
+        reason=h.reason,
+        agent_id=h.agent_id or "",
+        channel=_CHANNEL_ENUM.get(s.channel, pb.CHANNEL_UNSPECIFIED) if s else None,
+        user_id=(s.user_id or "") if s else "",
+        scenario=(s.scenario or "") if s else "",
+        language=(s.language or "") if s else "",
+        last_user_text=v.last_user_text,
+        created_at=_ts(h.created_at),
+        claimed_at=_ts(h.claimed_at),
+        closed_at=_ts(h.closed_at),
+        resolution=_RESOLUTION_OUT.get(v.resolution, pb.HANDOFF_RESOLUTION_UNSPECIFIED),
+        note=v.note,
+        summary=pb.HandoffSummary(
+            intents=[str(x) for x in summary.get("intents", [])],
+            sentiments=[str(x) for x in summary.get("sentiments", [])],
+            sentiment_trend=str(summary.get("sentiment_trend", "")),
+            slots={str(k): str(x) for k, x in dict(summary.get("slots") or {}).items()},
+            open_flow=str(summary.get("open_flow", "")),
+            plugin_failures=[str(x) for x in summary.get("plugin_failures", [])],
+            last_messages=[
+                pb.Turn(
+                    role=roles.get(str(m.get("role")), pb.ROLE_UNSPECIFIED),
+                    text=str(m.get("text", "")),
+                )
+                for m in last
+                if isinstance(m, dict)
+            ],
+        ),
     )
 
 
@@ -183,7 +242,7 @@ class KefuNodeService:
     def _status(exc: BaseException) -> grpc.StatusCode:
         if isinstance(exc, InvalidTurn | InvalidRecord):
             return grpc.StatusCode.INVALID_ARGUMENT
-        if isinstance(exc, SessionNotFound):
+        if isinstance(exc, SessionNotFound | RecordNotFound):
             return grpc.StatusCode.NOT_FOUND
         if isinstance(exc, RateLimited):
             return grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -224,9 +283,18 @@ class KefuNodeService:
         assert tenant is not None
         return tenant
 
-    def _unary(self, fn: Handler) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    def _unary(
+        self, fn: Handler, roles: frozenset[str] = frozenset({"channel", "admin", "agent"})
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             tenant = await self._tenant(request, context)
+            key = api_key_from_metadata(context.invocation_metadata()) or ""
+            if not tenant.roles_for(key) & roles:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"this API key's role may not call this RPC (needs {'/'.join(sorted(roles))})"
+                    " / 该 API 密钥无权调用此接口",
+                )
             try:
                 return await fn(tenant, request, context)
             except KefuError as exc:
@@ -262,6 +330,12 @@ class KefuNodeService:
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ConverseEvent]:
         tenant = await self._tenant(request, context)
+        key = api_key_from_metadata(context.invocation_metadata()) or ""
+        if not tenant.roles_for(key) & {"channel", "admin"}:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "this API key's role may not converse / 该 API 密钥无权发起对话",
+            )
         yield pb.ConverseEvent(typing=pb.Typing(session_id=request.session_id))
         try:
             result = await self._converse(tenant, request)
@@ -287,6 +361,7 @@ class KefuNodeService:
             raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
         turns = await store.get_turns(session.id)
         slots = await store.get_slots(session.id)
+        handoffs = await store.list_handoffs(session_id=session.id, limit=500)
         return pb.SessionView(
             session_id=session.id,
             status=_STATUS[session.status],
@@ -298,6 +373,7 @@ class KefuNodeService:
             language=session.language or "",
             slots={k: str(v.value) for k, v in slots.items() if not k.startswith("_")},
             turns=[_turn(t) for t in turns],
+            handoff_id=handoffs.items[-1].id if handoffs.items else "",
         )
 
     async def end_session(
@@ -337,13 +413,66 @@ class KefuNodeService:
             sessions=[_summary(s) for s in page.items], next_page_token=page.next_cursor or ""
         )
 
+    # ------------------------------------------------------------------ hand-off console
+
+    async def list_handoffs(
+        self, tenant: Tenant, req: pb.ListHandoffsRequest, _: Any
+    ) -> pb.ListHandoffsReply:
+        views, nxt = await HandoffConsole(tenant.store).list(
+            status=_HANDOFF_STATUS_IN.get(req.status),
+            limit=min(max(req.page_size or 50, 1), 500),
+            cursor=req.page_token or None,
+        )
+        return pb.ListHandoffsReply(
+            handoffs=[_handoff(v) for v in views], next_page_token=nxt or ""
+        )
+
+    async def claim_handoff(
+        self, tenant: Tenant, req: pb.ClaimHandoffRequest, _: Any
+    ) -> pb.Handoff:
+        return _handoff(await HandoffConsole(tenant.store).claim(req.handoff_id, req.agent_id))
+
+    async def agent_reply(
+        self, tenant: Tenant, req: pb.AgentReplyRequest, _: Any
+    ) -> pb.AgentReplyReply:
+        turn = await HandoffConsole(tenant.store).reply(
+            agent_id=req.agent_id,
+            text=req.text,
+            handoff_id=req.handoff_id,
+            session_id=req.session_id,
+            request_id=req.request_id or None,
+        )
+        return pb.AgentReplyReply(
+            session_id=turn.session_id, turn_seq=turn.seq, created_at=_ts(turn.created_at)
+        )
+
+    async def close_handoff(
+        self, tenant: Tenant, req: pb.CloseHandoffRequest, _: Any
+    ) -> pb.Handoff:
+        resolution = _RESOLUTION.get(req.resolution)
+        if resolution is None:
+            raise InvalidRecord("resolution is required / 缺少结束方式 (resolution)")
+        return _handoff(
+            await HandoffConsole(tenant.store).close(
+                req.handoff_id, resolution=resolution, agent_id=req.agent_id, note=req.note
+            )
+        )
+
 
 def generic_handler(svc: KefuNodeService) -> grpc.GenericRpcHandler:
-    """The KefuNode service's handlers (hand-off console RPCs: UNIMPLEMENTED until built)."""
+    """The KefuNode service's handlers."""
 
-    def unary(fn: Handler, req_cls: type[Message], resp_cls: type[Message]) -> Any:
+    channel = frozenset({"channel", "admin"})
+    agent = frozenset({"agent"})
+
+    def unary(
+        fn: Handler,
+        req_cls: type[Message],
+        resp_cls: type[Message],
+        roles: frozenset[str] = channel,
+    ) -> Any:
         return grpc.unary_unary_rpc_method_handler(
-            svc._unary(fn),
+            svc._unary(fn, roles),
             request_deserializer=_lenient(req_cls),
             response_serializer=resp_cls.SerializeToString,
         )
@@ -355,11 +484,23 @@ def generic_handler(svc: KefuNodeService) -> grpc.GenericRpcHandler:
             request_deserializer=_lenient(pb.ConverseRequest),
             response_serializer=pb.ConverseEvent.SerializeToString,
         ),
-        "GetSession": unary(svc.get_session, pb.GetSessionRequest, pb.SessionView),
+        "GetSession": unary(svc.get_session, pb.GetSessionRequest, pb.SessionView, channel | agent),
         "EndSession": unary(svc.end_session, pb.EndSessionRequest, pb.EndSessionReply),
         "SubmitFeedback": unary(
             svc.submit_feedback, pb.SubmitFeedbackRequest, pb.SubmitFeedbackReply
         ),
-        "ListSessions": unary(svc.list_sessions, pb.ListSessionsRequest, pb.ListSessionsReply),
+        "ListSessions": unary(
+            svc.list_sessions,
+            pb.ListSessionsRequest,
+            pb.ListSessionsReply,
+            frozenset({"admin"}),
+        ),
+        # The hand-off console: agent keys only (summaries quote customers).
+        "ListHandoffs": unary(
+            svc.list_handoffs, pb.ListHandoffsRequest, pb.ListHandoffsReply, agent
+        ),
+        "ClaimHandoff": unary(svc.claim_handoff, pb.ClaimHandoffRequest, pb.Handoff, agent),
+        "AgentReply": unary(svc.agent_reply, pb.AgentReplyRequest, pb.AgentReplyReply, agent),
+        "CloseHandoff": unary(svc.close_handoff, pb.CloseHandoffRequest, pb.Handoff, agent),
     }
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

@@ -109,6 +109,25 @@ class NodeMetrics:
         self.errors = Counter(
             "kefu_errors", "Failed requests by status code", ["tenant", "code"], registry=r
         )
+        self.plugin_calls = Counter(
+            "kefu_plugin_calls",
+            "Plugin calls by outcome (ok, not_found, rejected, failed) and code",
+            ["tenant", "plugin", "outcome", "code"],
+            registry=r,
+        )
+        self.plugin_latency = Histogram(
+            "kefu_plugin_latency_seconds",
+            "Plugin call latency, retries included",
+            ["tenant", "plugin"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.flow_events = Counter(
+            "kefu_flow_events",
+            "Task-flow steps (started, asked, confirm, done, rejected, failed, cancelled, ...)",
+            ["tenant", "flow", "event"],
+            registry=r,
+        )
         r.register(_RuntimeCollector(runtime_stats, admission_stats))
         self._server: Any = None
 
@@ -121,6 +140,11 @@ class NodeMetrics:
             self.fallbacks.labels(tenant).inc()
         if result.handoff:
             self.handoffs.labels(tenant, result.handoff_reason or "unknown").inc()
+        for call in result.plugin_calls:
+            self.plugin_calls.labels(tenant, call.plugin, call.outcome, call.code).inc()
+            self.plugin_latency.labels(tenant, call.plugin).observe(call.latency_ms / 1000.0)
+        if result.flow and result.flow_event:
+            self.flow_events.labels(tenant, result.flow, result.flow_event).inc()
 
     def observe_error(self, tenant: str, code: str) -> None:
         self.errors.labels(tenant or "-", code).inc()

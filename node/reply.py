@@ -74,7 +74,7 @@ __all__ = [
     "kb_answer_for",
 ]
 
-ReplySource = Literal["template", "kb", "clarify", "handoff", "fallback"]
+ReplySource = Literal["template", "kb", "clarify", "handoff", "fallback", "flow"]
 HandoffReason = Literal[
     "explicit_request",
     "complaint",
@@ -82,6 +82,8 @@ HandoffReason = Literal[
     "low_confidence",
     "vip",
     "plugin_failure",
+    "flow_handoff",  # a task flow ends in a hand-off (e.g. account frozen → security team)
+    "max_turns",  # the business line's max_turns is reached
 ]
 #: In order of precedence.
 HANDOFF_REASONS: tuple[HandoffReason, ...] = get_args(HandoffReason)
@@ -633,6 +635,7 @@ def decide_reply(
     values: Mapping[str, object] | None = None,
     plugin_failed: bool = False,
     threshold: float | None = None,
+    preset: str | None = None,
 ) -> ReplyDecision:
     """Decide the reply for one customer turn (precedence: see the module docstring).
 
@@ -640,7 +643,10 @@ def decide_reply(
     None when it was not queried. ``values`` are fields for templates from plugins and session
     slots; an entity found in this turn's text overrides a value of the same name (the
     customer's latest words win). ``sentiment_score`` is the probability of ``sentiment``.
-    ``threshold`` overrides the scenario policy's intent-confidence threshold.
+    ``threshold`` overrides the scenario policy's intent-confidence threshold. ``preset`` is
+    a reply already decided by a task flow (:mod:`kefu.node.flow`): it replaces steps 2-5, the
+    turn counts as understood, and a "yes" answers the flow's question, not an earlier offer
+    of a human; hand-off conditions and soothing still apply.
     """
     history = history or TurnHistory()
     chosen = _scenario(config, scenario)
@@ -673,11 +679,11 @@ def decide_reply(
     )
 
     negative = sentiment == "negative" and sentiment_score >= config.soothing.negative_threshold
-    low_confidence = not t.confident and _kb_usable(t) is None
+    low_confidence = not t.confident and _kb_usable(t) is None and preset is None
     hand = policy.handoff
 
     explicit = (t.confident and intent == "human_agent") or is_explicit_human_request(text)
-    explicit = explicit or (history.human_offered and _is_affirmative(text))
+    explicit = explicit or (history.human_offered and preset is None and _is_affirmative(text))
     conditions: list[tuple[HandoffReason, bool]] = [
         ("explicit_request", hand.explicit_request and explicit),
         ("complaint", hand.complaint and t.confident and intent == "complaint"),
@@ -702,7 +708,9 @@ def decide_reply(
     if held is not None and (held == "explicit_request" or not policy.offer_human):
         decision = _transfer(t, held)
     else:
-        if held != "low_confidence":
+        if preset is not None:
+            decision = ReplyDecision(text=preset, lang=reply_lang, source="flow", reason="flow")
+        elif held != "low_confidence":
             decision = _answer(t, history)
         else:  # asking again is what failed: offer a person instead
             decision = ReplyDecision(

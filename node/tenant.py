@@ -15,9 +15,10 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kefu.config import TenantConfig, load_tenant_config
 from kefu.config.tenant import generate_api_key, hash_api_key
@@ -28,7 +29,9 @@ from kefu.node.entities import (
     EntityPattern,
     LookupTable,
 )
+from kefu.node.flow import FlowEngine
 from kefu.node.knowledge import KnowledgeBase, entries_from_dicts
+from kefu.node.plugins import PluginRunner, SecretStore
 from kefu.node.sessions import SessionStore
 from kefu.node.sqlite_store import SQLiteSessionStore, SQLiteStoreOptions
 
@@ -59,6 +62,20 @@ class Tenant:
     source: Path
     #: Hashes accepted besides the config's own (the generated demo key).
     extra_key_hashes: tuple[str, ...] = ()
+    #: Task flows and the plugins they call (None when the config declares none).
+    plugins: PluginRunner | None = None
+    flows: FlowEngine | None = None
+
+    def roles_for(self, key: str) -> frozenset[str]:
+        """The roles of ``key`` (empty when it is not this tenant's); the generated demo key
+        has every role."""
+        record = self.config.find_key(key)
+        if record is not None:
+            return frozenset(record.roles)
+        digest = hash_api_key(key)
+        if any(hmac.compare_digest(digest, h) for h in self.extra_key_hashes):
+            return frozenset({"channel", "admin", "agent"})
+        return frozenset()
 
     def key_matches(self, key: str) -> bool:
         """Constant time over all of this tenant's keys: no early exit on a match."""
@@ -165,6 +182,15 @@ class TenantRegistry:
             extra = (hash_api_key(key),)
             if created:
                 self.new_keys[tid] = key
+        plugins = flows = None
+        if config.plugins:
+            plugins = PluginRunner(config, SecretStore(self.data_dir / "secrets"))
+            runner = plugins
+
+            async def call(pid: str, inputs: Mapping[str, str], lang: str) -> Any:
+                return await runner.call(pid, inputs, lang=lang)
+
+            flows = FlowEngine(config, call) if config.flows else None
         store = await SQLiteSessionStore.open(self.data_dir, tid, options=store_options)
         self.tenants[tid] = Tenant(
             id=tid,
@@ -174,6 +200,8 @@ class TenantRegistry:
             entities=entities,
             source=path,
             extra_key_hashes=extra,
+            plugins=plugins,
+            flows=flows,
         )
 
     def authenticate(self, key: str | None) -> Tenant | None:
@@ -189,3 +217,5 @@ class TenantRegistry:
     async def close(self) -> None:
         for tenant in self.tenants.values():
             await tenant.store.close()
+            if tenant.plugins is not None:
+                await tenant.plugins.close()

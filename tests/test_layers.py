@@ -15,6 +15,10 @@ PURE = [
     "kefu.node.admission",
     "kefu.node.redaction",
     "kefu.node.sessions",
+    "kefu.node.flow",
+    "kefu.node.flow_words",
+    "kefu.node.plugin_api",
+    "kefu.node.handoff",
 ]
 
 
@@ -27,7 +31,7 @@ def loaded_after(imports: list[str]) -> set[str]:
 
 
 def test_pure_core_imports_no_io_libraries() -> None:
-    assert not loaded_after(PURE) & {"grpc", "nats", "onnxruntime", "sqlite3", "torch"}
+    assert not loaded_after(PURE) & {"grpc", "nats", "onnxruntime", "sqlite3", "torch", "aiohttp"}
 
 
 def test_node_server_never_imports_torch() -> None:

@@ -48,6 +48,7 @@ from pydantic import (
     model_validator,
 )
 
+from kefu.config.flows import FlowSpec, Integration, PluginSpec, flow_problems
 from kefu.config.yamlsource import Problem, YamlDocument, load_yaml, parse_yaml
 
 __all__ = [
@@ -233,6 +234,9 @@ class TenantInfo(_Model):
     enabled: bool = True
 
 
+KeyRole = Literal["channel", "admin", "agent"]
+
+
 class ApiKeyRecord(_Model):
     """An API key as stored: only its SHA-256, never the key itself."""
 
@@ -241,6 +245,9 @@ class ApiKeyRecord(_Model):
     created_at: datetime
     revoked: bool = False
     note: str = ""
+    # What the key may do (see proto/kefu/v1/node.proto): channel = conversations, admin =
+    # also ListSessions, agent = the hand-off console. Default: all three.
+    roles: tuple[KeyRole, ...] = Field(default=("channel", "admin", "agent"), min_length=1)
 
 
 def hash_api_key(key: str) -> str:
@@ -564,6 +571,10 @@ class TenantConfig(_Model):
     session_policy: SessionPolicies = SessionPolicies()
     rate_limits: RateLimits
     soothing: Soothing
+    # Task flows and the back ends they call (kefu.config.flows).
+    integrations: dict[Ident, Integration] = Field(default_factory=dict)
+    plugins: tuple[PluginSpec, ...] = ()
+    flows: tuple[FlowSpec, ...] = ()
 
     # -- keys
 
@@ -758,6 +769,7 @@ def _references(cfg: TenantConfig) -> list[Problem]:
     for lang in langs:
         if not cfg.soothing.prefixes.get(lang):
             p.append(Problem(loc=("soothing", "prefixes"), message=f"no {lang} prefix"))
+    p += flow_problems(cfg)
     return p
 
 

@@ -372,7 +372,7 @@ class ListSessionsReply(_message.Message):
     def __init__(self, sessions: _Optional[_Iterable[_Union[SessionSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Handoff(_message.Message):
-    __slots__ = ("handoff_id", "session_id", "status", "reason", "agent_id", "channel", "user_id", "scenario", "language", "last_user_text", "created_at", "claimed_at", "closed_at", "resolution", "note")
+    __slots__ = ("handoff_id", "session_id", "status", "reason", "agent_id", "channel", "user_id", "scenario", "language", "last_user_text", "created_at", "claimed_at", "closed_at", "resolution", "note", "summary")
     HANDOFF_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -388,6 +388,7 @@ class Handoff(_message.Message):
     CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
     handoff_id: str
     session_id: str
     status: HandoffStatus
@@ -403,7 +404,33 @@ class Handoff(_message.Message):
     closed_at: _timestamp_pb2.Timestamp
     resolution: HandoffResolution
     note: str
-    def __init__(self, handoff_id: _Optional[str] = ..., session_id: _Optional[str] = ..., status: _Optional[_Union[HandoffStatus, str]] = ..., reason: _Optional[str] = ..., agent_id: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., user_id: _Optional[str] = ..., scenario: _Optional[str] = ..., language: _Optional[str] = ..., last_user_text: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolution: _Optional[_Union[HandoffResolution, str]] = ..., note: _Optional[str] = ...) -> None: ...
+    summary: HandoffSummary
+    def __init__(self, handoff_id: _Optional[str] = ..., session_id: _Optional[str] = ..., status: _Optional[_Union[HandoffStatus, str]] = ..., reason: _Optional[str] = ..., agent_id: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., user_id: _Optional[str] = ..., scenario: _Optional[str] = ..., language: _Optional[str] = ..., last_user_text: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolution: _Optional[_Union[HandoffResolution, str]] = ..., note: _Optional[str] = ..., summary: _Optional[_Union[HandoffSummary, _Mapping]] = ...) -> None: ...
+
+class HandoffSummary(_message.Message):
+    __slots__ = ("intents", "sentiments", "sentiment_trend", "slots", "open_flow", "plugin_failures", "last_messages")
+    class SlotsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    INTENTS_FIELD_NUMBER: _ClassVar[int]
+    SENTIMENTS_FIELD_NUMBER: _ClassVar[int]
+    SENTIMENT_TREND_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FLOW_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LAST_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    intents: _containers.RepeatedScalarFieldContainer[str]
+    sentiments: _containers.RepeatedScalarFieldContainer[str]
+    sentiment_trend: str
+    slots: _containers.ScalarMap[str, str]
+    open_flow: str
+    plugin_failures: _containers.RepeatedScalarFieldContainer[str]
+    last_messages: _containers.RepeatedCompositeFieldContainer[Turn]
+    def __init__(self, intents: _Optional[_Iterable[str]] = ..., sentiments: _Optional[_Iterable[str]] = ..., sentiment_trend: _Optional[str] = ..., slots: _Optional[_Mapping[str, str]] = ..., open_flow: _Optional[str] = ..., plugin_failures: _Optional[_Iterable[str]] = ..., last_messages: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ...) -> None: ...
 
 class ListHandoffsRequest(_message.Message):
     __slots__ = ("status", "page_size", "page_token")
