@@ -295,24 +295,31 @@ _current_permits: contextvars.ContextVar[tuple[Permit, ...]] = contextvars.Conte
 class LoopLag:
     """How late the event loop runs a timer, sampled every ``interval`` seconds.
 
-    ``value`` is the latest sample (seconds). Run :meth:`run` as a task on the loop to watch.
+    ``value`` is the *smallest* of the last ``window`` samples: a lone spike (a GC pause, the
+    OS scheduling another process) sheds nothing, a backlog that persists for the whole
+    window does. Run :meth:`run` as a task on the loop to watch.
     """
 
-    def __init__(self, *, interval: float = 0.005, clock: Clock = time.monotonic):
+    def __init__(self, *, interval: float = 0.005, window: int = 4, clock: Clock = time.monotonic):
         self.interval = interval
         self.value = 0.0
         self.max_seen = 0.0
+        self._samples: deque[float] = deque([0.0], maxlen=window)
         self._clock = clock
 
     def __call__(self) -> float:
         return self.value
 
+    def record(self, lag: float) -> None:
+        self._samples.append(max(0.0, lag))
+        self.value = min(self._samples)
+        self.max_seen = max(self.max_seen, lag)
+
     async def run(self) -> None:
         while True:
             start = self._clock()
             await asyncio.sleep(self.interval)
-            self.value = max(0.0, self._clock() - start - self.interval)
-            self.max_seen = max(self.max_seen, self.value)
+            self.record(self._clock() - start - self.interval)
 
 
 class AdmissionController:

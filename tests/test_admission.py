@@ -323,8 +323,18 @@ async def test_loop_lag_sheds_new_work_even_with_free_slots() -> None:
     assert ac.stats().shed_total == 1
 
 
+def test_loop_lag_ignores_a_lone_spike_but_not_a_backlog() -> None:
+    lag = LoopLag(window=3)
+    for sample in (0.001, 0.2, 0.001):
+        lag.record(sample)
+    assert lag() == 0.001 and lag.max_seen == 0.2  # one late timer: not overload
+    for sample in (0.05, 0.06, 0.07):
+        lag.record(sample)
+    assert lag() == 0.05  # late for the whole window: the loop is backed up
+
+
 async def test_loop_lag_sampler_sees_a_blocked_loop() -> None:
-    sampler = LoopLag(interval=0.005)
+    sampler = LoopLag(interval=0.005, window=1)
     task = asyncio.create_task(sampler.run())
     await asyncio.sleep(0.02)
     time.sleep(0.15)  # block the loop, as a CPU-starved server would be
