@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,31 +25,21 @@ async def _run(args: argparse.Namespace) -> int:
 
     configure_logging(fmt=args.log_format)
     os.environ["KEFU_LOG_FORMAT"] = args.log_format  # worker processes log the same way
-    from kefu.node.server import Node, NodeOptions
-    from kefu.node.tenant import DEMO_TENANT_CONFIG
+    from kefu.node.server import Node
 
-    opts = NodeOptions(
-        data_dir=data_dir(args.data_dir),
-        listen=args.listen,
-        tenant_configs=[Path(p) for p in args.config] or [DEMO_TENANT_CONFIG],
-        reuse_port=args.reuse_port,
-        metrics_listen=args.metrics_listen or None,
-    )
-    if args.max_in_flight:
-        opts.max_in_flight = args.max_in_flight
-    if args.queue_timeout is not None:
-        opts.queue_timeout_s = args.queue_timeout
+    opts, workers = _options(args, data_dir)
+    listen = opts.listen
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if args.workers > 1:
-        return await _run_pool(opts, args.workers, stop, args.listen)
+    if workers > 1:
+        return await _run_pool(opts, workers, stop, listen)
     async with Node(opts) as node:
         assert node.registry is not None
         _announce(
             opts,
-            listen=args.listen,
+            listen=listen,
             port=node.port,
             metrics_port=node.metrics_port,
             tenants=sorted(node.registry.tenants),
@@ -114,6 +105,64 @@ def _announce(
     if metrics_port:
         print(f"metrics: http://127.0.0.1:{metrics_port}/metrics")
     sys.stdout.flush()
+
+
+def _is_tenant_config(path: Path) -> bool:
+    """Tenant YAMLs have a top-level ``tenant:``; anything else given to --config is a node.yaml.
+    Unreadable files count as tenant configs, whose loader reports them with file and line."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return True
+    return not isinstance(data, dict) or "tenant" in data
+
+
+def _options(
+    args: argparse.Namespace, data_dir: Callable[[str | None], Path]
+) -> tuple[NodeOptions, int]:
+    """NodeOptions from an optional node.yaml (``--config node.yaml``, as ``kefu-node`` reads
+    it), tenant YAMLs (``--config tenant.yaml ...``) and the flags, which win when given."""
+    from kefu.node.server import NodeOptions
+    from kefu.node.tenant import DEMO_TENANT_CONFIG
+
+    paths = [Path(p) for p in args.config]
+    node_files = [p for p in paths if not _is_tenant_config(p)]
+    tenants = [p for p in paths if p not in node_files]
+    if len(node_files) > 1:
+        raise PermanentError(f"more than one node config: {', '.join(map(str, node_files))}")
+    workers = 1
+    if node_files:
+        from kefu.config.node import load_node_config
+        from kefu.node_main import node_options
+
+        resolved = load_node_config(node_files[0])
+        opts = node_options(resolved)
+        workers = resolved.config.workers
+        if tenants:  # tenant files on the command line come on top of the node.yaml's
+            given = list(resolved.tenant_files)
+            opts.tenant_configs = given + tenants
+        if args.data_dir:
+            opts.data_dir = data_dir(args.data_dir)
+    else:
+        opts = NodeOptions(
+            data_dir=data_dir(args.data_dir),
+            tenant_configs=tenants or [DEMO_TENANT_CONFIG],
+        )
+    if args.listen:
+        opts.listen = args.listen
+    if args.metrics_listen is not None:
+        opts.metrics_listen = args.metrics_listen or None
+    if args.reuse_port:
+        opts.reuse_port = True
+    if args.max_in_flight:
+        opts.max_in_flight = args.max_in_flight
+    if args.queue_timeout is not None:
+        opts.queue_timeout_s = args.queue_timeout
+    if args.workers:
+        workers = args.workers
+    return opts, workers
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -191,9 +240,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("node", help="the regional node that serves customer conversations")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     r = verbs.add_parser("run", help="serve gRPC (demo tenant and shipped models by default)")
-    r.add_argument("--config", action="append", default=[], help="tenant YAML (repeatable)")
+    r.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="node.yaml (as kefu-node reads it) and/or tenant YAMLs (repeatable)",
+    )
     r.add_argument("--data-dir", help="data directory (default: $KEFU_DATA_DIR or ./kefu-data)")
-    r.add_argument("--listen", default=DEFAULT_TARGET, help="gRPC address (default %(default)s)")
+    r.add_argument("--listen", help=f"gRPC address (default {DEFAULT_TARGET})")
     r.add_argument("--max-in-flight", type=int, help="turns served at once (default: 16)")
     r.add_argument(
         "--queue-timeout",
@@ -205,13 +259,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument(
         "--metrics-listen",
-        default="127.0.0.1:7401",
-        help="Prometheus /metrics address, '' to disable (default %(default)s)",
+        help="Prometheus /metrics address, '' to disable (default 127.0.0.1:7401)",
     )
     r.add_argument(
         "--workers",
         type=int,
-        default=1,
         help="node processes sharing the port (use the core count for throughput; default 1)",
     )
     r.add_argument(

@@ -147,3 +147,31 @@ def test_two_workers_share_the_port_merge_metrics_and_restart(tmp_path: Path) ->
     db = sqlite3.connect(data / "tenants" / "demo-shop" / "sessions.db")
     count = db.execute("select count(*) from turns where role = 'customer'").fetchone()[0]
     assert count == len(replies) + len(texts * 3)
+
+
+@pytest.mark.slow
+def test_node_run_reads_a_node_yaml_and_flags_win(tmp_path: Path) -> None:
+    node_yaml = tmp_path / "node.yaml"
+    node_yaml.write_text(
+        "data_dir: data\nlisten: 127.0.0.1:1\nmetrics_listen: ''\nworkers: 2\n"
+        "limits:\n  max_in_flight: 4\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [KEFU, "node", "run", "--config", str(node_yaml), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    out = ""
+    deadline = time.monotonic() + 120
+    while "serving tenants" not in out and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        out += line
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=60)
+    assert "with 2 worker processes" in out, out  # workers from the node.yaml
+    assert "127.0.0.1:1 " not in out  # --listen won over the file
+    assert (tmp_path / "data" / "demo-shop.key").is_file()  # data_dir relative to the file
+    assert rc == 0
