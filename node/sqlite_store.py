@@ -16,7 +16,6 @@ truncate after purges make purged conversations leave the disk.
 from __future__ import annotations
 
 import contextlib
-import logging
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -84,11 +83,6 @@ __all__ = [
     "tenant_db_path",
 ]
 
-log = logging.getLogger(__name__)
-
-R = TypeVar("R")
-Op = Callable[[sqlite3.Connection], R]
-_CLOSED = "session store is closed / 会话存储已关闭"
 _UPSERT_SLOT = (
     "INSERT INTO slots (session_id, key, value, updated_at) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (session_id, key) DO UPDATE SET value = excluded.value, "
