@@ -11,6 +11,8 @@ PURE = [
     "kefu.node.reply",
     "kefu.node.knowledge",
     "kefu.node.entities",
+    "kefu.node.entity_patterns",
+    "kefu.node.entity_values",
     "kefu.node.language",
     "kefu.node.admission",
     "kefu.node.redaction",
