@@ -9,6 +9,7 @@ import sys
 PURE = [
     "kefu.node.scenario",
     "kefu.node.reply",
+    "kefu.node.reply_text",
     "kefu.node.knowledge",
     "kefu.node.entities",
     "kefu.node.entity_patterns",
