@@ -11,6 +11,7 @@ PURE = [
     "kefu.node.reply",
     "kefu.node.reply_text",
     "kefu.node.knowledge",
+    "kefu.node.kb_entries",
     "kefu.node.entities",
     "kefu.node.entity_patterns",
     "kefu.node.entity_values",
