@@ -19,6 +19,7 @@ PURE = [
     "kefu.node.admission",
     "kefu.node.redaction",
     "kefu.node.sessions",
+    "kefu.node.session_rules",
     "kefu.node.flow",
     "kefu.node.flow_words",
     "kefu.node.plugin_api",
