@@ -21,6 +21,7 @@ PURE = [
     "kefu.node.sessions",
     "kefu.node.session_rules",
     "kefu.node.flow",
+    "kefu.node.flow_state",
     "kefu.node.flow_words",
     "kefu.node.plugin_api",
     "kefu.node.handoff",
