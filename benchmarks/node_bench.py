@@ -21,26 +21,22 @@ What one run does, all measured in this run on this machine:
 Latencies are client-side (send → reply, including gRPC and the client's own event loop);
 server-side latency (``ConverseReply.server_latency_us``) is shown beside them. CPU use of the
 node process and of this (client) process is reported per phase: with 2 cores they compete.
+
+The load generator is in ``node_bench_load.py``, the node process in ``node_bench_process.py``;
+this file runs the phases and reports.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
-import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,23 +44,14 @@ from typing import Any
 
 import grpc
 import numpy as np
-import yaml
+from node_bench_load import SCRIPTS, Load, LoadGenerator, corpus
+from node_bench_process import GENEROUS, NodeProcess, bench_config, server_delta
 
 from kefu.keys import TrustStore
 from kefu.models.runtime import RuntimeOptions, clean_text, load_model
 from kefu.models.store import shipped_dir
-from kefu.v1 import RETRY_AFTER_METADATA_KEY, bearer_metadata
-from kefu.v1 import node_pb2 as pb
-from kefu.v1 import node_pb2_grpc as pbg
 
 __all__ = ["SCRIPTS", "LoadGenerator", "NodeProcess", "PhaseResult", "main", "raw_inference"]
-
-REPO = Path(__file__).resolve().parent.parent
-DEMO_CONFIG = REPO / "node" / "tenants" / "demo-shop.yaml"
-SHED_CODES = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
-#: Sessions that cannot continue (a new conversation starts instead).
-TERMINAL_CODES = ("FAILED_PRECONDITION", "NOT_FOUND", "INVALID_ARGUMENT", "UNAUTHENTICATED")
-GENEROUS = {"rate_per_second": 1_000_000, "burst": 1_000_000}
 
 # Targets from the issue. "Shed quickly" has no number there; we take a shed turn's p50 ≤ 10 ms
 # (an order of magnitude under the 200 ms admitted p99).
@@ -73,217 +60,12 @@ TARGET_P99_70_MS = 50.0
 TARGET_P99_2X_MS = 200.0
 TARGET_SHED_P50_MS = 10.0
 
-CHANNEL = {
-    "web": pb.CHANNEL_WEB,
-    "app": pb.CHANNEL_APP,
-    "mini_program": pb.CHANNEL_MINI_PROGRAM,
-    "social": pb.CHANNEL_SOCIAL,
-}
-
-
-# ---------------------------------------------------------------------------------- scripts
-
-
-@dataclass(frozen=True, kw_only=True)
-class Script:
-    """One customer conversation; ``{order}``, ``{so}``, ``{tracking}``, ``{phone}`` are filled
-    with fresh values per session, so texts vary like real traffic (and the cache sees that)."""
-
-    name: str
-    lang: str
-    channel: str
-    turns: tuple[str, ...]
-    entry_path: str = ""
-
-
-# "name channel [entry_path]" then the customer's turns, indented. The suffix is the language.
-_SCRIPT_TABLE = """
-delivery_zh app /orders/{order}/tracking
-    你好
-    我的订单{order}什么时候到？
-    快递单号是{tracking}，物流三天没更新了
-    好的，谢谢
-delivery_en web
-    hi there
-    where is my order {order}? it was supposed to arrive yesterday
-    the tracking number is {tracking}
-    ok thanks, bye
-return_zh mini_program
-    我想退货
-    订单号是{order}，衣服尺码不合适
-    退款多久能到账？
-    好的，谢谢
-return_en app /after-sales
-    I want to return the headphones I bought last week
-    order number {so}
-    how long does the refund take?
-    great, thank you
-invoice_zh web
-    请问可以开发票吗
-    我要开增值税专用发票，订单{order}
-    发票抬头写公司名称可以吗
-    谢谢，再见
-invoice_en web
-    can I get an invoice for order {so}?
-    I need a company invoice with our tax number on it
-    thanks
-payment_zh app /checkout
-    付款一直失败怎么办
-    用的是微信支付，提示支付超时
-    钱已经扣了但是订单{order}显示未付款
-    好的
-payment_en app /pay
-    my payment keeps failing at checkout
-    I'm paying by credit card and it says declined
-    but the money was taken from my account, order {so}
-    ok
-greeting_zh social
-    你好
-    在吗？
-    没事了，谢谢，再见
-greeting_en social
-    hello
-    anyone there?
-    never mind, thanks, goodbye
-complaint_zh app
-    你们的服务太差了！
-    快递员态度恶劣，东西还摔坏了，订单{order}
-    我要投诉，转人工
-complaint_en web
-    this is ridiculous, my package arrived broken
-    I've been waiting two weeks and nobody answers my emails
-    I want to talk to a human agent
-product_zh mini_program /products/headphones-x2
-    这款蓝牙耳机支持降噪吗？
-    续航多长时间
-    有白色的吗
-    谢谢
-product_en web /products/monitor-27
-    does the 27 inch 4K monitor have a USB-C port?
-    what's the warranty period?
-    is it in stock? I'm in Shanghai
-    thanks
-account_zh app /account/security
-    我的账号好像被盗了
-    收到了异地登录提醒，手机号{phone}
-    怎么修改密码
-    好的谢谢
-cancel_en web
-    I want to cancel my order {so}
-    actually, can I change the delivery address instead?
-    thanks, bye
-"""
-
-
-def parse_scripts(table: str) -> tuple[Script, ...]:
-    heads: list[list[str]] = []
-    turns: list[list[str]] = []
-    for line in table.splitlines():
-        if not line.strip():
-            continue
-        if line.startswith(" "):
-            turns[-1].append(line.strip())
-        else:
-            heads.append(line.split())
-            turns.append([])
-    return tuple(
-        Script(
-            name=h[0],
-            lang=h[0].rsplit("_", 1)[1],
-            channel=h[1],
-            entry_path=h[2] if len(h) > 2 else "",
-            turns=tuple(t),
-        )
-        for h, t in zip(heads, turns, strict=True)
-    )
-
-
-SCRIPTS = parse_scripts(_SCRIPT_TABLE)
-
-
-def fill_values(rng: random.Random) -> dict[str, str]:
-    """One customer's order number, tracking number and phone, used by all their turns."""
-    return {
-        "order": f"2025{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randrange(10**8):08d}",
-        "so": f"SO-{rng.randint(10000, 99999)}",
-        "tracking": f"SF{rng.randint(10**12, 10**13 - 1)}",
-        "phone": f"13{rng.randint(0, 10**9 - 1):09d}",
-    }
-
-
-@dataclass(kw_only=True)
-class Conversation:
-    script: Script
-    turns: tuple[str, ...]
-    entry_path: str
-    user_id: str
-    key: str
-    session_id: str = ""
-    index: int = 0
-    ready_at: float = 0.0
-
-    @classmethod
-    def new(cls, rng: random.Random, key: str) -> Conversation:
-        script = rng.choice(SCRIPTS)
-        values = fill_values(rng)
-        return cls(
-            script=script,
-            turns=tuple(t.format(**values) for t in script.turns),
-            entry_path=script.entry_path.format(**values),
-            user_id=f"u{rng.randint(1, 10**6)}",
-            key=key,
-        )
-
-    @property
-    def done(self) -> bool:
-        return self.index >= len(self.turns)
-
-
-def corpus(n_conversations: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [t for i in range(n_conversations) for t in Conversation.new(rng, str(i)).turns]
-
 
 # ---------------------------------------------------------------------------------- results
 
 
 def pct(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(np.asarray(values), q)) if values else None
-
-
-@dataclass(kw_only=True)
-class Recorder:
-    """Client-side latencies (ms) of turns started inside the measuring window."""
-
-    ok_ms: list[float] = field(default_factory=list)
-    server_ms: list[float] = field(default_factory=list)
-    errors_ms: dict[str, list[float]] = field(default_factory=dict)
-
-    def ok(self, ms: float, server_us: int) -> None:
-        self.ok_ms.append(ms)
-        self.server_ms.append(server_us / 1000.0)
-
-    def error(self, code: str, ms: float) -> None:
-        self.errors_ms.setdefault(code, []).append(ms)
-
-    @property
-    def shed_ms(self) -> list[float]:
-        return [ms for c in SHED_CODES for ms in self.errors_ms.get(c, [])]
-
-    @property
-    def total(self) -> int:
-        return len(self.ok_ms) + sum(len(v) for v in self.errors_ms.values())
-
-
-@dataclass(kw_only=True)
-class Load:
-    """What a load phase produced; ``window_s`` is the time its successes are divided by."""
-
-    rec: Recorder
-    window_s: float
-    offered_per_s: float | None = None  # None: closed loop
-    lag_ms: float = 0.0  # worst delay of an open-loop arrival behind its schedule
-    skipped: int = 0  # arrivals the client could not send (too many outstanding)
 
 
 @dataclass(kw_only=True)
@@ -340,254 +122,6 @@ class PhaseResult:
 
 def _r(x: float | None, nd: int = 2) -> float | None:
     return None if x is None else round(x, nd)
-
-
-# ---------------------------------------------------------------------------------- the node
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def bench_config(tmp: Path) -> tuple[Path, dict[str, Any]]:
-    """A copy of the demo tenant config with generous rate limits; returns it and the stock
-    limits."""
-    data = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
-    stock = data["rate_limits"]
-    data["rate_limits"] = {
-        "tenant": dict(GENEROUS),
-        "channels": {ch: dict(GENEROUS) for ch in CHANNEL},
-    }
-    path = tmp / "demo-shop-bench.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    return path, stock
-
-
-class NodeProcess:
-    """``kefu node run`` in a child process; stdout/stderr go to files in ``tmp``."""
-
-    def __init__(self, tmp: Path, config: Path, *, workers: int = 1, node_args: Sequence[str] = ()):
-        self.tmp = tmp
-        self.data_dir = tmp / "data"
-        self.port = free_port()
-        self.metrics_port = free_port()
-        self.log_path = tmp / "node.log"
-        self.out_path = tmp / "node.out"
-        env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-        cmd = [sys.executable, "-m", "kefu.cli", "node", "run", "--log-format", "text"]
-        cmd += ["--data-dir", str(self.data_dir), "--config", str(config)]
-        cmd += ["--listen", f"127.0.0.1:{self.port}"]
-        cmd += ["--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
-        cmd += ["--workers", str(workers), *node_args]
-        self.command = " ".join(cmd)
-        with open(self.out_path, "wb") as out, open(self.log_path, "wb") as err:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=tmp)
-
-    def wait_ready(self, timeout: float = 120.0) -> str:
-        """Blocks until the node prints its serving line; returns the demo API key."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if "kefu node serving" in self.out_path.read_text(encoding="utf-8", errors="replace"):
-                return (self.data_dir / "demo-shop.key").read_text(encoding="utf-8").strip()
-            time.sleep(0.1)
-        raise RuntimeError(f"node not serving after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 20) -> str:
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU of the node: its process and its worker processes (all threads)."""
-        total, pids = 0.0, {self.proc.pid}
-        stats: dict[int, list[str]] = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        for pid, fields in stats.items():  # direct children are enough: workers do not fork
-            if int(fields[1]) == self.proc.pid:
-                pids.add(pid)
-        for pid in pids:
-            if pid in stats:
-                total += int(stats[pid][11]) + int(stats[pid][12])
-        return total / os.sysconf("SC_CLK_TCK")
-
-    def scrape(self) -> dict[str, float]:
-        """Sums of the node's Prometheus samples by name (labels folded)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                text = resp.read().decode("utf-8")
-        except OSError:
-            return {}
-        sums: dict[str, float] = {}
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                if "le" in s.labels:
-                    continue
-                sums[s.name] = sums.get(s.name, 0.0) + float(s.value)
-        return sums
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def server_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    def d(name: str) -> float:
-        return after.get(name, 0.0) - before.get(name, 0.0)
-
-    hits, misses = d("kefu_model_cache_hits_total"), d("kefu_model_cache_misses_total")
-    batches, texts = d("kefu_model_batches_total"), d("kefu_model_texts_total")
-    count = d("kefu_turn_latency_seconds_count")
-    return {
-        "cache_hit_share": round(hits / (hits + misses), 3) if hits + misses else 0.0,
-        "mean_batch": round(texts / batches, 2) if batches else 0.0,
-        "admission_shed": d("kefu_admission_shed_total"),
-        "mean_turn_ms": round(d("kefu_turn_latency_seconds_sum") / count * 1000, 2)
-        if count
-        else 0.0,
-    }
-
-
-# ---------------------------------------------------------------------------------- load
-
-
-class LoadGenerator:
-    def __init__(self, target: str, key: str, *, channels: int, timeout: float, seed: int):
-        # A local subchannel pool per channel: otherwise grpc shares one TCP connection.
-        self.channels = [
-            grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-            for _ in range(channels)
-        ]
-        self.stubs = [pbg.KefuNodeStub(ch) for ch in self.channels]
-        self.metadata = bearer_metadata(key)
-        self.timeout = timeout
-        self.rng = random.Random(seed)
-        self._n = 0
-
-    async def close(self) -> None:
-        for ch in self.channels:
-            await ch.close()
-
-    def new_conversation(self) -> Conversation:
-        self._n += 1
-        return Conversation.new(self.rng, f"c{self._n}")
-
-    async def send(self, conv: Conversation, rec: Recorder | None) -> tuple[str, float]:
-        """Sends the conversation's next turn; returns the status code name and the node's
-        ``retry-after-ms`` hint in seconds (0 when none)."""
-        req = pb.ConverseRequest(
-            session_id=conv.session_id,
-            channel=CHANNEL[conv.script.channel],
-            user_id=conv.user_id,
-            text=conv.turns[conv.index],
-            entry_path=conv.entry_path,
-            request_id=f"{conv.key}-{conv.index}",
-        )
-        stub = self.stubs[hash(conv.key) % len(self.stubs)]
-        t0 = time.perf_counter()
-        try:
-            reply = await stub.Converse(req, metadata=self.metadata, timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code().name
-            if rec is not None:
-                rec.error(code, (time.perf_counter() - t0) * 1000.0)
-            hint = dict(exc.trailing_metadata() or ()).get(RETRY_AFTER_METADATA_KEY, "0")
-            try:
-                return code, float(hint) / 1000.0
-            except ValueError:
-                return code, 0.0
-        if rec is not None:
-            rec.ok((time.perf_counter() - t0) * 1000.0, reply.server_latency_us)
-        conv.session_id = reply.session_id
-        conv.index += 1
-        return "OK", 0.0
-
-    async def closed_loop(self, sessions: int, duration: float) -> Load:
-        """``sessions`` sessions, each sending its next turn as soon as the last is answered.
-        Turns still running at the end finish and count, over the time until they did."""
-        rec = Recorder()
-        start = time.perf_counter()
-        t_end = start + duration
-
-        async def worker() -> None:
-            backoff = 0.0
-            while time.perf_counter() < t_end:
-                conv = self.new_conversation()
-                while not conv.done and time.perf_counter() < t_end:
-                    code, retry_after = await self.send(conv, rec)
-                    if code in TERMINAL_CODES:
-                        break
-                    if code == "OK":
-                        backoff = 0.0
-                        continue
-                    # Refused: as the contract asks, honour retry-after-ms, back off
-                    # exponentially with jitter, then retry the same turn.
-                    backoff = min(1.0, max(0.05, 2 * backoff, retry_after))
-                    await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.0))
-
-        await asyncio.gather(*(worker() for _ in range(sessions)))
-        return Load(rec=rec, window_s=time.perf_counter() - start)
-
-    async def open_loop(self, rate: float, duration: float, *, think_s: float) -> Load:
-        """Poisson arrivals at ``rate``/s for ``duration`` s. Each arrival is the next turn of the
-        oldest conversation that has "thought" for ``think_s`` since its last reply, else the
-        first turn of a new one. Every arrival is waited for; successes count over ``duration``.
-        """
-        rec = Recorder()
-        idle: deque[Conversation] = deque()
-        tasks: set[asyncio.Task[None]] = set()
-        cap = max(2_000, int(rate * (self.timeout + 1)))
-
-        async def one(conv: Conversation) -> None:
-            code, _ = await self.send(conv, rec)
-            if code not in TERMINAL_CODES and not conv.done:
-                conv.ready_at = time.perf_counter() + think_s
-                idle.append(conv)
-
-        start = time.perf_counter()
-        t_end = start + duration
-        next_t = start
-        offered = skipped = 0
-        lag = 0.0
-        while True:
-            now = time.perf_counter()
-            if now >= t_end:
-                break
-            while next_t <= now:
-                lag = max(lag, now - next_t)
-                conv = idle.popleft() if idle and idle[0].ready_at <= now else None
-                conv = conv or self.new_conversation()
-                offered += 1
-                if len(tasks) >= cap:
-                    skipped += 1  # the client itself is saturated; counted, not sent
-                else:
-                    task = asyncio.create_task(one(conv))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                next_t += self.rng.expovariate(rate)
-            await asyncio.sleep(max(0.0, min(next_t, t_end) - time.perf_counter()))
-        if tasks:
-            await asyncio.wait(set(tasks), timeout=self.timeout + 2)
-        return Load(
-            rec=rec,
-            window_s=duration,
-            offered_per_s=offered / duration,
-            lag_ms=lag * 1000.0,
-            skipped=skipped,
-        )
 
 
 async def run_phase(name: str, node: NodeProcess, phase: Awaitable[Load]) -> PhaseResult:

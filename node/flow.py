@@ -23,18 +23,27 @@ Per turn, in order:
 Short answers ("是的", "2024112512345678") are classified unreliably by the intent and
 sentiment models; :attr:`FlowOutcome.consumed` tells the caller the turn was such an answer,
 so it counts neither as low confidence nor as negative sentiment.
+
+The records (:class:`FlowState`, :class:`FlowTurn`, :class:`FlowOutcome`) are in
+:mod:`kefu.node.flow_state` and re-exported here.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 
 from kefu.config import Template, TenantConfig
 from kefu.config.flows import FlowSpec, SlotSpec
-from kefu.node.entities import Entity
+from kefu.node.flow_state import (
+    FLOW_SLOT,
+    MAX_SUSPENDED,
+    ActiveFlow,
+    FlowOutcome,
+    FlowState,
+    FlowTurn,
+)
 from kefu.node.flow_words import ASKS, REQUEST, TEXT, fold, is_cancel, yes_or_no
 from kefu.node.plugin_api import PluginCall, PluginOutcome, PluginResult
 
@@ -50,14 +59,11 @@ __all__ = [
     "yes_or_no",
 ]
 
-#: Session slot holding the :class:`FlowState`.
-FLOW_SLOT = "_flow"
 #: Intent confidence needed to leave the open flow for another topic (higher than the one to
 #: start a flow: answers inside a flow are short, and short texts get confident nonsense).
 SWITCH_CONFIDENCE = 0.8
 START_CONFIDENCE = 0.6
 MAX_REPROMPTS = 2
-MAX_SUSPENDED = 3
 _CONFIRM = "__confirm__"
 _JUNK_INTENTS = frozenset({"greeting", "goodbye", "out_of_scope"})
 # Words around a bare entity that do not make it a request of its own.
@@ -66,95 +72,6 @@ _FILLER = re.compile(
 )
 
 PluginCaller = Callable[[str, Mapping[str, str], str], Awaitable[tuple[PluginResult, PluginCall]]]
-
-# --------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True, kw_only=True)
-class ActiveFlow:
-    flow: str
-    values: dict[str, str] = field(default_factory=dict)
-    awaiting: str | None = None  # a slot name, or _CONFIRM
-    reprompts: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "flow": self.flow,
-            "values": dict(self.values),
-            "awaiting": self.awaiting,
-            "reprompts": self.reprompts,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ActiveFlow | None:
-        if not isinstance(d, Mapping) or not isinstance(d.get("flow"), str):
-            return None
-        values = d.get("values")
-        awaiting = d.get("awaiting")
-        reprompts = d.get("reprompts")
-        return cls(
-            flow=d["flow"],
-            values={str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else {},
-            awaiting=awaiting if isinstance(awaiting, str) else None,
-            reprompts=reprompts if isinstance(reprompts, int) else 0,
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class FlowState:
-    """The active flow and the ones suspended by a topic switch (most recent last)."""
-
-    active: ActiveFlow | None = None
-    suspended: tuple[ActiveFlow, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "active": self.active.to_dict() if self.active else None,
-            "suspended": [a.to_dict() for a in self.suspended],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any) -> FlowState:
-        """Lenient: a damaged slot gives an empty state rather than a broken conversation."""
-        if not isinstance(data, Mapping):
-            return cls()
-        active = ActiveFlow.from_dict(data.get("active") or {})
-        raw = data.get("suspended")
-        suspended = tuple(
-            a
-            for a in (ActiveFlow.from_dict(x) for x in (raw if isinstance(raw, list) else []))
-            if a is not None
-        )
-        return cls(active=active, suspended=suspended[-MAX_SUSPENDED:])
-
-
-@dataclass(frozen=True, kw_only=True)
-class FlowTurn:
-    text: str
-    lang: str
-    intent: str | None
-    confidence: float
-    entities: Sequence[Entity] = ()
-    kb_usable: bool = False  # the knowledge base has a confident in-scope answer
-    scenario: str | None = None  # the scenario the turn was routed to (None: any)
-
-
-@dataclass(frozen=True, kw_only=True)
-class FlowOutcome:
-    state: FlowState
-    text: str | None = None  # None: the normal reply path answers
-    resume: str | None = None  # appended to the normal reply: the open flow's question
-    remember: dict[str, str | None] = field(default_factory=dict)  # None: forget it
-    calls: tuple[PluginCall, ...] = ()
-    plugin_failed: bool = False
-    handoff: bool = False
-    consumed: bool = False  # the text was a mechanical answer (slot value, yes/no, cancel)
-    flow: str | None = None  # the flow that acted this turn
-    event: str = ""  # started, asked, confirmed, done, rejected, failed, cancelled, ... (logs)
-
-    @property
-    def handled(self) -> bool:
-        return self.text is not None
 
 
 # --------------------------------------------------------------------- the engine
