@@ -177,21 +177,30 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def encode(record: Any, *, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A record as a row: JSON fields dumped, datetimes ISO, enums their value, bools 0/1."""
+    names = _FIELD_NAMES.get(type(record))
+    if names is None:  # dataclasses.fields() is slow enough to matter on every turn
+        names = _FIELD_NAMES[type(record)] = tuple(f.name for f in fields(record))
     row: dict[str, Any] = {}
-    for f in fields(record):
-        value = getattr(record, f.name)
-        if f.name in skip:
+    for name in names:
+        if name in skip:
             continue
-        if f.name in _JSON_FIELDS:
-            value = json_dumps(value, what=f.name)
+        value = getattr(record, name)
+        if name in _JSON_FIELDS:  # None too: a JSON null, not SQL NULL
+            value = json_dumps(value, what=name)
+        elif value is None:
+            pass
         elif isinstance(value, datetime):
             value = to_iso(value)
         elif isinstance(value, StrEnum):
             value = value.value
-        elif isinstance(value, bool):
+        elif value is True or value is False:
             value = int(value)
-        row[f.name] = value
+        row[name] = value
     return row
 
 
