@@ -44,6 +44,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
@@ -511,8 +512,18 @@ class SessionPolicies(_Model):
     default: SessionPolicy = SessionPolicy()
     overrides: dict[Ident, SessionPolicyOverride] = Field(default_factory=dict)  # scenario →
 
+    #: Merged policies by scenario: the config is frozen, and a turn asks several times.
+    _merged: dict[str, SessionPolicy] = PrivateAttr(default_factory=dict)
+
     def for_scenario(self, scenario_id: str | None) -> SessionPolicy:
-        over = self.overrides.get(scenario_id or "")
+        key = scenario_id or ""
+        merged = self._merged.get(key)
+        if merged is None:
+            merged = self._merged[key] = self._merge(key)
+        return merged
+
+    def _merge(self, scenario_id: str) -> SessionPolicy:
+        over = self.overrides.get(scenario_id)
         if over is None:
             return self.default
         update = over.model_dump(exclude_none=True, exclude={"handoff"})
