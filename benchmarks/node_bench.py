@@ -45,7 +45,13 @@ from typing import Any
 import grpc
 import numpy as np
 from node_bench_load import SCRIPTS, Load, LoadGenerator, corpus
-from node_bench_process import GENEROUS, NodeProcess, bench_config, server_delta
+from node_bench_process import (
+    GENEROUS,
+    NodeProcess,
+    OrderCenterProcess,
+    bench_config,
+    server_delta,
+)
 
 from kefu.keys import TrustStore
 from kefu.models.runtime import RuntimeOptions, clean_text, load_model
@@ -202,6 +208,10 @@ def print_report(res: dict[str, Any]) -> None:
         f"node in its own process, client: {env['channels']} gRPC channels"
     )
     print(f"  node: {env['node_command']}")
+    print(
+        f"  demo order center (the flows' plugins call it) in its own process: "
+        f"{env['order_center_cpu_s']} CPU-s over the whole run"
+    )
     from kefu.node.server import NodeOptions
 
     defaults = NodeOptions()
@@ -303,14 +313,26 @@ async def drive(args: argparse.Namespace, node: NodeProcess, key: str) -> dict[s
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     config, stock = bench_config(tmp)
-    node = NodeProcess(tmp, config, workers=args.workers, node_args=args.node_arg)
+    # The demo tenant's task flows call the order center (order lookups, tracking, ...): run
+    # it too, or those turns would measure a failing plugin instead of the real path.
+    order_center = OrderCenterProcess(tmp, tmp / "data")
+    order_center.wait_ready()
+    node = NodeProcess(
+        tmp,
+        config,
+        workers=args.workers,
+        node_args=args.node_arg,
+        order_center_url=order_center.url,
+    )
     try:
         print(f"starting node (logs: {node.log_path}) …", file=sys.stderr)
         key = node.wait_ready()
         print("node serving; running load phases …", file=sys.stderr)
         phases = asyncio.run(drive(args, node, key))
+        order_center_cpu = order_center.cpu_seconds()
     finally:
         node.stop()
+        order_center.stop()
     print("measuring raw inference …", file=sys.stderr)
     raw = raw_inference(corpus(200, args.seed), args.raw_seconds)
     a = phases["a"]
@@ -321,6 +343,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "grpcio": grpc.__version__,
             "channels": args.channels,
             "node_command": node.command,
+            "order_center_cpu_s": round(order_center_cpu, 2),
             "think_s": args.think,
             "timeout_s": args.timeout,
         },

@@ -47,10 +47,72 @@ def bench_config(tmp: Path) -> tuple[Path, dict[str, Any]]:
     return path, stock
 
 
+def process_tree_cpu(root: int) -> float:
+    """User + system CPU seconds of ``root`` and its direct children (all threads)."""
+    total, pids = 0.0, {root}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+    for pid, fields in stats.items():  # direct children are enough: workers do not fork
+        if int(fields[1]) == root:
+            pids.add(pid)
+    for pid in pids:
+        if pid in stats:
+            total += int(stats[pid][11]) + int(stats[pid][12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class OrderCenterProcess:
+    """``kefu demo order-center`` on a free port: the system the demo tenant's flows call."""
+
+    def __init__(self, tmp: Path, data_dir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.out_path = tmp / "order-center.out"
+        env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        cmd = [sys.executable, "-m", "kefu.cli", "demo", "order-center"]
+        cmd += ["--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir)]
+        with open(self.out_path, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.out_path.read_text(encoding="utf-8", errors="replace")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"order center exited with {self.proc.returncode}:\n{text}")
+            if "order center listening" in text:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"order center not listening after {timeout:.0f} s")
+
+    def cpu_seconds(self) -> float:
+        return process_tree_cpu(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 class NodeProcess:
     """``kefu node run`` in a child process; stdout/stderr go to files in ``tmp``."""
 
-    def __init__(self, tmp: Path, config: Path, *, workers: int = 1, node_args: Sequence[str] = ()):
+    def __init__(
+        self,
+        tmp: Path,
+        config: Path,
+        *,
+        workers: int = 1,
+        node_args: Sequence[str] = (),
+        order_center_url: str | None = None,
+    ):
         self.tmp = tmp
         self.data_dir = tmp / "data"
         self.port = free_port()
@@ -58,6 +120,8 @@ class NodeProcess:
         self.log_path = tmp / "node.log"
         self.out_path = tmp / "node.out"
         env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        if order_center_url:
+            env["KEFU_ORDER_CENTER_URL"] = order_center_url  # the demo flows' plugins call it
         cmd = [sys.executable, "-m", "kefu.cli", "node", "run", "--log-format", "text"]
         cmd += ["--data-dir", str(self.data_dir), "--config", str(config)]
         cmd += ["--listen", f"127.0.0.1:{self.port}"]
@@ -84,19 +148,7 @@ class NodeProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the node: its process and its worker processes (all threads)."""
-        total, pids = 0.0, {self.proc.pid}
-        stats: dict[int, list[str]] = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        for pid, fields in stats.items():  # direct children are enough: workers do not fork
-            if int(fields[1]) == self.proc.pid:
-                pids.add(pid)
-        for pid in pids:
-            if pid in stats:
-                total += int(stats[pid][11]) + int(stats[pid][12])
-        return total / os.sysconf("SC_CLK_TCK")
+        return process_tree_cpu(self.proc.pid)
 
     def scrape(self) -> dict[str, float]:
         """Sums of the node's Prometheus samples by name (labels folded)."""
