@@ -369,7 +369,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=5.0, help="per-turn deadline, s (5)")
     ap.add_argument("--raw-seconds", type=float, default=3.0, help="per raw batch size (3)")
     ap.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="node worker processes (cores)"
+        "--workers",
+        type=int,
+        default=1,
+        help="node worker processes (1: on a 2-core box the client needs the other core)",
     )
     ap.add_argument(
         "--node-arg",
