@@ -111,6 +111,9 @@ class NodeMetrics:
         )
         r.register(_RuntimeCollector(runtime_stats, admission_stats))
         self._server: Any = None
+        #: Extra consumers of every turn (the control-plane agent's telemetry aggregates).
+        self.turn_observers: list[Callable[[str, TurnResult], None]] = []
+        self.error_observers: list[Callable[[str, str], None]] = []
 
     def observe_turn(self, tenant: str, result: TurnResult) -> None:
         self.turns.labels(
@@ -121,9 +124,13 @@ class NodeMetrics:
             self.fallbacks.labels(tenant).inc()
         if result.handoff:
             self.handoffs.labels(tenant, result.handoff_reason or "unknown").inc()
+        for observe in self.turn_observers:
+            observe(tenant, result)
 
     def observe_error(self, tenant: str, code: str) -> None:
         self.errors.labels(tenant or "-", code).inc()
+        for observe in self.error_observers:
+            observe(tenant, code)
 
     def serve(self, address: str) -> int:
         """Start the HTTP endpoint in a background thread; returns the bound port."""

@@ -64,6 +64,8 @@ class NodeOptions:
     #: grpcio turns SO_REUSEPORT on by default; a second node on the same port would then start
     #: silently and steal half the traffic. Only set this when worker processes share a port.
     reuse_port: bool = False
+    #: False when a control-plane agent will bring the tenants (start with none).
+    require_tenants: bool = True
 
 
 class Node:
@@ -86,7 +88,7 @@ class Node:
         store = ModelStore(opts.data_dir / "models", trust_for(opts.data_dir))
         store.seed_shipped()
         self.registry = await TenantRegistry.open(opts.data_dir, opts.tenant_configs)
-        if not self.registry.tenants:
+        if not self.registry.tenants and opts.require_tenants:
             errors = "; ".join(e.error for e in self.registry.errors) or "no tenant configs"
             raise PermanentError(f"no tenant could be loaded: {errors}")
         self.runtime = BatchingModelRuntime(trust=store.trust, store=store, options=opts.inference)
