@@ -289,24 +289,23 @@ class ControlPlane:
         self.validate_config(tenant, text, source=f"{tenant}.yaml")
         versions = await self.list_configs(tenant)
         if versions and versions[-1].digest == digest(text) and not rollback_of:
-            cv = versions[-1]  # same text as the newest: idempotent, no new version
-        else:
-            n = (versions[-1].version if versions else 0) + 1
-            while True:
-                cv = ConfigVersion(
-                    tenant=tenant,
-                    version=n,
-                    yaml=text,
-                    digest=digest(text),
-                    author=actor,
-                    comment=comment,
-                    rollback_of=rollback_of,
-                )
-                try:
-                    await self.bus.kv_create(BUCKET_CONFIGS, config_key(tenant, n), encode(cv))
-                    break
-                except Conflict:
-                    n += 1  # another writer took this number
+            return versions[-1]  # same text as the newest: idempotent, no new version
+        n = (versions[-1].version if versions else 0) + 1
+        while True:
+            cv = ConfigVersion(
+                tenant=tenant,
+                version=n,
+                yaml=text,
+                digest=digest(text),
+                author=actor,
+                comment=comment,
+                rollback_of=rollback_of,
+            )
+            try:
+                await self.bus.kv_create(BUCKET_CONFIGS, config_key(tenant, n), encode(cv))
+                break
+            except Conflict:
+                n += 1  # another writer took this number
         before = rec.current_config
 
         def change(old: TenantRecord | None) -> TenantRecord:
