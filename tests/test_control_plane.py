@@ -23,7 +23,7 @@ from cp_support import (
 
 from kefu.bus import BusUnavailable, Conflict, MemoryBus, snapshot
 from kefu.control_plane.desired import DeleteDesired, DesiredInputs, PutDesired, plan_desired
-from kefu.control_plane.leader import LeaderLease, decide_lease
+from kefu.control_plane.leader import decide_lease
 from kefu.control_plane.reconciler import DesiredReconciler
 from kefu.control_plane.service import ControlPlane, NotFoundError, ensure_layout
 from kefu.errors import BundleError, ConfigError
