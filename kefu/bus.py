@@ -98,7 +98,13 @@ class Bus(Protocol):
 
     async def publish(self, subject: str, data: bytes) -> int: ...
     async def stream_read(
-        self, stream: str, subject: str = ">", *, since: float = 0.0, limit: int = 10_000
+        self,
+        stream: str,
+        subject: str = ">",
+        *,
+        since: float = 0.0,
+        since_seq: int = 0,
+        limit: int = 10_000,
     ) -> list[StreamMessage]: ...
 
     async def close(self) -> None: ...
@@ -262,11 +268,21 @@ class MemoryBus:
         raise NotFound(f"no stream for subject {subject!r}")
 
     async def stream_read(
-        self, stream: str, subject: str = ">", *, since: float = 0.0, limit: int = 10_000
+        self,
+        stream: str,
+        subject: str = ">",
+        *,
+        since: float = 0.0,
+        since_seq: int = 0,
+        limit: int = 10_000,
     ) -> list[StreamMessage]:
         self._check()
         _, msgs = self._streams.get(stream, ([], []))
-        out = [m for m in msgs if m.time >= since and subject_matches(subject, m.subject)]
+        out = [
+            m
+            for m in msgs
+            if m.time >= since and m.seq >= since_seq and subject_matches(subject, m.subject)
+        ]
         return out[-limit:] if limit else out
 
     async def close(self) -> None:

@@ -64,6 +64,7 @@ class NatsBus:
         #: Bumped on every reconnect; watchers created under an older generation end.
         self.generation = 0
         self.last_error = ""
+        self.closing = False
 
     @classmethod
     async def connect(cls, options: NatsOptions) -> NatsBus:
@@ -80,7 +81,9 @@ class NatsBus:
                 log.info("nats: reconnected")
 
         async def on_disconnect() -> None:
-            log.warning("nats: disconnected; reconnecting in the background")
+            bus = holder.get("bus")
+            if bus is None or not bus.closing:
+                log.warning("nats: disconnected; reconnecting in the background")
 
         try:
             nc = await nats.connect(
@@ -311,15 +314,28 @@ class NatsBus:
         return await self._call(f"publish {subject}", go)
 
     async def stream_read(
-        self, stream: str, subject: str = ">", *, since: float = 0.0, limit: int = 10_000
+        self,
+        stream: str,
+        subject: str = ">",
+        *,
+        since: float = 0.0,
+        since_seq: int = 0,
+        limit: int = 10_000,
     ) -> list[StreamMessage]:
         out: deque[StreamMessage] = deque(maxlen=limit or None)
 
         async def go() -> None:
-            cfg = api.ConsumerConfig(
-                deliver_policy=api.DeliverPolicy.BY_START_TIME if since else api.DeliverPolicy.ALL,
-                opt_start_time=datetime.fromtimestamp(since, UTC) if since else None,
-            )
+            if since_seq:
+                cfg = api.ConsumerConfig(
+                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=since_seq
+                )
+            elif since:
+                cfg = api.ConsumerConfig(
+                    deliver_policy=api.DeliverPolicy.BY_START_TIME,
+                    opt_start_time=datetime.fromtimestamp(since, UTC),
+                )
+            else:
+                cfg = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
             sub = await self.js.subscribe(subject, stream=stream, ordered_consumer=True, config=cfg)
             try:
                 info = await sub.consumer_info()
@@ -348,6 +364,7 @@ class NatsBus:
     async def close(self) -> None:
         # Not wait_for: nats-py's close can ignore a cancellation, and wait_for would then wait
         # for it forever. Give it 5 s, then abandon it.
+        self.closing = True
         task = asyncio.ensure_future(self.nc.close())
         done, _ = await asyncio.wait({task}, timeout=5.0)
         if not done:

@@ -144,6 +144,7 @@ class NodeAgent:
         self._tenant_locks: dict[str, asyncio.Lock] = {}
         self._bundle_locks: dict[str, asyncio.Lock] = {}
         self._lkg_dir = options.data_dir / "agent" / "lkg"
+        self._report_failed = False
         #: Fired after every reconcile pass (tests and benchmarks wait on it).
         self.changed = asyncio.Condition()
 
@@ -437,8 +438,12 @@ class NodeAgent:
             return
         try:
             await self.bus.kv_put(BUCKET_NODES, self.options.node_id, encode(self.status()))
-        except (BusUnavailable, NotFound) as exc:
-            log.debug("status not sent: %s", exc)
+            self._report_failed = False
+        except KefuError as exc:
+            # Logged once per outage, not per heartbeat; the loop keeps going.
+            if not self._report_failed:
+                log.warning("node status not delivered (will retry): %s", exc)
+            self._report_failed = True
 
     async def _heartbeat_loop(self) -> None:
         await self._flags.connected.wait()
@@ -463,7 +468,7 @@ class NodeAgent:
             self.telemetry.close_window()
             try:
                 await self._flush_telemetry()
-            except (BusUnavailable, NotFound) as exc:
+            except KefuError as exc:
                 log.debug("telemetry buffered (%d batches): %s", self.telemetry.buffered, exc)
 
     # ------------------------------------------------------------------ test helpers

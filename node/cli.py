@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from kefu.errors import PermanentError, TemporaryError
 
@@ -21,12 +24,14 @@ async def _run(args: argparse.Namespace) -> int:
     from kefu.node.server import Node, NodeOptions
     from kefu.node.tenant import DEMO_TENANT_CONFIG, demo_key_path
 
+    managed = bool(args.control_plane or args.nats_creds)  # tenants come from the control plane
     opts = NodeOptions(
         data_dir=data_dir(args.data_dir),
         listen=args.listen,
-        tenant_configs=[Path(p) for p in args.config] or [DEMO_TENANT_CONFIG],
+        tenant_configs=[Path(p) for p in args.config] or ([] if managed else [DEMO_TENANT_CONFIG]),
         reuse_port=args.reuse_port,
         metrics_listen=args.metrics_listen or None,
+        require_tenants=not managed,
     )
     if args.max_in_flight:
         opts.max_in_flight = args.max_in_flight
@@ -36,8 +41,10 @@ async def _run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Node(opts) as node:
+    async with Node(opts) as node, _agent(node, args) as agent:
         assert node.registry is not None
+        if agent is not None:
+            print(f"kefu node: agent {agent.options.node_id} following region {args.region}")
         for err in node.registry.errors:
             print(f"kefu: tenant refused: {err.error}", file=sys.stderr)
         for tenant, key in node.registry.new_keys.items():
@@ -47,15 +54,41 @@ async def _run(args: argparse.Namespace) -> int:
         print(
             f"kefu node serving tenants [{tenants}] on {args.listen.rsplit(':', 1)[0]}:{node.port}"
         )
-        first = sorted(node.registry.tenants)[0]
-        key_file = demo_key_path(opts.data_dir, first)
-        print(f"try: kefu chat --target 127.0.0.1:{node.port} --key-file {key_file}")
+        if node.registry.tenants:
+            first = sorted(node.registry.tenants)[0]
+            key_file = demo_key_path(opts.data_dir, first)
+            print(f"try: kefu chat --target 127.0.0.1:{node.port} --key-file {key_file}")
         if node.metrics_port:
             print(f"metrics: http://127.0.0.1:{node.metrics_port}/metrics")
         sys.stdout.flush()
         await stop.wait()
         print("kefu node: stopping (finishing in-flight turns)…", file=sys.stderr)
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _agent(node: Any, args: argparse.Namespace) -> AsyncIterator[Any]:
+    """The control-plane agent when --control-plane / --nats-creds is given (else None)."""
+    if not (args.control_plane or args.nats_creds):
+        yield None
+        return
+    from kefu.node.cp_link import attach_agent, default_node_id, load_credentials
+
+    url, user, password = args.control_plane, None, None
+    if args.nats_creds:
+        creds = load_credentials(Path(args.nats_creds))
+        url, user, password = url or creds.url, creds.user, creds.password
+    agent = attach_agent(
+        node,
+        url=url,
+        node_id=args.node_id or user or default_node_id(),
+        region=args.region,
+        user=user,
+        password=password,
+        telemetry_s=args.telemetry_interval,
+    )
+    async with agent:
+        yield agent
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -152,6 +185,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument(
         "--reuse-port", action="store_true", help="share the port with other worker processes"
+    )
+    r.add_argument(
+        "--control-plane", metavar="NATS_URL", help="follow the control plane over this NATS URL"
+    )
+    r.add_argument("--nats-creds", help="NATS credentials file (url, user, password; JSON)")
+    r.add_argument("--region", default="local", help="region this node serves (default: local)")
+    r.add_argument("--node-id", help="node id (default: the credentials' user, else hostname)")
+    r.add_argument(
+        "--telemetry-interval", type=float, default=10.0, help="seconds between telemetry batches"
     )
     r.set_defaults(handler=cmd_run)
 
