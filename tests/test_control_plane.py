@@ -274,3 +274,17 @@ async def test_node_credentials_cannot_read_another_regions_desired_state(
         finally:
             await node.close()
             await admin.close()
+
+
+def test_pure_planners_import_no_io_libraries() -> None:
+    from test_layers import loaded_after
+
+    pure = [
+        "kefu.control_plane.desired",
+        "kefu.control_plane.leader",
+        "kefu.node.reconcile",
+        "kefu.node.telemetry",
+        "kefu.wire",
+        "kefu.bus",
+    ]
+    assert not loaded_after(pure) & {"grpc", "nats", "onnxruntime", "sqlite3", "torch"}
