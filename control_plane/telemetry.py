@@ -75,7 +75,11 @@ def summarise(
     bucket_s: float = 60.0,
 ) -> list[Series]:
     out: dict[tuple[str, str, str], Series] = {}
+    seen: set[tuple[str, float, int]] = set()
     for b in batches:
+        if (b.node_id, b.started_at, b.seq) in seen:
+            continue  # delivered twice (retry after a lost acknowledgement)
+        seen.add((b.node_id, b.started_at, b.seq))
         for a in b.aggregates:
             if (tenant and a.tenant != tenant) or a.window_start + a.window_s < since:
                 continue

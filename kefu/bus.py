@@ -10,7 +10,8 @@ Semantics both honour:
   compare-and-set on the key's last revision (:class:`Conflict` if someone wrote in between).
 * ``kv_watch`` yields the current value of every matching key, then ``None`` (the snapshot is
   complete), then every later change, deletes as entries with ``deleted=True``.
-* ``publish`` appends to the stream owning the subject and returns the stream sequence.
+* ``publish`` appends to the stream owning the subject and returns the stream sequence; a
+  repeated ``msg_id`` is stored once (a retry after a lost acknowledgement is not a duplicate).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Bus(Protocol):
     async def obj_get(self, bucket: str, name: str, dest: Path) -> ObjectInfo: ...
     async def obj_info(self, bucket: str, name: str) -> ObjectInfo | None: ...
 
-    async def publish(self, subject: str, data: bytes) -> int: ...
+    async def publish(self, subject: str, data: bytes, *, msg_id: str = "") -> int: ...
     async def stream_read(
         self,
         stream: str,
@@ -147,6 +148,7 @@ class MemoryBus:
         self._objects: dict[str, dict[str, bytes]] = {}
         self._streams: dict[str, tuple[list[str], list[StreamMessage]]] = {}
         self._seq = 0
+        self._msg_ids: dict[str, int] = {}
         self.online = True
 
     def _check(self) -> None:
@@ -256,14 +258,18 @@ class MemoryBus:
             return None
         return ObjectInfo(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
-    async def publish(self, subject: str, data: bytes) -> int:
+    async def publish(self, subject: str, data: bytes, *, msg_id: str = "") -> int:
         self._check()
+        if msg_id and msg_id in self._msg_ids:
+            return self._msg_ids[msg_id]  # stored once, like JetStream's Nats-Msg-Id
         for subjects, msgs in self._streams.values():
             if any(subject_matches(p, subject) for p in subjects):
                 self._seq += 1
                 msgs.append(
                     StreamMessage(subject=subject, data=data, seq=self._seq, time=time.time())
                 )
+                if msg_id:
+                    self._msg_ids[msg_id] = self._seq
                 return self._seq
         raise NotFound(f"no stream for subject {subject!r}")
 

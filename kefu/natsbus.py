@@ -306,9 +306,11 @@ class NatsBus:
 
     # -- streams
 
-    async def publish(self, subject: str, data: bytes) -> int:
+    async def publish(self, subject: str, data: bytes, *, msg_id: str = "") -> int:
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+
         async def go() -> int:
-            ack = await self.js.publish(subject, data)
+            ack = await self.js.publish(subject, data, headers=headers)
             return int(ack.seq)
 
         return await self._call(f"publish {subject}", go)

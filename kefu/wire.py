@@ -49,6 +49,7 @@ __all__ = [
     "OBJECT_BUNDLES",
     "STREAM_AUDIT",
     "STREAM_TELEMETRY",
+    "ApiKeyEntry",
     "Assignment",
     "AuditEvent",
     "BundleRef",
@@ -364,7 +365,9 @@ class TelemetryAggregate(_Doc):
 class TelemetryBatch(_Doc):
     node_id: str
     region: str
+    #: Per agent run (``started_at``), so (node_id, started_at, seq) identifies a batch.
     seq: int
+    started_at: float = 0.0
     sent_at: float = Field(default_factory=now)
     aggregates: list[TelemetryAggregate] = Field(default_factory=list)
     #: Intervals this node had to drop (buffer full while offline), cumulative.

@@ -486,7 +486,13 @@ class NodeAgent:
         sent = 0
         subject = telemetry_subject(self.options.region, self.options.node_id)
         while self.bus is not None and (batch := self.telemetry.peek()) is not None:
-            await self.bus.publish(subject, encode(batch))
+            # A batch whose acknowledgement was lost is sent again: the message id makes
+            # JetStream store it once (and the control plane also dedupes by node and seq).
+            await self.bus.publish(
+                subject,
+                encode(batch),
+                msg_id=f"{self.options.node_id}:{batch.started_at}:{batch.seq}",
+            )
             self.telemetry.pop()
             sent += 1
         return sent

@@ -37,6 +37,8 @@ class TelemetryRecorder:
     region: str
     #: Closed windows kept while the control plane is unreachable (overload policy: drop oldest).
     max_buffered: int = 360
+    #: Identifies this recorder's run: batch seqs restart at 1 with every process.
+    started_at: float = field(default_factory=time.time)
     _window_start: float = field(default_factory=time.time)
     _open: dict[tuple[str, str, str], TelemetryAggregate] = field(default_factory=dict)
     _buffer: deque[TelemetryBatch] = field(default_factory=deque)
@@ -100,6 +102,7 @@ class TelemetryRecorder:
             node_id=self.node_id,
             region=self.region,
             seq=self._seq,
+            started_at=self.started_at,
             aggregates=aggregates,
             dropped=self.dropped,
         )

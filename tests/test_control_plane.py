@@ -288,3 +288,22 @@ def test_pure_planners_import_no_io_libraries() -> None:
         "kefu.bus",
     ]
     assert not loaded_after(pure) & {"grpc", "nats", "onnxruntime", "sqlite3", "torch"}
+
+
+async def test_telemetry_retries_are_counted_once() -> None:
+    from kefu.control_plane.telemetry import summarise
+    from kefu.wire import STREAM_TELEMETRY, TelemetryBatch, decode, encode
+
+    bus = MemoryBus()
+    await ensure_layout(bus)
+    rec = TelemetryRecorder(node_id="n", region="r")
+    rec.record_turn(TurnSample(tenant="t", scenario="s", model_version="m@1", latency_ms=3.0))
+    batch = rec.close_window()
+    assert batch is not None
+    for _ in range(2):  # the first acknowledgement was lost: sent again with the same id
+        await bus.publish("kefu.telemetry.r.n", encode(batch), msg_id=f"n:{batch.seq}")
+    msgs = await bus.stream_read(STREAM_TELEMETRY)
+    assert len(msgs) == 1
+    twice = [decode(TelemetryBatch, msgs[0].data)] * 2  # even if a copy got through
+    (series,) = summarise(twice)
+    assert series.total.turns == 1

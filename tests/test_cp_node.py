@@ -195,6 +195,11 @@ async def test_nats_down_node_serves_then_telemetry_backlog_arrives(
             assert agent.telemetry.buffered == 0
         finally:
             await reader.close()
+        # The agent re-created its watcher after the reconnect: a new config version arrives.
+        async with control_plane(nats_server.url, trust_with(ops_key)) as stack:
+            edited = DEMO_YAML.replace("name:", "name: ", 1)
+            await stack.cp.put_config("demo-shop", edited, actor=ACTOR)
+            await agent.wait_for(lambda: agent.observed["demo-shop"].config_version == 2)
 
 
 async def test_node_restart_offline_serves_last_known_good(
