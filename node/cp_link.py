@@ -83,6 +83,7 @@ def _observe_turns(node: Node, recorder: TelemetryRecorder) -> None:
 
     node.metrics.turn_observers.append(on_turn)
     node.metrics.error_observers.append(lambda tenant, _code: recorder.record_error(tenant))
+    node.metrics.feedback_observers.append(recorder.record_feedback)
 
 
 @dataclass(kw_only=True)

@@ -114,6 +114,7 @@ class NodeMetrics:
         #: Extra consumers of every turn (the control-plane agent's telemetry aggregates).
         self.turn_observers: list[Callable[[str, TurnResult], None]] = []
         self.error_observers: list[Callable[[str, str], None]] = []
+        self.feedback_observers: list[Callable[..., None]] = []
 
     def observe_turn(self, tenant: str, result: TurnResult) -> None:
         self.turns.labels(
@@ -126,6 +127,10 @@ class NodeMetrics:
             self.handoffs.labels(tenant, result.handoff_reason or "unknown").inc()
         for observe in self.turn_observers:
             observe(tenant, result)
+
+    def observe_feedback(self, tenant: str, **feedback: Any) -> None:
+        for observe in self.feedback_observers:
+            observe(tenant, **feedback)
 
     def observe_error(self, tenant: str, code: str) -> None:
         self.errors.labels(tenant or "-", code).inc()

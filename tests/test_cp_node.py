@@ -175,6 +175,16 @@ async def test_nats_down_node_serves_then_telemetry_backlog_arrives(
             for text in ["我的订单什么时候到", "refund please", "hello"] * 3:
                 r = await stub.Converse(pb.ConverseRequest(text=text), metadata=md)
                 assert r.text
+            assert r.intent == "greeting"  # rated 2 and corrected: the model was wrong
+            await stub.SubmitFeedback(
+                pb.SubmitFeedbackRequest(
+                    session_id=r.session_id,
+                    turn_seq=r.turn_seq,
+                    rating=2,
+                    corrected_intent="order_query",
+                ),
+                metadata=md,
+            )
         await asyncio.sleep(1.0)  # several telemetry intervals while offline
         assert agent.telemetry.buffered >= 1
         nats_server.start()
@@ -187,10 +197,13 @@ async def test_nats_down_node_serves_then_telemetry_backlog_arrives(
                 msgs = await reader.stream_read(STREAM_TELEMETRY)
                 batches = [decode(TelemetryBatch, m.data) for m in msgs]
                 turns = sum(a.turns for b in batches for a in b.aggregates)
-                if turns >= 9:
+                if turns >= 9 and any(a.feedback for b in batches for a in b.aggregates):
                     break
                 await asyncio.sleep(0.2)
             assert turns == 9
+            aggs = [a for b in batches for a in b.aggregates]
+            assert sum(a.feedback for a in aggs) == 1 and sum(a.rating_sum for a in aggs) == 2
+            assert sum(a.corrected_wrong for a in aggs) == 1
             assert all(a.tenant == "demo-shop" for b in batches for a in b.aggregates)
             assert agent.telemetry.buffered == 0
         finally:
