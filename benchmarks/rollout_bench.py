@@ -89,6 +89,9 @@ class LightTarget:
     def providers(self) -> list[str]:
         return ["none"]
 
+    async def release_unused(self, grace_s: float) -> list[str]:
+        return []
+
 
 def make_version(work: Path, key: Any, version: str, size_mb: float) -> bytes:
     """The shipped intent bundle re-signed as ``version``, padded so the packed bundle is

@@ -82,6 +82,7 @@ class NodeTarget(Protocol):
     async def remove_tenant(self, tenant: str) -> None: ...
     def loaded(self) -> frozenset[str]: ...
     def providers(self) -> list[str]: ...
+    async def release_unused(self, grace_s: float) -> list[str]: ...
 
 
 @dataclass(kw_only=True)
@@ -97,6 +98,8 @@ class AgentOptions:
     reconnect_max_s: float = 30.0
     #: How long one bundle download may take before it is retried later.
     fetch_timeout_s: float = 120.0
+    #: A model version no tenant uses any more is unloaded after this long.
+    unload_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
         check_id(self.node_id, "node id")
@@ -479,6 +482,14 @@ class NodeAgent:
         while True:
             await self._report()
             await asyncio.sleep(self.options.heartbeat_s)
+            await self._release_unused()
+
+    async def _release_unused(self) -> None:
+        try:
+            for ref in await self.target.release_unused(self.options.unload_grace_s):
+                log.info("unloaded %s: no tenant uses it any more", ref)
+        except KefuError as exc:
+            log.warning("could not unload unused models: %s", exc)
 
     async def _flush_telemetry(self, *, final: bool = False) -> int:
         if final:

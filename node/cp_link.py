@@ -10,6 +10,7 @@ on the old config); every turn feeds the telemetry recorder (labels and timings 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class ServingTarget:
         self.node = node
         self.runtime = node.runtime
         self.registry = node.registry
+        self._unused_since: dict[str, float] = {}
 
     async def load_bundle(self, bundle: BundleRef, path: Path) -> None:
         # Verifies signature and hashes again, loads and warms off the event loop, then
@@ -56,6 +58,34 @@ class ServingTarget:
 
     def loaded(self) -> frozenset[str]:
         return frozenset(m.ref for m in self.runtime.models())
+
+    def in_use(self) -> set[str]:
+        """Model versions some tenant's config pins (``name@version``) or routes to (``name``)."""
+        refs: set[str] = set()
+        for tenant in self.registry.tenants.values():
+            cfg = tenant.config
+            slots = [cfg.models.intent, cfg.models.sentiment, cfg.models.encoder]
+            for s in cfg.scenarios:
+                slots += [s.models.intent, s.models.sentiment, s.models.encoder]
+            refs |= {r.ref for r in slots if r is not None}
+        return refs
+
+    async def release_unused(self, grace_s: float) -> list[str]:
+        """Unload versions no tenant has used for ``grace_s`` (after a swap, turns already
+        routed to the old version finish well within it). Active versions always stay."""
+        now = time.monotonic()
+        in_use = self.in_use()
+        released: list[str] = []
+        for m in self.runtime.models():
+            if m.active or m.ref in in_use:
+                self._unused_since.pop(m.ref, None)
+                continue
+            since = self._unused_since.setdefault(m.ref, now)
+            if now - since >= grace_s:
+                await self.runtime.unload(m.name, m.version)
+                self._unused_since.pop(m.ref, None)
+                released.append(m.ref)
+        return released
 
     def providers(self) -> list[str]:
         seen: list[str] = []

@@ -117,6 +117,13 @@ async def test_new_model_version_hot_swaps_under_load_with_zero_failed_rpcs(
             await asyncio.sleep(0.6)  # one heartbeat
             nodes = await stack.cp.list_nodes()
             assert nodes[0].tenants["demo-shop"].models["intent"] == "demo-shop-intent@cp-2"
+            # The old version is unloaded once no tenant has used it for the grace period.
+            old = {r for r in agent.target.loaded() if r.startswith("demo-shop-intent@")}
+            assert old > {"demo-shop-intent@cp-2"}
+            assert await agent.target.release_unused(60.0) == []  # within the grace period
+            released = await agent.target.release_unused(0.0)
+            assert set(released) == old - {"demo-shop-intent@cp-2"}
+            assert "demo-shop-intent@cp-2" in agent.target.loaded()
 
 
 async def test_invalid_config_refused_by_cp_and_by_node_which_keeps_last_known_good(
