@@ -39,6 +39,7 @@ from kefu.wire import (
     BUCKET_MODELS,
     BUCKET_NODES,
     BUCKET_REGISTRY,
+    LEASE_KEY,
     OBJECT_BUNDLES,
     STREAM_AUDIT,
     STREAM_TELEMETRY,
@@ -46,6 +47,7 @@ from kefu.wire import (
     Assignment,
     AuditEvent,
     ConfigVersion,
+    Lease,
     ModelVersion,
     NodeStatus,
     RegionRecord,
@@ -520,8 +522,6 @@ class ControlPlane:
         return out
 
     async def leader(self) -> str:
-        from kefu.wire import LEASE_KEY, Lease
-
         e = await self.bus.kv_get(BUCKET_LEADER, LEASE_KEY)
         if e is None:
             return ""
