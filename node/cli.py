@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kefu.errors import PermanentError, TemporaryError
 
@@ -27,16 +28,24 @@ async def _run(args: argparse.Namespace) -> int:
     os.environ["KEFU_LOG_FORMAT"] = args.log_format  # worker processes log the same way
     from kefu.node.server import Node
 
-    opts, workers = _options(args, data_dir)
+    managed = bool(args.control_plane or args.nats_creds)  # tenants come from the control plane
+    opts, workers = _options(args, data_dir, managed=managed)
     listen = opts.listen
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if workers > 1:
+        if managed:
+            raise PermanentError(
+                "--workers with --control-plane is not supported yet: run one `kefu node run` "
+                "per core with its own --node-id and port / 受控节点暂不支持多工作进程"
+            )
         return await _run_pool(opts, workers, stop, listen)
-    async with Node(opts) as node:
+    async with Node(opts) as node, _agent(node, args) as agent:
         assert node.registry is not None
+        if agent is not None:
+            print(f"kefu node: agent {agent.options.node_id} following region {args.region}")
         _announce(
             opts,
             listen=listen,
@@ -60,7 +69,6 @@ async def _run(args: argparse.Namespace) -> int:
 async def _run_pool(opts: NodeOptions, workers: int, stop: asyncio.Event, listen: str) -> int:
     from kefu.node.workers import WorkerPool
 
-    os.environ.setdefault("KEFU_LOG_FORMAT", "json")
     async with WorkerPool(opts, workers=workers) as pool:
         _announce(
             opts,
@@ -100,8 +108,9 @@ def _announce(
         f"kefu node serving tenants [{', '.join(tenants)}] on "
         f"{listen.rsplit(':', 1)[0]}:{port}{procs}"
     )
-    key_file = demo_key_path(opts.data_dir, tenants[0])
-    print(f"try: kefu chat --target 127.0.0.1:{port} --key-file {key_file}")
+    if tenants:  # a node managed by a control plane may start with none
+        key_file = demo_key_path(opts.data_dir, tenants[0])
+        print(f"try: kefu chat --target 127.0.0.1:{port} --key-file {key_file}")
     if metrics_port:
         print(f"metrics: http://127.0.0.1:{metrics_port}/metrics")
     sys.stdout.flush()
@@ -120,7 +129,7 @@ def _is_tenant_config(path: Path) -> bool:
 
 
 def _options(
-    args: argparse.Namespace, data_dir: Callable[[str | None], Path]
+    args: argparse.Namespace, data_dir: Callable[[str | None], Path], *, managed: bool = False
 ) -> tuple[NodeOptions, int]:
     """NodeOptions from an optional node.yaml (``--config node.yaml``, as ``kefu-node`` reads
     it), tenant YAMLs (``--config tenant.yaml ...``) and the flags, which win when given."""
@@ -148,8 +157,9 @@ def _options(
     else:
         opts = NodeOptions(
             data_dir=data_dir(args.data_dir),
-            tenant_configs=tenants or [DEMO_TENANT_CONFIG],
+            tenant_configs=tenants or ([] if managed else [DEMO_TENANT_CONFIG]),
         )
+    opts.require_tenants = not managed
     if args.listen:
         opts.listen = args.listen
     if args.metrics_listen is not None:
@@ -163,6 +173,31 @@ def _options(
     if args.workers:
         workers = args.workers
     return opts, workers
+
+
+@contextlib.asynccontextmanager
+async def _agent(node: Any, args: argparse.Namespace) -> AsyncIterator[Any]:
+    """The control-plane agent when --control-plane / --nats-creds is given (else None)."""
+    if not (args.control_plane or args.nats_creds):
+        yield None
+        return
+    from kefu.node.cp_link import attach_agent, default_node_id, load_credentials
+
+    url, user, password = args.control_plane, None, None
+    if args.nats_creds:
+        creds = load_credentials(Path(args.nats_creds))
+        url, user, password = url or creds.url, creds.user, creds.password
+    agent = attach_agent(
+        node,
+        url=url,
+        node_id=args.node_id or user or default_node_id(),
+        region=args.region,
+        user=user,
+        password=password,
+        telemetry_s=args.telemetry_interval,
+    )
+    async with agent:
+        yield agent
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -268,6 +303,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument(
         "--reuse-port", action="store_true", help="share the port with other worker processes"
+    )
+    r.add_argument(
+        "--control-plane", metavar="NATS_URL", help="follow the control plane over this NATS URL"
+    )
+    r.add_argument("--nats-creds", help="NATS credentials file (url, user, password; JSON)")
+    r.add_argument("--region", default="local", help="region this node serves (default: local)")
+    r.add_argument("--node-id", help="node id (default: the credentials' user, else hostname)")
+    r.add_argument(
+        "--telemetry-interval", type=float, default=10.0, help="seconds between telemetry batches"
     )
     r.set_defaults(handler=cmd_run)
 

@@ -398,7 +398,28 @@ class KefuNodeService:
                 corrected_intent=req.corrected_intent if req.HasField("corrected_intent") else None,
             )
         )
+        if self.metrics is not None and self.metrics.feedback_observers:
+            await self._observe_feedback(tenant, req)
         return pb.SubmitFeedbackReply(feedback_id=str(fb.id))
+
+    async def _observe_feedback(self, tenant: Tenant, req: pb.SubmitFeedbackRequest) -> None:
+        """Feedback for telemetry, attributed to the rated turn's scenario and model version
+        (the rated turn, else the session's latest turn that has an intent)."""
+        assert self.metrics is not None
+        seq = req.turn_seq if req.HasField("turn_seq") else None
+        turns = await tenant.store.get_turns(
+            req.session_id, after_seq=max(0, seq - 2) if seq else 0, tail=None if seq else 20
+        )
+        rated = [t for t in turns if t.intent and (seq is None or t.seq <= seq)]
+        turn = rated[-1] if rated else None
+        self.metrics.observe_feedback(
+            tenant.id,
+            rating=req.rating,
+            corrected_intent=req.corrected_intent if req.HasField("corrected_intent") else "",
+            predicted_intent=(turn.intent or "") if turn else "",
+            scenario=(turn.scenario or "") if turn else "",
+            model_version=turn.model_versions.get("intent", "") if turn else "",
+        )
 
     async def list_sessions(
         self, tenant: Tenant, req: pb.ListSessionsRequest, _: Any

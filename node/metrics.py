@@ -130,6 +130,10 @@ class NodeMetrics:
         )
         r.register(_RuntimeCollector(runtime_stats, admission_stats))
         self._server: Any = None
+        #: Extra consumers of every turn (the control-plane agent's telemetry aggregates).
+        self.turn_observers: list[Callable[[str, TurnResult], None]] = []
+        self.error_observers: list[Callable[[str, str], None]] = []
+        self.feedback_observers: list[Callable[..., None]] = []
 
     def observe_turn(self, tenant: str, result: TurnResult) -> None:
         self.turns.labels(
@@ -145,9 +149,17 @@ class NodeMetrics:
             self.plugin_latency.labels(tenant, call.plugin).observe(call.latency_ms / 1000.0)
         if result.flow and result.flow_event:
             self.flow_events.labels(tenant, result.flow, result.flow_event).inc()
+        for observe in self.turn_observers:
+            observe(tenant, result)
+
+    def observe_feedback(self, tenant: str, **feedback: Any) -> None:
+        for observe in self.feedback_observers:
+            observe(tenant, **feedback)
 
     def observe_error(self, tenant: str, code: str) -> None:
         self.errors.labels(tenant or "-", code).inc()
+        for observe in self.error_observers:
+            observe(tenant, code)
 
     def serve(self, address: str) -> int:
         """Start the HTTP endpoint in a background thread; returns the bound port."""

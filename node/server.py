@@ -71,6 +71,8 @@ class NodeOptions:
     #: grpcio turns SO_REUSEPORT on by default; a second node on the same port would then start
     #: silently and steal half the traffic. Only set this when worker processes share a port.
     reuse_port: bool = False
+    #: False when a control-plane agent will bring the tenants (start with none).
+    require_tenants: bool = True
 
 
 class Node:
@@ -100,7 +102,7 @@ class Node:
         self.registry = await TenantRegistry.open(
             opts.data_dir, opts.tenant_configs, store_options=opts.store
         )
-        if not self.registry.tenants:
+        if not self.registry.tenants and opts.require_tenants:
             errors = "; ".join(e.error for e in self.registry.errors) or "no tenant configs"
             raise PermanentError(f"no tenant could be loaded: {errors}")
         self.runtime = BatchingModelRuntime(trust=store.trust, store=store, options=opts.inference)

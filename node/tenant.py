@@ -145,6 +145,7 @@ class TenantRegistry:
     errors: list[TenantLoadError] = field(default_factory=list)
     #: Keys generated at this start, to be shown once: tenant id → key.
     new_keys: dict[str, str] = field(default_factory=dict)
+    _retired: list[Tenant] = field(default_factory=list, repr=False)
 
     @classmethod
     async def open(
@@ -204,6 +205,53 @@ class TenantRegistry:
             flows=flows,
         )
 
+    async def apply(
+        self,
+        config: TenantConfig,
+        *,
+        source: Path,
+        key_hashes: Sequence[str] = (),
+        store_options: SQLiteStoreOptions | None = None,
+    ) -> Tenant:
+        """Serve ``config`` (already validated) from now on: build its knowledge base and
+        entity extractor first, then swap the tenant in with one dict assignment, so turns
+        in flight finish on the old config and new turns see the new one. The SQLite store
+        is kept across swaps. ``key_hashes`` are accepted besides the config's own keys."""
+        tid = config.tenant.id
+        kb = build_knowledge_base(config, source)
+        entities = build_entity_extractor(config)
+        old = self.tenants.get(tid)
+        extra = tuple(key_hashes)
+        if not config.api_keys and not extra:
+            key, created = _generated_key(self.data_dir, tid)
+            extra = (hash_api_key(key),)
+            if created:
+                self.new_keys[tid] = key
+        store = (
+            old.store
+            if old is not None
+            else await SQLiteSessionStore.open(self.data_dir, tid, options=store_options)
+        )
+        tenant = Tenant(
+            id=tid,
+            config=config,
+            store=store,
+            kb=kb,
+            entities=entities,
+            source=source,
+            extra_key_hashes=extra,
+        )
+        self.tenants[tid] = tenant  # the swap: one assignment, no await
+        return tenant
+
+    async def remove(self, tenant_id: str) -> bool:
+        """Stop serving a tenant. Its store stays open until :meth:`close`, because turns in
+        flight may still be writing to it."""
+        tenant = self.tenants.pop(tenant_id, None)
+        if tenant is not None:
+            self._retired.append(tenant)
+        return tenant is not None
+
     def authenticate(self, key: str | None) -> Tenant | None:
         """The tenant owning ``key``; every tenant is checked so timing reveals nothing."""
         if not key:
@@ -215,7 +263,7 @@ class TenantRegistry:
         return found
 
     async def close(self) -> None:
-        for tenant in self.tenants.values():
+        for tenant in [*self.tenants.values(), *self._retired]:
             await tenant.store.close()
             if tenant.plugins is not None:
                 await tenant.plugins.close()

@@ -1,0 +1,365 @@
+"""The control-plane gRPC API (``kefu.v1.ControlPlane``): a thin adapter over :class:`ControlPlane`.
+
+Each RPC reads the caller's name from the ``x-kefu-actor`` metadata (for the audit log), calls
+the service, and converts documents to messages. Errors are mapped once, in :func:`_errors`:
+a :class:`~kefu.errors.KefuError` becomes a status code with its bilingual message, never a
+stack trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from kefu import __version__
+from kefu.bus import BusUnavailable, Conflict, NotFound
+from kefu.control_plane.leader import LeaderLease
+from kefu.control_plane.service import ControlPlane, NotFoundError
+from kefu.control_plane.telemetry import TelemetryIndex, percentile_ms, summarise
+from kefu.errors import ConfigError, KefuError, PermanentError, TemporaryError
+from kefu.v1 import control_plane_pb2 as pb
+from kefu.v1 import control_plane_pb2_grpc as pbg
+from kefu.wire import (
+    STREAM_TELEMETRY,
+    Assignment,
+    ConfigVersion,
+    ModelVersion,
+    NodeStatus,
+    TelemetryBatch,
+    TenantRecord,
+    decode,
+)
+
+__all__ = ["ACTOR_METADATA_KEY", "MAX_MESSAGE_BYTES", "ControlPlaneApi", "serve_api"]
+
+log = logging.getLogger("kefu.control_plane.api")
+
+ACTOR_METADATA_KEY = "x-kefu-actor"
+#: Bundles travel in one message; 64 MB leaves room for big models.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: A node whose last heartbeat is older than this is shown offline.
+ONLINE_WINDOW_S = 30.0
+
+_R = TypeVar("_R")
+
+
+def _errors(fn: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
+    @functools.wraps(fn)
+    async def wrapper(self: ControlPlaneApi, request: Any, context: grpc.aio.ServicerContext) -> _R:
+        try:
+            return await fn(self, request, context)
+        except (NotFoundError, NotFound) as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except Conflict as exc:
+            code = (
+                grpc.StatusCode.ALREADY_EXISTS
+                if "exist" in str(exc) or "immutable" in str(exc)
+                else grpc.StatusCode.ABORTED
+            )
+            await context.abort(code, str(exc))
+        except (ConfigError, PermanentError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except (BusUnavailable, TemporaryError) as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except KefuError as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        raise AssertionError("unreachable")  # abort() raises
+
+    return wrapper
+
+
+def _actor(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == ACTOR_METADATA_KEY:
+            return str(value)[:100]
+    return "anonymous"
+
+
+def tenant_msg(t: TenantRecord) -> pb.Tenant:
+    return pb.Tenant(
+        id=t.id,
+        name=t.name,
+        enabled=t.enabled,
+        created_at=t.created_at,
+        current_config=t.current_config,
+        api_keys=[
+            pb.ApiKey(id=k.id, created_at=k.created_at, revoked=k.revoked) for k in t.api_keys
+        ],
+    )
+
+
+def config_msg(c: ConfigVersion, *, with_yaml: bool = True) -> pb.ConfigVersion:
+    return pb.ConfigVersion(
+        tenant=c.tenant,
+        version=c.version,
+        yaml=c.yaml if with_yaml else "",
+        digest=c.digest,
+        author=c.author,
+        comment=c.comment,
+        created_at=c.created_at,
+        rollback_of=c.rollback_of,
+    )
+
+
+def model_msg(m: ModelVersion) -> pb.ModelVersion:
+    return pb.ModelVersion(
+        name=m.name,
+        version=m.version,
+        task=m.task,
+        family=m.family,
+        labels=m.labels,
+        size=m.size,
+        sha256=m.sha256,
+        signer=m.signer,
+        created_at=m.created_at,
+        metrics={k: float(v) for k, v in m.metrics.items() if isinstance(v, int | float)},
+        published_at=m.published_at,
+        published_by=m.published_by,
+    )
+
+
+def assignment_msg(a: Assignment) -> pb.Assignment:
+    return pb.Assignment(
+        tenant=a.tenant,
+        region=a.region,
+        config_version=a.config_version,
+        models=a.models,
+        scenario_models={k: pb.ScenarioModels(models=v) for k, v in a.scenario_models.items()},
+        updated_at=a.updated_at,
+        updated_by=a.updated_by,
+    )
+
+
+def node_msg(n: NodeStatus, now: float) -> pb.Node:
+    return pb.Node(
+        node_id=n.node_id,
+        region=n.region,
+        software_version=n.software_version,
+        providers=n.providers,
+        gpu=n.gpu,
+        listen=n.listen,
+        started_at=n.started_at,
+        heartbeat_at=n.heartbeat_at,
+        online=now - n.heartbeat_at < ONLINE_WINDOW_S,
+        tenants=[
+            pb.ObservedTenant(
+                tenant=t,
+                state=o.state,
+                config_version=o.config_version,
+                models=o.models,
+                error=o.error,
+            )
+            for t, o in sorted(n.tenants.items())
+        ],
+        models_loaded=n.models_loaded,
+        telemetry_dropped=n.telemetry_dropped,
+        telemetry_buffered=n.telemetry_buffered,
+    )
+
+
+class ControlPlaneApi(pbg.ControlPlaneServicer):
+    def __init__(
+        self,
+        cp: ControlPlane,
+        *,
+        lease: LeaderLease | None = None,
+        telemetry: TelemetryIndex | None = None,
+    ):
+        self.cp = cp
+        self.lease = lease
+        self.telemetry = telemetry
+
+    @_errors
+    async def CreateTenant(self, req: pb.CreateTenantRequest, ctx: Any) -> pb.Tenant:
+        return tenant_msg(await self.cp.create_tenant(req.tenant, name=req.name, actor=_actor(ctx)))
+
+    @_errors
+    async def SetTenantEnabled(self, req: pb.SetTenantEnabledRequest, ctx: Any) -> pb.Tenant:
+        t = await self.cp.set_tenant_enabled(req.tenant, req.enabled, actor=_actor(ctx))
+        return tenant_msg(t)
+
+    @_errors
+    async def ListTenants(self, req: pb.ListTenantsRequest, ctx: Any) -> pb.ListTenantsReply:
+        return pb.ListTenantsReply(tenants=[tenant_msg(t) for t in await self.cp.list_tenants()])
+
+    @_errors
+    async def IssueApiKey(self, req: pb.IssueApiKeyRequest, ctx: Any) -> pb.IssueApiKeyReply:
+        key_id, key = await self.cp.issue_key(req.tenant, actor=_actor(ctx))
+        return pb.IssueApiKeyReply(key_id=key_id, key=key)
+
+    @_errors
+    async def RevokeApiKey(self, req: pb.RevokeApiKeyRequest, ctx: Any) -> pb.Tenant:
+        return tenant_msg(await self.cp.revoke_key(req.tenant, req.key_id, actor=_actor(ctx)))
+
+    @_errors
+    async def CreateRegion(self, req: pb.CreateRegionRequest, ctx: Any) -> pb.Region:
+        r = await self.cp.create_region(req.region, description=req.description, actor=_actor(ctx))
+        return pb.Region(id=r.id, description=r.description, created_at=r.created_at)
+
+    @_errors
+    async def ListRegions(self, req: pb.ListRegionsRequest, ctx: Any) -> pb.ListRegionsReply:
+        return pb.ListRegionsReply(
+            regions=[
+                pb.Region(id=r.id, description=r.description, created_at=r.created_at)
+                for r in await self.cp.list_regions()
+            ]
+        )
+
+    @_errors
+    async def PutConfig(self, req: pb.PutConfigRequest, ctx: Any) -> pb.ConfigVersion:
+        cv = await self.cp.put_config(req.tenant, req.yaml, actor=_actor(ctx), comment=req.comment)
+        return config_msg(cv, with_yaml=False)
+
+    @_errors
+    async def ListConfigs(self, req: pb.ListConfigsRequest, ctx: Any) -> pb.ListConfigsReply:
+        versions = await self.cp.list_configs(req.tenant)
+        return pb.ListConfigsReply(versions=[config_msg(c, with_yaml=False) for c in versions])
+
+    @_errors
+    async def GetConfig(self, req: pb.GetConfigRequest, ctx: Any) -> pb.ConfigVersion:
+        return config_msg(await self.cp.get_config(req.tenant, req.version))
+
+    @_errors
+    async def DiffConfig(self, req: pb.DiffConfigRequest, ctx: Any) -> pb.DiffConfigReply:
+        diff = await self.cp.diff_config(req.tenant, req.from_version, req.to_version)
+        return pb.DiffConfigReply(unified_diff=diff)
+
+    @_errors
+    async def RollbackConfig(self, req: pb.RollbackConfigRequest, ctx: Any) -> pb.ConfigVersion:
+        cv = await self.cp.rollback_config(req.tenant, req.version, actor=_actor(ctx))
+        return config_msg(cv, with_yaml=False)
+
+    @_errors
+    async def PublishModel(self, req: pb.PublishModelRequest, ctx: Any) -> pb.ModelVersion:
+        return model_msg(await self.cp.publish_model(req.packed_bundle, actor=_actor(ctx)))
+
+    @_errors
+    async def ListModels(self, req: pb.ListModelsRequest, ctx: Any) -> pb.ListModelsReply:
+        return pb.ListModelsReply(
+            models=[model_msg(m) for m in await self.cp.list_models(req.name)]
+        )
+
+    @_errors
+    async def GetModel(self, req: pb.GetModelRequest, ctx: Any) -> pb.ModelVersion:
+        return model_msg(await self.cp.get_model(req.ref))
+
+    @_errors
+    async def Assign(self, req: pb.AssignRequest, ctx: Any) -> pb.Assignment:
+        a = await self.cp.assign(
+            req.tenant,
+            req.region,
+            models=dict(req.models),
+            scenario_models={k: dict(v.models) for k, v in req.scenario_models.items()},
+            config_version=req.config_version if req.HasField("config_version") else None,
+            actor=_actor(ctx),
+        )
+        return assignment_msg(a)
+
+    @_errors
+    async def ListAssignments(
+        self, req: pb.ListAssignmentsRequest, ctx: Any
+    ) -> pb.ListAssignmentsReply:
+        found = await self.cp.list_assignments(req.tenant)
+        return pb.ListAssignmentsReply(assignments=[assignment_msg(a) for a in found])
+
+    @_errors
+    async def ListNodes(self, req: pb.ListNodesRequest, ctx: Any) -> pb.ListNodesReply:
+        now = time.time()
+        return pb.ListNodesReply(
+            nodes=[node_msg(n, now) for n in await self.cp.list_nodes(req.region)]
+        )
+
+    @_errors
+    async def QueryAudit(self, req: pb.QueryAuditRequest, ctx: Any) -> pb.QueryAuditReply:
+        events = await self.cp.audit_log(tenant=req.tenant, limit=req.limit or 100)
+        return pb.QueryAuditReply(
+            events=[
+                pb.AuditEvent(
+                    seq=e.seq,
+                    at=e.at,
+                    actor=e.actor,
+                    action=e.action,
+                    resource=e.resource,
+                    tenant=e.tenant,
+                    before_digest=e.before,
+                    after_digest=e.after,
+                    detail=e.detail,
+                )
+                for e in events
+            ]
+        )
+
+    @_errors
+    async def QueryTelemetry(
+        self, req: pb.QueryTelemetryRequest, ctx: Any
+    ) -> pb.QueryTelemetryReply:
+        since = time.time() - (req.since_s or 3600.0)
+        bucket_s = req.bucket_s or 60.0
+        if self.telemetry is not None:
+            await self.telemetry.poll_once()  # include what arrived since the last poll
+            batches = self.telemetry.batches
+            dropped = sum(self.telemetry.dropped_by_node.values())
+        else:
+            msgs = await self.cp.bus.stream_read(STREAM_TELEMETRY, since=since, limit=0)
+            batches = [decode(TelemetryBatch, m.data) for m in msgs]
+            dropped = 0
+        series = summarise(batches, tenant=req.tenant, since=since, bucket_s=bucket_s)
+        nodes = {b.node_id for b in batches if b.sent_at >= since}
+        out = []
+        for s in series:
+            r = s.rates()
+            t = s.total
+            out.append(
+                pb.TelemetrySeries(
+                    tenant=s.tenant,
+                    scenario=s.scenario,
+                    model_version=s.model_version,
+                    turns=t.turns,
+                    errors=t.errors,
+                    feedback=t.feedback,
+                    points=[
+                        pb.TelemetryPoint(
+                            at=at,
+                            turns=p.turns,
+                            errors=p.errors,
+                            p95_ms=percentile_ms(p.latency_buckets, 0.95),
+                        )
+                        for at, p in sorted(s.points.items())
+                    ],
+                    **r,
+                )
+            )
+        return pb.QueryTelemetryReply(series=out, nodes_reporting=len(nodes), dropped=dropped)
+
+    @_errors
+    async def GetStatus(self, req: pb.GetStatusRequest, ctx: Any) -> pb.ControlPlaneStatus:
+        return pb.ControlPlaneStatus(
+            replica=self.cp.replica,
+            leader=await self.cp.leader(),
+            is_leader=bool(self.lease and self.lease.is_leader),
+            software_version=__version__,
+        )
+
+
+async def serve_api(api: ControlPlaneApi, listen: str) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pbg.add_ControlPlaneServicer_to_server(api, server)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise PermanentError(f"cannot listen on {listen}: {exc}") from exc
+    if not port:
+        raise PermanentError(f"cannot listen on {listen} (address in use?) / 端口被占用")
+    await server.start()
+    return server, port

@@ -1,0 +1,129 @@
+"""One control-plane replica: NATS connection, leader lease, reconciler, telemetry, gRPC API.
+
+:class:`ControlPlaneApp` is an async context manager. Every replica serves the API (reads and
+validated writes go straight to JetStream); only the lease holder runs the desired-state
+reconciler, and it stops the moment the lease is lost. Nothing is kept in memory that a
+restart would miss: the telemetry index is rebuilt from the stream, the reconciler re-plans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from kefu.control_plane.api import ControlPlaneApi, serve_api
+from kefu.control_plane.leader import LeaderLease
+from kefu.control_plane.reconciler import DesiredReconciler
+from kefu.control_plane.service import ControlPlane, ensure_layout
+from kefu.control_plane.telemetry import TelemetryIndex
+from kefu.keys import TrustStore
+from kefu.natsbus import NatsBus, NatsOptions
+
+__all__ = ["ControlPlaneApp", "ControlPlaneOptions", "default_replica_id"]
+
+log = logging.getLogger("kefu.control_plane")
+
+
+def default_replica_id() -> str:
+    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower())[:40]
+    return f"cp-{host.strip('-') or 'local'}"
+
+
+@dataclass(kw_only=True)
+class ControlPlaneOptions:
+    nats_url: str
+    trust: TrustStore
+    nats_user: str | None = None
+    nats_password: str | None = None
+    replica: str = field(default_factory=default_replica_id)
+    listen: str = "127.0.0.1:7500"
+    lease_ttl_s: float = 6.0
+    reconcile_period_s: float = 10.0
+    regions: list[str] = field(default_factory=list)
+
+
+class ControlPlaneApp:
+    def __init__(self, options: ControlPlaneOptions):
+        self.options = options
+        self.bus: NatsBus | None = None
+        self.cp: ControlPlane | None = None
+        self.reconciler: DesiredReconciler | None = None
+        self.lease: LeaderLease | None = None
+        self.telemetry: TelemetryIndex | None = None
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> ControlPlaneApp:
+        o = self.options
+        self.bus = await NatsBus.connect(
+            NatsOptions(
+                servers=[o.nats_url],
+                user=o.nats_user,
+                password=o.nats_password,
+                name=f"kefu-{o.replica}",
+            )
+        )
+        await ensure_layout(self.bus, o.regions)
+        self.cp = ControlPlane(self.bus, trust=o.trust, replica=o.replica)
+        self.reconciler = DesiredReconciler(self.bus, period_s=o.reconcile_period_s)
+        self.cp.on_change = self.reconciler.kick
+        self.lease = LeaderLease(self.bus, o.replica, ttl_s=o.lease_ttl_s, on_change=self._leader)
+        self.lease.start()
+        self.telemetry = TelemetryIndex(self.bus)
+        self.telemetry.start()
+        api = ControlPlaneApi(self.cp, lease=self.lease, telemetry=self.telemetry)
+        self.server, self.port = await serve_api(api, o.listen)
+        log.info("control plane %s serving on port %d", o.replica, self.port)
+        return self
+
+    def _leader(self, leading: bool) -> None:
+        assert self.reconciler is not None
+        if leading:
+            self.reconciler.start()
+        else:
+            task = asyncio.create_task(self.reconciler.stop())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(2.0)
+            self.server = None
+        if self.telemetry is not None:
+            await self.telemetry.stop()
+        if self.reconciler is not None:
+            await self.reconciler.stop()
+        if self.lease is not None:
+            await self.lease.stop()  # hands the lease over at once
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self.bus is not None:
+            await self.bus.close()
+            self.bus = None
+
+    async def wait(self) -> None:
+        if self.server is not None:
+            await self.server.wait_for_termination()
+
+    async def __aenter__(self) -> ControlPlaneApp:
+        try:
+            return await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.shield(self.stop())
+
+
+def trust_for_control_plane(data_dir: Path, extra: list[str] | None = None) -> TrustStore:
+    """Same trusted keys as a node on this machine (release key, data-dir keys, --trust)."""
+    from kefu.models.store import trust_for
+
+    return trust_for(data_dir, extra)

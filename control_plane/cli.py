@@ -1,0 +1,536 @@
+"""``kefu control-plane run`` (serve a replica) and ``kefu cp ...`` (the CLI over its API).
+
+``kefu cp`` prints human tables by default and JSON with ``--json`` (for scripts). Every
+write sends the caller's name (``--actor``, default ``$USER``) for the audit log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kefu.errors import PermanentError, TemporaryError
+
+DEFAULT_CP = "127.0.0.1:7500"
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+
+
+def _nats_login(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
+    if getattr(args, "nats_creds", None):
+        from kefu.node.cp_link import load_credentials
+
+        c = load_credentials(Path(args.nats_creds))
+        return c.url, c.user, c.password
+    return args.nats, None, None
+
+
+# ---------------------------------------------------------------------- control-plane run
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions, default_replica_id
+    from kefu.models.store import data_dir, trust_for
+
+    url, user, password = _nats_login(args)
+    opts = ControlPlaneOptions(
+        nats_url=url,
+        nats_user=user,
+        nats_password=password,
+        trust=trust_for(data_dir(args.data_dir), args.trust),
+        replica=args.replica or default_replica_id(),
+        listen=args.listen,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with ControlPlaneApp(opts) as app:
+        host = args.listen.rsplit(":", 1)[0]
+        print(f"kefu control plane {opts.replica} serving on {host}:{app.port}")
+        print(f"try: kefu cp --target 127.0.0.1:{app.port} status")
+        sys.stdout.flush()
+        await stop.wait()
+        print("kefu control plane: stopping…", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(args))
+
+
+# ---------------------------------------------------------------------- kefu cp
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    Console().print(t)
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _ago(ts: float) -> str:
+    if not ts:
+        return "-"
+    s = time.time() - ts
+    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago"
+
+
+async def _call(args: argparse.Namespace) -> Any:
+    import grpc
+
+    from kefu.control_plane.api import ACTOR_METADATA_KEY, MAX_MESSAGE_BYTES
+    from kefu.v1 import control_plane_pb2 as pb
+    from kefu.v1 import control_plane_pb2_grpc as pbg
+
+    md = ((ACTOR_METADATA_KEY, args.actor or getpass.getuser()),)
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    async with grpc.aio.insecure_channel(args.target, options=options) as ch:
+        stub = pbg.ControlPlaneStub(ch)
+        method, request = args.build(pb, args)
+        try:
+            return await getattr(stub, method)(request, metadata=md, timeout=args.timeout)
+        except grpc.aio.AioRpcError as exc:
+            msg = f"{exc.code().name}: {exc.details()}"
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise TemporaryError(f"control plane at {args.target}: {msg}") from exc
+            raise PermanentError(msg) from exc
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    reply = asyncio.run(_call(args))
+    if args.json:
+        print(
+            json.dumps(
+                MessageToDict(reply, preserving_proto_field_name=True), ensure_ascii=False, indent=2
+            )
+        )
+    else:
+        args.show(reply)
+    return 0
+
+
+# Each verb: how to build the request, how to show the reply.
+
+
+def _simple(method: str, build: Any, show: Any) -> dict[str, Any]:
+    return {"build": lambda pb, a: (method, build(pb, a)), "show": show}
+
+
+def _show_tenants(r: Any) -> None:
+    tenants = getattr(r, "tenants", None)
+    rows = tenants if tenants is not None else [r]
+    _table(
+        "tenants / 租户",
+        ["tenant", "name", "enabled", "config", "keys (active)", "created"],
+        [
+            (
+                t.id,
+                t.name,
+                t.enabled,
+                t.current_config,
+                sum(not k.revoked for k in t.api_keys),
+                _when(t.created_at),
+            )
+            for t in rows
+        ],
+    )
+
+
+def _show_configs(r: Any) -> None:
+    versions = getattr(r, "versions", None)
+    rows = versions if versions is not None else [r]
+    _table(
+        "config versions / 配置版本",
+        ["tenant", "version", "digest", "author", "when", "comment"],
+        [(c.tenant, c.version, c.digest, c.author, _when(c.created_at), c.comment) for c in rows],
+    )
+
+
+def _show_models(r: Any) -> None:
+    models = getattr(r, "models", None)
+    rows = models if models is not None and not hasattr(r, "sha256") else [r]
+    _table(
+        "model versions / 模型版本",
+        ["model", "version", "task", "size", "accuracy", "macro-F1", "signer", "published"],
+        [
+            (
+                m.name,
+                m.version,
+                m.task,
+                f"{m.size / 1e6:.1f} MB",
+                f"{m.metrics['accuracy']:.4f}" if "accuracy" in m.metrics else "-",
+                f"{m.metrics['macro_f1']:.4f}" if "macro_f1" in m.metrics else "-",
+                m.signer[:12],
+                _when(m.published_at),
+            )
+            for m in rows
+        ],
+    )
+
+
+def _show_assignments(r: Any) -> None:
+    rows = getattr(r, "assignments", None)
+    rows = rows if rows is not None else [r]
+    _table(
+        "assignments / 分配",
+        ["tenant", "region", "config", "models", "by", "when"],
+        [
+            (
+                a.tenant,
+                a.region,
+                a.config_version or "current",
+                ", ".join(f"{k}={v}" for k, v in sorted(a.models.items())),
+                a.updated_by,
+                _when(a.updated_at),
+            )
+            for a in rows
+        ],
+    )
+
+
+def _show_nodes(r: Any) -> None:
+    _table(
+        "nodes / 节点",
+        ["node", "region", "online", "heartbeat", "tenants", "models loaded", "telemetry dropped"],
+        [
+            (
+                n.node_id,
+                n.region,
+                "yes" if n.online else "NO",
+                _ago(n.heartbeat_at),
+                "; ".join(
+                    f"{t.tenant}:{t.state} v{t.config_version}"
+                    + (f" ({t.error[:60]})" if t.error else "")
+                    for t in n.tenants
+                ),
+                ", ".join(n.models_loaded),
+                n.telemetry_dropped,
+            )
+            for n in r.nodes
+        ],
+    )
+
+
+def _show_audit(r: Any) -> None:
+    _table(
+        "audit log / 审计日志",
+        ["seq", "when", "actor", "action", "resource", "before", "after", "detail"],
+        [
+            (
+                e.seq,
+                _when(e.at),
+                e.actor,
+                e.action,
+                e.resource,
+                e.before_digest,
+                e.after_digest,
+                e.detail,
+            )
+            for e in r.events
+        ],
+    )
+
+
+def _show_telemetry(r: Any) -> None:
+    _table(
+        f"telemetry / 遥测 ({r.nodes_reporting} nodes reporting, {r.dropped} intervals dropped)",
+        [
+            "tenant",
+            "scenario",
+            "model",
+            "turns",
+            "errors",
+            "p50 ms",
+            "p95 ms",
+            "fallback",
+            "handoff",
+            "confidence",
+        ],
+        [
+            (
+                s.tenant,
+                s.scenario,
+                s.model_version,
+                s.turns,
+                s.errors,
+                f"{s.p50_ms:.0f}",
+                f"{s.p95_ms:.0f}",
+                f"{s.fallback_rate:.1%}",
+                f"{s.handoff_rate:.1%}",
+                f"{s.mean_confidence:.2f}",
+            )
+            for s in r.series
+        ],
+    )
+
+
+def _show_key(r: Any) -> None:
+    print(f"API key {r.key_id} (shown once; only its hash is stored / 仅显示一次):\n  {r.key}")
+
+
+def _publish(pb: Any, a: argparse.Namespace) -> Any:
+    from kefu.bundle import pack
+    from kefu.models.store import ModelStore, data_dir, trust_for
+
+    path = Path(a.bundle)
+    if not (path / "manifest.json").is_file():
+        path = ModelStore(data_dir(a.data_dir) / "models", trust_for(data_dir(a.data_dir))).resolve(
+            a.bundle
+        )
+    return pb.PublishModelRequest(packed_bundle=pack(path))
+
+
+def _assign(pb: Any, a: argparse.Namespace) -> Any:
+    models = {
+        slot: getattr(a, slot) for slot in ("intent", "sentiment", "encoder") if getattr(a, slot)
+    }
+    scenario: dict[str, Any] = {}
+    for item in a.scenario_model or []:
+        try:
+            where, ref = item.split("=", 1)
+            sc, slot = where.split(":", 1)
+        except ValueError as exc:
+            raise PermanentError(
+                f"--scenario-model {item!r}: use SCENARIO:SLOT=MODEL@VERSION"
+            ) from exc
+        scenario.setdefault(sc, pb.ScenarioModels()).models[slot] = ref
+    req = pb.AssignRequest(
+        tenant=a.tenant, region=a.region, models=models, scenario_models=scenario
+    )
+    if a.config_version is not None:
+        req.config_version = a.config_version
+    return req
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PermanentError(f"{path}: cannot read ({exc})") from exc
+
+
+VERBS: dict[tuple[str, ...], dict[str, Any]] = {
+    ("status",): _simple(
+        "GetStatus",
+        lambda pb, a: pb.GetStatusRequest(),
+        lambda r: print(
+            f"replica {r.replica} (leader: {r.leader or 'none'}; this replica leads: {r.is_leader})"
+        ),
+    ),
+    ("tenants", "list"): _simple(
+        "ListTenants", lambda pb, a: pb.ListTenantsRequest(), _show_tenants
+    ),
+    ("tenants", "create"): _simple(
+        "CreateTenant",
+        lambda pb, a: pb.CreateTenantRequest(tenant=a.tenant, name=a.name or ""),
+        _show_tenants,
+    ),
+    ("tenants", "disable"): _simple(
+        "SetTenantEnabled",
+        lambda pb, a: pb.SetTenantEnabledRequest(tenant=a.tenant, enabled=False),
+        _show_tenants,
+    ),
+    ("tenants", "enable"): _simple(
+        "SetTenantEnabled",
+        lambda pb, a: pb.SetTenantEnabledRequest(tenant=a.tenant, enabled=True),
+        _show_tenants,
+    ),
+    ("keys", "issue"): _simple(
+        "IssueApiKey", lambda pb, a: pb.IssueApiKeyRequest(tenant=a.tenant), _show_key
+    ),
+    ("keys", "revoke"): _simple(
+        "RevokeApiKey",
+        lambda pb, a: pb.RevokeApiKeyRequest(tenant=a.tenant, key_id=a.key_id),
+        _show_tenants,
+    ),
+    ("regions", "list"): _simple(
+        "ListRegions",
+        lambda pb, a: pb.ListRegionsRequest(),
+        lambda r: _table(
+            "regions / 区域",
+            ["region", "description", "created"],
+            [(x.id, x.description, _when(x.created_at)) for x in r.regions],
+        ),
+    ),
+    ("regions", "create"): _simple(
+        "CreateRegion",
+        lambda pb, a: pb.CreateRegionRequest(region=a.region, description=a.description or ""),
+        lambda r: print(f"region {r.id}"),
+    ),
+    ("config", "put"): _simple(
+        "PutConfig",
+        lambda pb, a: pb.PutConfigRequest(
+            tenant=a.tenant, yaml=_read_text(a.file), comment=a.comment or ""
+        ),
+        _show_configs,
+    ),
+    ("config", "list"): _simple(
+        "ListConfigs", lambda pb, a: pb.ListConfigsRequest(tenant=a.tenant), _show_configs
+    ),
+    ("config", "show"): _simple(
+        "GetConfig",
+        lambda pb, a: pb.GetConfigRequest(tenant=a.tenant, version=a.version or 0),
+        lambda r: print(r.yaml, end=""),
+    ),
+    ("config", "diff"): _simple(
+        "DiffConfig",
+        lambda pb, a: pb.DiffConfigRequest(
+            tenant=a.tenant, from_version=a.from_version, to_version=a.to_version or 0
+        ),
+        lambda r: print(
+            r.unified_diff or "(no difference / 无差异)", end="" if r.unified_diff else "\n"
+        ),
+    ),
+    ("config", "rollback"): _simple(
+        "RollbackConfig",
+        lambda pb, a: pb.RollbackConfigRequest(tenant=a.tenant, version=a.version),
+        _show_configs,
+    ),
+    ("model", "publish"): _simple("PublishModel", _publish, _show_models),
+    ("model", "list"): _simple(
+        "ListModels", lambda pb, a: pb.ListModelsRequest(name=a.name or ""), _show_models
+    ),
+    ("model", "show"): _simple(
+        "GetModel", lambda pb, a: pb.GetModelRequest(ref=a.ref), _show_models
+    ),
+    ("assign",): _simple("Assign", _assign, _show_assignments),
+    ("assignments",): _simple(
+        "ListAssignments",
+        lambda pb, a: pb.ListAssignmentsRequest(tenant=a.tenant or ""),
+        _show_assignments,
+    ),
+    ("nodes",): _simple(
+        "ListNodes", lambda pb, a: pb.ListNodesRequest(region=a.region or ""), _show_nodes
+    ),
+    ("audit",): _simple(
+        "QueryAudit",
+        lambda pb, a: pb.QueryAuditRequest(tenant=a.tenant or "", limit=a.limit),
+        _show_audit,
+    ),
+    ("telemetry",): _simple(
+        "QueryTelemetry",
+        lambda pb, a: pb.QueryTelemetryRequest(tenant=a.tenant or "", since_s=a.since, bucket_s=60),
+        _show_telemetry,
+    ),
+}
+
+
+def _add_args(path: tuple[str, ...], p: argparse.ArgumentParser) -> None:
+    if path in (
+        ("tenants", "create"),
+        ("tenants", "disable"),
+        ("tenants", "enable"),
+        ("keys", "issue"),
+    ):
+        p.add_argument("tenant")
+    if path == ("tenants", "create"):
+        p.add_argument("--name")
+    if path == ("keys", "revoke"):
+        p.add_argument("tenant")
+        p.add_argument("key_id")
+    if path == ("regions", "create"):
+        p.add_argument("region")
+        p.add_argument("--description")
+    if path == ("config", "put"):
+        p.add_argument("tenant")
+        p.add_argument("file", help="tenant YAML")
+        p.add_argument("--comment")
+    if path in (("config", "list"),):
+        p.add_argument("tenant")
+    if path == ("config", "show"):
+        p.add_argument("tenant")
+        p.add_argument("--version", type=int, help="default: current")
+    if path == ("config", "diff"):
+        p.add_argument("tenant")
+        p.add_argument("from_version", type=int)
+        p.add_argument("to_version", type=int, nargs="?", help="default: current")
+    if path == ("config", "rollback"):
+        p.add_argument("tenant")
+        p.add_argument("version", type=int)
+    if path == ("model", "publish"):
+        p.add_argument("bundle", help="bundle directory, or name / name@version in the local store")
+        p.add_argument("--data-dir")
+    if path == ("model", "list"):
+        p.add_argument("--name")
+    if path == ("model", "show"):
+        p.add_argument("ref", help="name@version, or name for the newest")
+    if path == ("assign",):
+        p.add_argument("tenant")
+        p.add_argument("region")
+        p.add_argument("--intent", help="intent model: name or name@version")
+        p.add_argument("--sentiment", help="sentiment model: name or name@version")
+        p.add_argument("--encoder", help="sentence encoder: name or name@version")
+        p.add_argument(
+            "--config-version", type=int, help="pin a config version (0 = follow current)"
+        )
+        p.add_argument(
+            "--scenario-model", action="append", help="SCENARIO:SLOT=MODEL@VERSION (repeatable)"
+        )
+    if path in (("assignments",), ("audit",), ("telemetry",)):
+        p.add_argument("--tenant")
+    if path == ("audit",):
+        p.add_argument("--limit", type=int, default=50)
+    if path == ("telemetry",):
+        p.add_argument("--since", type=float, default=3600.0, help="look back this many seconds")
+    if path == ("nodes",):
+        p.add_argument("--region")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("control-plane", help="the central control plane (serve a replica)")
+    rv = r.add_subparsers(dest="verb", required=True, metavar="VERB")
+    run = rv.add_parser("run", help="serve the control-plane gRPC API over NATS JetStream")
+    run.add_argument("--nats", default=DEFAULT_NATS, help="NATS URL (default %(default)s)")
+    run.add_argument("--nats-creds", help="JSON credentials file (url, user, password)")
+    run.add_argument("--listen", default=DEFAULT_CP, help="gRPC address (default %(default)s)")
+    run.add_argument("--replica", help="replica id (default: cp-<hostname>)")
+    run.add_argument("--data-dir", help="for trusted keys (default: $KEFU_DATA_DIR or ./kefu-data)")
+    run.add_argument("--trust", action="append", default=[], help="extra trusted public key file")
+    run.set_defaults(handler=cmd_run)
+
+    cp = sub.add_parser(
+        "cp", help="manage tenants, configs, models, assignments (control-plane CLI)"
+    )
+    cp.add_argument(
+        "--target", default=DEFAULT_CP, help="control plane address (default %(default)s)"
+    )
+    cp.add_argument("--json", action="store_true", help="machine-readable output")
+    cp.add_argument("--actor", help="your name in the audit log (default: $USER)")
+    cp.add_argument("--timeout", type=float, default=30.0)
+    verbs = cp.add_subparsers(dest="cp_verb", required=True, metavar="VERB")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for path, spec in VERBS.items():
+        if len(path) == 1:
+            p = verbs.add_parser(path[0])
+        else:
+            if path[0] not in groups:
+                g = verbs.add_parser(path[0])
+                groups[path[0]] = g.add_subparsers(
+                    dest=f"{path[0]}_verb", required=True, metavar="VERB"
+                )
+            p = groups[path[0]].add_parser(path[1])
+        _add_args(path, p)
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+        p.set_defaults(handler=cmd_cp, build=spec["build"], show=spec["show"])

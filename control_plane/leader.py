@@ -1,0 +1,123 @@
+"""Leader election: one lease in a key-value bucket, taken and renewed by compare-and-set.
+
+Every replica runs :class:`LeaderLease`. Each step reads the lease; the pure
+:func:`decide_lease` says what to write: create it (none yet), renew it (ours), take it over
+(expired), or nothing (someone else's, still valid). Writes are ``kv_update(last=revision)``,
+so of two replicas racing for an expired lease exactly one wins; the loser sees
+:class:`~kefu.bus.Conflict` and stays a follower. A leader that cannot renew before its own
+expiry steps down on its own (no split brain while partitioned). Expiry uses wall clocks, so
+replicas' clocks must agree to well within the TTL (NTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from kefu.bus import Bus, BusUnavailable, Conflict, NotFound, cancel_and_wait
+from kefu.wire import BUCKET_LEADER, LEASE_KEY, Lease, WireError, decode, encode
+
+__all__ = ["LeaderLease", "decide_lease"]
+
+log = logging.getLogger("kefu.control_plane.leader")
+
+
+def decide_lease(current: Lease | None, me: str, now: float, ttl_s: float) -> Lease | None:
+    """The lease to write, or None to leave it alone (a valid lease held by another)."""
+    if current is None:
+        return Lease(holder=me, expires_at=now + ttl_s, term=1)
+    if current.holder == me:
+        return Lease(holder=me, expires_at=now + ttl_s, term=current.term)
+    if current.expires_at <= now:
+        return Lease(holder=me, expires_at=now + ttl_s, term=current.term + 1)
+    return None
+
+
+class LeaderLease:
+    def __init__(
+        self,
+        bus: Bus,
+        me: str,
+        *,
+        ttl_s: float = 6.0,
+        on_change: Callable[[bool], None] | None = None,
+    ):
+        self.bus = bus
+        self.me = me
+        self.ttl_s = ttl_s
+        self.renew_s = ttl_s / 3
+        self.on_change = on_change
+        self.holder = ""
+        self.term = 0
+        self._valid_until = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        # Our own expiry, not the last write's success: a partitioned leader steps down in time.
+        return self.holder == self.me and time.time() < self._valid_until
+
+    async def step(self) -> bool:
+        was = self.is_leader
+        try:
+            entry = await self.bus.kv_get(BUCKET_LEADER, LEASE_KEY)
+            current = None
+            if entry is not None:
+                try:
+                    current = decode(Lease, entry.value, what="leader lease")
+                except WireError:
+                    current = None  # garbage: overwrite it via CAS on its revision
+            now = time.time()
+            want = decide_lease(current, self.me, now, self.ttl_s)
+            if want is None:
+                assert current is not None
+                self.holder, self.term = current.holder, current.term
+            else:
+                if entry is None:
+                    await self.bus.kv_create(BUCKET_LEADER, LEASE_KEY, encode(want))
+                else:
+                    await self.bus.kv_update(
+                        BUCKET_LEADER, LEASE_KEY, encode(want), last=entry.revision
+                    )
+                self.holder, self.term = want.holder, want.term
+                self._valid_until = now + self.ttl_s - self.renew_s / 2
+        except Conflict:
+            pass  # another replica wrote first; next step reads who
+        except (BusUnavailable, NotFound) as exc:
+            log.warning("leader lease: %s", exc)
+        now_leader = self.is_leader
+        if now_leader != was:
+            log.info(
+                "%s is %s (term %d)", self.me, "leader" if now_leader else "follower", self.term
+            )
+            if self.on_change is not None:
+                self.on_change(now_leader)
+        return now_leader
+
+    async def run(self) -> None:
+        while True:
+            await self.step()
+            await asyncio.sleep(self.renew_s)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name=f"kefu-lease-{self.me}")
+
+    async def stop(self, *, release: bool = True) -> None:
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+            self._task = None
+        if release and self.is_leader:
+            # Hand over quickly: expire our lease instead of making followers wait the TTL.
+            with contextlib.suppress(BusUnavailable, Conflict, NotFound):
+                entry = await self.bus.kv_get(BUCKET_LEADER, LEASE_KEY)
+                if entry is not None:
+                    gone = Lease(holder=self.me, expires_at=0.0, term=self.term)
+                    await self.bus.kv_update(
+                        BUCKET_LEADER, LEASE_KEY, encode(gone), last=entry.revision
+                    )
+        self.holder = ""
+        self._valid_until = 0.0

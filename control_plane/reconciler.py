@@ -1,0 +1,164 @@
+"""The leader's reconciler: keeps every region's desired-state bucket equal to the assignments.
+
+Gathers inputs from the bus, asks the pure :func:`.desired.plan_desired` what to change, and
+writes it. Triggered by a watch on the registry and assignment buckets (so a write through any
+replica is seen), by :meth:`kick` after a local write, and every ``period_s`` as a safety net.
+A restarted leader simply plans again from the buckets: nothing is remembered in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from kefu.bus import Bus, BusUnavailable, NotFound, cancel_and_wait, snapshot
+from kefu.control_plane.desired import (
+    DeleteDesired,
+    DesiredInputs,
+    PutDesired,
+    plan_desired,
+)
+from kefu.errors import KefuError
+from kefu.wire import (
+    BUCKET_ASSIGNMENTS,
+    BUCKET_CONFIGS,
+    BUCKET_MODELS,
+    BUCKET_REGISTRY,
+    Assignment,
+    ConfigVersion,
+    DesiredTenant,
+    ModelVersion,
+    RegionRecord,
+    TenantRecord,
+    config_key,
+    decode,
+    desired_bucket,
+    encode,
+)
+
+__all__ = ["DesiredReconciler", "gather_inputs"]
+
+log = logging.getLogger("kefu.control_plane.reconciler")
+
+
+async def gather_inputs(bus: Bus) -> tuple[DesiredInputs, list[str]]:
+    """Everything plan_desired needs, and the known regions."""
+    registry = await snapshot(bus, BUCKET_REGISTRY)
+    tenants: dict[str, TenantRecord] = {}
+    regions: set[str] = set()
+    for key, e in registry.items():
+        if key.startswith("tenant."):
+            t = decode(TenantRecord, e.value)
+            tenants[t.id] = t
+        elif key.startswith("region."):
+            regions.add(decode(RegionRecord, e.value).id)
+    assignments = [
+        decode(Assignment, e.value) for e in (await snapshot(bus, BUCKET_ASSIGNMENTS)).values()
+    ]
+    configs: dict[tuple[str, int], ConfigVersion] = {}
+    for a in assignments:
+        owner = tenants.get(a.tenant)
+        if owner is None:
+            continue
+        version = a.config_version or owner.current_config
+        if (a.tenant, version) not in configs and version:
+            found = await bus.kv_get(BUCKET_CONFIGS, config_key(a.tenant, version))
+            if found is not None:
+                configs[(a.tenant, version)] = decode(ConfigVersion, found.value)
+        regions.add(a.region)
+    models = {}
+    for e in (await snapshot(bus, BUCKET_MODELS)).values():
+        mv = decode(ModelVersion, e.value)
+        models[f"{mv.name}@{mv.version}"] = mv
+    inputs = DesiredInputs(tenants=tenants, assignments=assignments, configs=configs, models=models)
+    return inputs, sorted(regions)
+
+
+class DesiredReconciler:
+    def __init__(self, bus: Bus, *, period_s: float = 10.0):
+        self.bus = bus
+        self.period_s = period_s
+        self._kick = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.runs = 0
+        self.writes = 0
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    async def run_once(self) -> int:
+        """One reconcile pass; returns the number of documents written or deleted."""
+        inputs, regions = await gather_inputs(self.bus)
+        current: dict[tuple[str, str], str] = {}
+        for region in regions:
+            bucket = desired_bucket(region)
+            await self.bus.ensure_kv(bucket, history=16)
+            for tenant, e in (await snapshot(self.bus, bucket)).items():
+                try:
+                    current[(region, tenant)] = decode(DesiredTenant, e.value).fingerprint()
+                except KefuError:
+                    current[(region, tenant)] = ""  # unreadable: rewrite it
+        actions = plan_desired(inputs, current)
+        for action in actions:
+            bucket = desired_bucket(action.region)
+            if isinstance(action, PutDesired):
+                await self.bus.kv_put(bucket, action.tenant, encode(action.doc))
+                log.info(
+                    "desired %s/%s → config v%d, models %s",
+                    action.region,
+                    action.tenant,
+                    action.doc.config_version,
+                    ", ".join(b.ref for b in action.doc.models.values()),
+                )
+            elif isinstance(action, DeleteDesired):
+                with contextlib.suppress(NotFound):
+                    await self.bus.kv_delete(bucket, action.tenant)
+        self.runs += 1
+        self.writes += len(actions)
+        return len(actions)
+
+    async def _loop(self) -> None:
+        backoff = 0.5
+        while True:
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # races with the kick, and stop() would then wait forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.period_s):
+                    await self._kick.wait()
+            self._kick.clear()
+            try:
+                await self.run_once()
+                backoff = 0.5
+            except (BusUnavailable, KefuError) as exc:
+                log.warning("reconcile failed, retrying in %.1fs: %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                self._kick.set()
+
+    async def _watch(self, bucket: str) -> None:
+        """Kick on every change of ``bucket``; re-create the watcher with backoff on errors."""
+        backoff = 0.5
+        while True:
+            try:
+                async for _ in self.bus.kv_watch(bucket):
+                    self._kick.set()
+                    backoff = 0.5
+            except (BusUnavailable, NotFound) as exc:
+                log.info("watch %s ended (%s); re-creating in %.1fs", bucket, exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    def start(self) -> None:
+        if self._tasks:
+            return
+        self._kick.set()
+        self._tasks = [
+            asyncio.create_task(self._loop(), name="kefu-reconcile"),
+            asyncio.create_task(self._watch(BUCKET_ASSIGNMENTS), name="kefu-watch-assign"),
+            asyncio.create_task(self._watch(BUCKET_REGISTRY), name="kefu-watch-registry"),
+        ]
+
+    async def stop(self) -> None:
+        await cancel_and_wait(*self._tasks)
+        self._tasks = []

@@ -1,0 +1,396 @@
+"""The :class:`~kefu.bus.Bus` over NATS JetStream (nats-py ≥ 2.14).
+
+Thin on purpose: every nats-py exception is translated at this edge (``Conflict`` for a lost
+compare-and-set, ``NotFound``, ``BusUnavailable`` for anything a retry may fix, including a
+permission violation, which the server reports asynchronously). Known pitfalls handled here:
+``kv.update`` is always given ``last``; ``object_store.get`` always streams into a file
+(``writeinto=``), since without it nats-py concatenates chunks quadratically; watchers end
+with ``BusUnavailable`` after a reconnect so their owners re-create them (with backoff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+from kefu.bus import BusUnavailable, Conflict, KvEntry, NotFound, ObjectInfo, StreamMessage
+
+__all__ = ["NatsBus", "NatsOptions"]
+
+log = logging.getLogger("kefu.natsbus")
+
+_T = TypeVar("_T")
+_OBJ_DIGEST_PREFIX = "SHA-256="
+
+
+@dataclass(kw_only=True)
+class NatsOptions:
+    servers: list[str]
+    user: str | None = None
+    password: str | None = None
+    name: str = "kefu"
+    #: Per-client inbox prefix so subject permissions can keep replies private.
+    inbox_prefix: str = "_INBOX"
+    #: Timeout of every request (KV get/put, stream info …).
+    timeout_s: float = 5.0
+    connect_timeout_s: float = 2.0
+    reconnect_wait_s: float = 1.0
+
+
+class NatsBus:
+    """One NATS connection with JetStream; create with :meth:`connect`."""
+
+    def __init__(self, nc: Any, options: NatsOptions):
+        self.nc = nc
+        self.js = nc.jetstream(timeout=options.timeout_s)
+        self.options = options
+        self._kv: dict[str, Any] = {}
+        self._obj: dict[str, Any] = {}
+        #: Bumped on every reconnect; watchers created under an older generation end.
+        self.generation = 0
+        self.last_error = ""
+        self.closing = False
+
+    @classmethod
+    async def connect(cls, options: NatsOptions) -> NatsBus:
+        holder: dict[str, NatsBus] = {}
+
+        async def on_error(exc: Exception) -> None:
+            if (bus := holder.get("bus")) is not None:
+                bus.last_error = str(exc)
+            log.warning("nats: %s", exc)
+
+        async def on_reconnect() -> None:
+            if (bus := holder.get("bus")) is not None:
+                bus.generation += 1
+                log.info("nats: reconnected")
+
+        async def on_disconnect() -> None:
+            bus = holder.get("bus")
+            if bus is None or not bus.closing:
+                log.warning("nats: disconnected; reconnecting in the background")
+
+        try:
+            nc = await nats.connect(
+                servers=options.servers,
+                user=options.user,
+                password=options.password,
+                name=options.name,
+                inbox_prefix=options.inbox_prefix,
+                connect_timeout=options.connect_timeout_s,
+                reconnect_time_wait=options.reconnect_wait_s,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                error_cb=on_error,
+                reconnected_cb=on_reconnect,
+                disconnected_cb=on_disconnect,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            where = ", ".join(options.servers)
+            raise BusUnavailable(
+                f"cannot connect to NATS at {where}: {exc or type(exc).__name__} / 无法连接 NATS"
+            ) from exc
+        bus = cls(nc, options)
+        holder["bus"] = bus
+        return bus
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[_T]]) -> _T:
+        try:
+            return await fn()
+        except asyncio.CancelledError:
+            raise
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise Conflict(f"{what}: changed concurrently / 并发修改冲突") from exc
+        except (
+            nats.js.errors.BucketNotFoundError,
+            nats.js.errors.ObjectNotFoundError,
+            nats.js.errors.NotFoundError,
+        ) as exc:
+            raise NotFound(f"{what}: not found / 不存在") from exc
+        except nats.js.errors.APIError as exc:
+            if getattr(exc, "err_code", None) in (10071, 10164):
+                raise Conflict(f"{what}: changed concurrently / 并发修改冲突") from exc
+            if getattr(exc, "code", None) == 404:
+                raise NotFound(f"{what}: not found / 不存在") from exc
+            raise BusUnavailable(f"{what}: {exc}") from exc
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            detail = self.last_error if "ermission" in self.last_error else str(exc)
+            raise BusUnavailable(f"{what}: {detail or type(exc).__name__}") from exc
+
+    # -- setup
+
+    async def ensure_kv(self, bucket: str, *, history: int = 1) -> None:
+        async def go() -> None:
+            self._kv[bucket] = await self.js.create_key_value(
+                bucket=bucket, history=history, direct=True
+            )
+
+        await self._call(f"create bucket {bucket}", go)
+
+    async def ensure_objects(self, bucket: str) -> None:
+        async def go() -> None:
+            self._obj[bucket] = await self.js.create_object_store(bucket)
+
+        await self._call(f"create object store {bucket}", go)
+
+    async def ensure_stream(
+        self, name: str, subjects: list[str], *, max_age_s: float = 0, max_msgs: int = -1
+    ) -> None:
+        cfg = api.StreamConfig(
+            name=name,
+            subjects=subjects,
+            max_age=max_age_s or None,
+            max_msgs=max_msgs,
+            storage=api.StorageType.FILE,
+        )
+
+        async def go() -> None:
+            try:
+                await self.js.add_stream(cfg)
+            except nats.js.errors.BadRequestError:
+                await self.js.update_stream(cfg)
+
+        await self._call(f"create stream {name}", go)
+
+    async def _bucket(self, bucket: str) -> Any:
+        kv = self._kv.get(bucket)
+        if kv is None:
+
+            async def go() -> Any:
+                return await self.js.key_value(bucket)
+
+            kv = self._kv[bucket] = await self._call(f"bucket {bucket}", go)
+        return kv
+
+    async def _store(self, bucket: str) -> Any:
+        obs = self._obj.get(bucket)
+        if obs is None:
+
+            async def go() -> Any:
+                return await self.js.object_store(bucket)
+
+            obs = self._obj[bucket] = await self._call(f"object store {bucket}", go)
+        return obs
+
+    # -- key-value
+
+    async def kv_get(self, bucket: str, key: str) -> KvEntry | None:
+        kv = await self._bucket(bucket)
+
+        async def go() -> KvEntry | None:
+            try:
+                e = await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                return None
+            return KvEntry(key=key, value=e.value or b"", revision=e.revision)
+
+        return await self._call(f"get {bucket}/{key}", go)
+
+    async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
+        kv = await self._bucket(bucket)
+        return await self._call(f"put {bucket}/{key}", lambda: kv.put(key, value))
+
+    async def kv_create(self, bucket: str, key: str, value: bytes) -> int:
+        kv = await self._bucket(bucket)
+        return await self._call(f"create {bucket}/{key}", lambda: kv.create(key, value))
+
+    async def kv_update(self, bucket: str, key: str, value: bytes, *, last: int) -> int:
+        kv = await self._bucket(bucket)
+        # `last` is never None here: nats-py treats a missing last as "must not exist".
+        return await self._call(f"update {bucket}/{key}", lambda: kv.update(key, value, last=last))
+
+    async def kv_delete(self, bucket: str, key: str) -> None:
+        kv = await self._bucket(bucket)
+        await self._call(f"delete {bucket}/{key}", lambda: kv.delete(key))
+
+    async def kv_keys(self, bucket: str, pattern: str = ">") -> list[str]:
+        out: list[str] = []
+        async for e in self._watch(bucket, pattern, meta_only=True, once=True):
+            if e is not None and not e.deleted:
+                out.append(e.key)
+        return sorted(out)
+
+    async def kv_history(self, bucket: str, key: str) -> list[KvEntry]:
+        kv = await self._bucket(bucket)
+
+        async def go() -> list[KvEntry]:
+            try:
+                entries = await kv.history(key)
+            except nats.js.errors.NoKeysError:
+                return []
+            return [_entry(e) for e in entries]
+
+        return await self._call(f"history {bucket}/{key}", go)
+
+    def kv_watch(self, bucket: str, pattern: str = ">") -> AsyncIterator[KvEntry | None]:
+        return self._watch(bucket, pattern)
+
+    async def _watch(
+        self, bucket: str, pattern: str, *, meta_only: bool = False, once: bool = False
+    ) -> AsyncIterator[KvEntry | None]:
+        kv = await self._bucket(bucket)
+        generation = self.generation
+        watcher = await self._call(
+            f"watch {bucket}/{pattern}", lambda: kv.watch(pattern, meta_only=meta_only)
+        )
+        try:
+            while True:
+                try:
+                    e = await watcher.updates(timeout=1.0)
+                except nats.errors.TimeoutError:
+                    if self.generation != generation or not self.connected:
+                        raise BusUnavailable(
+                            f"watch {bucket}/{pattern}: connection lost; re-create the watcher"
+                        ) from None
+                    continue
+                if e is None:
+                    yield None
+                    if once:
+                        return
+                    continue
+                if not hasattr(e, "key"):  # the watcher's stop sentinel
+                    return
+                yield _entry(e)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+    # -- objects
+
+    async def obj_put(self, bucket: str, name: str, data: bytes) -> ObjectInfo:
+        obs = await self._store(bucket)
+        await self._call(f"put object {bucket}/{name}", lambda: obs.put(name, data))
+        return ObjectInfo(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    async def obj_get(self, bucket: str, name: str, dest: Path) -> ObjectInfo:
+        obs = await self._store(bucket)
+
+        async def go() -> ObjectInfo:
+            with dest.open("wb") as fh:
+                res = await obs.get(name, writeinto=fh)
+            return _obj_info(res.info)
+
+        return await self._call(f"get object {bucket}/{name}", go)
+
+    async def obj_info(self, bucket: str, name: str) -> ObjectInfo | None:
+        obs = await self._store(bucket)
+
+        async def go() -> ObjectInfo | None:
+            try:
+                return _obj_info(await obs.get_info(name))
+            except nats.js.errors.ObjectNotFoundError:
+                return None
+
+        return await self._call(f"object info {bucket}/{name}", go)
+
+    # -- streams
+
+    async def publish(self, subject: str, data: bytes, *, msg_id: str = "") -> int:
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+
+        async def go() -> int:
+            ack = await self.js.publish(subject, data, headers=headers)
+            return int(ack.seq)
+
+        return await self._call(f"publish {subject}", go)
+
+    async def stream_read(
+        self,
+        stream: str,
+        subject: str = ">",
+        *,
+        since: float = 0.0,
+        since_seq: int = 0,
+        limit: int = 10_000,
+    ) -> list[StreamMessage]:
+        out: deque[StreamMessage] = deque(maxlen=limit or None)
+
+        async def go() -> None:
+            if since_seq:
+                cfg = api.ConsumerConfig(
+                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=since_seq
+                )
+            elif since:
+                cfg = api.ConsumerConfig(
+                    deliver_policy=api.DeliverPolicy.BY_START_TIME,
+                    opt_start_time=datetime.fromtimestamp(since, UTC),
+                )
+            else:
+                cfg = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
+            sub = await self.js.subscribe(subject, stream=stream, ordered_consumer=True, config=cfg)
+            try:
+                info = await sub.consumer_info()
+                if info.num_pending == 0 and sub.delivered == 0:
+                    return
+                while True:
+                    msg = await sub.next_msg(timeout=self.options.timeout_s)
+                    md = msg.metadata
+                    out.append(
+                        StreamMessage(
+                            subject=msg.subject,
+                            data=msg.data,
+                            seq=md.sequence.stream,
+                            time=md.timestamp.timestamp(),
+                        )
+                    )
+                    if md.num_pending == 0:
+                        return
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+        await self._call(f"read stream {stream}", go)
+        return list(out)
+
+    async def close(self) -> None:
+        # Not wait_for: nats-py's close can ignore a cancellation, and wait_for would then wait
+        # for it forever. Give it 5 s, then abandon it.
+        self.closing = True
+        task = asyncio.ensure_future(self.nc.close())
+        done, _ = await asyncio.wait({task}, timeout=5.0)
+        if not done:
+            task.cancel()
+            log.warning("nats: close did not finish in 5 s; abandoned")
+        elif not task.cancelled() and task.exception() is not None:
+            log.debug("nats: close: %s", task.exception())
+
+
+def _entry(e: Any) -> KvEntry:
+    created = e.created.timestamp() if hasattr(e.created, "timestamp") else time.time()
+    return KvEntry(
+        key=e.key,
+        value=e.value or b"",
+        revision=int(e.revision or 0),
+        created=created,
+        deleted=e.operation in ("DEL", "PURGE"),
+    )
+
+
+def _obj_info(info: Any) -> ObjectInfo:
+    d = (info.digest or "").removeprefix(_OBJ_DIGEST_PREFIX).removeprefix("sha-256=")
+    try:
+        hexd = base64.urlsafe_b64decode(d).hex()
+    except ValueError:
+        hexd = ""
+    return ObjectInfo(name=info.name, size=int(info.size or 0), sha256=hexd)

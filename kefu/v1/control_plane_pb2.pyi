@@ -1,0 +1,508 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ApiKey(_message.Message):
+    __slots__ = ("id", "created_at", "revoked")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    created_at: float
+    revoked: bool
+    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[float] = ..., revoked: _Optional[bool] = ...) -> None: ...
+
+class Tenant(_message.Message):
+    __slots__ = ("id", "name", "enabled", "created_at", "current_config", "api_keys")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    API_KEYS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    enabled: bool
+    created_at: float
+    current_config: int
+    api_keys: _containers.RepeatedCompositeFieldContainer[ApiKey]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., enabled: _Optional[bool] = ..., created_at: _Optional[float] = ..., current_config: _Optional[int] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ...) -> None: ...
+
+class CreateTenantRequest(_message.Message):
+    __slots__ = ("tenant", "name")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    name: str
+    def __init__(self, tenant: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class SetTenantEnabledRequest(_message.Message):
+    __slots__ = ("tenant", "enabled")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    enabled: bool
+    def __init__(self, tenant: _Optional[str] = ..., enabled: _Optional[bool] = ...) -> None: ...
+
+class ListTenantsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTenantsReply(_message.Message):
+    __slots__ = ("tenants",)
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    tenants: _containers.RepeatedCompositeFieldContainer[Tenant]
+    def __init__(self, tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ...) -> None: ...
+
+class IssueApiKeyRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class IssueApiKeyReply(_message.Message):
+    __slots__ = ("key_id", "key")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    key: str
+    def __init__(self, key_id: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class RevokeApiKeyRequest(_message.Message):
+    __slots__ = ("tenant", "key_id")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    key_id: str
+    def __init__(self, tenant: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class Region(_message.Message):
+    __slots__ = ("id", "description", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    description: str
+    created_at: float
+    def __init__(self, id: _Optional[str] = ..., description: _Optional[str] = ..., created_at: _Optional[float] = ...) -> None: ...
+
+class CreateRegionRequest(_message.Message):
+    __slots__ = ("region", "description")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    description: str
+    def __init__(self, region: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class ListRegionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRegionsReply(_message.Message):
+    __slots__ = ("regions",)
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    regions: _containers.RepeatedCompositeFieldContainer[Region]
+    def __init__(self, regions: _Optional[_Iterable[_Union[Region, _Mapping]]] = ...) -> None: ...
+
+class ConfigVersion(_message.Message):
+    __slots__ = ("tenant", "version", "yaml", "digest", "author", "comment", "created_at", "rollback_of")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    YAML_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_OF_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    version: int
+    yaml: str
+    digest: str
+    author: str
+    comment: str
+    created_at: float
+    rollback_of: int
+    def __init__(self, tenant: _Optional[str] = ..., version: _Optional[int] = ..., yaml: _Optional[str] = ..., digest: _Optional[str] = ..., author: _Optional[str] = ..., comment: _Optional[str] = ..., created_at: _Optional[float] = ..., rollback_of: _Optional[int] = ...) -> None: ...
+
+class PutConfigRequest(_message.Message):
+    __slots__ = ("tenant", "yaml", "comment")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    YAML_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    yaml: str
+    comment: str
+    def __init__(self, tenant: _Optional[str] = ..., yaml: _Optional[str] = ..., comment: _Optional[str] = ...) -> None: ...
+
+class ListConfigsRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class ListConfigsReply(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[ConfigVersion]
+    def __init__(self, versions: _Optional[_Iterable[_Union[ConfigVersion, _Mapping]]] = ...) -> None: ...
+
+class GetConfigRequest(_message.Message):
+    __slots__ = ("tenant", "version")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    version: int
+    def __init__(self, tenant: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class DiffConfigRequest(_message.Message):
+    __slots__ = ("tenant", "from_version", "to_version")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    from_version: int
+    to_version: int
+    def __init__(self, tenant: _Optional[str] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ...) -> None: ...
+
+class DiffConfigReply(_message.Message):
+    __slots__ = ("unified_diff",)
+    UNIFIED_DIFF_FIELD_NUMBER: _ClassVar[int]
+    unified_diff: str
+    def __init__(self, unified_diff: _Optional[str] = ...) -> None: ...
+
+class RollbackConfigRequest(_message.Message):
+    __slots__ = ("tenant", "version")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    version: int
+    def __init__(self, tenant: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("name", "version", "task", "family", "labels", "size", "sha256", "signer", "created_at", "metrics", "published_at", "published_by")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_BY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    task: str
+    family: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    size: int
+    sha256: str
+    signer: str
+    created_at: str
+    metrics: _containers.ScalarMap[str, float]
+    published_at: float
+    published_by: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., family: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., signer: _Optional[str] = ..., created_at: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., published_at: _Optional[float] = ..., published_by: _Optional[str] = ...) -> None: ...
+
+class PublishModelRequest(_message.Message):
+    __slots__ = ("packed_bundle",)
+    PACKED_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    packed_bundle: bytes
+    def __init__(self, packed_bundle: _Optional[bytes] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListModelsReply(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("ref",)
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    def __init__(self, ref: _Optional[str] = ...) -> None: ...
+
+class ScenarioModels(_message.Message):
+    __slots__ = ("models",)
+    class ModelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.ScalarMap[str, str]
+    def __init__(self, models: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("tenant", "region", "config_version", "models", "scenario_models", "updated_at", "updated_by")
+    class ModelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ScenarioModelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ScenarioModels
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ScenarioModels, _Mapping]] = ...) -> None: ...
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_MODELS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    region: str
+    config_version: int
+    models: _containers.ScalarMap[str, str]
+    scenario_models: _containers.MessageMap[str, ScenarioModels]
+    updated_at: float
+    updated_by: str
+    def __init__(self, tenant: _Optional[str] = ..., region: _Optional[str] = ..., config_version: _Optional[int] = ..., models: _Optional[_Mapping[str, str]] = ..., scenario_models: _Optional[_Mapping[str, ScenarioModels]] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ...) -> None: ...
+
+class AssignRequest(_message.Message):
+    __slots__ = ("tenant", "region", "models", "scenario_models", "config_version")
+    class ModelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ScenarioModelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ScenarioModels
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ScenarioModels, _Mapping]] = ...) -> None: ...
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_MODELS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    region: str
+    models: _containers.ScalarMap[str, str]
+    scenario_models: _containers.MessageMap[str, ScenarioModels]
+    config_version: int
+    def __init__(self, tenant: _Optional[str] = ..., region: _Optional[str] = ..., models: _Optional[_Mapping[str, str]] = ..., scenario_models: _Optional[_Mapping[str, ScenarioModels]] = ..., config_version: _Optional[int] = ...) -> None: ...
+
+class ListAssignmentsRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class ListAssignmentsReply(_message.Message):
+    __slots__ = ("assignments",)
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
+    def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
+
+class ObservedTenant(_message.Message):
+    __slots__ = ("tenant", "state", "config_version", "models", "error")
+    class ModelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    state: str
+    config_version: int
+    models: _containers.ScalarMap[str, str]
+    error: str
+    def __init__(self, tenant: _Optional[str] = ..., state: _Optional[str] = ..., config_version: _Optional[int] = ..., models: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class Node(_message.Message):
+    __slots__ = ("node_id", "region", "software_version", "providers", "gpu", "listen", "started_at", "heartbeat_at", "online", "tenants", "models_loaded", "telemetry_dropped", "telemetry_buffered")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    GPU_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_LOADED_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_BUFFERED_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    region: str
+    software_version: str
+    providers: _containers.RepeatedScalarFieldContainer[str]
+    gpu: bool
+    listen: str
+    started_at: float
+    heartbeat_at: float
+    online: bool
+    tenants: _containers.RepeatedCompositeFieldContainer[ObservedTenant]
+    models_loaded: _containers.RepeatedScalarFieldContainer[str]
+    telemetry_dropped: int
+    telemetry_buffered: int
+    def __init__(self, node_id: _Optional[str] = ..., region: _Optional[str] = ..., software_version: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., gpu: _Optional[bool] = ..., listen: _Optional[str] = ..., started_at: _Optional[float] = ..., heartbeat_at: _Optional[float] = ..., online: _Optional[bool] = ..., tenants: _Optional[_Iterable[_Union[ObservedTenant, _Mapping]]] = ..., models_loaded: _Optional[_Iterable[str]] = ..., telemetry_dropped: _Optional[int] = ..., telemetry_buffered: _Optional[int] = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ("region",)
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    def __init__(self, region: _Optional[str] = ...) -> None: ...
+
+class ListNodesReply(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[Node]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+
+class AuditEvent(_message.Message):
+    __slots__ = ("seq", "at", "actor", "action", "resource", "tenant", "before_digest", "after_digest", "detail")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    AFTER_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    at: float
+    actor: str
+    action: str
+    resource: str
+    tenant: str
+    before_digest: str
+    after_digest: str
+    detail: str
+    def __init__(self, seq: _Optional[int] = ..., at: _Optional[float] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., resource: _Optional[str] = ..., tenant: _Optional[str] = ..., before_digest: _Optional[str] = ..., after_digest: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class QueryAuditRequest(_message.Message):
+    __slots__ = ("tenant", "limit")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    limit: int
+    def __init__(self, tenant: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class QueryAuditReply(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ...) -> None: ...
+
+class TelemetryPoint(_message.Message):
+    __slots__ = ("at", "turns", "errors", "p95_ms")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    TURNS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    at: float
+    turns: int
+    errors: int
+    p95_ms: float
+    def __init__(self, at: _Optional[float] = ..., turns: _Optional[int] = ..., errors: _Optional[int] = ..., p95_ms: _Optional[float] = ...) -> None: ...
+
+class TelemetrySeries(_message.Message):
+    __slots__ = ("tenant", "scenario", "model_version", "turns", "errors", "mean_latency_ms", "p50_ms", "p95_ms", "fallback_rate", "handoff_rate", "mean_confidence", "feedback", "mean_rating", "corrected_accuracy", "points")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TURNS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_RATE_FIELD_NUMBER: _ClassVar[int]
+    HANDOFF_RATE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    MEAN_RATING_FIELD_NUMBER: _ClassVar[int]
+    CORRECTED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    scenario: str
+    model_version: str
+    turns: int
+    errors: int
+    mean_latency_ms: float
+    p50_ms: float
+    p95_ms: float
+    fallback_rate: float
+    handoff_rate: float
+    mean_confidence: float
+    feedback: int
+    mean_rating: float
+    corrected_accuracy: float
+    points: _containers.RepeatedCompositeFieldContainer[TelemetryPoint]
+    def __init__(self, tenant: _Optional[str] = ..., scenario: _Optional[str] = ..., model_version: _Optional[str] = ..., turns: _Optional[int] = ..., errors: _Optional[int] = ..., mean_latency_ms: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., fallback_rate: _Optional[float] = ..., handoff_rate: _Optional[float] = ..., mean_confidence: _Optional[float] = ..., feedback: _Optional[int] = ..., mean_rating: _Optional[float] = ..., corrected_accuracy: _Optional[float] = ..., points: _Optional[_Iterable[_Union[TelemetryPoint, _Mapping]]] = ...) -> None: ...
+
+class QueryTelemetryRequest(_message.Message):
+    __slots__ = ("tenant", "since_s", "bucket_s")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_S_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_S_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    since_s: float
+    bucket_s: float
+    def __init__(self, tenant: _Optional[str] = ..., since_s: _Optional[float] = ..., bucket_s: _Optional[float] = ...) -> None: ...
+
+class QueryTelemetryReply(_message.Message):
+    __slots__ = ("series", "nodes_reporting", "dropped")
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    NODES_REPORTING_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    series: _containers.RepeatedCompositeFieldContainer[TelemetrySeries]
+    nodes_reporting: int
+    dropped: int
+    def __init__(self, series: _Optional[_Iterable[_Union[TelemetrySeries, _Mapping]]] = ..., nodes_reporting: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ControlPlaneStatus(_message.Message):
+    __slots__ = ("replica", "leader", "is_leader", "software_version")
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    IS_LEADER_FIELD_NUMBER: _ClassVar[int]
+    SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    replica: str
+    leader: str
+    is_leader: bool
+    software_version: str
+    def __init__(self, replica: _Optional[str] = ..., leader: _Optional[str] = ..., is_leader: _Optional[bool] = ..., software_version: _Optional[str] = ...) -> None: ...

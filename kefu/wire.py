@@ -1,0 +1,374 @@
+"""The wire contract between the control plane and nodes: NATS names, key schema, documents.
+
+Desired state (what the central team wants) and observed state (what a node reports) travel as
+JSON documents validated by the pydantic models below, in JetStream key-value buckets:
+
+=========================  ===========================  =========================================
+bucket / stream            key / subject                document
+=========================  ===========================  =========================================
+``kefu_registry``          ``tenant.<tenant>``          :class:`TenantRecord`
+                           ``region.<region>``          :class:`RegionRecord`
+``kefu_configs``           ``<tenant>.<version:06d>``   :class:`ConfigVersion` (immutable)
+``kefu_models``            ``<name>.<version>``         :class:`ModelVersion` (immutable)
+``kefu_assignments``       ``<tenant>.<region>``        :class:`Assignment`
+``kefu_desired_<region>``  ``<tenant>``                 :class:`DesiredTenant` (compiled by the
+                                                        leader; what nodes of the region watch)
+``kefu_nodes``             ``<node id>``                :class:`NodeStatus` (heartbeat)
+``kefu_leader``            ``lease``                    :class:`Lease`
+object store ``kefu_bundles``  ``<name>@<version>``     packed, signed bundle (kefu.bundle.pack)
+stream ``KEFU_AUDIT``      ``kefu.audit.<tenant|_>``    :class:`AuditEvent`
+stream ``KEFU_TELEMETRY``  ``kefu.telemetry.<region>.<node>``  :class:`TelemetryBatch`
+=========================  ===========================  =========================================
+
+One desired bucket per region is what makes region isolation enforceable with plain NATS
+subject permissions: a node may read ``KV_kefu_desired_<its region>`` and nothing else.
+No document here carries conversation text (raw text never leaves its region).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kefu.errors import PermanentError
+
+__all__ = [
+    "BUCKET_ASSIGNMENTS",
+    "BUCKET_CONFIGS",
+    "BUCKET_LEADER",
+    "BUCKET_MODELS",
+    "BUCKET_NODES",
+    "BUCKET_REGISTRY",
+    "LATENCY_BOUNDS_MS",
+    "LEASE_KEY",
+    "OBJECT_BUNDLES",
+    "STREAM_AUDIT",
+    "STREAM_TELEMETRY",
+    "ApiKeyEntry",
+    "Assignment",
+    "AuditEvent",
+    "BundleRef",
+    "ConfigVersion",
+    "DesiredTenant",
+    "Lease",
+    "ModelVersion",
+    "NodeStatus",
+    "ObservedTenant",
+    "RegionRecord",
+    "TelemetryAggregate",
+    "TelemetryBatch",
+    "TenantRecord",
+    "WireError",
+    "assignment_key",
+    "audit_subject",
+    "bundle_object",
+    "check_id",
+    "config_key",
+    "decode",
+    "desired_bucket",
+    "digest",
+    "encode",
+    "model_key",
+    "telemetry_subject",
+]
+
+BUCKET_REGISTRY = "kefu_registry"
+BUCKET_CONFIGS = "kefu_configs"
+BUCKET_MODELS = "kefu_models"
+BUCKET_ASSIGNMENTS = "kefu_assignments"
+BUCKET_NODES = "kefu_nodes"
+BUCKET_LEADER = "kefu_leader"
+LEASE_KEY = "lease"
+OBJECT_BUNDLES = "kefu_bundles"
+STREAM_AUDIT = "KEFU_AUDIT"
+STREAM_TELEMETRY = "KEFU_TELEMETRY"
+#: Upper bounds of the telemetry latency histogram buckets (the last bucket is +inf).
+LATENCY_BOUNDS_MS = (5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
+
+# Tenant, region and node ids become NATS subject tokens and bucket names: keep them tame.
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+_T = TypeVar("_T", bound=BaseModel)
+
+
+class WireError(PermanentError):
+    """A document or identifier does not follow the wire contract."""
+
+
+def check_id(value: str, what: str = "id") -> str:
+    if not _ID_RE.match(value):
+        raise WireError(
+            f"invalid {what} {value!r}: 1-63 chars of a-z, 0-9, '_', '-' / "
+            f"{what} 无效：只能使用 1-63 个 a-z、0-9、'_'、'-' 字符"
+        )
+    return value
+
+
+def desired_bucket(region: str) -> str:
+    return f"kefu_desired_{check_id(region, 'region')}"
+
+
+def config_key(tenant: str, version: int) -> str:
+    return f"{tenant}.{version:06d}"
+
+
+def model_key(name: str, version: str) -> str:
+    return f"{name}.{version}"
+
+
+def bundle_object(name: str, version: str) -> str:
+    return f"{name}@{version}"
+
+
+def assignment_key(tenant: str, region: str) -> str:
+    return f"{tenant}.{region}"
+
+
+def audit_subject(tenant: str | None) -> str:
+    return f"kefu.audit.{tenant or '_'}"
+
+
+def telemetry_subject(region: str, node_id: str) -> str:
+    return f"kefu.telemetry.{region}.{node_id}"
+
+
+def digest(data: bytes | str | BaseModel | None) -> str:
+    """Short content digest (SHA-256, 16 hex) used in audit records and convergence checks."""
+    if data is None:
+        return ""
+    if isinstance(data, BaseModel):
+        data = data.model_dump_json()
+    if isinstance(data, str):
+        data = data.encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+class _Doc(BaseModel):
+    # Unknown fields are ignored so an older node reads a newer control plane's documents.
+    model_config = ConfigDict(extra="ignore")
+
+
+def encode(doc: BaseModel) -> bytes:
+    return doc.model_dump_json().encode()
+
+
+def decode(cls: type[_T], data: bytes, *, what: str = "document") -> _T:
+    try:
+        return cls.model_validate_json(data)
+    except ValueError as exc:
+        raise WireError(f"malformed {what}: {exc}") from exc
+
+
+def now() -> float:
+    return time.time()
+
+
+# ------------------------------------------------------------------------------ registry
+
+
+class ApiKeyEntry(_Doc):
+    id: str
+    sha256: str
+    created_at: float
+    revoked: bool = False
+
+
+class TenantRecord(_Doc):
+    id: str
+    name: str = ""
+    enabled: bool = True
+    created_at: float = Field(default_factory=now)
+    #: The config version new assignments follow (a put makes it current; a roll-back moves it).
+    current_config: int = 0
+    api_keys: list[ApiKeyEntry] = Field(default_factory=list)
+
+    def active_key_hashes(self) -> list[str]:
+        return sorted(k.sha256 for k in self.api_keys if not k.revoked)
+
+
+class RegionRecord(_Doc):
+    id: str
+    description: str = ""
+    created_at: float = Field(default_factory=now)
+
+
+class ConfigVersion(_Doc):
+    tenant: str
+    version: int
+    yaml: str
+    digest: str
+    author: str = ""
+    comment: str = ""
+    created_at: float = Field(default_factory=now)
+    #: Set when this version was created by rolling back to an older one.
+    rollback_of: int = 0
+
+
+class ModelVersion(_Doc):
+    name: str
+    version: str
+    task: str
+    family: str
+    labels: list[str]
+    size: int
+    #: SHA-256 (hex) of the packed bundle in the object store.
+    sha256: str
+    signer: str = ""
+    created_at: str = ""
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    published_at: float = Field(default_factory=now)
+    published_by: str = ""
+
+
+class BundleRef(_Doc):
+    name: str
+    version: str
+    sha256: str = ""
+    size: int = 0
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class Assignment(_Doc):
+    """Which config and model versions a tenant runs in one region."""
+
+    tenant: str
+    region: str
+    #: 0 = follow the tenant's current config version.
+    config_version: int = 0
+    #: slot (``intent``, ``sentiment``, ``encoder``) → ``name@version``.
+    models: dict[str, str] = Field(default_factory=dict)
+    #: scenario → slot → ``name@version`` (a scenario's own pins, e.g. a specialised model).
+    scenario_models: dict[str, dict[str, str]] = Field(default_factory=dict)
+    updated_at: float = Field(default_factory=now)
+    updated_by: str = ""
+
+
+class DesiredTenant(_Doc):
+    """Everything a node needs to serve one tenant, compiled by the leader per region."""
+
+    tenant: str
+    region: str
+    enabled: bool = True
+    config_version: int
+    config_digest: str
+    config_yaml: str
+    models: dict[str, BundleRef] = Field(default_factory=dict)
+    scenario_models: dict[str, dict[str, BundleRef]] = Field(default_factory=dict)
+    api_key_hashes: list[str] = Field(default_factory=list)
+
+    def fingerprint(self) -> str:
+        """Identifies this desired state; a node reports it back once it serves it."""
+        return digest(json.dumps(self.model_dump(), sort_keys=True))
+
+    def bundles(self) -> list[BundleRef]:
+        refs = {b.ref: b for b in self.models.values()}
+        for pins in self.scenario_models.values():
+            refs.update({b.ref: b for b in pins.values()})
+        return [refs[k] for k in sorted(refs)]
+
+
+# ------------------------------------------------------------------------- observed
+
+
+class ObservedTenant(_Doc):
+    #: ``serving`` = the desired fingerprint is applied; ``refused`` = the node rejected it
+    #: (``error`` says why) and keeps serving ``fingerprint`` (its last-known-good).
+    state: Literal["serving", "refused", "pending", "removed"] = "pending"
+    fingerprint: str = ""
+    config_version: int = 0
+    models: dict[str, str] = Field(default_factory=dict)
+    refused_fingerprint: str = ""
+    error: str = ""
+
+
+class NodeStatus(_Doc):
+    node_id: str
+    region: str
+    software_version: str = ""
+    providers: list[str] = Field(default_factory=list)
+    gpu: bool = False
+    listen: str = ""
+    started_at: float = Field(default_factory=now)
+    heartbeat_at: float = Field(default_factory=now)
+    tenants: dict[str, ObservedTenant] = Field(default_factory=dict)
+    models_loaded: list[str] = Field(default_factory=list)
+    telemetry_dropped: int = 0
+    telemetry_buffered: int = 0
+
+
+class Lease(_Doc):
+    holder: str
+    expires_at: float
+    term: int = 0
+
+
+# ---------------------------------------------------------------------------- events
+
+
+class AuditEvent(_Doc):
+    at: float = Field(default_factory=now)
+    actor: str
+    action: str
+    resource: str
+    tenant: str = ""
+    before: str = ""  # digest of the resource before the change ("" = did not exist)
+    after: str = ""  # digest after ("" = deleted)
+    detail: str = ""
+    seq: int = 0  # stream sequence, filled when read back
+
+
+class TelemetryAggregate(_Doc):
+    """One interval of one tenant × scenario × model version on one node. No text."""
+
+    tenant: str
+    scenario: str
+    model_version: str
+    window_start: float
+    window_s: float
+    turns: int = 0
+    errors: int = 0
+    latency_buckets: list[int] = Field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS_MS) + 1))
+    latency_sum_ms: float = 0.0
+    fallbacks: int = 0
+    handoffs: int = 0
+    confidence_sum: float = 0.0
+    feedback: int = 0
+    rating_sum: int = 0
+    corrections: int = 0  # feedback naming the right intent
+    corrected_wrong: int = 0  # … where the model's intent was not that one
+
+    def merge(self, other: TelemetryAggregate) -> None:
+        self.turns += other.turns
+        self.errors += other.errors
+        self.latency_buckets = [
+            a + b for a, b in zip(self.latency_buckets, other.latency_buckets, strict=False)
+        ]
+        self.latency_sum_ms += other.latency_sum_ms
+        self.fallbacks += other.fallbacks
+        self.handoffs += other.handoffs
+        self.confidence_sum += other.confidence_sum
+        self.feedback += other.feedback
+        self.rating_sum += other.rating_sum
+        self.corrections += other.corrections
+        self.corrected_wrong += other.corrected_wrong
+
+
+class TelemetryBatch(_Doc):
+    node_id: str
+    region: str
+    #: Per agent run (``started_at``), so (node_id, started_at, seq) identifies a batch.
+    seq: int
+    started_at: float = 0.0
+    sent_at: float = Field(default_factory=now)
+    aggregates: list[TelemetryAggregate] = Field(default_factory=list)
+    #: Intervals this node had to drop (buffer full while offline), cumulative.
+    dropped: int = 0

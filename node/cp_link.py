@@ -1,0 +1,180 @@
+"""Hooks a serving :class:`~kefu.node.server.Node` to the control plane through a node agent.
+
+:class:`ServingTarget` is the agent's :class:`~kefu.node.agent.NodeTarget` for a real node:
+bundles go through the batching runtime's verified load, warm-up and atomic activation; tenant
+configs go through :meth:`TenantRegistry.apply` (one dict assignment, so in-flight turns finish
+on the old config); every turn feeds the telemetry recorder (labels and timings only).
+:func:`attach_agent` builds the agent for ``kefu node run --control-plane URL``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kefu.bus import Bus
+from kefu.config import TenantConfig
+from kefu.errors import PermanentError
+from kefu.models.store import ModelStore
+from kefu.node.agent import AgentOptions, NodeAgent
+from kefu.node.conversation import TurnResult
+from kefu.node.server import Node
+from kefu.node.telemetry import TelemetryRecorder, TurnSample
+from kefu.wire import BundleRef, DesiredTenant
+
+__all__ = [
+    "NatsCredentials",
+    "ServingTarget",
+    "attach_agent",
+    "default_node_id",
+    "load_credentials",
+]
+
+
+class ServingTarget:
+    def __init__(self, node: Node):
+        assert node.runtime is not None and node.registry is not None
+        self.node = node
+        self.runtime = node.runtime
+        self.registry = node.registry
+        self._unused_since: dict[str, float] = {}
+
+    async def load_bundle(self, bundle: BundleRef, path: Path) -> None:
+        # Verifies signature and hashes again, loads and warms off the event loop, then
+        # activates with one assignment; the old version keeps serving its in-flight turns.
+        await self.runtime.load(bundle.name, path, activate=True)
+
+    async def apply_tenant(self, doc: DesiredTenant, config: TenantConfig) -> None:
+        await self.registry.apply(
+            config,
+            source=Path(f"control-plane:{doc.tenant}@v{doc.config_version}"),
+            key_hashes=doc.api_key_hashes,
+        )
+
+    async def remove_tenant(self, tenant: str) -> None:
+        await self.registry.remove(tenant)
+
+    def loaded(self) -> frozenset[str]:
+        return frozenset(m.ref for m in self.runtime.models())
+
+    def in_use(self) -> set[str]:
+        """Model versions some tenant's config pins (``name@version``) or routes to (``name``)."""
+        refs: set[str] = set()
+        for tenant in self.registry.tenants.values():
+            cfg = tenant.config
+            slots = [cfg.models.intent, cfg.models.sentiment, cfg.models.encoder]
+            for s in cfg.scenarios:
+                slots += [s.models.intent, s.models.sentiment, s.models.encoder]
+            refs |= {r.ref for r in slots if r is not None}
+        return refs
+
+    async def release_unused(self, grace_s: float) -> list[str]:
+        """Unload versions no tenant has used for ``grace_s`` (after a swap, turns already
+        routed to the old version finish well within it). Active versions always stay."""
+        now = time.monotonic()
+        in_use = self.in_use()
+        released: list[str] = []
+        for m in self.runtime.models():
+            if m.active or m.ref in in_use:
+                self._unused_since.pop(m.ref, None)
+                continue
+            since = self._unused_since.setdefault(m.ref, now)
+            if now - since >= grace_s:
+                await self.runtime.unload(m.name, m.version)
+                self._unused_since.pop(m.ref, None)
+                released.append(m.ref)
+        return released
+
+    def providers(self) -> list[str]:
+        seen: list[str] = []
+        for m in self.runtime.models():
+            seen += [p for p in m.providers if p not in seen]
+        return seen or ["CPUExecutionProvider"]
+
+
+def _observe_turns(node: Node, recorder: TelemetryRecorder) -> None:
+    if node.metrics is None:
+        return
+
+    def on_turn(tenant: str, r: TurnResult) -> None:
+        recorder.record_turn(
+            TurnSample(
+                tenant=tenant,
+                scenario=r.scenario,
+                model_version=r.model_versions.get("intent", ""),
+                latency_ms=r.latency_us / 1000.0,
+                confidence=r.confidence,
+                fallback=r.clarify,
+                handoff=r.handoff,
+            )
+        )
+
+    node.metrics.turn_observers.append(on_turn)
+    node.metrics.error_observers.append(lambda tenant, _code: recorder.record_error(tenant))
+    node.metrics.feedback_observers.append(recorder.record_feedback)
+
+
+@dataclass(kw_only=True)
+class NatsCredentials:
+    url: str
+    user: str | None = None
+    password: str | None = None
+
+
+def load_credentials(path: Path) -> NatsCredentials:
+    """A credentials file written by ``kefu up`` / ``kefu cp node-credentials`` (JSON, 0600)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return NatsCredentials(url=raw["url"], user=raw.get("user"), password=raw.get("password"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PermanentError(f"{path}: unreadable NATS credentials ({exc})") from exc
+
+
+def attach_agent(
+    node: Node,
+    *,
+    url: str,
+    node_id: str,
+    region: str,
+    user: str | None = None,
+    password: str | None = None,
+    heartbeat_s: float = 5.0,
+    telemetry_s: float = 10.0,
+) -> NodeAgent:
+    """An agent (not yet started) that keeps ``node`` on its region's desired state."""
+    from kefu.natsbus import NatsBus, NatsOptions
+    from kefu.natsserver import inbox_prefix
+
+    assert node.runtime is not None
+    store = node.runtime.store or ModelStore(node.options.data_dir / "models", node.runtime.trust)
+    options = AgentOptions(
+        node_id=node_id,
+        region=region,
+        data_dir=node.options.data_dir,
+        listen=f"{node.options.listen.rsplit(':', 1)[0]}:{node.port}",
+        heartbeat_s=heartbeat_s,
+        telemetry_s=telemetry_s,
+    )
+    nats_options = NatsOptions(
+        servers=[url],
+        user=user,
+        password=password,
+        name=f"kefu-node-{node_id}",
+        inbox_prefix=inbox_prefix(user) if user else "_INBOX",
+    )
+
+    async def connect() -> Bus:
+        return await NatsBus.connect(nats_options)
+
+    recorder = TelemetryRecorder(node_id=node_id, region=region)
+    _observe_turns(node, recorder)
+    return NodeAgent(options, ServingTarget(node), store, connect=connect, telemetry=recorder)
+
+
+def default_node_id() -> str:
+    import socket
+
+    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower())[:40]
+    return host.strip("-") or "node"

@@ -1,0 +1,128 @@
+"""Helpers for control-plane tests: a real nats-server per test, a control plane over it,
+bundles re-signed as new versions, and a node wired to the control plane."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kefu.bundle import Manifest, pack, sign_bundle, write_manifest
+from kefu.control_plane.leader import LeaderLease
+from kefu.control_plane.reconciler import DesiredReconciler
+from kefu.control_plane.service import ControlPlane, ensure_layout
+from kefu.keys import SigningKey, TrustStore, generate_keypair, load_public_key
+from kefu.models.store import shipped_dir
+from kefu.natsbus import NatsBus, NatsOptions
+from kefu.natsserver import NatsServer
+from kefu.node.tenant import DEMO_TENANT_CONFIG
+
+DEMO_YAML = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
+ACTOR = "tester"
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    with NatsServer(tmp_path / "nats") as srv:
+        yield srv
+
+
+@pytest.fixture
+def ops_key(tmp_path: Path) -> SigningKey:
+    return generate_keypair(tmp_path / "keys", "ops")
+
+
+def trust_with(key: SigningKey) -> TrustStore:
+    release = load_public_key(shipped_dir() / "kefu-release.pub")
+    return TrustStore([key.public, release])
+
+
+def trust_on_node(data_dir: Path, key: SigningKey) -> None:
+    (data_dir / "trusted-keys").mkdir(parents=True, exist_ok=True)
+    (data_dir / "trusted-keys" / "ops.pub").write_text(key.public.to_line())
+
+
+def shipped_packed(name: str) -> tuple[bytes, str]:
+    path = shipped_dir() / name
+    m = Manifest.from_bytes((path / "manifest.json").read_bytes())
+    return pack(path), m.version
+
+
+def new_version(
+    tmp_path: Path, key: SigningKey, version: str, name: str = "demo-shop-intent", pad: int = 0
+) -> bytes:
+    """The shipped bundle re-signed as ``version`` (optionally padded to a bigger size)."""
+    dest = tmp_path / f"{name}-{version}"
+    shutil.copytree(shipped_dir() / name, dest)
+    m = Manifest.from_bytes((dest / "manifest.json").read_bytes())
+    m.version = version
+    if pad:
+        # A bigger tokenizer-like payload to measure transfer; listed with its hash.
+        from kefu.bundle import sha256_file
+
+        labels = dest / "labels.json"
+        import json
+
+        labels.write_text(json.dumps(m.labels) + " " * pad)
+        m.files["labels.json"] = {
+            "size": labels.stat().st_size,
+            "sha256": sha256_file(labels),
+        }
+    write_manifest(dest, m)
+    sign_bundle(dest, key)
+    return pack(dest)
+
+
+@dataclass
+class CpStack:
+    bus: NatsBus
+    cp: ControlPlane
+    reconciler: DesiredReconciler
+    lease: LeaderLease
+
+
+@asynccontextmanager
+async def control_plane(
+    url: str, trust: TrustStore, *, replica: str = "cp-1", lease_ttl_s: float = 3.0
+) -> AsyncIterator[CpStack]:
+    bus = await NatsBus.connect(NatsOptions(servers=[url], name=replica))
+    await ensure_layout(bus)
+    cp = ControlPlane(bus, trust=trust, replica=replica)
+    rec = DesiredReconciler(bus, period_s=2.0)
+    cp.on_change = rec.kick
+
+    def on_change(leader: bool) -> None:
+        if leader:
+            rec.start()
+
+    lease = LeaderLease(bus, replica, ttl_s=lease_ttl_s, on_change=on_change)
+    lease.start()
+    try:
+        yield CpStack(bus=bus, cp=cp, reconciler=rec, lease=lease)
+    finally:
+        await rec.stop()
+        await lease.stop()
+        await bus.close()
+
+
+async def seed_demo(cp: ControlPlane, region: str = "r1") -> str:
+    """Demo tenant with its config and the shipped models assigned in ``region``; its key."""
+    await cp.create_region(region, actor=ACTOR)
+    await cp.create_tenant("demo-shop", actor=ACTOR)
+    await cp.put_config("demo-shop", DEMO_YAML, actor=ACTOR)
+    _, key = await cp.issue_key("demo-shop", actor=ACTOR)
+    intent, iv = shipped_packed("demo-shop-intent")
+    senti, sv = shipped_packed("sentiment")
+    await cp.publish_model(intent, actor=ACTOR)
+    await cp.publish_model(senti, actor=ACTOR)
+    await cp.assign(
+        "demo-shop",
+        region,
+        models={"intent": f"demo-shop-intent@{iv}", "sentiment": f"sentiment@{sv}"},
+        actor=ACTOR,
+    )
+    return key

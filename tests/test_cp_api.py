@@ -1,0 +1,101 @@
+# ruff: noqa: F811  (pytest fixtures imported from cp_support)
+"""The control-plane gRPC API and the `kefu cp` CLI against a real replica on a real NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+from cp_support import (
+    DEMO_YAML,
+    nats_server,  # noqa: F401  (fixture)
+    ops_key,  # noqa: F401  (fixture)
+    shipped_packed,
+    trust_with,
+)
+
+from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
+from kefu.keys import SigningKey
+from kefu.natsserver import NatsServer
+from kefu.v1 import control_plane_pb2 as pb
+from kefu.v1 import control_plane_pb2_grpc as pbg
+
+MD = (("x-kefu-actor", "alice"),)
+
+
+async def test_api_validates_audits_and_maps_errors(
+    nats_server: NatsServer, ops_key: SigningKey, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    opts = ControlPlaneOptions(
+        nats_url=nats_server.url, trust=trust_with(ops_key), listen="127.0.0.1:0", regions=["r1"]
+    )
+    async with (
+        ControlPlaneApp(opts) as app,
+        grpc.aio.insecure_channel(
+            f"127.0.0.1:{app.port}", options=[("grpc.max_send_message_length", 64 << 20)]
+        ) as ch,
+    ):
+        stub = pbg.ControlPlaneStub(ch)
+        await stub.CreateRegion(pb.CreateRegionRequest(region="r1"), metadata=MD)
+        await stub.CreateTenant(pb.CreateTenantRequest(tenant="demo-shop"), metadata=MD)
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await stub.CreateTenant(pb.CreateTenantRequest(tenant="demo-shop"), metadata=MD)
+        assert ei.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await stub.PutConfig(
+                pb.PutConfigRequest(tenant="demo-shop", yaml="tenant: [unclosed"), metadata=MD
+            )
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "demo-shop.yaml:1" in (ei.value.details() or "")
+        cv = await stub.PutConfig(
+            pb.PutConfigRequest(tenant="demo-shop", yaml=DEMO_YAML), metadata=MD
+        )
+        assert cv.version == 1
+        packed, version = shipped_packed("demo-shop-intent")
+        mv = await stub.PublishModel(pb.PublishModelRequest(packed_bundle=packed), metadata=MD)
+        assert mv.version == version and mv.metrics["accuracy"] > 0.5
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await stub.Assign(
+                pb.AssignRequest(tenant="demo-shop", region="r1", models={"intent": "nope@1"}),
+                metadata=MD,
+            )
+        assert ei.value.code() == grpc.StatusCode.NOT_FOUND and "nope" in (ei.value.details() or "")
+        a = await stub.Assign(
+            pb.AssignRequest(
+                tenant="demo-shop", region="r1", models={"intent": "demo-shop-intent"}
+            ),
+            metadata=MD,
+        )
+        assert a.models["intent"] == f"demo-shop-intent@{version}"
+        audit = await stub.QueryAudit(pb.QueryAuditRequest(tenant="demo-shop"), metadata=MD)
+        assert [e.action for e in audit.events] == ["tenant.create", "config.put", "assign"]
+        assert {e.actor for e in audit.events} == {"alice"}
+        status = await stub.GetStatus(pb.GetStatusRequest())
+        for _ in range(30):
+            if status.is_leader:
+                break
+            await asyncio.sleep(0.1)
+            status = await stub.GetStatus(pb.GetStatusRequest())
+        assert status.is_leader and status.leader == opts.replica
+
+        # The CLI is a client of the same API (run in a thread: it has its own event loop).
+        from kefu.cli import main
+
+        target = f"127.0.0.1:{app.port}"
+        rc = await asyncio.to_thread(main, ["cp", "--target", target, "--json", "model", "list"])
+        out = capsys.readouterr().out
+        assert rc == 0 and json.loads(out)["models"][0]["name"] == "demo-shop-intent"
+        rc = await asyncio.to_thread(
+            main, ["cp", "--target", target, "config", "list", "demo-shop"]
+        )
+        assert rc == 0 and "demo-shop" in capsys.readouterr().out
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("tenant: [unclosed", encoding="utf-8")
+        rc = await asyncio.to_thread(
+            main, ["cp", "--target", target, "config", "put", "demo-shop", str(bad)]
+        )
+        err = capsys.readouterr().err
+        assert rc != 0 and "INVALID_ARGUMENT" in err and "Traceback" not in err

@@ -1,0 +1,93 @@
+"""`kefu up` end to end: NATS, control plane and a node as one command; chat; Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kefu.cli",
+            "up",
+            "--data-dir",
+            str(data),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "",
+            "--cp-listen",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "Ctrl-C" in line:
+            break
+    out = "".join(lines)
+    try:
+        chat = re.search(r"kefu chat --target (\S+) --key-file (\S+)", out)
+        cp = re.search(r"control plane on (\S+)", out)
+        assert chat and cp, out
+        reply = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kefu.cli",
+                "chat",
+                "--target",
+                chat[1],
+                "--key-file",
+                chat[2],
+                "-d",
+                "--text",
+                "how do i get a VAT invoice?",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert reply.returncode == 0 and "intent=invoice" in reply.stdout, reply.stderr
+        assert (os.stat(chat[2]).st_mode & 0o777) == 0o600
+        nodes = subprocess.run(
+            [sys.executable, "-m", "kefu.cli", "cp", "--target", cp[1], "--json", "nodes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert '"node_id": "local-1"' in nodes.stdout and '"state": "serving"' in nodes.stdout
+        assert (data / "nats" / "nats-server.conf").stat().st_mode & 0o777 == 0o600
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(60)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert rc == 0 and "Traceback" not in err, err
+    # NATS went down with it: its port no longer accepts connections.
+    m = re.search(r"nats://127.0.0.1:(\d+)", out)
+    assert m is not None
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", int(m[1])), timeout=1):
+        pass
