@@ -221,7 +221,10 @@ class ConversationService:
             detected.lang if detected.lang != "und" else (session.language or cfg.languages.default)
         )
 
-        intent_ref, sentiment_ref = cfg.models.intent.ref, cfg.models.sentiment.ref
+        # The scenario is chosen from the intent, so a scenario's pinned models serve the
+        # session's turns once it is in that scenario (from its second turn there on).
+        intent_model, sentiment_model = cfg.models_for(session.scenario)
+        intent_ref, sentiment_ref = intent_model.ref, sentiment_model.ref
         intent_res, sentiment_res = await asyncio.gather(
             self.runtime.classify(intent_ref, [text]), self.runtime.classify(sentiment_ref, [text])
         )

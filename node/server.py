@@ -106,13 +106,20 @@ class Node:
             errors = "; ".join(e.error for e in self.registry.errors) or "no tenant configs"
             raise PermanentError(f"no tenant could be loaded: {errors}")
         self.runtime = BatchingModelRuntime(trust=store.trust, store=store, options=opts.inference)
-        refs = {
-            ref
-            for t in self.registry.tenants.values()
-            for ref in (t.config.models.intent, t.config.models.sentiment)
-        }
-        for ref in sorted(refs, key=lambda r: r.ref):
+        tenants = list(self.registry.tenants.values())
+        defaults = {r for t in tenants for r in (t.config.models.intent, t.config.models.sentiment)}
+        pins = {
+            r
+            for t in tenants
+            for s in t.config.scenarios
+            for r in (s.models.intent, s.models.sentiment)
+            if r is not None
+        } - defaults
+        for ref in sorted(defaults, key=lambda r: r.ref):
             await self.runtime.load(ref.name, ref.ref)
+        for ref in sorted(pins, key=lambda r: r.ref):
+            # A scenario's pinned version (a canary) must not become the name's active one.
+            await self.runtime.load(ref.name, ref.ref, activate=ref.version is None)
         self._lag = LoopLag()
         self._lag_task = asyncio.create_task(self._lag.run(), name="kefu-loop-lag")
         admission = AdmissionController(

@@ -109,3 +109,39 @@ async def test_explicit_human_request_hands_off(service: ConversationService) ->
     assert r.handoff and r.handoff_id and r.intent == "human_agent"
     handoffs = await demo.store.list_handoffs(session_id=r.session_id)
     assert [h.id for h in handoffs.items] == [r.handoff_id]
+
+
+async def test_a_scenarios_pinned_models_serve_its_sessions(tmp_path: Path) -> None:
+    from kefu.node.predictions import StaticModelRuntime
+
+    text = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
+    pinned = text.replace(
+        "    kb_scopes: [logistics]\n",
+        "    kb_scopes: [logistics]\n"
+        "    models: {intent: demo-shop-intent@canary, sentiment: sentiment@canary}\n",
+        1,
+    )
+    assert pinned != text
+    config = tmp_path / "demo-shop.yaml"
+    config.write_text(pinned, encoding="utf-8")
+    runtime = StaticModelRuntime(
+        {"demo-shop-intent": lambda t: "delivery_tracking", "sentiment": lambda t: "neutral"},
+        version="canary",
+    )
+    registry = await TenantRegistry.open(tmp_path, [config])
+    try:
+        svc = ConversationService(
+            registry=registry, runtime=runtime, admission=AdmissionController(8, 64, 1.0)
+        )
+        tenant = registry.tenants["demo-shop"]
+        first = await svc.converse(tenant, TurnRequest(text="我的快递到哪了"))
+        assert first.scenario == "logistics"
+        assert [m for m, _ in runtime.calls] == ["demo-shop-intent", "sentiment"]
+        await svc.converse(tenant, TurnRequest(text="还没收到呢", session_id=first.session_id))
+        # The session is in logistics now: its pinned versions answer.
+        assert [m for m, _ in runtime.calls[2:]] == [
+            "demo-shop-intent@canary",
+            "sentiment@canary",
+        ]
+    finally:
+        await registry.close()

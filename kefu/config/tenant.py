@@ -613,6 +613,14 @@ class TenantConfig(_Model):
                 return s
         raise KeyError(scenario_id)
 
+    def models_for(self, scenario_id: str | None) -> tuple[ModelRef, ModelRef]:
+        """The (intent, sentiment) models serving a session in ``scenario_id``: the scenario's
+        pins where set (a canary, a specialised classifier), else the tenant's."""
+        pins = next((s.models for s in self.scenarios if s.id == scenario_id), None)
+        if pins is None:
+            return self.models.intent, self.models.sentiment
+        return pins.intent or self.models.intent, pins.sentiment or self.models.sentiment
+
     @property
     def fallback_scenario(self) -> Scenario:
         return next(s for s in self.scenarios if s.fallback)
