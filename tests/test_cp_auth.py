@@ -224,3 +224,20 @@ async def test_cli_reads_token_flags_env_and_default_file(
         rc, out, _ = await kefu("--token", app.first_token, "tokens", "revoke", "ci-bot")
         assert rc == 0 and "revoked" in out
     assert os.stat(data / TOKEN_FILE).st_mode & 0o777 == 0o600
+
+
+async def test_kefu_up_token_file_is_kept_or_reissued(
+    nats_server: NatsServer, ops_key: SigningKey, tmp_path: Path
+) -> None:
+    """`kefu up` keeps a working token file, and re-issues `admin` into it when it is lost."""
+    token_file = tmp_path / "d" / TOKEN_FILE
+    async with ControlPlaneApp(_opts(nats_server.url, ops_key, token_file)) as app:
+        assert app.tokens is not None and app.first_token
+        assert not await app.tokens.ensure_file(token_file, actor="kefu-up")
+        assert token_file.read_text(encoding="utf-8").strip() == app.first_token
+        token_file.unlink()
+        assert await app.tokens.ensure_file(token_file, actor="kefu-up")
+        new = token_file.read_text(encoding="utf-8").strip()
+        assert new != app.first_token and token_file.stat().st_mode & 0o777 == 0o600
+        assert await app.tokens.verify(app.first_token) is None  # rotated: the old one is dead
+        assert await app.tokens.verify(new) == Operator(name="admin", role=Role.ADMIN)
