@@ -41,6 +41,16 @@ def test_every_rpc_has_a_rule_and_viewers_only_read() -> None:
     assert not decide(viewer, "SomeFutureWrite").allowed  # deny by default
 
 
+def test_role_table_is_pure() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, kefu.control_plane.auth; print(' '.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = {m.split(".")[0] for m in out.stdout.split()}
+    assert not loaded & {"grpc", "nats", "sqlite3", "onnxruntime", "torch"}
+
+
 # ---------------------------------------------------------------- over gRPC
 
 
