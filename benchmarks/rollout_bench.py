@@ -299,10 +299,16 @@ async def cp_cpu(srv: NatsServer, work: Path, sim_nodes: int, window: float) -> 
             sent["telemetry"] += 1
 
         async def operator() -> None:
+            from kefu.control_plane.auth import TOKEN_FILE
+            from kefu.v1 import bearer_metadata
+
+            token = (work / "cpdata" / TOKEN_FILE).read_text(encoding="utf-8").strip()
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
                 stub = pbg.ControlPlaneStub(ch)
                 while time.monotonic() < stop:
-                    r = await stub.ListNodes(pb.ListNodesRequest(), timeout=30)
+                    r = await stub.ListNodes(
+                        pb.ListNodesRequest(), metadata=bearer_metadata(token), timeout=30
+                    )
                     sent["last_listed"] = len(r.nodes)
                     await asyncio.sleep(5.0)
 

@@ -1,9 +1,13 @@
 """The control-plane gRPC API (``kefu.v1.ControlPlane``): a thin adapter over :class:`ControlPlane`.
 
-Each RPC reads the caller's name from the ``x-kefu-actor`` metadata (for the audit log), calls
-the service, and converts documents to messages. Errors are mapped once, in :func:`_errors`:
-a :class:`~kefu.errors.KefuError` becomes a status code with its bilingual message, never a
-stack trace.
+Every RPC first authenticates its operator token (``authorization: Bearer <token>``, checked
+against the hashes in KV by :class:`~kefu.control_plane.tokens.OperatorTokens`) and asks the
+pure :func:`~kefu.control_plane.auth.decide` whether the token's role may call it: no or a
+bad token → UNAUTHENTICATED, a viewer calling a write → PERMISSION_DENIED (and an audit
+event). The token's name is the audit actor; ``x-kefu-actor`` is kept only as a note. Then the
+RPC calls the service and converts documents to messages. Errors are mapped once, in
+:func:`_rpc`: a :class:`~kefu.errors.KefuError` becomes a status code with its bilingual
+message, never a stack trace. Health and reflection are served beside it without a token.
 """
 
 from __future__ import annotations
@@ -12,16 +16,27 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from kefu import __version__
 from kefu.bus import BusUnavailable, Conflict, NotFound
+from kefu.control_plane.auth import Operator, decide, parse_role
 from kefu.control_plane.leader import LeaderLease
-from kefu.control_plane.service import ControlPlane, NotFoundError
+from kefu.control_plane.service import AUDIT_NOTE, ControlPlane, NotFoundError
 from kefu.control_plane.telemetry import TelemetryIndex, percentile_ms, summarise
+from kefu.control_plane.tokens import (
+    LastAdminError,
+    OperatorTokenRecord,
+    OperatorTokens,
+    TokenNotFoundError,
+)
 from kefu.errors import ConfigError, KefuError, PermanentError, TemporaryError
+from kefu.v1 import api_key_from_metadata
 from kefu.v1 import control_plane_pb2 as pb
 from kefu.v1 import control_plane_pb2_grpc as pbg
 from kefu.wire import (
@@ -35,11 +50,25 @@ from kefu.wire import (
     decode,
 )
 
-__all__ = ["ACTOR_METADATA_KEY", "MAX_MESSAGE_BYTES", "ControlPlaneApi", "serve_api"]
+__all__ = [
+    "ACTOR_METADATA_KEY",
+    "MAX_MESSAGE_BYTES",
+    "SERVICE_NAME",
+    "UNAUTHENTICATED_MESSAGE",
+    "ControlPlaneApi",
+    "serve_api",
+]
 
 log = logging.getLogger("kefu.control_plane.api")
 
+#: Optional free-text note for the audit log (never the identity: that is the token's name).
 ACTOR_METADATA_KEY = "x-kefu-actor"
+SERVICE_NAME = "kefu.v1.ControlPlane"
+UNAUTHENTICATED_MESSAGE = (
+    "missing, unknown or revoked operator token: send `authorization: Bearer <token>` "
+    "(kefu cp --token / --token-file / $KEFU_CP_TOKEN) / "
+    "缺少操作员令牌，或令牌无效、已吊销：请提供 `authorization: Bearer <令牌>`"
+)
 #: Bundles travel in one message; 64 MB leaves room for big models.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: A node whose last heartbeat is older than this is shown offline.
@@ -48,12 +77,22 @@ ONLINE_WINDOW_S = 30.0
 _R = TypeVar("_R")
 
 
-def _errors(fn: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
+#: The authenticated caller of the RPC being served (set by :func:`_rpc` for its duration).
+_CALLER: ContextVar[Operator | None] = ContextVar("kefu_cp_caller", default=None)
+
+
+def _rpc(fn: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
+    """Authenticate and authorize, then run the RPC with its errors mapped to status codes."""
+    method = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(self: ControlPlaneApi, request: Any, context: grpc.aio.ServicerContext) -> _R:
+        operator = await self._authorize(method, context)
+        caller = _CALLER.set(operator)
+        note = AUDIT_NOTE.set(_note(context))
         try:
             return await fn(self, request, context)
-        except (NotFoundError, NotFound) as exc:
+        except (NotFoundError, NotFound, TokenNotFoundError) as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except Conflict as exc:
             code = (
@@ -62,22 +101,34 @@ def _errors(fn: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
                 else grpc.StatusCode.ABORTED
             )
             await context.abort(code, str(exc))
+        except LastAdminError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except (ConfigError, PermanentError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except (BusUnavailable, TemporaryError) as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except KefuError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        finally:
+            AUDIT_NOTE.reset(note)
+            _CALLER.reset(caller)
         raise AssertionError("unreachable")  # abort() raises
 
     return wrapper
 
 
-def _actor(context: grpc.aio.ServicerContext) -> str:
+def _note(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == ACTOR_METADATA_KEY:
             return str(value)[:100]
-    return "anonymous"
+    return ""
+
+
+def _actor(context: grpc.aio.ServicerContext) -> str:
+    """The audit actor: the authenticated token's name (set by :func:`_rpc`)."""
+    operator = _CALLER.get()
+    assert operator is not None, "RPC served without _rpc"
+    return operator.name
 
 
 def tenant_msg(t: TenantRecord) -> pb.Tenant:
@@ -169,39 +220,65 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
         *,
         lease: LeaderLease | None = None,
         telemetry: TelemetryIndex | None = None,
+        tokens: OperatorTokens | None = None,
     ):
         self.cp = cp
         self.lease = lease
         self.telemetry = telemetry
+        self.tokens = tokens or OperatorTokens(cp.bus)
 
-    @_errors
+    async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> Operator:
+        token = api_key_from_metadata(context.invocation_metadata())
+        operator: Operator | None = None
+        if token:
+            try:
+                operator = await self.tokens.verify(token)
+            except (BusUnavailable, TemporaryError) as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            except KefuError as exc:
+                await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        if operator is None:
+            log.info("control-plane %s refused: no valid operator token", method)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+            raise AssertionError("unreachable")  # abort() raises
+        decision = decide(operator, method)
+        if not decision.allowed:
+            log.info("control-plane %s refused for %s (%s)", method, operator.name, operator.role)
+            try:
+                await self.cp.audit_denied(operator.name, method)
+            except KefuError as exc:  # the refusal stands even when it cannot be recorded
+                log.warning("cannot audit a refused call: %s", exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, decision.message)
+        return operator
+
+    @_rpc
     async def CreateTenant(self, req: pb.CreateTenantRequest, ctx: Any) -> pb.Tenant:
         return tenant_msg(await self.cp.create_tenant(req.tenant, name=req.name, actor=_actor(ctx)))
 
-    @_errors
+    @_rpc
     async def SetTenantEnabled(self, req: pb.SetTenantEnabledRequest, ctx: Any) -> pb.Tenant:
         t = await self.cp.set_tenant_enabled(req.tenant, req.enabled, actor=_actor(ctx))
         return tenant_msg(t)
 
-    @_errors
+    @_rpc
     async def ListTenants(self, req: pb.ListTenantsRequest, ctx: Any) -> pb.ListTenantsReply:
         return pb.ListTenantsReply(tenants=[tenant_msg(t) for t in await self.cp.list_tenants()])
 
-    @_errors
+    @_rpc
     async def IssueApiKey(self, req: pb.IssueApiKeyRequest, ctx: Any) -> pb.IssueApiKeyReply:
         key_id, key = await self.cp.issue_key(req.tenant, actor=_actor(ctx))
         return pb.IssueApiKeyReply(key_id=key_id, key=key)
 
-    @_errors
+    @_rpc
     async def RevokeApiKey(self, req: pb.RevokeApiKeyRequest, ctx: Any) -> pb.Tenant:
         return tenant_msg(await self.cp.revoke_key(req.tenant, req.key_id, actor=_actor(ctx)))
 
-    @_errors
+    @_rpc
     async def CreateRegion(self, req: pb.CreateRegionRequest, ctx: Any) -> pb.Region:
         r = await self.cp.create_region(req.region, description=req.description, actor=_actor(ctx))
         return pb.Region(id=r.id, description=r.description, created_at=r.created_at)
 
-    @_errors
+    @_rpc
     async def ListRegions(self, req: pb.ListRegionsRequest, ctx: Any) -> pb.ListRegionsReply:
         return pb.ListRegionsReply(
             regions=[
@@ -210,45 +287,45 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
             ]
         )
 
-    @_errors
+    @_rpc
     async def PutConfig(self, req: pb.PutConfigRequest, ctx: Any) -> pb.ConfigVersion:
         cv = await self.cp.put_config(req.tenant, req.yaml, actor=_actor(ctx), comment=req.comment)
         return config_msg(cv, with_yaml=False)
 
-    @_errors
+    @_rpc
     async def ListConfigs(self, req: pb.ListConfigsRequest, ctx: Any) -> pb.ListConfigsReply:
         versions = await self.cp.list_configs(req.tenant)
         return pb.ListConfigsReply(versions=[config_msg(c, with_yaml=False) for c in versions])
 
-    @_errors
+    @_rpc
     async def GetConfig(self, req: pb.GetConfigRequest, ctx: Any) -> pb.ConfigVersion:
         return config_msg(await self.cp.get_config(req.tenant, req.version))
 
-    @_errors
+    @_rpc
     async def DiffConfig(self, req: pb.DiffConfigRequest, ctx: Any) -> pb.DiffConfigReply:
         diff = await self.cp.diff_config(req.tenant, req.from_version, req.to_version)
         return pb.DiffConfigReply(unified_diff=diff)
 
-    @_errors
+    @_rpc
     async def RollbackConfig(self, req: pb.RollbackConfigRequest, ctx: Any) -> pb.ConfigVersion:
         cv = await self.cp.rollback_config(req.tenant, req.version, actor=_actor(ctx))
         return config_msg(cv, with_yaml=False)
 
-    @_errors
+    @_rpc
     async def PublishModel(self, req: pb.PublishModelRequest, ctx: Any) -> pb.ModelVersion:
         return model_msg(await self.cp.publish_model(req.packed_bundle, actor=_actor(ctx)))
 
-    @_errors
+    @_rpc
     async def ListModels(self, req: pb.ListModelsRequest, ctx: Any) -> pb.ListModelsReply:
         return pb.ListModelsReply(
             models=[model_msg(m) for m in await self.cp.list_models(req.name)]
         )
 
-    @_errors
+    @_rpc
     async def GetModel(self, req: pb.GetModelRequest, ctx: Any) -> pb.ModelVersion:
         return model_msg(await self.cp.get_model(req.ref))
 
-    @_errors
+    @_rpc
     async def Assign(self, req: pb.AssignRequest, ctx: Any) -> pb.Assignment:
         a = await self.cp.assign(
             req.tenant,
@@ -260,21 +337,21 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
         )
         return assignment_msg(a)
 
-    @_errors
+    @_rpc
     async def ListAssignments(
         self, req: pb.ListAssignmentsRequest, ctx: Any
     ) -> pb.ListAssignmentsReply:
         found = await self.cp.list_assignments(req.tenant)
         return pb.ListAssignmentsReply(assignments=[assignment_msg(a) for a in found])
 
-    @_errors
+    @_rpc
     async def ListNodes(self, req: pb.ListNodesRequest, ctx: Any) -> pb.ListNodesReply:
         now = time.time()
         return pb.ListNodesReply(
             nodes=[node_msg(n, now) for n in await self.cp.list_nodes(req.region)]
         )
 
-    @_errors
+    @_rpc
     async def QueryAudit(self, req: pb.QueryAuditRequest, ctx: Any) -> pb.QueryAuditReply:
         events = await self.cp.audit_log(tenant=req.tenant, limit=req.limit or 100)
         return pb.QueryAuditReply(
@@ -289,12 +366,13 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
                     before_digest=e.before,
                     after_digest=e.after,
                     detail=e.detail,
+                    actor_note=e.actor_note,
                 )
                 for e in events
             ]
         )
 
-    @_errors
+    @_rpc
     async def QueryTelemetry(
         self, req: pb.QueryTelemetryRequest, ctx: Any
     ) -> pb.QueryTelemetryReply:
@@ -336,14 +414,56 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
             )
         return pb.QueryTelemetryReply(series=out, nodes_reporting=len(nodes), dropped=dropped)
 
-    @_errors
+    @_rpc
     async def GetStatus(self, req: pb.GetStatusRequest, ctx: Any) -> pb.ControlPlaneStatus:
         return pb.ControlPlaneStatus(
             replica=self.cp.replica,
             leader=await self.cp.leader(),
             is_leader=bool(self.lease and self.lease.is_leader),
             software_version=__version__,
+            caller=_actor(ctx),
+            caller_role=_role(),
         )
+
+    @_rpc
+    async def IssueOperatorToken(
+        self, req: pb.IssueOperatorTokenRequest, ctx: Any
+    ) -> pb.IssueOperatorTokenReply:
+        rec, token = await self.tokens.issue(
+            req.name, parse_role(req.role or "viewer"), actor=_actor(ctx), replace=req.replace
+        )
+        return pb.IssueOperatorTokenReply(info=operator_token_msg(rec), token=token)
+
+    @_rpc
+    async def ListOperatorTokens(
+        self, req: pb.ListOperatorTokensRequest, ctx: Any
+    ) -> pb.ListOperatorTokensReply:
+        return pb.ListOperatorTokensReply(
+            tokens=[operator_token_msg(t) for t in await self.tokens.list()]
+        )
+
+    @_rpc
+    async def RevokeOperatorToken(
+        self, req: pb.RevokeOperatorTokenRequest, ctx: Any
+    ) -> pb.OperatorToken:
+        return operator_token_msg(await self.tokens.revoke(req.name, actor=_actor(ctx)))
+
+
+def _role() -> str:
+    operator = _CALLER.get()
+    return operator.role.value if operator else ""
+
+
+def operator_token_msg(t: OperatorTokenRecord) -> pb.OperatorToken:
+    return pb.OperatorToken(
+        name=t.name,
+        role=t.role.value,
+        created_at=t.created_at,
+        created_by=t.created_by,
+        revoked=t.revoked,
+        revoked_at=t.revoked_at,
+        revoked_by=t.revoked_by,
+    )
 
 
 async def serve_api(api: ControlPlaneApi, listen: str) -> tuple[grpc.aio.Server, int]:
@@ -355,6 +475,12 @@ async def serve_api(api: ControlPlaneApi, listen: str) -> tuple[grpc.aio.Server,
         ]
     )
     pbg.add_ControlPlaneServicer_to_server(api, server)
+    # Health and reflection need no token (load balancers, grpcurl); they reveal no state.
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError as exc:
@@ -362,4 +488,6 @@ async def serve_api(api: ControlPlaneApi, listen: str) -> tuple[grpc.aio.Server,
     if not port:
         raise PermanentError(f"cannot listen on {listen} (address in use?) / 端口被占用")
     await server.start()
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     return server, port

@@ -4,6 +4,10 @@
 validated writes go straight to JetStream); only the lease holder runs the desired-state
 reconciler, and it stops the moment the lease is lost. Nothing is kept in memory that a
 restart would miss: the telemetry index is rebuilt from the stream, the reconciler re-plans.
+
+On the first start against an empty operator-token bucket the replica creates the ``admin``
+token (:meth:`OperatorTokens.bootstrap`), writes it to ``admin_token_file`` (mode 0600) and
+keeps it in :attr:`ControlPlaneApp.first_token` for the caller to print once.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from kefu.control_plane.leader import LeaderLease
 from kefu.control_plane.reconciler import DesiredReconciler
 from kefu.control_plane.service import ControlPlane, ensure_layout
 from kefu.control_plane.telemetry import TelemetryIndex
+from kefu.control_plane.tokens import OperatorTokens, write_token_file
 from kefu.keys import TrustStore
 from kefu.natsbus import NatsBus, NatsOptions
 
@@ -45,6 +50,8 @@ class ControlPlaneOptions:
     lease_ttl_s: float = 6.0
     reconcile_period_s: float = 10.0
     regions: list[str] = field(default_factory=list)
+    #: Where the first-start admin token is written (0600); None = kept in memory only.
+    admin_token_file: Path | None = None
 
 
 class ControlPlaneApp:
@@ -55,6 +62,9 @@ class ControlPlaneApp:
         self.reconciler: DesiredReconciler | None = None
         self.lease: LeaderLease | None = None
         self.telemetry: TelemetryIndex | None = None
+        self.tokens: OperatorTokens | None = None
+        #: The admin token this replica created on an empty store (None when it existed).
+        self.first_token: str | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._pending: set[asyncio.Task[None]] = set()
@@ -71,13 +81,23 @@ class ControlPlaneApp:
         )
         await ensure_layout(self.bus, o.regions)
         self.cp = ControlPlane(self.bus, trust=o.trust, replica=o.replica)
+        self.tokens = OperatorTokens(self.bus)
+        self.first_token = await self.tokens.bootstrap(actor=o.replica)
+        if self.first_token and o.admin_token_file is not None:
+            try:
+                write_token_file(o.admin_token_file, self.first_token)
+                log.info("created the first admin operator token in %s", o.admin_token_file)
+            except OSError as exc:  # the caller still prints first_token once
+                log.error("cannot write the admin token to %s: %s", o.admin_token_file, exc)
         self.reconciler = DesiredReconciler(self.bus, period_s=o.reconcile_period_s)
         self.cp.on_change = self.reconciler.kick
         self.lease = LeaderLease(self.bus, o.replica, ttl_s=o.lease_ttl_s, on_change=self._leader)
         self.lease.start()
         self.telemetry = TelemetryIndex(self.bus)
         self.telemetry.start()
-        api = ControlPlaneApi(self.cp, lease=self.lease, telemetry=self.telemetry)
+        api = ControlPlaneApi(
+            self.cp, lease=self.lease, telemetry=self.telemetry, tokens=self.tokens
+        )
         self.server, self.port = await serve_api(api, o.listen)
         log.info("control plane %s serving on port %d", o.replica, self.port)
         return self

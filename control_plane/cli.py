@@ -1,15 +1,17 @@
 """``kefu control-plane run`` (serve a replica) and ``kefu cp ...`` (the CLI over its API).
 
-``kefu cp`` prints human tables by default and JSON with ``--json`` (for scripts). Every
-write sends the caller's name (``--actor``, default ``$USER``) for the audit log.
+``kefu cp`` prints human tables by default and JSON with ``--json`` (for scripts). Every call
+carries an operator token (``--token``, ``--token-file``, ``$KEFU_CP_TOKEN``, else the file
+``kefu up`` / ``kefu control-plane run`` writes under ``$KEFU_DATA_DIR`` or ``./kefu-data``);
+the audit log names the token. ``--actor`` only adds a note beside that name.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
+import os
 import signal
 import sys
 import time
@@ -21,6 +23,32 @@ from kefu.errors import PermanentError, TemporaryError
 
 DEFAULT_CP = "127.0.0.1:7500"
 DEFAULT_NATS = "nats://127.0.0.1:4222"
+TOKEN_ENV = "KEFU_CP_TOKEN"
+
+
+def default_token_file() -> Path:
+    """The admin token file `kefu up` and `kefu control-plane run` write on first start."""
+    from kefu.control_plane.auth import TOKEN_FILE
+    from kefu.models.store import data_dir
+
+    return data_dir() / TOKEN_FILE
+
+
+def resolve_operator_token(
+    token: str | None = None, token_file: str | Path | None = None
+) -> tuple[str, str]:
+    """(token, where it came from): explicit token, token file, ``$KEFU_CP_TOKEN``, else the
+    default file when it exists; ("", "") when none is found. Usable by other clients (TUI)."""
+    from kefu.control_plane.tokens import read_token_file
+
+    if token:
+        return token.strip(), "--token"
+    if token_file:
+        return read_token_file(Path(token_file)), str(token_file)
+    if os.environ.get(TOKEN_ENV, "").strip():
+        return os.environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}"
+    path = default_token_file()
+    return read_token_file(path, missing_ok=True), str(path)
 
 
 def _nats_login(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
@@ -37,9 +65,11 @@ def _nats_login(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
 
 async def _run(args: argparse.Namespace) -> int:
     from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions, default_replica_id
+    from kefu.control_plane.auth import TOKEN_FILE
     from kefu.models.store import data_dir, trust_for
 
     url, user, password = _nats_login(args)
+    token_file = data_dir(args.data_dir).resolve() / TOKEN_FILE
     opts = ControlPlaneOptions(
         nats_url=url,
         nats_user=user,
@@ -47,6 +77,7 @@ async def _run(args: argparse.Namespace) -> int:
         trust=trust_for(data_dir(args.data_dir), args.trust),
         replica=args.replica or default_replica_id(),
         listen=args.listen,
+        admin_token_file=token_file,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -55,11 +86,20 @@ async def _run(args: argparse.Namespace) -> int:
     async with ControlPlaneApp(opts) as app:
         host = args.listen.rsplit(":", 1)[0]
         print(f"kefu control plane {opts.replica} serving on {host}:{app.port}")
-        print(f"try: kefu cp --target 127.0.0.1:{app.port} status")
+        if app.first_token:
+            print_first_token(app.first_token, token_file)
+        print(f"try: kefu cp --target 127.0.0.1:{app.port} --token-file {token_file} status")
         sys.stdout.flush()
         await stop.wait()
         print("kefu control plane: stopping…", file=sys.stderr)
     return 0
+
+
+def print_first_token(token: str, path: Path) -> None:
+    print(
+        "First start: created the admin operator token (shown once; saved 0600 in "
+        f"{path}) / 首次启动：已创建 admin 操作员令牌（仅显示一次，已保存到该文件）:\n  {token}"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -96,10 +136,14 @@ async def _call(args: argparse.Namespace) -> Any:
     import grpc
 
     from kefu.control_plane.api import ACTOR_METADATA_KEY, MAX_MESSAGE_BYTES
+    from kefu.v1 import bearer_metadata
     from kefu.v1 import control_plane_pb2 as pb
     from kefu.v1 import control_plane_pb2_grpc as pbg
 
-    md = ((ACTOR_METADATA_KEY, args.actor or getpass.getuser()),)
+    token, source = resolve_operator_token(args.token, args.token_file)
+    md: tuple[tuple[str, str], ...] = bearer_metadata(token) if token else ()
+    if args.actor:
+        md += ((ACTOR_METADATA_KEY, args.actor),)
     options = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -111,6 +155,9 @@ async def _call(args: argparse.Namespace) -> Any:
             return await getattr(stub, method)(request, metadata=md, timeout=args.timeout)
         except grpc.aio.AioRpcError as exc:
             msg = f"{exc.code().name}: {exc.details()}"
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                hint = f"token from {source}" if token else f"no token found ({source} absent)"
+                raise PermanentError(f"{msg} [{hint}]") from exc
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise TemporaryError(f"control plane at {args.target}: {msg}") from exc
             raise PermanentError(msg) from exc
@@ -290,6 +337,33 @@ def _show_key(r: Any) -> None:
     print(f"API key {r.key_id} (shown once; only its hash is stored / 仅显示一次):\n  {r.key}")
 
 
+def _show_tokens(r: Any) -> None:
+    rows = getattr(r, "tokens", None)
+    rows = rows if rows is not None else [r]
+    _table(
+        "operator tokens / 操作员令牌",
+        ["name", "role", "state", "created", "by", "revoked"],
+        [
+            (
+                t.name,
+                t.role,
+                "revoked" if t.revoked else "active",
+                _when(t.created_at),
+                t.created_by,
+                f"{_when(t.revoked_at)} by {t.revoked_by}" if t.revoked else "-",
+            )
+            for t in rows
+        ],
+    )
+
+
+def _show_new_token(r: Any) -> None:
+    print(
+        f"operator token {r.info.name} ({r.info.role}); shown once, only its hash is stored / "
+        f"仅显示一次:\n  {r.token}"
+    )
+
+
 def _publish(pb: Any, a: argparse.Namespace) -> Any:
     from kefu.bundle import pack
     from kefu.models.store import ModelStore, data_dir, trust_for
@@ -337,7 +411,21 @@ VERBS: dict[tuple[str, ...], dict[str, Any]] = {
         lambda pb, a: pb.GetStatusRequest(),
         lambda r: print(
             f"replica {r.replica} (leader: {r.leader or 'none'}; this replica leads: {r.is_leader})"
+            f"; you are {r.caller} ({r.caller_role})"
         ),
+    ),
+    ("tokens", "issue"): _simple(
+        "IssueOperatorToken",
+        lambda pb, a: pb.IssueOperatorTokenRequest(name=a.name, role=a.role, replace=a.replace),
+        _show_new_token,
+    ),
+    ("tokens", "list"): _simple(
+        "ListOperatorTokens", lambda pb, a: pb.ListOperatorTokensRequest(), _show_tokens
+    ),
+    ("tokens", "revoke"): _simple(
+        "RevokeOperatorToken",
+        lambda pb, a: pb.RevokeOperatorTokenRequest(name=a.name),
+        _show_tokens,
     ),
     ("tenants", "list"): _simple(
         "ListTenants", lambda pb, a: pb.ListTenantsRequest(), _show_tenants
@@ -450,6 +538,13 @@ def _add_args(path: tuple[str, ...], p: argparse.ArgumentParser) -> None:
     if path == ("keys", "revoke"):
         p.add_argument("tenant")
         p.add_argument("key_id")
+    if path in (("tokens", "issue"), ("tokens", "revoke")):
+        p.add_argument("name", help="token name (the audit log's actor)")
+    if path == ("tokens", "issue"):
+        p.add_argument("--role", choices=("viewer", "admin"), default="viewer")
+        p.add_argument(
+            "--replace", action="store_true", help="rotate an existing active token of this name"
+        )
     if path == ("regions", "create"):
         p.add_argument("region")
         p.add_argument("--description")
@@ -517,7 +612,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--target", default=DEFAULT_CP, help="control plane address (default %(default)s)"
     )
     cp.add_argument("--json", action="store_true", help="machine-readable output")
-    cp.add_argument("--actor", help="your name in the audit log (default: $USER)")
+    cp.add_argument("--token", help=f"operator token (default: ${TOKEN_ENV} or the token file)")
+    cp.add_argument(
+        "--token-file",
+        help="file holding the operator token (default: $KEFU_DATA_DIR or ./kefu-data, "
+        "secrets/control-plane-admin.token, as written by kefu up)",
+    )
+    cp.add_argument(
+        "--actor", help="a note recorded beside the token's name in the audit log (not identity)"
+    )
     cp.add_argument("--timeout", type=float, default=30.0)
     verbs = cp.add_subparsers(dest="cp_verb", required=True, metavar="VERB")
     groups: dict[str, argparse._SubParsersAction] = {}

@@ -21,6 +21,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,6 +39,7 @@ from kefu.wire import (
     BUCKET_LEADER,
     BUCKET_MODELS,
     BUCKET_NODES,
+    BUCKET_OPERATORS,
     BUCKET_REGISTRY,
     LEASE_KEY,
     OBJECT_BUNDLES,
@@ -64,7 +66,11 @@ from kefu.wire import (
     model_key,
 )
 
-__all__ = ["ControlPlane", "NotFoundError", "ensure_layout"]
+__all__ = ["AUDIT_NOTE", "ControlPlane", "NotFoundError", "ensure_layout"]
+
+#: Request-scoped note recorded with each audit event (the API sets it from `x-kefu-actor`);
+#: the event's actor is always the authenticated token's name.
+AUDIT_NOTE: ContextVar[str] = ContextVar("kefu_audit_note", default="")
 
 _M = TypeVar("_M", bound=BaseModel)
 _SLOTS = ("intent", "sentiment", "encoder")
@@ -85,6 +91,7 @@ async def ensure_layout(bus: Bus, regions: list[str] = ()) -> None:  # type: ign
     await bus.ensure_kv(BUCKET_ASSIGNMENTS, history=32)
     await bus.ensure_kv(BUCKET_NODES, history=1)
     await bus.ensure_kv(BUCKET_LEADER, history=1)
+    await bus.ensure_kv(BUCKET_OPERATORS, history=8)
     await bus.ensure_objects(OBJECT_BUNDLES)
     await bus.ensure_stream(STREAM_AUDIT, ["kefu.audit.>"])
     await bus.ensure_stream(
@@ -152,8 +159,13 @@ class ControlPlane:
             before=digest(before),
             after=digest(after),
             detail=detail,
+            actor_note=AUDIT_NOTE.get(),
         )
         await self.bus.publish(audit_subject(tenant or None), encode(ev))
+
+    async def audit_denied(self, actor: str, method: str) -> None:
+        """Record a refused call (an authenticated token without the role for ``method``)."""
+        await self._audit(actor, "denied", f"rpc/{method}", detail="permission denied")
 
     async def _tenant(self, tenant: str) -> TenantRecord:
         rec, _ = await self._get(

@@ -6,7 +6,9 @@ one control-plane replica, the demo order center when the module is installed, a
 in region ``local`` with its agent. The demo tenant, its config and the shipped default models
 are then published and assigned **through the control plane** (idempotent, so a second
 ``kefu up`` reuses everything), the node converges on them, and the command prints how to
-chat. Ctrl-C stops everything in reverse order.
+chat. The control plane's admin operator token lives in
+``<data-dir>/secrets/control-plane-admin.token`` (0600; created on the first start, re-issued
+when the file is lost), where ``kefu cp`` finds it. Ctrl-C stops everything in reverse order.
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ async def _order_center(data_dir: Path) -> AsyncIterator[str]:
 
 async def _up(args: argparse.Namespace) -> int:
     from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
+    from kefu.control_plane.auth import TOKEN_FILE
+    from kefu.control_plane.cli import default_token_file, print_first_token
     from kefu.models.store import data_dir as resolve_data_dir
     from kefu.models.store import trust_for
     from kefu.natsserver import NatsServer
@@ -140,10 +144,19 @@ async def _up(args: argparse.Namespace) -> int:
             replica="cp-local",
             listen=args.cp_listen,
             regions=[REGION],
+            admin_token_file=data / TOKEN_FILE,
         )
         async with ControlPlaneApp(cp_opts) as app, _order_center(data) as oc_url:
             assert app.cp is not None
+            assert app.tokens is not None
             print(f"control plane on 127.0.0.1:{app.port}")
+            token_file = data / TOKEN_FILE
+            if app.first_token:
+                print_first_token(app.first_token, token_file)
+            elif await app.tokens.ensure_file(token_file, actor="kefu-up"):
+                print(f"control-plane admin token re-issued into {token_file} / 已重新签发令牌")
+            else:
+                print(f"control-plane admin token in {token_file} / 控制面令牌文件")
             if oc_url:
                 print(f"demo order center on {oc_url}")
             key_file = await seed_demo_tenant(app.cp, data)
@@ -178,6 +191,8 @@ async def _up(args: argparse.Namespace) -> int:
                     print(f"  kefu chat --target 127.0.0.1:{node.port} --key-file {key_file} -d")
                     print("Control plane / 控制面:")
                     cp_cmd = f"kefu cp --target 127.0.0.1:{app.port}"
+                    if token_file != default_token_file().resolve():
+                        cp_cmd += f" --token-file {token_file}"
                     print(f"  {cp_cmd} nodes  |  {cp_cmd} model list  |  {cp_cmd} telemetry")
                     print("Operator console / 运维控制台:")
                     if importlib.util.find_spec("kefu.tui.app") is not None:

@@ -43,6 +43,7 @@ __all__ = [
     "BUCKET_LEADER",
     "BUCKET_MODELS",
     "BUCKET_NODES",
+    "BUCKET_OPERATORS",
     "BUCKET_REGISTRY",
     "LATENCY_BOUNDS_MS",
     "LEASE_KEY",
@@ -83,6 +84,8 @@ BUCKET_MODELS = "kefu_models"
 BUCKET_ASSIGNMENTS = "kefu_assignments"
 BUCKET_NODES = "kefu_nodes"
 BUCKET_LEADER = "kefu_leader"
+#: Control-plane operator tokens (hashes only); no node user may read it.
+BUCKET_OPERATORS = "kefu_operators"
 LEASE_KEY = "lease"
 OBJECT_BUNDLES = "kefu_bundles"
 STREAM_AUDIT = "KEFU_AUDIT"
@@ -323,6 +326,8 @@ class AuditEvent(_Doc):
     before: str = ""  # digest of the resource before the change ("" = did not exist)
     after: str = ""  # digest after ("" = deleted)
     detail: str = ""
+    #: What the client claimed in `x-kefu-actor` (a note only; `actor` is the token's name).
+    actor_note: str = ""
     seq: int = 0  # stream sequence, filled when read back
 
 

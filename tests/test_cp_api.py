@@ -20,10 +20,9 @@ from cp_support import (
 from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
 from kefu.keys import SigningKey
 from kefu.natsserver import NatsServer
+from kefu.v1 import bearer_metadata
 from kefu.v1 import control_plane_pb2 as pb
 from kefu.v1 import control_plane_pb2_grpc as pbg
-
-MD = (("x-kefu-actor", "alice"),)
 
 
 async def test_api_validates_audits_and_maps_errors(
@@ -39,6 +38,8 @@ async def test_api_validates_audits_and_maps_errors(
         ) as ch,
     ):
         stub = pbg.ControlPlaneStub(ch)
+        assert app.first_token  # empty store: the first admin token
+        MD = (*bearer_metadata(app.first_token), ("x-kefu-actor", "alice"))
         await stub.CreateRegion(pb.CreateRegionRequest(region="r1"), metadata=MD)
         await stub.CreateTenant(pb.CreateTenantRequest(tenant="demo-shop"), metadata=MD)
         with pytest.raises(grpc.aio.AioRpcError) as ei:
@@ -72,30 +73,34 @@ async def test_api_validates_audits_and_maps_errors(
         assert a.models["intent"] == f"demo-shop-intent@{version}"
         audit = await stub.QueryAudit(pb.QueryAuditRequest(tenant="demo-shop"), metadata=MD)
         assert [e.action for e in audit.events] == ["tenant.create", "config.put", "assign"]
-        assert {e.actor for e in audit.events} == {"alice"}
-        status = await stub.GetStatus(pb.GetStatusRequest())
+        # The actor is the token's name; the client's x-kefu-actor is only a note.
+        assert {(e.actor, e.actor_note) for e in audit.events} == {("admin", "alice")}
+        status = await stub.GetStatus(pb.GetStatusRequest(), metadata=MD)
         for _ in range(30):
             if status.is_leader:
                 break
             await asyncio.sleep(0.1)
-            status = await stub.GetStatus(pb.GetStatusRequest())
+            status = await stub.GetStatus(pb.GetStatusRequest(), metadata=MD)
         assert status.is_leader and status.leader == opts.replica
 
         # The CLI is a client of the same API (run in a thread: it has its own event loop).
         from kefu.cli import main
 
         target = f"127.0.0.1:{app.port}"
-        rc = await asyncio.to_thread(main, ["cp", "--target", target, "--json", "model", "list"])
+        tok = ["--token", app.first_token]
+        rc = await asyncio.to_thread(
+            main, ["cp", "--target", target, *tok, "--json", "model", "list"]
+        )
         out = capsys.readouterr().out
         assert rc == 0 and json.loads(out)["models"][0]["name"] == "demo-shop-intent"
         rc = await asyncio.to_thread(
-            main, ["cp", "--target", target, "config", "list", "demo-shop"]
+            main, ["cp", "--target", target, *tok, "config", "list", "demo-shop"]
         )
         assert rc == 0 and "demo-shop" in capsys.readouterr().out
         bad = tmp_path / "bad.yaml"
         bad.write_text("tenant: [unclosed", encoding="utf-8")
         rc = await asyncio.to_thread(
-            main, ["cp", "--target", target, "config", "put", "demo-shop", str(bad)]
+            main, ["cp", "--target", target, *tok, "config", "put", "demo-shop", str(bad)]
         )
         err = capsys.readouterr().err
         assert rc != 0 and "INVALID_ARGUMENT" in err and "Traceback" not in err

@@ -73,13 +73,31 @@ def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> N
         )
         assert reply.returncode == 0 and "intent=invoice" in reply.stdout, reply.stderr
         assert (os.stat(chat[2]).st_mode & 0o777) == 0o600
+        # The first-start admin token: printed once, kept 0600 where `kefu cp` looks for it
+        # (under $KEFU_DATA_DIR), so `kefu cp` works without flags.
+        token_file = data / "secrets" / "control-plane-admin.token"
+        token = token_file.read_text(encoding="utf-8").strip()
+        assert token.startswith("kcp_") and token in out
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert f"--token-file {token_file}" in out
+        cp_env = {k: v for k, v in os.environ.items() if k != "KEFU_CP_TOKEN"}
         nodes = subprocess.run(
             [sys.executable, "-m", "kefu.cli", "cp", "--target", cp[1], "--json", "nodes"],
             capture_output=True,
             text=True,
             timeout=60,
+            env={**cp_env, "KEFU_DATA_DIR": str(data)},
         )
         assert '"node_id": "local-1"' in nodes.stdout and '"state": "serving"' in nodes.stdout
+        denied = subprocess.run(
+            [sys.executable, "-m", "kefu.cli", "cp", "--target", cp[1], "nodes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**cp_env, "KEFU_DATA_DIR": str(tmp_path / "no-such-dir")},
+        )
+        assert denied.returncode != 0 and "UNAUTHENTICATED" in denied.stderr
+        assert "Traceback" not in denied.stderr
         assert (data / "nats" / "nats-server.conf").stat().st_mode & 0o777 == 0o600
     finally:
         proc.send_signal(signal.SIGINT)

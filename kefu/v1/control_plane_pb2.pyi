@@ -390,7 +390,7 @@ class ListNodesReply(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
 
 class AuditEvent(_message.Message):
-    __slots__ = ("seq", "at", "actor", "action", "resource", "tenant", "before_digest", "after_digest", "detail")
+    __slots__ = ("seq", "at", "actor", "action", "resource", "tenant", "before_digest", "after_digest", "detail", "actor_note")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
@@ -400,6 +400,7 @@ class AuditEvent(_message.Message):
     BEFORE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     AFTER_DIGEST_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_NOTE_FIELD_NUMBER: _ClassVar[int]
     seq: int
     at: float
     actor: str
@@ -409,7 +410,8 @@ class AuditEvent(_message.Message):
     before_digest: str
     after_digest: str
     detail: str
-    def __init__(self, seq: _Optional[int] = ..., at: _Optional[float] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., resource: _Optional[str] = ..., tenant: _Optional[str] = ..., before_digest: _Optional[str] = ..., after_digest: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    actor_note: str
+    def __init__(self, seq: _Optional[int] = ..., at: _Optional[float] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., resource: _Optional[str] = ..., tenant: _Optional[str] = ..., before_digest: _Optional[str] = ..., after_digest: _Optional[str] = ..., detail: _Optional[str] = ..., actor_note: _Optional[str] = ...) -> None: ...
 
 class QueryAuditRequest(_message.Message):
     __slots__ = ("tenant", "limit")
@@ -496,13 +498,69 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ControlPlaneStatus(_message.Message):
-    __slots__ = ("replica", "leader", "is_leader", "software_version")
+    __slots__ = ("replica", "leader", "is_leader", "software_version", "caller", "caller_role")
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
     IS_LEADER_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    CALLER_ROLE_FIELD_NUMBER: _ClassVar[int]
     replica: str
     leader: str
     is_leader: bool
     software_version: str
-    def __init__(self, replica: _Optional[str] = ..., leader: _Optional[str] = ..., is_leader: _Optional[bool] = ..., software_version: _Optional[str] = ...) -> None: ...
+    caller: str
+    caller_role: str
+    def __init__(self, replica: _Optional[str] = ..., leader: _Optional[str] = ..., is_leader: _Optional[bool] = ..., software_version: _Optional[str] = ..., caller: _Optional[str] = ..., caller_role: _Optional[str] = ...) -> None: ...
+
+class OperatorToken(_message.Message):
+    __slots__ = ("name", "role", "created_at", "created_by", "revoked", "revoked_at", "revoked_by")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    created_at: float
+    created_by: str
+    revoked: bool
+    revoked_at: float
+    revoked_by: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., created_at: _Optional[float] = ..., created_by: _Optional[str] = ..., revoked: _Optional[bool] = ..., revoked_at: _Optional[float] = ..., revoked_by: _Optional[str] = ...) -> None: ...
+
+class IssueOperatorTokenRequest(_message.Message):
+    __slots__ = ("name", "role", "replace")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    replace: bool
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class IssueOperatorTokenReply(_message.Message):
+    __slots__ = ("info", "token")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    info: OperatorToken
+    token: str
+    def __init__(self, info: _Optional[_Union[OperatorToken, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+
+class ListOperatorTokensRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListOperatorTokensReply(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[OperatorToken]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[OperatorToken, _Mapping]]] = ...) -> None: ...
+
+class RevokeOperatorTokenRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...

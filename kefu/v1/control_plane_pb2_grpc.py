@@ -139,6 +139,21 @@ class ControlPlaneStub:
                 request_serializer=kefu_dot_v1_dot_control__plane__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=kefu_dot_v1_dot_control__plane__pb2.ControlPlaneStatus.FromString,
                 _registered_method=True)
+        self.IssueOperatorToken = channel.unary_unary(
+                '/kefu.v1.ControlPlane/IssueOperatorToken',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.IssueOperatorTokenRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.IssueOperatorTokenReply.FromString,
+                _registered_method=True)
+        self.ListOperatorTokens = channel.unary_unary(
+                '/kefu.v1.ControlPlane/ListOperatorTokens',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.ListOperatorTokensRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListOperatorTokensReply.FromString,
+                _registered_method=True)
+        self.RevokeOperatorToken = channel.unary_unary(
+                '/kefu.v1.ControlPlane/RevokeOperatorToken',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.RevokeOperatorTokenRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.OperatorToken.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -275,6 +290,25 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueOperatorToken(self, request, context):
+        """Operator tokens (admin only). The token itself is in the issue reply only, never stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOperatorTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeOperatorToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -382,6 +416,21 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=kefu_dot_v1_dot_control__plane__pb2.GetStatusRequest.FromString,
                     response_serializer=kefu_dot_v1_dot_control__plane__pb2.ControlPlaneStatus.SerializeToString,
+            ),
+            'IssueOperatorToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueOperatorToken,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.IssueOperatorTokenRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.IssueOperatorTokenReply.SerializeToString,
+            ),
+            'ListOperatorTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperatorTokens,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListOperatorTokensRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.ListOperatorTokensReply.SerializeToString,
+            ),
+            'RevokeOperatorToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeOperatorToken,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.RevokeOperatorTokenRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.OperatorToken.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -951,6 +1000,87 @@ class ControlPlane:
             '/kefu.v1.ControlPlane/GetStatus',
             kefu_dot_v1_dot_control__plane__pb2.GetStatusRequest.SerializeToString,
             kefu_dot_v1_dot_control__plane__pb2.ControlPlaneStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueOperatorToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/IssueOperatorToken',
+            kefu_dot_v1_dot_control__plane__pb2.IssueOperatorTokenRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.IssueOperatorTokenReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperatorTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/ListOperatorTokens',
+            kefu_dot_v1_dot_control__plane__pb2.ListOperatorTokensRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.ListOperatorTokensReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeOperatorToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/RevokeOperatorToken',
+            kefu_dot_v1_dot_control__plane__pb2.RevokeOperatorTokenRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.OperatorToken.FromString,
             options,
             channel_credentials,
             insecure,
