@@ -118,7 +118,8 @@ def _nats_url(v: str | None) -> str | None:
     if v is None:
         return None
     scheme, sep, rest = v.partition("://")
-    if not sep or scheme not in ("nats", "tls", "ws", "wss") or not rest:
+    # No ws:// here: the node binary does not ship the websocket transport (aiohttp).
+    if not sep or scheme not in ("nats", "tls") or not rest:
         raise ValueError(f"{v!r} is not a NATS URL (nats://host:4222 or tls://host:4222)")
     return v
 
