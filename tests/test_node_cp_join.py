@@ -65,10 +65,10 @@ def write_node_yaml(tmp: Path, url: str, *, extra: str = "") -> tuple[Path, int,
 
 
 def run_node(config: Path) -> subprocess.Popen[str]:
-    proc, out = start(
-        [sys.executable, "-m", "kefu.node_main", "run", "--config", str(config)],
-        env={"PYTHONPATH": str(ROOT)},
-    )
+    """From source; ``KEFU_NODE_BINARY=dist/onedir/kefu-node/kefu-node`` runs a build instead."""
+    binary = os.environ.get("KEFU_NODE_BINARY")
+    cmd = [binary] if binary else [sys.executable, "-m", "kefu.node_main"]
+    proc, out = start([*cmd, "run", "--config", str(config)], env={"PYTHONPATH": str(ROOT)})
     assert "control plane: node n1 following region r1" in out
     return proc
 
