@@ -136,11 +136,13 @@ class NatsCredentials:
     password: str | None = None
 
 
-def load_credentials(path: Path) -> NatsCredentials:
-    """A credentials file written by ``kefu up`` (JSON, 0600)."""
+def load_credentials(path: Path, *, require_url: bool = True) -> NatsCredentials:
+    """A credentials file written by ``kefu up`` (JSON, 0600); without ``require_url`` the URL
+    may be missing (node.yaml's ``control_plane.url`` gives it)."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        return NatsCredentials(url=raw["url"], user=raw.get("user"), password=raw.get("password"))
+        url = raw["url"] if require_url else raw.get("url", "")
+        return NatsCredentials(url=url, user=raw.get("user"), password=raw.get("password"))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PermanentError(f"{path}: unreadable NATS credentials ({exc})") from exc
 
@@ -230,7 +232,7 @@ async def follow_control_plane(node: Node, link: ControlPlaneLink) -> AsyncItera
     became of the telemetry."""
     url, user, password = link.url, None, None
     if link.credentials is not None:
-        creds = load_credentials(link.credentials)
+        creds = load_credentials(link.credentials, require_url=not link.url)
         url, user, password = url or creds.url, creds.user, creds.password
     if not url:
         raise PermanentError("no NATS URL: give one, or a credentials file holding it")
