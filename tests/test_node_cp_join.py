@@ -135,8 +135,14 @@ async def test_kefu_node_joins_serves_and_flushes_telemetry_on_sigterm(
         try:
             replies = await asyncio.to_thread(converse_when_assigned, port, key, TEXTS)
             assert replies[0].intent == "delivery_tracking" and replies[1].language == "en"
-            nodes = {n.node_id: n for n in await stack.cp.list_nodes()}
-            assert nodes["n1"].tenants["demo-shop"].state == "serving"
+            state = ""
+            for _ in range(100):  # the status is written just after the tenant is swapped in
+                nodes = {n.node_id: n for n in await stack.cp.list_nodes()}
+                tenant = nodes["n1"].tenants.get("demo-shop") if "n1" in nodes else None
+                if tenant is not None and (state := tenant.state) == "serving":
+                    break
+                await asyncio.sleep(0.1)
+            assert state == "serving"
         finally:
             code, err = await asyncio.to_thread(stop, proc)
         assert code == 0, err
