@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -63,7 +64,8 @@ EXIT_NOPERM = 77  # EX_NOPERM
 
 #: Every exit code of ``kefu-node`` and what it means (also printed by ``kefu-node --help``).
 EXIT_CODES: dict[int, str] = {
-    0: "stopped on SIGTERM/SIGINT; every in-flight turn finished, SQLite flushed and closed",
+    0: "stopped on SIGTERM/SIGINT; every in-flight turn finished, SQLite flushed and closed "
+    "(with a control plane: the telemetry sent, or saved in the data dir to send after restart)",
     1: "a permanent error (message on stderr)",
     2: "bad command line",
     3: "stopped on SIGTERM/SIGINT, but the drain deadline expired and in-flight turns were "
@@ -71,7 +73,7 @@ EXIT_CODES: dict[int, str] = {
     65: "a model bundle is missing, tampered with or untrusted",
     69: "the listen port is in use, or a required execution provider is unavailable",
     70: "internal error (a bug: see the log)",
-    74: "shutdown could not flush or close storage",
+    74: "shutdown could not flush or close storage (or save unsent telemetry)",
     75: "temporary failure (disk full or busy, node unreachable): retry later",
     77: "permission denied (run install/uninstall as root; data directory not writable)",
     78: "invalid configuration (file, line and field on stderr)",
@@ -160,7 +162,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             for tenant_file in resolved.tenant_files:
                 tcfg = load_tenant_config(tenant_file)
                 print(f"  tenant          {tcfg.tenant.id} ({tenant_file}): ok")
-            if not resolved.tenant_files:
+            cp = cfg.control_plane
+            if cp is not None:
+                creds = resolved.credentials_file
+                print(f"  control_plane   region {cp.region}, node {cp.node_id or '(default)'}")
+                print(f"    url           {cp.url or '(from the credentials file)'}")
+                print(f"    credentials   {f'{creds}: readable' if creds else '(none)'}")
+                print(f"    telemetry     every {cp.telemetry_interval_s:g} s")
+            elif not resolved.tenant_files:
                 print("  tenant          demo-shop (built-in demo)")
         except ConfigError as exc:
             failed.append(exc)
@@ -222,10 +231,11 @@ def node_options(resolved: ResolvedNodeConfig) -> NodeOptions:
     trt_cache = inf.trt_engine_cache_dir
     if trt_cache and not Path(trt_cache).is_absolute():
         trt_cache = str(resolved.data_dir / trt_cache)
-    return NodeOptions(
+    managed = cfg.control_plane is not None  # tenants come from the control plane
+    opts = NodeOptions(
         data_dir=resolved.data_dir,
         listen=cfg.listen,
-        tenant_configs=list(resolved.tenant_files) or [DEMO_TENANT_CONFIG],
+        tenant_configs=list(resolved.tenant_files) or ([] if managed else [DEMO_TENANT_CONFIG]),
         max_in_flight=cfg.limits.max_in_flight,
         max_queue=cfg.limits.max_queue,
         queue_timeout_s=cfg.limits.queue_timeout_s,
@@ -244,6 +254,8 @@ def node_options(resolved: ResolvedNodeConfig) -> NodeOptions:
             ),
         ),
     )
+    opts.require_tenants = not managed
+    return opts
 
 
 async def _serve(resolved: ResolvedNodeConfig) -> int:
@@ -267,41 +279,68 @@ async def _serve(resolved: ResolvedNodeConfig) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     if resolved.config.workers > 1:
         return await _serve_pool(resolved, opts, stop, received)
+    from kefu.node.cp_link import ControlPlaneLink, describe_shutdown, follow_control_plane
+
+    link = ControlPlaneLink.from_config(resolved)
     node = Node(opts)
+    agent = None
+    stopping = False
     try:
         try:
             await node.start()
         except OSError as exc:
             raise _os_error(exc, resolved) from exc
         assert node.registry is not None
-        for err in node.registry.errors:
-            print(f"kefu-node: tenant refused: {err.error}", file=sys.stderr)
-        for tenant, key in node.registry.new_keys.items():
-            path = demo_key_path(opts.data_dir, tenant)
-            print(f"API key for tenant {tenant} (shown once, kept in {path}, mode 0600):\n  {key}")
-        host = cfg_host(opts.listen)
-        print(
-            f"kefu-node {__version__} serving tenants [{', '.join(sorted(node.registry.tenants))}]"
-            f" on {host}:{node.port} (config {resolved.source}, data {opts.data_dir})"
-        )
-        if node.metrics_port:
+        async with contextlib.AsyncExitStack() as stack:
+            if link is not None:
+                # On exit: stop following, drain the node, then flush or save the telemetry.
+                agent = await stack.enter_async_context(follow_control_plane(node, link))
+            for err in node.registry.errors:
+                print(f"kefu-node: tenant refused: {err.error}", file=sys.stderr)
+            for tenant, key in node.registry.new_keys.items():
+                path = demo_key_path(opts.data_dir, tenant)
+                print(
+                    f"API key for tenant {tenant} (shown once, kept in {path}, mode 0600):\n  {key}"
+                )
+            if agent is not None:
+                print(
+                    f"control plane: node {agent.options.node_id} following region "
+                    f"{agent.options.region} (tenants and models come from it)"
+                )
+            host = cfg_host(opts.listen)
+            tenants = ", ".join(sorted(node.registry.tenants))
             print(
-                f"metrics: http://{cfg_host(opts.metrics_listen or '')}:{node.metrics_port}/metrics"
+                f"kefu-node {__version__} serving tenants [{tenants}] on {host}:{node.port} "
+                f"(config {resolved.source}, data {opts.data_dir})"
             )
-        sys.stdout.flush()
-        await stop.wait()
-        print(
-            f"kefu-node: {received[0]}: stopping, finishing in-flight turns "
-            f"(≤ {opts.grace_s:g} s) / 正在停止，等待进行中的对话完成",
-            file=sys.stderr,
-        )
+            if node.metrics_port:
+                print(
+                    f"metrics: http://{cfg_host(opts.metrics_listen or '')}:"
+                    f"{node.metrics_port}/metrics"
+                )
+            sys.stdout.flush()
+            await stop.wait()
+            stopping = True
+            print(
+                f"kefu-node: {received[0]}: stopping, finishing in-flight turns "
+                f"(≤ {opts.grace_s:g} s) / 正在停止，等待进行中的对话完成",
+                file=sys.stderr,
+            )
+    except Exception as exc:
+        if not stopping:
+            raise
+        log.exception("shutdown failed")
+        print(f"kefu-node: error: shutdown could not close storage: {exc}", file=sys.stderr)
+        return EXIT_SHUTDOWN_FAILED
     finally:
         try:
-            await asyncio.shield(node.drain())
+            await asyncio.shield(node.drain())  # idempotent: done already with an agent
         except Exception as exc:
             log.exception("shutdown failed")
             print(f"kefu-node: error: shutdown could not close storage: {exc}", file=sys.stderr)
             return EXIT_SHUTDOWN_FAILED
+    if agent is not None and agent.shutdown is not None:
+        print(f"kefu-node: {describe_shutdown(agent.shutdown)}", file=sys.stderr)
     if node.turns_cut:
         print(
             f"kefu-node: drain deadline ({opts.grace_s:g} s) expired: {node.turns_cut} "
@@ -309,6 +348,8 @@ async def _serve(resolved: ResolvedNodeConfig) -> int:
             file=sys.stderr,
         )
         return EXIT_DRAIN_TIMEOUT
+    if agent is not None and agent.shutdown is not None and agent.shutdown.save_error:
+        return EXIT_SHUTDOWN_FAILED
     print("kefu-node: stopped cleanly / 已正常停止", file=sys.stderr)
     return EXIT_OK
 

@@ -18,6 +18,11 @@ Lifecycle (:class:`NodeAgent` is an async context manager):
 5. **Report**: heartbeat = the :class:`~kefu.wire.NodeStatus` document under ``kefu_nodes/<id>``
    (also written right after every reconcile); telemetry batches every interval, buffered
    while offline (bounded, oldest dropped and counted) and sent in order on reconnect.
+6. **Shut down** (:meth:`NodeAgent.stop`, then :meth:`NodeAgent.close` once the node has
+   drained, so the last turns are counted): the open window is closed and the buffer flushed
+   to NATS within ``flush_timeout_s``; what is still undelivered is saved to
+   ``<data-dir>/agent/telemetry-pending.jsonl`` and sent first after the restart
+   (:attr:`NodeAgent.shutdown` says how many batches went which way).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from kefu.node.reconcile import (
     pin_models,
     plan,
 )
-from kefu.node.telemetry import TelemetryRecorder
+from kefu.node.telemetry import TelemetryRecorder, load_pending, save_pending
 from kefu.wire import (
     BUCKET_NODES,
     OBJECT_BUNDLES,
@@ -69,7 +74,7 @@ from kefu.wire import (
     telemetry_subject,
 )
 
-__all__ = ["AgentOptions", "NodeAgent", "NodeTarget"]
+__all__ = ["AgentOptions", "NodeAgent", "NodeTarget", "TelemetryShutdown"]
 
 log = logging.getLogger("kefu.node.agent")
 
@@ -100,6 +105,8 @@ class AgentOptions:
     fetch_timeout_s: float = 120.0
     #: A model version no tenant uses any more is unloaded after this long.
     unload_grace_s: float = 30.0
+    #: On close: how long the last telemetry may take to reach NATS before it is saved.
+    flush_timeout_s: float = 3.0
 
     def __post_init__(self) -> None:
         check_id(self.node_id, "node id")
@@ -108,6 +115,19 @@ class AgentOptions:
 
 def _backoff(attempt: int, lo: float, hi: float) -> float:
     return min(hi, lo * 2**attempt) * random.uniform(0.8, 1.2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemetryShutdown:
+    """What became of the telemetry when the agent closed (batches, not turns)."""
+
+    sent: int = 0
+    #: Saved to ``telemetry-pending.jsonl``: sent after the restart.
+    saved: int = 0
+    #: Lost over this run's lifetime (buffer overflow while offline, or the save failed).
+    dropped: int = 0
+    #: Why the save failed, if it did (the node then exits with EXIT_SHUTDOWN_FAILED).
+    save_error: str = ""
 
 
 @dataclass
@@ -149,6 +169,10 @@ class NodeAgent:
         self._bundle_locks: dict[str, asyncio.Lock] = {}
         self._lkg_dir = options.data_dir / "agent" / "lkg"
         self._report_failed = False
+        self._sent = 0  # batches delivered
+        self._pending_path = options.data_dir / "agent" / "telemetry-pending.jsonl"
+        #: Set by :meth:`close`.
+        self.shutdown: TelemetryShutdown | None = None
         self._parsed: dict[tuple[str, str], TenantConfig] = {}
         #: Fired after every reconcile pass (tests and benchmarks wait on it).
         self.changed = asyncio.Condition()
@@ -157,6 +181,7 @@ class NodeAgent:
 
     async def start(self) -> NodeAgent:
         await self._restore_lkg()
+        self._restore_telemetry()
         self._tasks = [
             asyncio.create_task(self._connect_loop(), name="kefu-agent-connect"),
             asyncio.create_task(self._watch_loop(), name="kefu-agent-watch"),
@@ -166,14 +191,67 @@ class NodeAgent:
         ]
         return self
 
-    async def close(self) -> None:
-        await cancel_and_wait(*self._tasks)
-        self._tasks = []
+    async def stop(self) -> None:
+        """Stop following (no reconcile, heartbeat or telemetry task runs after it); the bus
+        stays open for :meth:`close`. Idempotent."""
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(*tasks)
+
+    async def close(self) -> TelemetryShutdown:
+        """Stop, flush the telemetry within ``flush_timeout_s``, save what is left, close the
+        bus. Idempotent: a second call returns the first call's outcome."""
+        await self.stop()
+        if self.shutdown is not None:
+            return self.shutdown
+        self.telemetry.close_window()
+        self._sent = 0
         if self.bus is not None:
-            with contextlib.suppress(KefuError):
-                await asyncio.wait_for(self._flush_telemetry(final=True), 2.0)
-            await self.bus.close()
-            self.bus = None
+            try:
+                async with asyncio.timeout(self.options.flush_timeout_s):
+                    await self._flush_telemetry()
+            except (KefuError, TimeoutError) as exc:
+                log.warning("final telemetry not delivered: %s", exc or "timeout")
+        sent = self._sent  # counted per batch: survives a timeout in the middle
+        pending = self.telemetry.pending()
+        error = ""
+        try:
+            await asyncio.to_thread(save_pending, self._pending_path, pending)
+        except OSError as exc:
+            error = f"{self._pending_path}: {exc.strerror or exc}"
+            log.error("could not save %d telemetry batches: %s", len(pending), error)
+            self.telemetry.dropped += len(pending)
+        self.shutdown = TelemetryShutdown(
+            sent=sent,
+            saved=0 if error else len(pending),
+            dropped=self.telemetry.dropped,
+            save_error=error,
+        )
+        if self.bus is not None:
+            bus, self.bus = self.bus, None
+            try:
+                async with asyncio.timeout(self.options.flush_timeout_s + 1.0):
+                    await bus.close()
+            except (KefuError, TimeoutError) as exc:
+                log.warning("closing the NATS connection: %s", exc or "timeout")
+        return self.shutdown
+
+    def _restore_telemetry(self) -> None:
+        """Batches an earlier run could not deliver go first (the file stays until the next
+        close rewrites it, so a crash cannot lose them; resending is deduplicated)."""
+        try:
+            batches, bad = load_pending(self._pending_path)
+        except OSError as exc:
+            log.error("cannot read saved telemetry %s: %s", self._pending_path, exc)
+            return
+        if bad:
+            log.warning("skipped %d unreadable lines of %s", bad, self._pending_path)
+        if batches:
+            dropped = self.telemetry.restore(batches)
+            log.info(
+                "%d telemetry batches from an earlier run queued (%d over the bound dropped)",
+                len(batches),
+                dropped,
+            )
 
     async def __aenter__(self) -> NodeAgent:
         return await self.start()
@@ -491,10 +569,7 @@ class NodeAgent:
         except KefuError as exc:
             log.warning("could not unload unused models: %s", exc)
 
-    async def _flush_telemetry(self, *, final: bool = False) -> int:
-        if final:
-            self.telemetry.close_window()
-        sent = 0
+    async def _flush_telemetry(self) -> None:
         subject = telemetry_subject(self.options.region, self.options.node_id)
         while self.bus is not None and (batch := self.telemetry.peek()) is not None:
             # A batch whose acknowledgement was lost is sent again: the message id makes
@@ -505,17 +580,22 @@ class NodeAgent:
                 msg_id=f"{self.options.node_id}:{batch.started_at}:{batch.seq}",
             )
             self.telemetry.pop()
-            sent += 1
-        return sent
+            self._sent += 1
 
     async def _telemetry_loop(self) -> None:
+        if self.telemetry.buffered:  # saved by an earlier run: sent as soon as connected
+            await self._flags.connected.wait()
+            await self._try_flush()
         while True:
             await asyncio.sleep(self.options.telemetry_s)
             self.telemetry.close_window()
-            try:
-                await self._flush_telemetry()
-            except KefuError as exc:
-                log.debug("telemetry buffered (%d batches): %s", self.telemetry.buffered, exc)
+            await self._try_flush()
+
+    async def _try_flush(self) -> None:
+        try:
+            await self._flush_telemetry()
+        except KefuError as exc:
+            log.debug("telemetry buffered (%d batches): %s", self.telemetry.buffered, exc)
 
     # ------------------------------------------------------------------ test helpers
 

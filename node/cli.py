@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from kefu.errors import PermanentError, TemporaryError
 
 if TYPE_CHECKING:
+    from kefu.node.cp_link import ControlPlaneLink
     from kefu.node.server import NodeOptions
 
 DEFAULT_TARGET = "127.0.0.1:7400"
@@ -28,8 +29,9 @@ async def _run(args: argparse.Namespace) -> int:
     os.environ["KEFU_LOG_FORMAT"] = args.log_format  # worker processes log the same way
     from kefu.node.server import Node
 
-    managed = bool(args.control_plane or args.nats_creds)  # tenants come from the control plane
-    opts, workers = _options(args, data_dir, managed=managed)
+    flags = bool(args.control_plane or args.nats_creds)
+    opts, workers, link = _options(args, data_dir, managed=flags)
+    managed = flags or link is not None  # tenants come from the control plane
     listen = opts.listen
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -42,10 +44,12 @@ async def _run(args: argparse.Namespace) -> int:
                 "per core with its own --node-id and port / 受控节点暂不支持多工作进程"
             )
         return await _run_pool(opts, workers, stop, listen)
-    async with Node(opts) as node, _agent(node, args) as agent:
+    async with Node(opts) as node, _agent(node, args, link) as agent:
         assert node.registry is not None
         if agent is not None:
-            print(f"kefu node: agent {agent.options.node_id} following region {args.region}")
+            print(
+                f"kefu node: agent {agent.options.node_id} following region {agent.options.region}"
+            )
         _announce(
             opts,
             listen=listen,
@@ -63,6 +67,12 @@ async def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 3
+    if agent is not None and agent.shutdown is not None:
+        from kefu.node.cp_link import describe_shutdown
+
+        print(f"kefu node: {describe_shutdown(agent.shutdown)}", file=sys.stderr)
+        if agent.shutdown.save_error:
+            return 74  # as kefu-node's EXIT_SHUTDOWN_FAILED
     return 0
 
 
@@ -130,7 +140,7 @@ def _is_tenant_config(path: Path) -> bool:
 
 def _options(
     args: argparse.Namespace, data_dir: Callable[[str | None], Path], *, managed: bool = False
-) -> tuple[NodeOptions, int]:
+) -> tuple[NodeOptions, int, ControlPlaneLink | None]:
     """NodeOptions from an optional node.yaml (``--config node.yaml``, as ``kefu-node`` reads
     it), tenant YAMLs (``--config tenant.yaml ...``) and the flags, which win when given."""
     from kefu.node.server import NodeOptions
@@ -142,13 +152,17 @@ def _options(
     if len(node_files) > 1:
         raise PermanentError(f"more than one node config: {', '.join(map(str, node_files))}")
     workers = 1
+    link = None
     if node_files:
         from kefu.config.node import load_node_config
+        from kefu.node.cp_link import ControlPlaneLink
         from kefu.node_main import node_options
 
         resolved = load_node_config(node_files[0])
         opts = node_options(resolved)
         workers = resolved.config.workers
+        link = ControlPlaneLink.from_config(resolved)
+        managed = managed or link is not None
         if tenants:  # tenant files on the command line come on top of the node.yaml's
             given = list(resolved.tenant_files)
             opts.tenant_configs = given + tenants
@@ -172,31 +186,27 @@ def _options(
         opts.queue_timeout_s = args.queue_timeout
     if args.workers:
         workers = args.workers
-    return opts, workers
+    return opts, workers, link
 
 
 @contextlib.asynccontextmanager
-async def _agent(node: Any, args: argparse.Namespace) -> AsyncIterator[Any]:
-    """The control-plane agent when --control-plane / --nats-creds is given (else None)."""
-    if not (args.control_plane or args.nats_creds):
+async def _agent(node: Any, args: argparse.Namespace, link: Any) -> AsyncIterator[Any]:
+    """The control-plane agent when --control-plane / --nats-creds or a node.yaml
+    ``control_plane:`` section is given (else None); the flags win over the file."""
+    from kefu.node.cp_link import ControlPlaneLink, follow_control_plane
+
+    if args.control_plane or args.nats_creds:
+        link = ControlPlaneLink(
+            url=args.control_plane,
+            credentials=Path(args.nats_creds) if args.nats_creds else None,
+            region=args.region,
+            node_id=args.node_id,
+            telemetry_s=args.telemetry_interval,
+        )
+    if link is None:
         yield None
         return
-    from kefu.node.cp_link import attach_agent, default_node_id, load_credentials
-
-    url, user, password = args.control_plane, None, None
-    if args.nats_creds:
-        creds = load_credentials(Path(args.nats_creds))
-        url, user, password = url or creds.url, creds.user, creds.password
-    agent = attach_agent(
-        node,
-        url=url,
-        node_id=args.node_id or user or default_node_id(),
-        region=args.region,
-        user=user,
-        password=password,
-        telemetry_s=args.telemetry_interval,
-    )
-    async with agent:
+    async with follow_control_plane(node, link) as agent:
         yield agent
 
 

@@ -4,31 +4,44 @@
 bundles go through the batching runtime's verified load, warm-up and atomic activation; tenant
 configs go through :meth:`TenantRegistry.apply` (one dict assignment, so in-flight turns finish
 on the old config); every turn feeds the telemetry recorder (labels and timings only).
-:func:`attach_agent` builds the agent for ``kefu node run --control-plane URL``.
+:func:`attach_agent` builds the agent; :func:`follow_control_plane` is the one wiring both
+``kefu node run --control-plane URL`` and ``kefu-node run`` (node.yaml ``control_plane:``) use,
+including the shutdown order: the agent stops following, the node drains (in-flight turns
+finish and are counted, SQLite is closed), then the agent flushes or saves the telemetry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kefu.bus import Bus
 from kefu.config import TenantConfig
 from kefu.errors import PermanentError
 from kefu.models.store import ModelStore
-from kefu.node.agent import AgentOptions, NodeAgent
+from kefu.node.agent import AgentOptions, NodeAgent, TelemetryShutdown
 from kefu.node.conversation import TurnResult
 from kefu.node.server import Node
 from kefu.node.telemetry import TelemetryRecorder, TurnSample
 from kefu.wire import BundleRef, DesiredTenant
 
+if TYPE_CHECKING:
+    from kefu.config.node import ResolvedNodeConfig
+
 __all__ = [
+    "ControlPlaneLink",
     "NatsCredentials",
     "ServingTarget",
     "attach_agent",
     "default_node_id",
+    "describe_shutdown",
+    "follow_control_plane",
     "load_credentials",
 ]
 
@@ -123,11 +136,13 @@ class NatsCredentials:
     password: str | None = None
 
 
-def load_credentials(path: Path) -> NatsCredentials:
-    """A credentials file written by ``kefu up`` / ``kefu cp node-credentials`` (JSON, 0600)."""
+def load_credentials(path: Path, *, require_url: bool = True) -> NatsCredentials:
+    """A credentials file written by ``kefu up`` (JSON, 0600); without ``require_url`` the URL
+    may be missing (node.yaml's ``control_plane.url`` gives it)."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        return NatsCredentials(url=raw["url"], user=raw.get("user"), password=raw.get("password"))
+        url = raw["url"] if require_url else raw.get("url", "")
+        return NatsCredentials(url=url, user=raw.get("user"), password=raw.get("password"))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PermanentError(f"{path}: unreadable NATS credentials ({exc})") from exc
 
@@ -142,6 +157,7 @@ def attach_agent(
     password: str | None = None,
     heartbeat_s: float = 5.0,
     telemetry_s: float = 10.0,
+    flush_timeout_s: float = 3.0,
 ) -> NodeAgent:
     """An agent (not yet started) that keeps ``node`` on its region's desired state."""
     from kefu.natsbus import NatsBus, NatsOptions
@@ -156,6 +172,7 @@ def attach_agent(
         listen=f"{node.options.listen.rsplit(':', 1)[0]}:{node.port}",
         heartbeat_s=heartbeat_s,
         telemetry_s=telemetry_s,
+        flush_timeout_s=flush_timeout_s,
     )
     nats_options = NatsOptions(
         servers=[url],
@@ -178,3 +195,78 @@ def default_node_id() -> str:
 
     host = "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower())[:40]
     return host.strip("-") or "node"
+
+
+@dataclass(kw_only=True)
+class ControlPlaneLink:
+    """How a node reaches its control plane: from flags or from node.yaml ``control_plane:``."""
+
+    url: str | None = None
+    credentials: Path | None = None
+    region: str = "local"
+    node_id: str | None = None
+    telemetry_s: float = 10.0
+    heartbeat_s: float = 5.0
+    flush_timeout_s: float = 3.0
+
+    @classmethod
+    def from_config(cls, resolved: ResolvedNodeConfig) -> ControlPlaneLink | None:
+        cp = resolved.config.control_plane
+        if cp is None:
+            return None
+        return cls(
+            url=cp.url,
+            credentials=resolved.credentials_file,
+            region=cp.region,
+            node_id=cp.node_id,
+            telemetry_s=cp.telemetry_interval_s,
+            heartbeat_s=cp.heartbeat_s,
+            flush_timeout_s=cp.flush_timeout_s,
+        )
+
+
+@asynccontextmanager
+async def follow_control_plane(node: Node, link: ControlPlaneLink) -> AsyncIterator[NodeAgent]:
+    """Run the agent for a started ``node``. On exit the node is drained too (idempotent, so
+    the caller's own ``Node`` context exits harmlessly); ``agent.shutdown`` then tells what
+    became of the telemetry."""
+    url, user, password = link.url, None, None
+    if link.credentials is not None:
+        creds = load_credentials(link.credentials, require_url=not link.url)
+        url, user, password = url or creds.url, creds.user, creds.password
+    if not url:
+        raise PermanentError("no NATS URL: give one, or a credentials file holding it")
+    agent = attach_agent(
+        node,
+        url=url,
+        node_id=link.node_id or user or default_node_id(),
+        region=link.region,
+        user=user,
+        password=password,
+        heartbeat_s=link.heartbeat_s,
+        telemetry_s=link.telemetry_s,
+        flush_timeout_s=link.flush_timeout_s,
+    )
+    await agent.start()
+    try:
+        yield agent
+    finally:
+        # No reconcile may swap a tenant while the node drains; the turns that finish during
+        # the drain are recorded, so the telemetry is flushed only after it.
+        try:
+            await asyncio.shield(agent.stop())
+            await asyncio.shield(node.drain())
+        finally:
+            await asyncio.shield(agent.close())
+
+
+def describe_shutdown(s: TelemetryShutdown) -> str:
+    """One line for the operator: where the last telemetry went."""
+    text = (
+        f"telemetry: {s.sent} batch(es) sent, {s.saved} saved for after the restart, "
+        f"{s.dropped} dropped / 统计数据：已发送 {s.sent} 批，已保存 {s.saved} 批（重启后发送），"
+        f"丢弃 {s.dropped} 批"
+    )
+    if s.save_error:
+        text += f"; could not save: {s.save_error} / 保存失败"
+    return text

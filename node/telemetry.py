@@ -6,18 +6,34 @@ feedback). :meth:`close_window` turns the window into a :class:`~kefu.wire.Telem
 queued in a bounded buffer; when the buffer is full the **oldest** batch is dropped and counted
 (``dropped``, also reported in every batch and in the node status), so a long outage costs old
 data, never memory. The agent drains the buffer in order whenever the bus is reachable.
+
+On shutdown the agent saves the batches it could not deliver (:meth:`pending` →
+:func:`save_pending`) and the next run puts them back in front of its own
+(:func:`load_pending` → :meth:`restore`); each keeps its original (node, run, seq), so a batch
+that did arrive before the save is still stored once.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import os
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from kefu.wire import LATENCY_BOUNDS_MS, TelemetryAggregate, TelemetryBatch
+from kefu.wire import (
+    LATENCY_BOUNDS_MS,
+    TelemetryAggregate,
+    TelemetryBatch,
+    WireError,
+    decode,
+    encode,
+)
 
-__all__ = ["TelemetryRecorder", "TurnSample"]
+__all__ = ["TelemetryRecorder", "TurnSample", "load_pending", "save_pending"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,3 +139,54 @@ class TelemetryRecorder:
         """The oldest batch was delivered."""
         if self._buffer:
             self._buffer.popleft()
+
+    def pending(self) -> list[TelemetryBatch]:
+        """The batches not delivered yet, oldest first."""
+        return list(self._buffer)
+
+    def restore(self, batches: list[TelemetryBatch]) -> int:
+        """Put batches saved by an earlier run in front of this run's; beyond ``max_buffered``
+        the oldest go (overload policy as for :meth:`close_window`). Returns the number dropped."""
+        merged = list(batches) + list(self._buffer)
+        excess = max(0, len(merged) - self.max_buffered)
+        self._buffer = deque(merged[excess:])
+        self.dropped += excess
+        return excess
+
+
+def save_pending(path: Path, batches: list[TelemetryBatch]) -> None:
+    """Write undelivered batches (one JSON document a line) atomically; none: remove the file."""
+    if not batches:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for batch in batches:
+                fh.write(encode(batch).replace(b"\n", b" ") + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)  # a crash leaves the old file or the new one, never half
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def load_pending(path: Path) -> tuple[list[TelemetryBatch], int]:
+    """Batches saved by :func:`save_pending` and the number of unreadable lines skipped."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return [], 0
+    batches: list[TelemetryBatch] = []
+    bad = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            batches.append(decode(TelemetryBatch, line, what=str(path)))
+        except WireError:
+            bad += 1  # a torn or foreign line costs that batch, not the others
+    return batches, bad

@@ -8,6 +8,7 @@ temporary directory, so what is tested is the archive itself, not the build tree
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from packaging_helpers import ROOT, metric_value, metrics_text, node_yaml, start
 from kefu.v1 import SERVICE_NAME, bearer_metadata
 from kefu.v1 import node_pb2 as pb
 from kefu.v1 import node_pb2_grpc as pbg
+from kefu.wire import BUCKET_NODES, NodeStatus, decode
 
 pytestmark = pytest.mark.slow
 
@@ -222,3 +224,60 @@ def test_worker_processes_of_the_binary_share_the_port(binary: Path, tmp_path: P
     db = sqlite3.connect(data / "tenants" / "demo-shop" / "sessions.db")
     assert db.execute("select count(*) from turns").fetchone()[0] == 16
     db.close()
+
+
+async def _layout(url: str) -> None:
+    from kefu.control_plane.service import ensure_layout
+    from kefu.natsbus import NatsBus, NatsOptions
+
+    bus = await NatsBus.connect(NatsOptions(servers=[url]))
+    try:
+        await ensure_layout(bus)
+    finally:
+        await bus.close()
+
+
+async def _node_status(url: str, node_id: str) -> NodeStatus:
+    """The status document the node's agent writes (waits for the first heartbeat)."""
+    from kefu.natsbus import NatsBus, NatsOptions
+
+    bus = await NatsBus.connect(NatsOptions(servers=[url]))
+    try:
+        for _ in range(300):
+            entry = await bus.kv_get(BUCKET_NODES, node_id)
+            if entry is not None:
+                return decode(NodeStatus, entry.value)
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"node {node_id} never reported its status")
+    finally:
+        await bus.close()
+
+
+def test_the_binary_joins_a_control_plane_over_nats(binary: Path, tmp_path: Path) -> None:
+    """nats-py is in the build: the node connects, reports its status (JetStream KV), and
+    stops cleanly on SIGTERM."""
+    from kefu.natsserver import NatsServer
+
+    config, _, _ = node_yaml(tmp_path)
+    (config.parent / "nats.json").write_text("{}", encoding="utf-8")
+    with NatsServer(tmp_path / "nats") as srv:
+        asyncio.run(_layout(srv.url))
+        config.write_text(
+            config.read_text(encoding="utf-8")
+            + f"control_plane:\n  url: {srv.url}\n  credentials: nats.json\n"
+            "  region: r1\n  node_id: n1\n  heartbeat_s: 0.2\n",
+            encoding="utf-8",
+        )
+        proc, out = start([str(binary), "run", "--config", str(config)])
+        try:
+            assert "control plane: node n1 following region r1" in out
+            assert "serving tenants []" in out  # no demo tenant: they come from the CP
+            status = asyncio.run(_node_status(srv.url, "n1"))
+            assert status.region == "r1" and "CPUExecutionProvider" in status.providers
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=60)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert "telemetry: 0 batch(es) sent, 0 saved" in err and "Traceback" not in err

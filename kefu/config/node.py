@@ -16,12 +16,16 @@ Example (what ``kefu-node install`` writes, see :data:`DEFAULT_NODE_YAML`)::
     limits:
       max_in_flight: 16
       drain_timeout_s: 10
+    control_plane:         # optional: follow a control plane over NATS (see the README)
+      credentials: nats.json
+      region: eu-1
 """
 
 from __future__ import annotations
 
 import glob
 import ipaddress
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -29,9 +33,11 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from kefu.config.yamlsource import Problem, YamlDocument, load_yaml, parse_yaml
+from kefu.wire import WireError, check_id
 
 __all__ = [
     "DEFAULT_NODE_YAML",
+    "ControlPlaneSettings",
     "InferenceSettings",
     "LimitSettings",
     "LoggingSettings",
@@ -108,6 +114,47 @@ class LoggingSettings(_Section):
     format: Literal["json", "text"] = "json"
 
 
+def _nats_url(v: str | None) -> str | None:
+    if v is None:
+        return None
+    scheme, sep, rest = v.partition("://")
+    # No ws:// here: the node binary does not ship the websocket transport (aiohttp).
+    if not sep or scheme not in ("nats", "tls") or not rest:
+        raise ValueError(f"{v!r} is not a NATS URL (nats://host:4222 or tls://host:4222)")
+    return v
+
+
+def _id(what: str) -> AfterValidator:
+    def check(v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            return check_id(v, what)
+        except WireError as exc:
+            raise ValueError(str(exc)) from None
+
+    return AfterValidator(check)
+
+
+class ControlPlaneSettings(_Section):
+    """``control_plane:``: the node follows its region's desired state over NATS and reports
+    status and telemetry (the same agent as ``kefu node run --control-plane``)."""
+
+    #: NATS URL; may be omitted when the credentials file carries one.
+    url: Annotated[str | None, AfterValidator(_nats_url)] = None
+    #: JSON credentials file as ``kefu up`` writes (``<data>/nats/creds/<user>.json``: url, user,
+    #: password); relative to this file. Must be readable by the node's user.
+    credentials: Annotated[str | None, Field(min_length=1)] = None
+    region: Annotated[str, _id("region")] = "local"
+    #: Default: the credentials' user, else the host name.
+    node_id: Annotated[str | None, _id("node id")] = None
+    telemetry_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    heartbeat_s: float = Field(default=5.0, gt=0, le=600)
+    #: On SIGTERM, after the drain: how long the last telemetry may take to reach NATS before
+    #: it is saved to the data directory instead (and sent after the restart).
+    flush_timeout_s: float = Field(default=3.0, ge=0, le=60)
+
+
 class NodeConfig(_Section):
     """The node.yaml schema. Paths are as written; :meth:`resolve` makes them absolute."""
 
@@ -125,6 +172,8 @@ class NodeConfig(_Section):
     limits: LimitSettings = LimitSettings()
     inference: InferenceSettings = InferenceSettings()
     logging: LoggingSettings = LoggingSettings()
+    #: Absent = a standalone node serving the tenants above.
+    control_plane: ControlPlaneSettings | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,6 +185,8 @@ class ResolvedNodeConfig:
     data_dir: Path = Path("/var/lib/kefu")
     #: Tenant config files; empty means the node serves the built-in demo tenant.
     tenant_files: tuple[Path, ...] = ()
+    #: ``control_plane.credentials`` made absolute (checked readable), if given.
+    credentials_file: Path | None = None
 
 
 def load_node_config(path: str | Path) -> ResolvedNodeConfig:
@@ -177,6 +228,33 @@ def _resolve(doc: YamlDocument, *, base: Path) -> ResolvedNodeConfig:
         if f in seen:
             problems.append(Problem(loc=("tenants", i), message=f"{f} is listed twice"))
         seen.add(f)
+    credentials: Path | None = None
+    cp = cfg.control_plane
+    if cp is not None:
+        if cp.url is None and cp.credentials is None:
+            problems.append(
+                Problem(
+                    loc=("control_plane",),
+                    message="needs url: or credentials: (a file holding the NATS URL) / "
+                    "需要 url 或 credentials",
+                )
+            )
+        if cp.credentials is not None:
+            credentials = Path(cp.credentials)
+            credentials = credentials if credentials.is_absolute() else base / credentials
+            if (why := _credentials_problem(credentials, need_url=cp.url is None)) is not None:
+                problems.append(Problem(loc=("control_plane", "credentials"), message=why))
+        if cfg.workers > 1:
+            # The worker pool does not run agents yet: N processes would each need their own
+            # node id and telemetry stream.
+            problems.append(
+                Problem(
+                    loc=("workers",),
+                    message="workers > 1 with control_plane is not supported yet: set "
+                    "workers: 1 (run one node per core, each with its own node_id and listen "
+                    "port) / 受控节点暂不支持多工作进程",
+                )
+            )
     if problems:
         raise doc.problems_error(problems)
     data_dir = Path(cfg.data_dir)
@@ -187,7 +265,27 @@ def _resolve(doc: YamlDocument, *, base: Path) -> ResolvedNodeConfig:
         config=cfg,
         data_dir=data_dir if data_dir.is_absolute() else base / data_dir,
         tenant_files=tuple(files),
+        credentials_file=credentials,
     )
+
+
+def _credentials_problem(path: Path, *, need_url: bool) -> str | None:
+    """Why the node could not use this credentials file (None: it can)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no such file: {path}"
+    except PermissionError:
+        return f"{path} is not readable by this user (the node's user must read it)"
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"cannot read {path}: {exc}"
+    except ValueError as exc:
+        return f"{path} is not JSON credentials ({exc})"
+    if not isinstance(raw, dict):
+        return f"{path}: expected a JSON object with url, user, password"
+    if need_url and not isinstance(raw.get("url"), str):
+        return f"{path} has no url (and control_plane.url is not set)"
+    return None
 
 
 #: The config ``kefu-node install`` writes (mode 0640): loopback only, demo tenant, defaults.
@@ -233,4 +331,18 @@ inference:
 
 logging:
   format: json             # or text
+
+# Join a control plane (optional; absent = a standalone node serving the tenants above).
+# The node then serves what the control plane assigns to its region, reports status and
+# telemetry (counts only, never conversation text), and keeps serving its last-known-good
+# tenants while NATS is unreachable. Needs workers: 1.
+# 加入控制平面（可选）：节点按区域接收租户与模型分配，上报状态与统计数据（不含对话内容）。
+#control_plane:
+#  credentials: nats.json        # JSON {url, user, password}, as `kefu up` writes (0640)
+#  url: tls://cp.example:4222    # optional when the credentials file has one
+#  region: local                 # region this node serves
+#  node_id: node-1               # default: the credentials' user, else the host name
+#  telemetry_interval_s: 10
+#  heartbeat_s: 5
+#  flush_timeout_s: 3            # on SIGTERM: last telemetry to NATS, else saved to data_dir
 """
