@@ -27,7 +27,13 @@ from kefu.natsserver import NatsServer
 from kefu.node.cp_link import attach_agent
 from kefu.node.server import Node, NodeOptions
 from kefu.tui.app import KefuConsole
-from kefu.tui.client import ConsoleUnavailable, GrpcControlPlaneClient, Snapshot, fetch_snapshot
+from kefu.tui.client import (
+    ConsoleAuthError,
+    ConsoleUnavailable,
+    GrpcControlPlaneClient,
+    Snapshot,
+    fetch_snapshot,
+)
 from kefu.tui.views import VIEWS, ago
 from kefu.tui.widgets import Banner, ViewTable
 
@@ -137,6 +143,15 @@ async def test_console_retries_until_the_control_plane_is_up_then_shows_real_sta
                     await record()
                     assert flags == [False, True]
 
+                    # A viewer token may look but not act: refused, and nothing changes.
+                    _, viewer_token = await cp.tokens.issue("watcher", "viewer", actor="test")
+                    viewer = GrpcControlPlaneClient(target, lambda: (viewer_token, "test"))
+                    assert [t.id for t in (await viewer.tenants()).tenants] == ["demo-shop"]
+                    with pytest.raises(ConsoleAuthError, match="PERMISSION_DENIED"):
+                        await viewer.set_tenant_enabled("demo-shop", False)
+                    await viewer.close()
+                    assert await enabled()
+
                     events = await cp.cp.audit_log(tenant="demo-shop", limit=50)
                     assert [e.actor for e in events if e.action.startswith("tenant.")][-2:] == [
                         "admin",
@@ -199,3 +214,15 @@ def test_snapshot_nodes(snap_compare: Any) -> None:
 def test_snapshot_overview(snap_compare: Any) -> None:
     console = KefuConsole(MemoryClient(), refresh_s=3600, clock=lambda: NOW)
     assert snap_compare(console, terminal_size=(140, 24), run_before=_wait_loaded)
+
+
+def test_cli_registers_the_tui_area() -> None:
+    from kefu.cli import build_parser
+    from kefu.tui.cli import cmd_tui
+
+    args = build_parser().parse_args(
+        ["tui", "--control-plane", "10.0.0.5:7500", "--token-file", "t"]
+    )
+    assert args.handler is cmd_tui and args.control_plane == "10.0.0.5:7500"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["tui", "--token", "a", "--token-file", "t"])

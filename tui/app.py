@@ -45,10 +45,7 @@ class KefuConsole(App[None]):
         Binding("q", "quit", "Quit / 退出"),
         Binding("r", "refresh_now", "Refresh / 刷新"),
         Binding("0", "show('overview')", "Overview / 概览"),
-        *(
-            Binding(str(i), f"show('{v.id}')", v.title)
-            for i, v in enumerate(VIEWS, start=1)
-        ),
+        *(Binding(str(i), f"show('{v.id}')", v.title) for i, v in enumerate(VIEWS, start=1)),
     ]
 
     #: "" while the last refresh worked; else what the banner says.

@@ -83,7 +83,8 @@ class Snapshot:
 
 async def fetch_snapshot(client: ControlPlaneClient, *, now: float) -> Snapshot:
     """All views' data in one round of concurrent calls; the first failure is raised."""
-    status, nodes, tenants, assignments, models, telemetry, audit = await asyncio.gather(
+    # gather() is typed for up to six awaitables; the replies are checked by their use below.
+    replies: list[Any] = await asyncio.gather(
         client.status(),
         client.nodes(),
         client.tenants(),
@@ -92,6 +93,7 @@ async def fetch_snapshot(client: ControlPlaneClient, *, now: float) -> Snapshot:
         client.telemetry(),
         client.audit(),
     )
+    status, nodes, tenants, assignments, models, telemetry, audit = replies
     return Snapshot(
         status=status,
         nodes=list(nodes.nodes),
@@ -130,9 +132,11 @@ class GrpcControlPlaneClient:
         if self._token is None:
             try:
                 # A file read: off the event loop.
-                self._token, self._token_source = await asyncio.to_thread(self._provider)
+                token, self._token_source = await asyncio.to_thread(self._provider)
             except PermanentError as exc:
                 raise ConsoleAuthError(str(exc)) from exc
+            self._token = token
+            return token
         return self._token
 
     @property
@@ -184,34 +188,30 @@ class GrpcControlPlaneClient:
             raise PermanentError(msg) from exc
 
     async def status(self) -> pb.ControlPlaneStatus:
-        return await self._call("GetStatus", pb.GetStatusRequest())  # type: ignore[no-any-return]
+        return await self._call("GetStatus", pb.GetStatusRequest())
 
     async def nodes(self) -> pb.ListNodesReply:
-        return await self._call("ListNodes", pb.ListNodesRequest())  # type: ignore[no-any-return]
+        return await self._call("ListNodes", pb.ListNodesRequest())
 
     async def tenants(self) -> pb.ListTenantsReply:
-        return await self._call("ListTenants", pb.ListTenantsRequest())  # type: ignore[no-any-return]
+        return await self._call("ListTenants", pb.ListTenantsRequest())
 
     async def assignments(self) -> pb.ListAssignmentsReply:
-        return await self._call(  # type: ignore[no-any-return]
-            "ListAssignments", pb.ListAssignmentsRequest()
-        )
+        return await self._call("ListAssignments", pb.ListAssignmentsRequest())
 
     async def models(self) -> pb.ListModelsReply:
-        return await self._call("ListModels", pb.ListModelsRequest())  # type: ignore[no-any-return]
+        return await self._call("ListModels", pb.ListModelsRequest())
 
     async def telemetry(self) -> pb.QueryTelemetryReply:
-        return await self._call(  # type: ignore[no-any-return]
+        return await self._call(
             "QueryTelemetry", pb.QueryTelemetryRequest(since_s=TELEMETRY_SINCE_S, bucket_s=60)
         )
 
     async def audit(self) -> pb.QueryAuditReply:
-        return await self._call(  # type: ignore[no-any-return]
-            "QueryAudit", pb.QueryAuditRequest(limit=AUDIT_LIMIT)
-        )
+        return await self._call("QueryAudit", pb.QueryAuditRequest(limit=AUDIT_LIMIT))
 
     async def set_tenant_enabled(self, tenant: str, enabled: bool) -> pb.Tenant:
-        return await self._call(  # type: ignore[no-any-return]
+        return await self._call(
             "SetTenantEnabled", pb.SetTenantEnabledRequest(tenant=tenant, enabled=enabled)
         )
 
