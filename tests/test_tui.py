@@ -159,7 +159,7 @@ async def test_console_retries_until_the_control_plane_is_up_then_shows_real_sta
                     ]
         # The control plane went away: the banner returns, the last data stays on screen.
         await until(lambda: "unreachable" in _banner(console), pilot)
-        assert _cells(console, "nodes")[0][0] == "n1"
+        assert _cells(console, "nodes")[0][0] == "n1" and "showing data of" in _banner(console)
 
 
 async def test_memory_double_unreachable_banner_and_toggle() -> None:

@@ -25,7 +25,7 @@ from kefu.tui.client import (
     Snapshot,
     fetch_snapshot,
 )
-from kefu.tui.views import VIEWS
+from kefu.tui.views import VIEWS, when
 from kefu.tui.widgets import Banner, Overview, ViewTable
 
 __all__ = ["DEFAULT_REFRESH_S", "KefuConsole"]
@@ -65,6 +65,7 @@ class KefuConsole(App[None]):
         self.refresh_s = refresh_s
         self.clock = clock
         self.snapshot = Snapshot()
+        self._refreshing = False
         self.sub_title = client.target
 
     def compose(self) -> ComposeResult:
@@ -89,7 +90,12 @@ class KefuConsole(App[None]):
     # ------------------------------------------------------------------ refresh (worker)
 
     def action_refresh_now(self) -> None:
-        self.run_worker(self._refresh(), group="refresh", exclusive=True, exit_on_error=False)
+        # Overload policy "skip": while one refresh is in flight (up to the call timeout) a
+        # tick does nothing; replacing it instead would starve a slow control plane forever.
+        if self._refreshing:
+            return
+        self._refreshing = True
+        self.run_worker(self._refresh(), group="refresh", exit_on_error=False)
 
     async def _refresh(self) -> None:
         try:
@@ -97,20 +103,26 @@ class KefuConsole(App[None]):
         except ConsoleAuthError as exc:
             self.problem = (
                 f"Token refused / 令牌被拒绝 — {exc}. Use --token or --token-file; "
-                f"retrying every {self.refresh_s:g}s / 每 {self.refresh_s:g} 秒重试."
+                f"{self._retrying()}"
             )
         except ConsoleUnavailable as exc:
-            self.problem = (
-                f"Control plane unreachable / 无法连接控制面 — {exc}. "
-                f"Retrying every {self.refresh_s:g}s / 每 {self.refresh_s:g} 秒重试."
-            )
+            self.problem = f"Control plane unreachable / 无法连接控制面 — {exc}. {self._retrying()}"
         except (KefuError, OSError) as exc:
-            self.problem = f"Control plane error / 控制面错误 — {exc}"
+            self.problem = f"Control plane error / 控制面错误 — {exc}. {self._retrying()}"
         else:
             self.snapshot = snap
             self.problem = ""
             self._show(snap)
             self.generation += 1
+        finally:
+            self._refreshing = False
+
+    def _retrying(self) -> str:
+        every = f"{self.refresh_s:g}"
+        text = f"Retrying every {every}s / 每 {every} 秒重试"
+        if self.generation:
+            text += f"; showing data of / 显示的数据来自 {when(self.snapshot.fetched_at)} UTC"
+        return text + "."
 
     def _show(self, snap: Snapshot) -> None:
         now = self.clock()
