@@ -9,6 +9,7 @@ retries on the next tick; nothing reaches the terminal as a traceback.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -31,6 +32,8 @@ from kefu.tui.widgets import Banner, Overview, ViewTable
 __all__ = ["DEFAULT_REFRESH_S", "KefuConsole"]
 
 DEFAULT_REFRESH_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 class KefuConsole(App[None]):
@@ -109,6 +112,9 @@ class KefuConsole(App[None]):
             self.problem = f"Control plane unreachable / 无法连接控制面 — {exc}. {self._retrying()}"
         except (KefuError, OSError) as exc:
             self.problem = f"Control plane error / 控制面错误 — {exc}. {self._retrying()}"
+        except Exception as exc:  # the UI edge: a banner (and the log), never a traceback
+            log.exception("refresh failed")
+            self.problem = f"Unexpected error / 意外错误 — {exc!r}. {self._retrying()}"
         else:
             self.snapshot = snap
             self.problem = ""
