@@ -196,7 +196,10 @@ async def _up(args: argparse.Namespace) -> int:
                     print(f"  {cp_cmd} nodes  |  {cp_cmd} model list  |  {cp_cmd} telemetry")
                     print("Operator console / 运维控制台:")
                     if importlib.util.find_spec("kefu.tui.app") is not None:
-                        print(f"  kefu tui --control-plane 127.0.0.1:{app.port}")
+                        tui_cmd = f"kefu tui --control-plane 127.0.0.1:{app.port}"
+                        if token_file != default_token_file().resolve():
+                            tui_cmd += f" --token-file {token_file}"
+                        print(f"  {tui_cmd}")
                     else:
                         print("  (not built yet in this version: use `kefu cp nodes` / 尚未提供)")
                     print("Ctrl-C stops everything / 按 Ctrl-C 停止")

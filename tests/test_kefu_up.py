@@ -80,6 +80,8 @@ def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> N
         assert token.startswith("kcp_") and token in out
         assert token_file.stat().st_mode & 0o777 == 0o600
         assert f"--token-file {token_file}" in out
+        # The operator console's command (kefu.tui.app exists), with the same token file.
+        assert f"kefu tui --control-plane {cp[1]} --token-file {token_file}" in out, out
         cp_env = {k: v for k, v in os.environ.items() if k != "KEFU_CP_TOKEN"}
         nodes = subprocess.run(
             [sys.executable, "-m", "kefu.cli", "cp", "--target", cp[1], "--json", "nodes"],

@@ -1,0 +1,194 @@
+"""An in-memory :class:`ControlPlaneClient` double with fixed, deterministic data (for the
+console's snapshot and banner tests), and a helper to wait on a running Textual app."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+from kefu.errors import KefuError
+from kefu.v1 import control_plane_pb2 as pb
+
+T = TypeVar("T")
+
+NOW = 1_790_000_000.0  # a fixed "now" (2026-09-21 UTC): heartbeat ages are deterministic
+
+
+class MemoryClient:
+    """Fixed replies; ``fail`` makes every call raise it (to show the banner)."""
+
+    def __init__(self, *, fail: KefuError | None = None) -> None:
+        self.fail = fail
+        self.toggled: list[tuple[str, bool]] = []
+        self._tenants = {
+            "demo-shop": pb.Tenant(
+                id="demo-shop",
+                name="Demo Shop 演示商店",
+                enabled=True,
+                created_at=NOW - 86400,
+                current_config=3,
+                api_keys=[pb.ApiKey(id="k1", created_at=NOW - 86400)],
+            ),
+            "acme": pb.Tenant(id="acme", name="ACME", enabled=False, current_config=1),
+        }
+
+    @property
+    def target(self) -> str:
+        return "memory://demo"
+
+    async def _reply(self, value: T) -> T:
+        if self.fail is not None:
+            raise self.fail
+        return value
+
+    async def status(self) -> pb.ControlPlaneStatus:
+        return await self._reply(
+            pb.ControlPlaneStatus(
+                replica="cp-1",
+                leader="cp-1",
+                is_leader=True,
+                software_version="0.1.0",
+                caller="admin",
+                caller_role="admin",
+            )
+        )
+
+    async def nodes(self) -> pb.ListNodesReply:
+        return await self._reply(
+            pb.ListNodesReply(
+                nodes=[
+                    pb.Node(
+                        node_id="sh-1",
+                        region="cn-east",
+                        software_version="0.1.0",
+                        heartbeat_at=NOW - 3,
+                        online=True,
+                        tenants=[
+                            pb.ObservedTenant(tenant="demo-shop", state="serving", config_version=3)
+                        ],
+                        models_loaded=["demo-shop-intent@1.2.0", "sentiment@1.0.0"],
+                    ),
+                    pb.Node(
+                        node_id="bj-1",
+                        region="cn-north",
+                        software_version="0.1.0",
+                        heartbeat_at=NOW - 400,
+                        online=False,
+                        tenants=[
+                            pb.ObservedTenant(
+                                tenant="demo-shop",
+                                state="refused",
+                                config_version=2,
+                                error="demo-shop.yaml:4: tenant.bogus_field: extra field",
+                            )
+                        ],
+                        telemetry_buffered=12,
+                        telemetry_dropped=1,
+                    ),
+                ]
+            )
+        )
+
+    async def tenants(self) -> pb.ListTenantsReply:
+        return await self._reply(pb.ListTenantsReply(tenants=list(self._tenants.values())))
+
+    async def assignments(self) -> pb.ListAssignmentsReply:
+        return await self._reply(
+            pb.ListAssignmentsReply(
+                assignments=[
+                    pb.Assignment(
+                        tenant="demo-shop",
+                        region="cn-east",
+                        models={"intent": "demo-shop-intent@1.2.0"},
+                        updated_at=NOW - 600,
+                        updated_by="admin",
+                    ),
+                    pb.Assignment(
+                        tenant="demo-shop",
+                        region="cn-north",
+                        config_version=2,
+                        models={"intent": "demo-shop-intent@1.1.0"},
+                    ),
+                ]
+            )
+        )
+
+    async def models(self) -> pb.ListModelsReply:
+        return await self._reply(
+            pb.ListModelsReply(
+                models=[
+                    pb.ModelVersion(
+                        name="demo-shop-intent",
+                        version="1.2.0",
+                        task="intent",
+                        size=1_800_000,
+                        signer="abcdef0123456789",
+                        metrics={"accuracy": 0.9412, "macro_f1": 0.9301},
+                        published_at=NOW - 3600,
+                        published_by="admin",
+                    )
+                ]
+            )
+        )
+
+    async def telemetry(self) -> pb.QueryTelemetryReply:
+        return await self._reply(
+            pb.QueryTelemetryReply(
+                series=[
+                    pb.TelemetrySeries(
+                        tenant="demo-shop",
+                        scenario="after_sales",
+                        model_version="demo-shop-intent@1.2.0",
+                        turns=1200,
+                        errors=2,
+                        p50_ms=12,
+                        p95_ms=31,
+                        fallback_rate=0.25,
+                        handoff_rate=0.04,
+                        mean_confidence=0.87,
+                        feedback=40,
+                        mean_rating=4.2,
+                        corrected_accuracy=0.9,
+                    )
+                ],
+                nodes_reporting=1,
+            )
+        )
+
+    async def audit(self) -> pb.QueryAuditReply:
+        return await self._reply(
+            pb.QueryAuditReply(
+                events=[
+                    pb.AuditEvent(
+                        seq=7,
+                        at=NOW - 600,
+                        actor="admin",
+                        action="assign",
+                        resource="assignment/demo-shop/cn-east",
+                        tenant="demo-shop",
+                        before_digest="aaaaaaaaaaaaaaaa",
+                        after_digest="bbbbbbbbbbbbbbbb",
+                    )
+                ]
+            )
+        )
+
+    async def set_tenant_enabled(self, tenant: str, enabled: bool) -> pb.Tenant:
+        t = self._tenants[tenant]
+        t.enabled = enabled
+        self.toggled.append((tenant, enabled))
+        return await self._reply(t)
+
+    async def close(self) -> None:
+        pass
+
+
+async def until(check: Callable[[], bool], pilot: object, *, limit_s: float = 60.0) -> None:
+    """Let the app run until ``check()`` holds (a bound on waiting, not a timed assertion)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit_s
+    while not check():
+        if loop.time() > end:
+            raise AssertionError(f"condition not reached within {limit_s}s")
+        await pilot.pause(0.05)  # type: ignore[attr-defined]

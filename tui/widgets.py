@@ -1,0 +1,97 @@
+"""The console's widgets: the problem banner, the overview, and one table per view.
+
+Data flows down (the app calls :meth:`show` with each new snapshot); requests flow up as
+messages (:class:`ViewTable.ToggleTenant`), so no widget talks to the control plane itself.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import DataTable, Static
+
+from kefu.tui.client import Snapshot
+from kefu.tui.views import View, overview_lines
+
+__all__ = ["Banner", "Overview", "ViewTable"]
+
+
+class Banner(Static):
+    """A red line across the top while the control plane is unreachable or refuses us."""
+
+    DEFAULT_CSS = """
+    Banner {
+        background: $error;
+        color: $text;
+        text-style: bold;
+        padding: 0 1;
+        display: none;
+    }
+    Banner.-shown { display: block; }
+    """
+
+    def show_problem(self, problem: str) -> None:
+        self.update(Text(problem))
+        self.set_class(bool(problem), "-shown")
+
+
+class Overview(Static):
+    """Who am I, who leads, and the counts an operator checks first."""
+
+    DEFAULT_CSS = """
+    Overview { padding: 1 2; }
+    """
+
+    def show(self, snapshot: Snapshot, now: float) -> None:
+        self.update("\n".join(overview_lines(snapshot, now)))
+
+
+class ViewTable(DataTable[str | Text]):
+    """A table for one :class:`View`; keeps the cursor on the same row across refreshes."""
+
+    BINDINGS = [  # noqa: RUF012  (Textual's declared class attribute)
+        Binding("e", "toggle_tenant", "Enable/disable / 启停租户", show=True),
+    ]
+
+    class ToggleTenant(Message):
+        """The operator asked to enable or disable the tenant under the cursor."""
+
+        def __init__(self, tenant: str, enable: bool) -> None:
+            self.tenant = tenant
+            self.enable = enable
+            super().__init__()
+
+    def __init__(self, view: View, *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=True)
+        self.view = view
+        self._enabled: dict[str, bool] = {}
+
+    def on_mount(self) -> None:
+        self.add_columns(*self.view.columns)
+
+    def show(self, snapshot: Snapshot, now: float) -> None:
+        keep = self.cursor_row
+        self.clear()
+        for key, cells in self.view.rows(snapshot, now):
+            self.add_row(*cells, key=key)
+        self._enabled = {t.id: t.enabled for t in snapshot.tenants}
+        if self.row_count:
+            self.move_cursor(row=min(keep, self.row_count - 1))
+
+    def selected_key(self) -> str | None:
+        if not self.row_count:
+            return None
+        row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
+        return row_key.value
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Only the tenants table offers the toggle (and shows it in the footer).
+        if action == "toggle_tenant":
+            return self.view.id == "tenants"
+        return True
+
+    def action_toggle_tenant(self) -> None:
+        tenant = self.selected_key()
+        if tenant is not None:
+            self.post_message(self.ToggleTenant(tenant, not self._enabled.get(tenant, True)))
