@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,16 @@ from kefu.keys import SigningKey, TrustStore, generate_keypair
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "models" / "data"
 TINY_LABELS = ("delivery_tracking", "return_refund", "greeting")
+
+
+@pytest.fixture(autouse=True)
+def _kefu_logger_restored() -> Iterator[None]:
+    """configure_logging() (called by in-process nodes and tests) replaces the ``kefu``
+    logger's handlers and stops propagation; later tests' ``caplog`` must still see records."""
+    logger = logging.getLogger("kefu")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def _subset(src: Path, dest: Path) -> Path:
