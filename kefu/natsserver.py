@@ -13,7 +13,6 @@ another client's replies. The same permission blocks work on an existing NATS cl
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -23,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,7 +135,12 @@ def node_user(node_id: str, region: str, password: str | None = None) -> NatsUse
 
 
 def render_config(
-    *, port: int, store_dir: Path, users: list[NatsUser] | None = None, host: str = "127.0.0.1"
+    *,
+    port: int,
+    store_dir: Path,
+    users: list[NatsUser] | None = None,
+    host: str = "127.0.0.1",
+    monitor_port: int | None = None,
 ) -> str:
     """A nats-server config (JSON is valid NATS config syntax)."""
     cfg: dict[str, Any] = {
@@ -145,6 +150,8 @@ def render_config(
     }
     if users:
         cfg["authorization"] = {"users": [u.to_config() for u in users]}
+    if monitor_port:  # loopback only: /healthz tells when JetStream has recovered its streams
+        cfg["http"] = f"127.0.0.1:{monitor_port}"
     return json.dumps(cfg, indent=2)
 
 
@@ -161,6 +168,7 @@ class NatsServer:
     ):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
+        self.monitor_port = free_port()
         self.users = users
         self.log_file = log_file or self.data_dir / "nats-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -176,7 +184,10 @@ class NatsServer:
     def write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         text = render_config(
-            port=self.port, store_dir=self.data_dir / "jetstream", users=self.users
+            port=self.port,
+            store_dir=self.data_dir / "jetstream",
+            users=self.users,
+            monitor_port=self.monitor_port,
         )
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -203,14 +214,22 @@ class NatsServer:
                 raise TemporaryError(
                     f"nats-server exited with {self.proc.returncode}; see {self.log_file}"
                 )
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
+            # Listening is not enough: after a restart JetStream recovers its streams in the
+            # background, and a KV read in that window sees an empty bucket. /healthz answers
+            # 200 once JetStream is current.
+            if self._healthy():
                 return self
             time.sleep(0.05)
         self.stop()
         raise TemporaryError(f"nats-server did not listen on {self.port}; see {self.log_file}")
+
+    def _healthy(self) -> bool:
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as resp:
+                return bool(resp.status == 200)
+        except (OSError, ValueError):  # not up yet, or 503 while JetStream recovers
+            return False
 
     def reload(self) -> None:
         """Rewrite the config (e.g. new node users) and make the server re-read it."""
