@@ -293,7 +293,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--data-dir", help="data directory (default: $KEFU_DATA_DIR or ./kefu-data)")
     r.add_argument("--listen", help=f"gRPC address (default {DEFAULT_TARGET})")
-    r.add_argument("--max-in-flight", type=int, help="turns served at once (default: 16)")
+    r.add_argument("--max-in-flight", type=int, help="turns served at once (default: 8)")
     r.add_argument(
         "--queue-timeout",
         type=float,

@@ -43,7 +43,7 @@ def test_the_installed_default_config_is_valid_and_safe(tmp_path: Path) -> None:
     assert cfg.config.limits.drain_timeout_s == 10
     opts = node_options(cfg)
     assert opts.tenant_configs == [DEMO_TENANT_CONFIG]
-    assert opts.grace_s == 10 and opts.max_in_flight == 16
+    assert opts.grace_s == 10 and opts.max_in_flight == 8
 
 
 def test_tenant_globs_expand_sorted_and_missing_files_are_located(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ Example (what ``kefu-node install`` writes, see :data:`DEFAULT_NODE_YAML`)::
     metrics_listen: 127.0.0.1:7401
     tenants: []            # tenant YAML files or globs; empty = the built-in demo tenant
     limits:
-      max_in_flight: 16
+      max_in_flight: 8
       drain_timeout_s: 10
     control_plane:         # optional: follow a control plane over NATS (see the README)
       credentials: nats.json
@@ -86,7 +86,7 @@ class LimitSettings(_Section):
     """Overload and shutdown limits (defaults measured on 2 cores, see the README)."""
 
     #: Turns served at once; more only queues inside the node and inflates latency.
-    max_in_flight: int = Field(default=16, ge=1, le=10_000)
+    max_in_flight: int = Field(default=8, ge=1, le=10_000)
     #: Turns that may wait for a slot; beyond it new turns are shed with UNAVAILABLE.
     max_queue: int = Field(default=256, ge=0, le=1_000_000)
     #: Longest expected wait (seconds) before a turn is shed instead of queued.
@@ -315,7 +315,7 @@ tenants: []
 workers: 1
 
 limits:
-  max_in_flight: 16        # turns served at once
+  max_in_flight: 8         # turns served at once (see the README's load benchmark)
   max_queue: 256           # turns waiting for a slot; beyond it: UNAVAILABLE (shed)
   queue_timeout_s: 0.05    # longest expected wait before a turn is shed
   drain_timeout_s: 10      # on SIGTERM, in-flight turns get this long to finish
