@@ -47,6 +47,17 @@ def bench_config(tmp: Path) -> tuple[Path, dict[str, Any]]:
     return path, stock
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 20 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def process_tree_cpu(root: int) -> float:
     """User + system CPU seconds of ``root`` and its direct children (all threads)."""
     total, pids = 0.0, {root}
@@ -92,13 +103,7 @@ class OrderCenterProcess:
         return process_tree_cpu(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 class NodeProcess:
@@ -169,13 +174,7 @@ class NodeProcess:
         return sums
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def server_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

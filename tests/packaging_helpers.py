@@ -35,9 +35,9 @@ def node_yaml(tmp: Path, *, drain_timeout_s: float = 10.0) -> tuple[Path, int, i
 
 
 def start(
-    cmd: Sequence[str], *, env: dict[str, str] | None = None
+    cmd: Sequence[str], *, env: dict[str, str] | None = None, until: str = "serving tenants"
 ) -> tuple[subprocess.Popen[str], str]:
-    """Start a node; return it and its stdout up to the "serving tenants" line."""
+    """Start a node; return it and its stdout up to the first line containing ``until``."""
     proc = subprocess.Popen(
         list(cmd),
         stdout=subprocess.PIPE,
@@ -53,7 +53,7 @@ def start(
         if not line:
             break
         lines.append(line)
-        if "serving tenants" in line:
+        if until in line:
             return proc, "".join(lines)
     proc.kill()
     _, err = proc.communicate(timeout=30)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from packaging_helpers import start
 
 from kefu.node.server import PortInUse
 from kefu.node.workers import reserve_port
@@ -37,27 +38,11 @@ def test_reserve_port_refuses_a_port_in_use() -> None:
 
 
 def _start(data: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
+    return start(
         [KEFU, "node", "run", "--data-dir", str(data), "--listen", "127.0.0.1:0",
          "--metrics-listen", "127.0.0.1:0", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        until="metrics:",
     )  # fmt: skip
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("metrics:"):
-            break
-    out = "".join(lines)
-    if "metrics:" not in out:
-        proc.kill()
-        assert proc.stderr is not None
-        pytest.fail(f"node did not start:\n{out}{proc.stderr.read()}")
-    return proc, out
 
 
 def _converse(port: int, key: str, texts: list[str], channels: int = 8) -> list[pb.ConverseReply]:
@@ -157,18 +142,7 @@ def test_node_run_reads_a_node_yaml_and_flags_win(tmp_path: Path) -> None:
         "limits:\n  max_in_flight: 4\n",
         encoding="utf-8",
     )
-    proc = subprocess.Popen(
-        [KEFU, "node", "run", "--config", str(node_yaml), "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    out = ""
-    deadline = time.monotonic() + 120
-    while "serving tenants" not in out and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        out += line
+    proc, out = start([KEFU, "node", "run", "--config", str(node_yaml), "--listen", "127.0.0.1:0"])
     proc.send_signal(signal.SIGTERM)
     rc = proc.wait(timeout=60)
     assert "with 2 worker processes" in out, out  # workers from the node.yaml
