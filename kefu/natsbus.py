@@ -32,6 +32,7 @@ from kefu.bus import BusUnavailable, Conflict, KvEntry, NotFound, ObjectInfo, St
 
 __all__ = ["NatsBus", "NatsOptions"]
 
+_EMPTY_RECHECKS = 3  # re-watches of an empty start (see _watch)
 log = logging.getLogger("kefu.natsbus")
 
 _T = TypeVar("_T")
@@ -251,30 +252,59 @@ class NatsBus:
     ) -> AsyncIterator[KvEntry | None]:
         kv = await self._bucket(bucket)
         generation = self.generation
-        watcher = await self._call(
-            f"watch {bucket}/{pattern}", lambda: kv.watch(pattern, meta_only=meta_only)
-        )
-        try:
-            while True:
-                try:
-                    e = await watcher.updates(timeout=1.0)
-                except nats.errors.TimeoutError:
-                    if self.generation != generation or not self.connected:
-                        raise BusUnavailable(
-                            f"watch {bucket}/{pattern}: connection lost; re-create the watcher"
-                        ) from None
-                    continue
-                if e is None:
-                    yield None
-                    if once:
+        for attempt in range(_EMPTY_RECHECKS + 1):
+            watcher = await self._call(
+                f"watch {bucket}/{pattern}", lambda: kv.watch(pattern, meta_only=meta_only)
+            )
+            initial = 0  # entries delivered before the "initial values done" marker
+            done = False
+            try:
+                while True:
+                    try:
+                        e = await watcher.updates(timeout=1.0)
+                    except nats.errors.TimeoutError:
+                        if self.generation != generation or not self.connected:
+                            raise BusUnavailable(
+                                f"watch {bucket}/{pattern}: connection lost; re-create the watcher"
+                            ) from None
+                        continue
+                    if e is None:
+                        # Right after a server restart an ordered consumer can report nothing
+                        # pending although the stream holds the keys (seen ~1 in 30 restarts):
+                        # an empty start is checked against the stream and the watch redone.
+                        if (
+                            not done
+                            and initial == 0
+                            and attempt < _EMPTY_RECHECKS
+                            and await self._holds_keys(bucket, pattern)
+                        ):
+                            await asyncio.sleep(0.05 * (attempt + 1))
+                            break
+                        done = True
+                        yield None
+                        if once:
+                            return
+                        continue
+                    if not hasattr(e, "key"):  # the watcher's stop sentinel
                         return
-                    continue
-                if not hasattr(e, "key"):  # the watcher's stop sentinel
-                    return
-                yield _entry(e)
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()
+                    if not done:
+                        initial += 1
+                    yield _entry(e)
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+
+    async def _holds_keys(self, bucket: str, pattern: str) -> bool:
+        """Whether the bucket's stream has messages for ``pattern`` (False when unknown: a
+        node's credentials may not allow stream info)."""
+        try:
+            info = await asyncio.wait_for(
+                self.js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.{pattern}"),
+                timeout=2.0,
+            )
+        except Exception:  # only a hint; the watch result stands
+            return False
+        return bool(info.state.messages)
 
     # -- objects
 
