@@ -315,18 +315,22 @@ class SQLiteSessionStore:
     async def record_turn(self, record: TurnRecord) -> RecordedTurn:
         def op(conn: sqlite3.Connection) -> RecordedTurn:
             now = self._now()
-            if record.new_session is not None:
-                session = record.new_session
-                try:
-                    insert(conn, "sessions", encode(session, skip=frozenset({"tenant"})))
-                except sqlite3.IntegrityError as exc:
-                    raise StateConflict(f"session {session.id!r} already exists") from exc
+            new = record.new_session
+            if new is not None:  # a session this turn opens has no hand-off yet
+                session, active = new, False
             else:
                 session = self._session(conn, record.session_id)
-            active = record.handoff is not None and _has_active_handoff(conn, session.id)
+                active = record.handoff is not None and _has_active_handoff(conn, session.id)
             after, turns, handoff = apply_turn_record(
                 session, record, now=now, has_active_handoff=active
             )
+            if new is not None:  # stored as it is after the turn: one INSERT, no UPDATE
+                try:
+                    insert(conn, "sessions", encode(after, skip=frozenset({"tenant"})))
+                except sqlite3.IntegrityError as exc:
+                    raise StateConflict(f"session {session.id!r} already exists") from exc
+            else:
+                _update_session_row(conn, after)
             for t in turns:
                 insert(conn, "turns", encode(t))
             for key, value in record.slots.items():
@@ -341,7 +345,6 @@ class SQLiteSessionStore:
                 )
             if handoff is not None:
                 insert(conn, "handoffs", encode(handoff))
-            _update_session_row(conn, after)
             return RecordedTurn(session=after, turns=turns, handoff=handoff)
 
         return await self._write(op)
