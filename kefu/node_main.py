@@ -261,7 +261,7 @@ def node_options(resolved: ResolvedNodeConfig) -> NodeOptions:
 async def _serve(resolved: ResolvedNodeConfig) -> int:
     from kefu.node.logs import configure_logging
     from kefu.node.server import Node
-    from kefu.node.tenant import demo_key_path
+    from kefu.node.tenant import new_key_notice
 
     configure_logging(fmt=resolved.config.logging.format)
     opts = node_options(resolved)
@@ -298,10 +298,7 @@ async def _serve(resolved: ResolvedNodeConfig) -> int:
             for err in node.registry.errors:
                 print(f"kefu-node: tenant refused: {err.error}", file=sys.stderr)
             for tenant, key in node.registry.new_keys.items():
-                path = demo_key_path(opts.data_dir, tenant)
-                print(
-                    f"API key for tenant {tenant} (shown once, kept in {path}, mode 0600):\n  {key}"
-                )
+                print(new_key_notice(opts.data_dir, tenant, key))
             if agent is not None:
                 print(
                     f"control plane: node {agent.options.node_id} following region "
@@ -358,7 +355,7 @@ async def _serve_pool(
     resolved: ResolvedNodeConfig, opts: NodeOptions, stop: asyncio.Event, received: list[str]
 ) -> int:
     """``workers: N``: N node processes on one port, supervised (see kefu.node.workers)."""
-    from kefu.node.tenant import demo_key_path
+    from kefu.node.tenant import new_key_notice
     from kefu.node.workers import WorkerPool
 
     os.environ["KEFU_LOG_FORMAT"] = resolved.config.logging.format
@@ -366,8 +363,7 @@ async def _serve_pool(
         for err in pool.tenant_errors:
             print(f"kefu-node: tenant refused: {err}", file=sys.stderr)
         for tenant, key in pool.new_keys.items():
-            path = demo_key_path(opts.data_dir, tenant)
-            print(f"API key for tenant {tenant} (shown once, kept in {path}, mode 0600):\n  {key}")
+            print(new_key_notice(opts.data_dir, tenant, key))
         print(
             f"kefu-node {__version__} serving tenants [{', '.join(pool.tenants)}] on "
             f"{cfg_host(opts.listen)}:{pool.port} with {pool.size} worker processes "

@@ -106,13 +106,12 @@ def _announce(
     new_keys: dict[str, str],
     workers: int = 1,
 ) -> None:
-    from kefu.node.tenant import demo_key_path
+    from kefu.node.tenant import demo_key_path, new_key_notice
 
     for err in errors:
         print(f"kefu: tenant refused: {err}", file=sys.stderr)
     for tenant, key in new_keys.items():
-        path = demo_key_path(opts.data_dir, tenant)
-        print(f"API key for tenant {tenant} (shown once, kept in {path}, mode 0600):\n  {key}")
+        print(new_key_notice(opts.data_dir, tenant, key))
     procs = f" with {workers} worker processes" if workers > 1 else ""
     print(
         f"kefu node serving tenants [{', '.join(tenants)}] on "

@@ -35,7 +35,14 @@ from kefu.node.plugins import PluginRunner, SecretStore
 from kefu.node.sessions import SessionStore
 from kefu.node.sqlite_store import SQLiteSessionStore, SQLiteStoreOptions
 
-__all__ = ["DEMO_TENANT_CONFIG", "Tenant", "TenantLoadError", "TenantRegistry", "demo_key_path"]
+__all__ = [
+    "DEMO_TENANT_CONFIG",
+    "Tenant",
+    "TenantLoadError",
+    "TenantRegistry",
+    "demo_key_path",
+    "new_key_notice",
+]
 
 log = logging.getLogger("kefu.node.tenant")
 
@@ -94,6 +101,12 @@ class TenantLoadError:
 
 def demo_key_path(data_dir: Path, tenant_id: str) -> Path:
     return data_dir / f"{tenant_id}.key"
+
+
+def new_key_notice(data_dir: Path, tenant_id: str, key: str) -> str:
+    """What a node prints once for a generated key (every entry point says it the same way)."""
+    path = demo_key_path(data_dir, tenant_id)
+    return f"API key for tenant {tenant_id} (shown once, kept in {path}, mode 0600):\n  {key}"
 
 
 def _generated_key(data_dir: Path, tenant_id: str) -> tuple[str, bool]:
