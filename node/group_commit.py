@@ -192,22 +192,17 @@ class GroupCommitDB:
     def _read_sync(self, op: Op[R]) -> R:
         if self._closed and self._reader is None:
             raise StorageUnavailable(_CLOSED)
-        delay = self._options.backoff_initial_s
-        for attempt in range(self._options.busy_retries + 1):
-            try:
-                if self._reader is None:
-                    self._reader = self._connect()
-                    self._reader.execute("PRAGMA query_only = ON")
-                return op(self._reader)
-            except sqlite3.Error as exc:
-                kind = error_kind(exc)
-                if kind == "busy" and attempt < self._options.busy_retries:
-                    self.stats.busy_retries += 1
-                    time.sleep(random.uniform(delay / 2, delay))
-                    delay = min(delay * 2, self._options.backoff_max_s)
-                    continue
-                raise self._translate(exc, kind) from exc
-        raise AssertionError("unreachable")
+
+        def attempt() -> R:
+            if self._reader is None:
+                self._reader = self._connect()
+                self._reader.execute("PRAGMA query_only = ON")
+            return op(self._reader)
+
+        try:
+            return self._retry_busy(attempt)
+        except sqlite3.Error as exc:
+            raise self._translate(exc, error_kind(exc)) from exc
 
     async def write(self, op: Op[R]) -> R:
         """Run ``op`` in the next group transaction; returns once that group is committed."""
@@ -248,7 +243,7 @@ class GroupCommitDB:
         # a blocking flock hands the file over the moment the other group commits.
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            self._begin(conn)
+            self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
             outcomes = [self._in_savepoint(conn, op) for op, _ in jobs]
             conn.execute("COMMIT")  # can fail too (disk full while appending to the WAL)
         except sqlite3.Error as exc:
@@ -280,18 +275,20 @@ class GroupCommitDB:
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(error)
 
-    def _begin(self, conn: sqlite3.Connection) -> None:
+    def _retry_busy(self, fn: Callable[[], R]) -> R:
+        """``fn()``, retried with jittered backoff while SQLite says busy/locked; any other
+        error, or busy after the last retry, is raised as is."""
         delay = self._options.backoff_initial_s
-        for attempt in range(self._options.busy_retries + 1):
+        for _ in range(self._options.busy_retries):
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
+                return fn()
             except sqlite3.Error as exc:
-                if error_kind(exc) != "busy" or attempt == self._options.busy_retries:
+                if error_kind(exc) != "busy":
                     raise
-                self.stats.busy_retries += 1
-                time.sleep(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, self._options.backoff_max_s)
+            self.stats.busy_retries += 1
+            time.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, self._options.backoff_max_s)
+        return fn()
 
     @staticmethod
     def _in_savepoint(conn: sqlite3.Connection, op: Op[Any]) -> tuple[bool, Any]:
