@@ -53,7 +53,7 @@ def resolve_operator_token(
 
 def _nats_login(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
     if getattr(args, "nats_creds", None):
-        from kefu.node.cp_link import load_credentials
+        from kefu.node.agent.cp_link import load_credentials
 
         c = load_credentials(Path(args.nats_creds))
         return c.url, c.user, c.password

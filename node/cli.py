@@ -15,19 +15,19 @@ from typing import TYPE_CHECKING, Any
 from kefu.errors import PermanentError, TemporaryError
 
 if TYPE_CHECKING:
-    from kefu.node.cp_link import ControlPlaneLink
-    from kefu.node.server import NodeOptions
+    from kefu.node.agent.cp_link import ControlPlaneLink
+    from kefu.node.serving.server import NodeOptions
 
 DEFAULT_TARGET = "127.0.0.1:7400"
 
 
 async def _run(args: argparse.Namespace) -> int:
     from kefu.models.store import data_dir
-    from kefu.node.logs import configure_logging
+    from kefu.node.serving.logs import configure_logging
 
     configure_logging(fmt=args.log_format)
     os.environ["KEFU_LOG_FORMAT"] = args.log_format  # worker processes log the same way
-    from kefu.node.server import Node
+    from kefu.node.serving.server import Node
 
     flags = bool(args.control_plane or args.nats_creds)
     opts, workers, link = _options(args, data_dir, managed=flags)
@@ -68,7 +68,7 @@ async def _run(args: argparse.Namespace) -> int:
         )
         return 3
     if agent is not None and agent.shutdown is not None:
-        from kefu.node.cp_link import describe_shutdown
+        from kefu.node.agent.cp_link import describe_shutdown
 
         print(f"kefu node: {describe_shutdown(agent.shutdown)}", file=sys.stderr)
         if agent.shutdown.save_error:
@@ -77,7 +77,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _run_pool(opts: NodeOptions, workers: int, stop: asyncio.Event, listen: str) -> int:
-    from kefu.node.workers import WorkerPool
+    from kefu.node.serving.workers import WorkerPool
 
     async with WorkerPool(opts, workers=workers) as pool:
         _announce(
@@ -106,7 +106,7 @@ def _announce(
     new_keys: dict[str, str],
     workers: int = 1,
 ) -> None:
-    from kefu.node.tenant import demo_key_path, new_key_notice
+    from kefu.node.dialog.tenant import demo_key_path, new_key_notice
 
     for err in errors:
         print(f"kefu: tenant refused: {err}", file=sys.stderr)
@@ -142,8 +142,8 @@ def _options(
 ) -> tuple[NodeOptions, int, ControlPlaneLink | None]:
     """NodeOptions from an optional node.yaml (``--config node.yaml``, as ``kefu-node`` reads
     it), tenant YAMLs (``--config tenant.yaml ...``) and the flags, which win when given."""
-    from kefu.node.server import NodeOptions
-    from kefu.node.tenant import DEMO_TENANT_CONFIG
+    from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
+    from kefu.node.serving.server import NodeOptions
 
     paths = [Path(p) for p in args.config]
     node_files = [p for p in paths if not _is_tenant_config(p)]
@@ -154,8 +154,8 @@ def _options(
     link = None
     if node_files:
         from kefu.config.node import load_node_config
-        from kefu.node.cp_link import ControlPlaneLink
-        from kefu.node_main import node_options
+        from kefu.node.agent.cp_link import ControlPlaneLink
+        from kefu.node.main import node_options
 
         resolved = load_node_config(node_files[0])
         opts = node_options(resolved)
@@ -192,7 +192,7 @@ def _options(
 async def _agent(node: Any, args: argparse.Namespace, link: Any) -> AsyncIterator[Any]:
     """The control-plane agent when --control-plane / --nats-creds or a node.yaml
     ``control_plane:`` section is given (else None); the flags win over the file."""
-    from kefu.node.cp_link import ControlPlaneLink, follow_control_plane
+    from kefu.node.agent.cp_link import ControlPlaneLink, follow_control_plane
 
     if args.control_plane or args.nats_creds:
         link = ControlPlaneLink(

@@ -19,7 +19,7 @@ from kefu.keys import SigningKey, TrustStore, generate_keypair, load_public_key
 from kefu.models.store import shipped_dir
 from kefu.natsbus import NatsBus, NatsOptions
 from kefu.natsserver import NatsServer
-from kefu.node.tenant import DEMO_TENANT_CONFIG
+from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
 
 DEMO_YAML = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
 ACTOR = "tester"

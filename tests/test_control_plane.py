@@ -30,8 +30,15 @@ from kefu.errors import BundleError, ConfigError
 from kefu.keys import SigningKey, generate_keypair
 from kefu.natsbus import NatsBus, NatsOptions
 from kefu.natsserver import NatsServer, control_plane_user, inbox_prefix, node_user
-from kefu.node.reconcile import ApplyTenant, FetchBundle, LoadBundle, LocalState, RemoveTenant, plan
-from kefu.node.telemetry import TelemetryRecorder, TurnSample
+from kefu.node.agent.reconcile import (
+    ApplyTenant,
+    FetchBundle,
+    LoadBundle,
+    LocalState,
+    RemoveTenant,
+    plan,
+)
+from kefu.node.agent.telemetry import TelemetryRecorder, TurnSample
 from kefu.wire import (
     Assignment,
     BundleRef,
@@ -282,8 +289,8 @@ def test_pure_planners_import_no_io_libraries() -> None:
     pure = [
         "kefu.control_plane.desired",
         "kefu.control_plane.leader",
-        "kefu.node.reconcile",
-        "kefu.node.telemetry",
+        "kefu.node.agent.reconcile",
+        "kefu.node.agent.telemetry",
         "kefu.wire",
         "kefu.bus",
     ]

@@ -10,17 +10,17 @@ import pytest
 from test_tenant_registry import second_tenant
 
 from kefu.models.store import ModelStore, trust_for
-from kefu.node.admission import AdmissionController, RateLimit, RateLimiter
-from kefu.node.conversation import (
+from kefu.node.dialog.conversation import (
     ConversationService,
     InvalidTurn,
     RateLimited,
     SessionNotFound,
     TurnRequest,
 )
-from kefu.node.inference import BatchingModelRuntime
-from kefu.node.sessions import TurnRole
-from kefu.node.tenant import DEMO_TENANT_CONFIG, TenantRegistry
+from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG, TenantRegistry
+from kefu.node.nlu.inference import BatchingModelRuntime
+from kefu.node.serving.admission import AdmissionController, RateLimit, RateLimiter
+from kefu.node.sessions.store import TurnRole
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ async def test_explicit_human_request_hands_off(service: ConversationService) ->
 
 
 async def test_a_scenarios_pinned_models_serve_its_sessions(tmp_path: Path) -> None:
-    from kefu.node.predictions import StaticModelRuntime
+    from kefu.node.nlu.predictions import StaticModelRuntime
 
     text = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
     pinned = text.replace(

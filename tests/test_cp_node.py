@@ -26,9 +26,9 @@ from cp_support import (
 from kefu.errors import ConfigError
 from kefu.keys import SigningKey
 from kefu.natsserver import NatsServer
-from kefu.node.agent import NodeAgent
-from kefu.node.cp_link import attach_agent
-from kefu.node.server import Node, NodeOptions
+from kefu.node.agent.agent import NodeAgent
+from kefu.node.agent.cp_link import attach_agent
+from kefu.node.serving.server import Node, NodeOptions
 from kefu.v1 import bearer_metadata
 from kefu.v1 import node_pb2 as pb
 from kefu.v1 import node_pb2_grpc as pbg
@@ -73,7 +73,7 @@ async def test_new_model_version_hot_swaps_under_load_with_zero_failed_rpcs(
         async with cp_node(tmp_path, nats_server.url, ops_key) as (node, agent):
             await agent.wait_for(lambda: "demo-shop" in agent.applied)
             assert node.service is not None
-            from kefu.node.admission import RateLimit, RateLimiter
+            from kefu.node.serving.admission import RateLimit, RateLimiter
 
             node.service.limiter = RateLimiter(RateLimit(rate=1e6, burst=1e6))
             md = bearer_metadata(api_key)

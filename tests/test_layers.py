@@ -7,24 +7,24 @@ import subprocess
 import sys
 
 PURE = [
-    "kefu.node.scenario",
-    "kefu.node.reply",
-    "kefu.node.reply_text",
-    "kefu.node.knowledge",
-    "kefu.node.kb_entries",
-    "kefu.node.entities",
-    "kefu.node.entity_patterns",
-    "kefu.node.entity_values",
-    "kefu.node.language",
-    "kefu.node.admission",
-    "kefu.node.redaction",
-    "kefu.node.sessions",
-    "kefu.node.session_rules",
-    "kefu.node.flow",
-    "kefu.node.flow_state",
-    "kefu.node.flow_words",
-    "kefu.node.plugin_api",
-    "kefu.node.handoff",
+    "kefu.node.dialog.scenario",
+    "kefu.node.dialog.reply",
+    "kefu.node.dialog.reply_text",
+    "kefu.node.dialog.knowledge",
+    "kefu.node.dialog.kb_entries",
+    "kefu.node.nlu.entities",
+    "kefu.node.nlu.entity_patterns",
+    "kefu.node.nlu.entity_values",
+    "kefu.node.nlu.language",
+    "kefu.node.serving.admission",
+    "kefu.node.nlu.redaction",
+    "kefu.node.sessions.store",
+    "kefu.node.sessions.session_rules",
+    "kefu.node.dialog.flow",
+    "kefu.node.dialog.flow_state",
+    "kefu.node.dialog.flow_words",
+    "kefu.node.dialog.plugin_api",
+    "kefu.node.dialog.handoff",
 ]
 
 
@@ -41,4 +41,4 @@ def test_pure_core_imports_no_io_libraries() -> None:
 
 
 def test_node_server_never_imports_torch() -> None:
-    assert "torch" not in loaded_after(["kefu.node.server", "kefu.node.cli"])
+    assert "torch" not in loaded_after(["kefu.node.serving.server", "kefu.node.cli"])

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 from kefu.config.tenant import hash_api_key
-from kefu.node.sessions import NewSession
-from kefu.node.tenant import DEMO_TENANT_CONFIG, TenantRegistry, demo_key_path
+from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG, TenantRegistry, demo_key_path
+from kefu.node.sessions.store import NewSession
 
 
 def second_tenant(tmp_path: Path, tenant_id: str, key: str) -> Path:

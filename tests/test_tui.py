@@ -24,8 +24,8 @@ from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
 from kefu.control_plane.tokens import read_token_file
 from kefu.keys import SigningKey
 from kefu.natsserver import NatsServer
-from kefu.node.cp_link import attach_agent
-from kefu.node.server import Node, NodeOptions
+from kefu.node.agent.cp_link import attach_agent
+from kefu.node.serving.server import Node, NodeOptions
 from kefu.tui.app import KefuConsole
 from kefu.tui.client import (
     ConsoleAuthError,

@@ -16,7 +16,7 @@ line and field):
    templates, KB scopes and intents (intents from the intent model's ``labels`` when listed),
    ids are unique, exactly one fallback scenario, session-policy overrides name scenarios, ...
 
-Scenario selection (implemented by ``kefu.node.scenario``): ``channels`` and ``user`` in
+Scenario selection (implemented by ``kefu.node.dialog.scenario``): ``channels`` and ``user`` in
 ``match`` are *conditions* (each one given must hold); ``intents``, ``keywords``,
 ``entry_paths`` and ``recent_intents`` are *triggers* (any one suffices; none given = the
 conditions alone select). Stronger evidence wins first (a confident intent beats a keyword),
