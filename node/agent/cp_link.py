@@ -14,7 +14,6 @@ finish and are counted, SQLite is closed), then the agent flushes or saves the t
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +25,7 @@ from kefu.bus import Bus
 from kefu.config import TenantConfig
 from kefu.errors import PermanentError
 from kefu.models.store import ModelStore
+from kefu.natscreds import NatsCredentials, load_credentials
 from kefu.node.agent.agent import AgentOptions, NodeAgent, TelemetryShutdown
 from kefu.node.agent.telemetry import TelemetryRecorder, TurnSample
 from kefu.node.dialog.conversation import TurnResult
@@ -128,24 +128,6 @@ def _observe_turns(node: Node, recorder: TelemetryRecorder) -> None:
     node.metrics.turn_observers.append(on_turn)
     node.metrics.error_observers.append(lambda tenant, _code: recorder.record_error(tenant))
     node.metrics.feedback_observers.append(recorder.record_feedback)
-
-
-@dataclass(kw_only=True)
-class NatsCredentials:
-    url: str
-    user: str | None = None
-    password: str | None = None
-
-
-def load_credentials(path: Path, *, require_url: bool = True) -> NatsCredentials:
-    """A credentials file written by ``kefu up`` (JSON, 0600); without ``require_url`` the URL
-    may be missing (node.yaml's ``control_plane.url`` gives it)."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        url = raw["url"] if require_url else raw.get("url", "")
-        return NatsCredentials(url=url, user=raw.get("user"), password=raw.get("password"))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise PermanentError(f"{path}: unreadable NATS credentials ({exc})") from exc
 
 
 def attach_agent(

@@ -33,8 +33,8 @@ from kefu.node.dialog.tasks import (
 )
 from kefu.node.dialog.tenant import Tenant, TenantRegistry
 from kefu.node.nlu.entities import Entity
-from kefu.node.nlu.inference import ModelRuntime
 from kefu.node.nlu.language import detect_language
+from kefu.node.nlu.predictions import ModelRuntime
 from kefu.node.serving.admission import AdmissionController, RateLimit, RateLimiter
 from kefu.node.sessions.store import (
     HandoffRequest,

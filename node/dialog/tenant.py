@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,6 @@ from kefu.node.nlu.entities import (
     EntityPattern,
     LookupTable,
 )
-from kefu.node.sessions.sqlite_store import SQLiteSessionStore, SQLiteStoreOptions
 from kefu.node.sessions.store import SessionStore
 
 __all__ = [
@@ -45,6 +44,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("kefu.node.tenant")
+
+#: Opens one tenant's session store: (data_dir, tenant id) → store. The server passes the
+#: SQLite adapter's (:func:`kefu.node.sessions.sqlite_store.sqlite_store_opener`).
+StoreOpener = Callable[[Path, str], Awaitable[SessionStore]]
 
 DEMO_TENANT_CONFIG = Path(__file__).parent.parent / "tenants" / "demo-shop.yaml"
 
@@ -154,6 +157,7 @@ def build_knowledge_base(config: TenantConfig, source: Path) -> KnowledgeBase:
 @dataclass
 class TenantRegistry:
     data_dir: Path
+    open_store: StoreOpener
     tenants: dict[str, Tenant] = field(default_factory=dict)
     errors: list[TenantLoadError] = field(default_factory=list)
     #: Keys generated at this start, to be shown once: tenant id → key.
@@ -166,19 +170,19 @@ class TenantRegistry:
         data_dir: Path,
         config_paths: Sequence[Path],
         *,
-        store_options: SQLiteStoreOptions | None = None,
+        open_store: StoreOpener,
     ) -> TenantRegistry:
-        reg = cls(Path(data_dir))
+        reg = cls(Path(data_dir), open_store)
         for path in config_paths:
             try:
-                await reg._load(Path(path), store_options)
+                await reg._load(Path(path))
             except KefuError as exc:
                 # One broken tenant is refused; the others keep serving.
                 reg.errors.append(TenantLoadError(Path(path), str(exc)))
                 log.error("tenant config refused: %s", exc)
         return reg
 
-    async def _load(self, path: Path, store_options: SQLiteStoreOptions | None) -> None:
+    async def _load(self, path: Path) -> None:
         config = load_tenant_config(path)
         tid = config.tenant.id
         if tid in self.tenants:
@@ -205,7 +209,7 @@ class TenantRegistry:
                 return await runner.call(pid, inputs, lang=lang)
 
             flows = FlowEngine(config, call) if config.flows else None
-        store = await SQLiteSessionStore.open(self.data_dir, tid, options=store_options)
+        store = await self.open_store(self.data_dir, tid)
         self.tenants[tid] = Tenant(
             id=tid,
             config=config,
@@ -224,7 +228,6 @@ class TenantRegistry:
         *,
         source: Path,
         key_hashes: Sequence[str] = (),
-        store_options: SQLiteStoreOptions | None = None,
     ) -> Tenant:
         """Serve ``config`` (already validated) from now on: build its knowledge base and
         entity extractor first, then swap the tenant in with one dict assignment, so turns
@@ -240,11 +243,7 @@ class TenantRegistry:
             extra = (hash_api_key(key),)
             if created:
                 self.new_keys[tid] = key
-        store = (
-            old.store
-            if old is not None
-            else await SQLiteSessionStore.open(self.data_dir, tid, options=store_options)
-        )
+        store = old.store if old is not None else await self.open_store(self.data_dir, tid)
         tenant = Tenant(
             id=tid,
             config=config,

@@ -16,7 +16,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 import numpy as np
 
 from kefu.errors import ConfigError, PermanentError, TemporaryError
-from kefu.models.runtime import RuntimeOptions, clean_text
+from kefu.models.options import RuntimeOptions, clean_text
 
 __all__ = [
     "BATCH_BUCKETS",

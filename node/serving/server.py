@@ -28,6 +28,7 @@ from kefu.node.serving.admission import AdmissionController, LoopLag
 from kefu.node.serving.grpc_api import KefuNodeService, generic_handler
 from kefu.node.serving.metrics import NodeMetrics
 from kefu.node.sessions.session_db import SQLiteStoreOptions
+from kefu.node.sessions.sqlite_store import sqlite_store_opener
 from kefu.v1 import SERVICE_NAME
 
 __all__ = ["Node", "NodeOptions", "NodeStatus", "PortInUse"]
@@ -101,7 +102,7 @@ class Node:
         store = ModelStore(opts.data_dir / "models", trust_for(opts.data_dir))
         store.seed_shipped()
         self.registry = await TenantRegistry.open(
-            opts.data_dir, opts.tenant_configs, store_options=opts.store
+            opts.data_dir, opts.tenant_configs, open_store=sqlite_store_opener(opts.store)
         )
         if not self.registry.tenants and opts.require_tenants:
             errors = "; ".join(e.error for e in self.registry.errors) or "no tenant configs"

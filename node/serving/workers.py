@@ -227,10 +227,13 @@ class WorkerPool:
     async def _prepare(self) -> None:
         from kefu.models.store import ModelStore, trust_for
         from kefu.node.dialog.tenant import TenantRegistry
+        from kefu.node.sessions.sqlite_store import sqlite_store_opener
 
         opts = self.options
         ModelStore(opts.data_dir / "models", trust_for(opts.data_dir)).seed_shipped()
-        registry = await TenantRegistry.open(opts.data_dir, opts.tenant_configs)
+        registry = await TenantRegistry.open(
+            opts.data_dir, opts.tenant_configs, open_store=sqlite_store_opener()
+        )
         try:
             self.tenants = sorted(registry.tenants)
             self.tenant_errors = [e.error for e in registry.errors]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -82,6 +82,7 @@ __all__ = [
     "SQLiteSessionStore",
     "SQLiteStoreOptions",
     "StoreStats",
+    "sqlite_store_opener",
     "tenant_db_path",
 ]
 
@@ -479,3 +480,14 @@ def _make_page(items: list[_Keyed], *, more: bool) -> Page[_Keyed]:
     return Page(
         items=items, next_cursor=None if last is None else encode_cursor(last.created_at, last.id)
     )
+
+
+def sqlite_store_opener(
+    options: SQLiteStoreOptions | None = None,
+) -> Callable[[Path, str], Awaitable[SQLiteSessionStore]]:
+    """Opens each tenant's SQLite store: what the server gives the tenant registry."""
+
+    async def open_store(data_dir: Path, tenant: str) -> SQLiteSessionStore:
+        return await SQLiteSessionStore.open(data_dir, tenant, options=options)
+
+    return open_store
