@@ -268,7 +268,7 @@ def _source_binary(opts: InstallOptions) -> Path:
 
 
 def _release_name() -> str:
-    from kefu.node.main import build_info
+    from kefu.node.build_info import build_info
 
     info = build_info()
     commit = str(info.get("commit") or "unknown").split()[0].removesuffix("-dirty")

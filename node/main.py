@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
 import os
 import platform
-import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,10 +32,23 @@ from typing import TYPE_CHECKING, Any
 
 from kefu import __version__
 from kefu.errors import ConfigError, KefuError
+from kefu.node.bootstrap import (
+    EXIT_CODES,
+    EXIT_DRAIN_TIMEOUT,
+    EXIT_INTERNAL,
+    EXIT_NOPERM,
+    EXIT_OK,
+    EXIT_SHUTDOWN_FAILED,
+    NodePlan,
+    Started,
+    node_options,
+    serve,
+)
+from kefu.node.build_info import build_info
+from kefu.node.chat import add_chat_arguments
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
     from kefu.config.node import ResolvedNodeConfig
-    from kefu.node.serving.server import NodeOptions
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -50,62 +60,12 @@ __all__ = [
     "EXIT_SHUTDOWN_FAILED",
     "build_info",
     "main",
+    "node_options",
 ]
 
 log = logging.getLogger("kefu.node_main")
 
 DEFAULT_CONFIG = Path("/etc/kefu/node.yaml")
-
-EXIT_OK = 0
-EXIT_DRAIN_TIMEOUT = 3
-EXIT_INTERNAL = 70  # EX_SOFTWARE
-EXIT_SHUTDOWN_FAILED = 74  # EX_IOERR
-EXIT_NOPERM = 77  # EX_NOPERM
-
-#: Every exit code of ``kefu-node`` and what it means (also printed by ``kefu-node --help``).
-EXIT_CODES: dict[int, str] = {
-    0: "stopped on SIGTERM/SIGINT; every in-flight turn finished, SQLite flushed and closed "
-    "(with a control plane: the telemetry sent, or saved in the data dir to send after restart)",
-    1: "a permanent error (message on stderr)",
-    2: "bad command line",
-    3: "stopped on SIGTERM/SIGINT, but the drain deadline expired and in-flight turns were "
-    "cancelled (acknowledged turns are on disk)",
-    65: "a model bundle is missing, tampered with or untrusted",
-    69: "the listen port is in use, or a required execution provider is unavailable",
-    70: "internal error (a bug: see the log)",
-    74: "shutdown could not flush or close storage (or save unsent telemetry)",
-    75: "temporary failure (disk full or busy, node unreachable): retry later",
-    77: "permission denied (run install/uninstall as root; data directory not writable)",
-    78: "invalid configuration (file, line and field on stderr)",
-}
-
-
-# --------------------------------------------------------------------------- build info
-
-
-def build_info() -> dict[str, Any]:
-    """Version, git commit and build date: from the file the build embeds, else the checkout."""
-    info: dict[str, Any] = {"version": __version__, "commit": "unknown", "build_date": None}
-    embedded = Path(__file__).with_name("_build_info.json")
-    if embedded.is_file():
-        try:
-            info.update(json.loads(embedded.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:  # a broken stamp must not stop a node
-            log.warning("cannot read %s: %s", embedded, exc)
-        return info
-    root = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-        info["commit"] = out.stdout.strip() + " (source checkout, not a build)"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
 
 
 def _providers() -> list[str]:
@@ -219,176 +179,66 @@ def _resolve_run_config(args: argparse.Namespace) -> ResolvedNodeConfig:
     return resolved
 
 
-def node_options(resolved: ResolvedNodeConfig) -> NodeOptions:
-    """NodeOptions from a resolved node.yaml."""
-    from kefu.models.runtime import RuntimeOptions
-    from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
-    from kefu.node.nlu.inference import InferenceOptions
-    from kefu.node.serving.server import NodeOptions
+class BinaryVoice:
+    """What ``kefu-node run`` prints (the dev CLI words it apart: kefu.node.cli)."""
 
-    cfg = resolved.config
-    inf = cfg.inference
-    trt_cache = inf.trt_engine_cache_dir
-    if trt_cache and not Path(trt_cache).is_absolute():
-        trt_cache = str(resolved.data_dir / trt_cache)
-    managed = cfg.control_plane is not None  # tenants come from the control plane
-    opts = NodeOptions(
-        data_dir=resolved.data_dir,
-        listen=cfg.listen,
-        tenant_configs=list(resolved.tenant_files) or ([] if managed else [DEMO_TENANT_CONFIG]),
-        max_in_flight=cfg.limits.max_in_flight,
-        max_queue=cfg.limits.max_queue,
-        queue_timeout_s=cfg.limits.queue_timeout_s,
-        grace_s=cfg.limits.drain_timeout_s,
-        retention_interval_s=cfg.limits.retention_interval_s,
-        metrics_listen=cfg.metrics_listen,
-        reuse_port=cfg.reuse_port,
-        inference=InferenceOptions(
-            max_batch=inf.max_batch,
-            max_wait_us=inf.max_wait_us,
-            cache_size=inf.cache_size,
-            runtime=RuntimeOptions(
-                providers=inf.providers,
-                intra_op_threads=inf.intra_op_threads,
-                trt_engine_cache_dir=trt_cache,
-            ),
-        ),
-    )
-    opts.require_tenants = not managed
-    return opts
+    def started(self, plan: NodePlan, s: Started) -> None:
+        from kefu.node.dialog.tenant import new_key_notice
 
-
-async def _serve(resolved: ResolvedNodeConfig) -> int:
-    from kefu.node.dialog.tenant import new_key_notice
-    from kefu.node.serving.logs import configure_logging
-    from kefu.node.serving.server import Node
-
-    configure_logging(fmt=resolved.config.logging.format)
-    opts = node_options(resolved)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    received: list[str] = []
-
-    def on_signal(sig: signal.Signals) -> None:
-        if stop.is_set():
-            print(f"kefu-node: {sig.name} again: already stopping / 正在停止", file=sys.stderr)
-        received.append(sig.name)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    if resolved.config.workers > 1:
-        return await _serve_pool(resolved, opts, stop, received)
-    from kefu.node.agent.cp_link import ControlPlaneLink, describe_shutdown, follow_control_plane
-
-    link = ControlPlaneLink.from_config(resolved)
-    node = Node(opts)
-    agent = None
-    stopping = False
-    try:
-        try:
-            await node.start()
-        except OSError as exc:
-            raise _os_error(exc, resolved) from exc
-        assert node.registry is not None
-        async with contextlib.AsyncExitStack() as stack:
-            if link is not None:
-                # On exit: stop following, drain the node, then flush or save the telemetry.
-                agent = await stack.enter_async_context(follow_control_plane(node, link))
-            for err in node.registry.errors:
-                print(f"kefu-node: tenant refused: {err.error}", file=sys.stderr)
-            for tenant, key in node.registry.new_keys.items():
-                print(new_key_notice(opts.data_dir, tenant, key))
-            if agent is not None:
-                print(
-                    f"control plane: node {agent.options.node_id} following region "
-                    f"{agent.options.region} (tenants and models come from it)"
-                )
-            host = cfg_host(opts.listen)
-            tenants = ", ".join(sorted(node.registry.tenants))
+        opts = plan.options
+        for err in s.errors:
+            print(f"kefu-node: tenant refused: {err}", file=sys.stderr)
+        for tenant, key in s.new_keys.items():
+            print(new_key_notice(opts.data_dir, tenant, key))
+        if s.agent is not None:
             print(
-                f"kefu-node {__version__} serving tenants [{tenants}] on {host}:{node.port} "
-                f"(config {resolved.source}, data {opts.data_dir})"
+                f"control plane: node {s.agent.options.node_id} following region "
+                f"{s.agent.options.region} (tenants and models come from it)"
             )
-            if node.metrics_port:
-                print(
-                    f"metrics: http://{cfg_host(opts.metrics_listen or '')}:"
-                    f"{node.metrics_port}/metrics"
-                )
-            sys.stdout.flush()
-            await stop.wait()
-            stopping = True
-            print(
-                f"kefu-node: {received[0]}: stopping, finishing in-flight turns "
-                f"(≤ {opts.grace_s:g} s) / 正在停止，等待进行中的对话完成",
-                file=sys.stderr,
-            )
-    except Exception as exc:
-        if not stopping:
-            raise
+        procs = f" with {s.workers} worker processes" if s.workers > 1 else ""
+        print(
+            f"kefu-node {__version__} serving tenants [{', '.join(s.tenants)}] on "
+            f"{cfg_host(opts.listen)}:{s.port}{procs} "
+            f"(config {plan.source}, data {opts.data_dir})"
+        )
+        if s.metrics_port:
+            print(f"metrics: http://{cfg_host(opts.metrics_listen or '')}:{s.metrics_port}/metrics")
+        sys.stdout.flush()
+
+    def signal_again(self, sig: str) -> None:
+        print(f"kefu-node: {sig} again: already stopping / 正在停止", file=sys.stderr)
+
+    def stopping(self, plan: NodePlan, sig: str, *, pool: bool) -> None:
+        what = "stopping workers" if pool else "stopping"
+        print(
+            f"kefu-node: {sig}: {what}, finishing in-flight turns "
+            f"(≤ {plan.options.grace_s:g} s) / 正在停止，等待进行中的对话完成",
+            file=sys.stderr,
+        )
+
+    def shutdown_report(self, text: str) -> None:
+        print(f"kefu-node: {text}", file=sys.stderr)
+
+    def shutdown_failed(self, exc: BaseException) -> None:
         log.exception("shutdown failed")
         print(f"kefu-node: error: shutdown could not close storage: {exc}", file=sys.stderr)
-        return EXIT_SHUTDOWN_FAILED
-    finally:
-        try:
-            await asyncio.shield(node.drain())  # idempotent: done already with an agent
-        except Exception as exc:
-            log.exception("shutdown failed")
-            print(f"kefu-node: error: shutdown could not close storage: {exc}", file=sys.stderr)
-            return EXIT_SHUTDOWN_FAILED
-    if agent is not None and agent.shutdown is not None:
-        print(f"kefu-node: {describe_shutdown(agent.shutdown)}", file=sys.stderr)
-    if node.turns_cut:
+
+    def turns_cut(self, plan: NodePlan, n: int) -> None:
         print(
-            f"kefu-node: drain deadline ({opts.grace_s:g} s) expired: {node.turns_cut} "
-            f"in-flight turn(s) cancelled / 超时，已取消 {node.turns_cut} 个进行中的对话",
+            f"kefu-node: drain deadline ({plan.options.grace_s:g} s) expired: {n} "
+            f"in-flight turn(s) cancelled / 超时，已取消 {n} 个进行中的对话",
             file=sys.stderr,
         )
-        return EXIT_DRAIN_TIMEOUT
-    if agent is not None and agent.shutdown is not None and agent.shutdown.save_error:
-        return EXIT_SHUTDOWN_FAILED
-    print("kefu-node: stopped cleanly / 已正常停止", file=sys.stderr)
-    return EXIT_OK
 
-
-async def _serve_pool(
-    resolved: ResolvedNodeConfig, opts: NodeOptions, stop: asyncio.Event, received: list[str]
-) -> int:
-    """``workers: N``: N node processes on one port, supervised (see kefu.node.serving.workers)."""
-    from kefu.node.dialog.tenant import new_key_notice
-    from kefu.node.serving.workers import WorkerPool
-
-    os.environ["KEFU_LOG_FORMAT"] = resolved.config.logging.format
-    async with WorkerPool(opts, workers=resolved.config.workers) as pool:
-        for err in pool.tenant_errors:
-            print(f"kefu-node: tenant refused: {err}", file=sys.stderr)
-        for tenant, key in pool.new_keys.items():
-            print(new_key_notice(opts.data_dir, tenant, key))
+    def workers_cut(self, n: int) -> None:
         print(
-            f"kefu-node {__version__} serving tenants [{', '.join(pool.tenants)}] on "
-            f"{cfg_host(opts.listen)}:{pool.port} with {pool.size} worker processes "
-            f"(config {resolved.source}, data {opts.data_dir})"
-        )
-        if pool.metrics_port:
-            print(
-                f"metrics: http://{cfg_host(opts.metrics_listen or '')}:{pool.metrics_port}/metrics"
-            )
-        sys.stdout.flush()
-        await stop.wait()
-        print(
-            f"kefu-node: {received[0]}: stopping workers, finishing in-flight turns "
-            f"(≤ {opts.grace_s:g} s) / 正在停止，等待进行中的对话完成",
+            f"kefu-node: {n} worker(s) did not stop cleanly within the drain "
+            f"deadline / {n} 个工作进程未能按时正常停止",
             file=sys.stderr,
         )
-    if pool.workers_cut:
-        print(
-            f"kefu-node: {pool.workers_cut} worker(s) did not stop cleanly within the drain "
-            f"deadline / {pool.workers_cut} 个工作进程未能按时正常停止",
-            file=sys.stderr,
-        )
-        return EXIT_DRAIN_TIMEOUT
-    print("kefu-node: stopped cleanly / 已正常停止", file=sys.stderr)
-    return EXIT_OK
+
+    def stopped_cleanly(self) -> None:
+        print("kefu-node: stopped cleanly / 已正常停止", file=sys.stderr)
 
 
 def cfg_host(address: str) -> str:
@@ -396,23 +246,18 @@ def cfg_host(address: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "[::]") else host
 
 
-def _os_error(exc: OSError, resolved: ResolvedNodeConfig) -> KefuError:
-    from kefu.errors import PermanentError, TemporaryError
-
-    where = f"{exc.filename}: " if exc.filename else ""
-    if isinstance(exc, PermissionError):
-        err = PermanentError(
-            f"{where}permission denied (the data directory {resolved.data_dir} must be "
-            "writable by the user running the node)"
-        )
-        err.exit_code = EXIT_NOPERM
-        return err
-    return TemporaryError(f"{where}{exc.strerror or exc}")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    from kefu.node.agent.cp_link import ControlPlaneLink
+
     resolved = _resolve_run_config(args)
-    return asyncio.run(_serve(resolved))
+    plan = NodePlan(
+        options=node_options(resolved),
+        workers=resolved.config.workers,
+        link=ControlPlaneLink.from_config(resolved) if resolved.config.workers == 1 else None,
+        log_format=resolved.config.logging.format,
+        source=str(resolved.source),
+    )
+    return asyncio.run(serve(plan, BinaryVoice()))
 
 
 # --------------------------------------------------------------------------- chat
@@ -420,11 +265,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """``kefu chat`` bundled into the executable, so an operator can try a fresh install."""
-    from kefu.node.cli import cmd_chat as chat
+    from kefu.node.chat import run_chat
 
-    if not args.key and not args.key_file:
-        args.key_file = str(Path("/var/lib/kefu") / f"{args.tenant}.key")
-    return chat(args)
+    return run_chat(args, key_dir=Path("/var/lib/kefu"))
 
 
 # --------------------------------------------------------------------------- install
@@ -485,15 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(handler=cmd_check_config)
 
     t = sub.add_parser("chat", help="try a node: send messages, print the replies")
-    t.add_argument("--target", default="127.0.0.1:7400", help="node address (%(default)s)")
-    t.add_argument("--key", help="tenant API key")
-    t.add_argument("--tenant", default="demo-shop", help="tenant whose generated key to use")
-    t.add_argument("--key-file", help="file holding the key (default /var/lib/kefu/<tenant>.key)")
-    t.add_argument("--text", action="append", help="send these messages and exit (repeatable)")
-    t.add_argument("--timeout", type=float, default=10.0)
-    t.add_argument(
-        "-d", "--details", dest="verbose_reply", action="store_true", help="intent, scenario..."
-    )
+    add_chat_arguments(t, key_dir="/var/lib/kefu")
     t.set_defaults(handler=cmd_chat)
 
     i = sub.add_parser("install", help="install as a system service (user, dirs, config, unit)")

@@ -17,8 +17,9 @@ from kefu.config.node import (
     parse_node_config,
 )
 from kefu.errors import ConfigError
+from kefu.node.bootstrap import node_options
 from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
-from kefu.node.main import main, node_options
+from kefu.node.main import main
 
 
 def write(path: Path, text: str) -> Path:

@@ -192,7 +192,7 @@ def test_control_plane_section_parses_and_resolves_credentials(tmp_path: Path) -
     assert cp is not None and cp.region == "r1" and cp.node_id == "n1"
     assert resolved.credentials_file == config.parent / "nats.json"
     # With a control plane and no tenants listed, the node starts with none (no demo tenant).
-    from kefu.node.main import node_options
+    from kefu.node.bootstrap import node_options
 
     opts = node_options(resolved)
     assert opts.tenant_configs == [] and opts.require_tenants is False
