@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from cp_support)
 """The control plane: pure planning without servers, its services on the in-memory bus, and
 restart, leader election and NATS permissions on a real nats-server."""
 
@@ -13,9 +12,7 @@ from cp_support import (
     ACTOR,
     DEMO_YAML,
     control_plane,
-    nats_server,  # noqa: F401  (fixture)
     new_version,
-    ops_key,  # noqa: F401  (fixture)
     seed_demo,
     shipped_packed,
     trust_with,

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from cp_support)
 """Control plane ↔ node over a real nats-server: model rollout under load, configs refused
 by the control plane and by the node, offline operation and the telemetry backlog."""
 
@@ -15,9 +14,7 @@ from cp_support import (
     ACTOR,
     DEMO_YAML,
     control_plane,
-    nats_server,  # noqa: F401  (fixture)
     new_version,
-    ops_key,  # noqa: F401  (fixture)
     seed_demo,
     trust_on_node,
     trust_with,

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from cp_support)
 """``kefu-node run`` with a node.yaml ``control_plane:`` section, from source, against a real
 nats-server and control plane: it converges on its assignment, serves turns, and on SIGTERM the
 telemetry of those turns reaches the control plane (or, NATS down, is saved in the data dir and
@@ -20,8 +19,6 @@ import grpc
 import pytest
 from cp_support import (
     control_plane,
-    nats_server,  # noqa: F401  (fixture)
-    ops_key,  # noqa: F401  (fixture)
     seed_demo,
     trust_on_node,
     trust_with,
