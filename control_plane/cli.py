@@ -27,6 +27,7 @@ from kefu.control_plane.client import (
     resolve_operator_token,
 )
 from kefu.errors import PermanentError
+from kefu.model_ref import MODEL_SLOTS
 
 __all__ = [
     "DEFAULT_CP",
@@ -348,7 +349,7 @@ def _publish(pb: Any, a: argparse.Namespace) -> Any:
 
 def _assign(pb: Any, a: argparse.Namespace) -> Any:
     models = {
-        slot: getattr(a, slot) for slot in ("intent", "sentiment", "encoder") if getattr(a, slot)
+        slot: getattr(a, slot) for slot in MODEL_SLOTS if getattr(a, slot)
     }
     scenario: dict[str, Any] = {}
     for item in a.scenario_model or []:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from kefu.bus import Bus
 from kefu.config import TenantConfig
 from kefu.errors import PermanentError
+from kefu.model_ref import ModelSlot
 from kefu.models.store import ModelStore
 from kefu.natscreds import NatsCredentials, load_credentials
 from kefu.node.agent.agent import AgentOptions, NodeAgent, TelemetryShutdown
@@ -117,7 +118,7 @@ def _observe_turns(node: Node, recorder: TelemetryRecorder) -> None:
             TurnSample(
                 tenant=tenant,
                 scenario=r.scenario,
-                model_version=r.model_versions.get("intent", ""),
+                model_version=r.model_versions.get(ModelSlot.INTENT, ""),
                 latency_ms=r.latency_us / 1000.0,
                 confidence=r.confidence,
                 fallback=r.clarify,

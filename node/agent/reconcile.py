@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from kefu.config import ModelRef, TenantConfig
 from kefu.errors import ConfigError
+from kefu.model_ref import MODEL_SLOTS
 from kefu.wire import BundleRef, DesiredTenant
 
 __all__ = [
@@ -113,7 +114,7 @@ def pin_models(config: TenantConfig, doc: DesiredTenant) -> TenantConfig:
     updates: dict[str, ModelRef | None] = {}
     for slot, b in doc.models.items():
         current = getattr(m, slot, None)
-        if slot not in ("intent", "sentiment", "encoder"):
+        if slot not in MODEL_SLOTS:
             raise ConfigError(f"unknown model slot {slot!r} / 未知模型槽位", field="models")
         if current is not None and current.name != b.name:
             raise ConfigError(
