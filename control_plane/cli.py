@@ -13,8 +13,6 @@ import asyncio
 import json
 import signal
 import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,9 @@ from kefu.control_plane.client import (
     default_token_file,
     resolve_operator_token,
 )
+from kefu.control_plane.tables import ago as _ago
+from kefu.control_plane.tables import table as _table
+from kefu.control_plane.tables import when as _when
 from kefu.errors import PermanentError
 from kefu.model_ref import MODEL_SLOTS
 
@@ -98,29 +99,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- kefu cp
-
-
-def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
-    Console().print(t)
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
-
-
-def _ago(ts: float) -> str:
-    if not ts:
-        return "-"
-    s = time.time() - ts
-    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago"
 
 
 async def _call(args: argparse.Namespace) -> Any:
@@ -348,9 +326,7 @@ def _publish(pb: Any, a: argparse.Namespace) -> Any:
 
 
 def _assign(pb: Any, a: argparse.Namespace) -> Any:
-    models = {
-        slot: getattr(a, slot) for slot in MODEL_SLOTS if getattr(a, slot)
-    }
+    models = {slot: getattr(a, slot) for slot in MODEL_SLOTS if getattr(a, slot)}
     scenario: dict[str, Any] = {}
     for item in a.scenario_model or []:
         try:
