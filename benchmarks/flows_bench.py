@@ -4,7 +4,7 @@
 
 What one run does, all measured in this run:
 
-1. Starts the demo stack (:class:`kefu.demo.stack.DemoStack`): the demo order center (HTTP +
+1. Starts the demo stack (:class:`kefu.dev.stack.DemoStack`): the demo order center (HTTP +
    its own freshly seeded SQLite) and a node serving the demo tenant, on free ports, with the
    rate limits raised (this measures the flows, not the limiter).
 2. Generates ``--conversations`` scripted conversations (seeded, reproducible) in Chinese and
@@ -42,7 +42,7 @@ from typing import Any
 import grpc
 
 from kefu.demo.seed import STATUS_TEXT
-from kefu.demo.stack import DemoStack
+from kefu.dev.stack import DemoStack
 
 __all__ = ["Script", "main", "make_scripts"]
 

@@ -212,7 +212,7 @@ def print_report(res: dict[str, Any]) -> None:
         f"  demo order center (the flows' plugins call it) in its own process: "
         f"{env['order_center_cpu_s']} CPU-s over the whole run"
     )
-    from kefu.node.server import NodeOptions
+    from kefu.node.serving.server import NodeOptions
 
     defaults = NodeOptions()
     print(

@@ -7,7 +7,7 @@ What one run does, all measured in this run on this machine:
 
 1. **Rollout.** Starts a real ``nats-server`` (JetStream, temporary store) and a control plane
    (service, leader lease, reconciler) in this process. For each N, starts N *lightweight node
-   agents* — the real :class:`~kefu.node.agent.NodeAgent` (own NATS connection each, own data
+   agents* — the real :class:`~kefu.node.agent.agent.NodeAgent` (own NATS connection each, own data
    directory, watcher, planner, object-store download, SHA-256 check, unpack, signature and
    per-file hash verification into its model store, config validation and model pinning) whose
    target verifies the bundle once more instead of loading it into onnxruntime. A new, signed
@@ -48,8 +48,8 @@ from kefu.keys import TrustStore, generate_keypair, load_public_key
 from kefu.models.store import ModelStore, shipped_dir
 from kefu.natsbus import NatsBus, NatsOptions
 from kefu.natsserver import NatsServer
-from kefu.node.agent import AgentOptions, NodeAgent
-from kefu.node.tenant import DEMO_TENANT_CONFIG
+from kefu.node.agent.agent import AgentOptions, NodeAgent
+from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
 from kefu.wire import (
     BUCKET_NODES,
     BundleRef,

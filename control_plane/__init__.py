@@ -16,7 +16,7 @@ _EXPORTS = {
     "ControlPlaneOptions": "app",
     "DesiredReconciler": "reconciler",
     "LeaderLease": "leader",
-    "decide_lease": "leader",
+    "decide_lease": "lease",
     "plan_desired": "desired",
     "ensure_layout": "service",
 }

@@ -11,49 +11,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kefu.errors import PermanentError, TemporaryError
+from kefu.control_plane.client import (
+    DEFAULT_CP,
+    DEFAULT_NATS,
+    TOKEN_ENV,
+    call_control_plane,
+    default_token_file,
+    resolve_operator_token,
+)
+from kefu.control_plane.tables import ago as _ago
+from kefu.control_plane.tables import table as _table
+from kefu.control_plane.tables import when as _when
+from kefu.errors import PermanentError
+from kefu.model_ref import MODEL_SLOTS
 
-DEFAULT_CP = "127.0.0.1:7500"
-DEFAULT_NATS = "nats://127.0.0.1:4222"
-TOKEN_ENV = "KEFU_CP_TOKEN"
-
-
-def default_token_file() -> Path:
-    """The admin token file `kefu up` and `kefu control-plane run` write on first start."""
-    from kefu.control_plane.auth import TOKEN_FILE
-    from kefu.models.store import data_dir
-
-    return data_dir() / TOKEN_FILE
-
-
-def resolve_operator_token(
-    token: str | None = None, token_file: str | Path | None = None
-) -> tuple[str, str]:
-    """(token, where it came from): explicit token, token file, ``$KEFU_CP_TOKEN``, else the
-    default file when it exists; ("", "") when none is found. Usable by other clients (TUI)."""
-    from kefu.control_plane.tokens import read_token_file
-
-    if token:
-        return token.strip(), "--token"
-    if token_file:
-        return read_token_file(Path(token_file)), str(token_file)
-    if os.environ.get(TOKEN_ENV, "").strip():
-        return os.environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}"
-    path = default_token_file()
-    return read_token_file(path, missing_ok=True), str(path)
+__all__ = [
+    "DEFAULT_CP",
+    "DEFAULT_NATS",
+    "TOKEN_ENV",
+    "cmd_cp",
+    "cmd_run",
+    "default_token_file",
+    "print_first_token",
+    "register",
+    "resolve_operator_token",
+]
 
 
 def _nats_login(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
     if getattr(args, "nats_creds", None):
-        from kefu.node.cp_link import load_credentials
+        from kefu.natscreds import load_credentials
 
         c = load_credentials(Path(args.nats_creds))
         return c.url, c.user, c.password
@@ -109,58 +101,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- kefu cp
 
 
-def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
-    Console().print(t)
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
-
-
-def _ago(ts: float) -> str:
-    if not ts:
-        return "-"
-    s = time.time() - ts
-    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago"
-
-
 async def _call(args: argparse.Namespace) -> Any:
-    import grpc
-
-    from kefu.control_plane.api import ACTOR_METADATA_KEY, MAX_MESSAGE_BYTES
-    from kefu.v1 import bearer_metadata
-    from kefu.v1 import control_plane_pb2 as pb
-    from kefu.v1 import control_plane_pb2_grpc as pbg
-
-    token, source = resolve_operator_token(args.token, args.token_file)
-    md: tuple[tuple[str, str], ...] = bearer_metadata(token) if token else ()
-    if args.actor:
-        md += ((ACTOR_METADATA_KEY, args.actor),)
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ]
-    async with grpc.aio.insecure_channel(args.target, options=options) as ch:
-        stub = pbg.ControlPlaneStub(ch)
-        method, request = args.build(pb, args)
-        try:
-            return await getattr(stub, method)(request, metadata=md, timeout=args.timeout)
-        except grpc.aio.AioRpcError as exc:
-            msg = f"{exc.code().name}: {exc.details()}"
-            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                hint = f"token from {source}" if token else f"no token found ({source} absent)"
-                raise PermanentError(f"{msg} [{hint}]") from exc
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise TemporaryError(f"control plane at {args.target}: {msg}") from exc
-            raise PermanentError(msg) from exc
+    return await call_control_plane(
+        args.target,
+        lambda pb: args.build(pb, args),
+        token=args.token,
+        token_file=args.token_file,
+        actor=args.actor,
+        timeout=args.timeout,
+    )
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
@@ -377,9 +326,7 @@ def _publish(pb: Any, a: argparse.Namespace) -> Any:
 
 
 def _assign(pb: Any, a: argparse.Namespace) -> Any:
-    models = {
-        slot: getattr(a, slot) for slot in ("intent", "sentiment", "encoder") if getattr(a, slot)
-    }
+    models = {slot: getattr(a, slot) for slot in MODEL_SLOTS if getattr(a, slot)}
     scenario: dict[str, Any] = {}
     for item in a.scenario_model or []:
         try:

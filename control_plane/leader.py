@@ -1,12 +1,13 @@
 """Leader election: one lease in a key-value bucket, taken and renewed by compare-and-set.
 
 Every replica runs :class:`LeaderLease`. Each step reads the lease; the pure
-:func:`decide_lease` says what to write: create it (none yet), renew it (ours), take it over
-(expired), or nothing (someone else's, still valid). Writes are ``kv_update(last=revision)``,
-so of two replicas racing for an expired lease exactly one wins; the loser sees
-:class:`~kefu.bus.Conflict` and stays a follower. A leader that cannot renew before its own
-expiry steps down on its own (no split brain while partitioned). Expiry uses wall clocks, so
-replicas' clocks must agree to well within the TTL (NTP).
+:func:`~kefu.control_plane.lease.decide_lease` says what to write: create it (none yet), renew
+it (ours), take it over (expired), or nothing (someone else's, still valid). Writes are
+``kv_update(last=revision)``, so of two replicas racing for an expired lease exactly one wins;
+the loser sees :class:`~kefu.bus.Conflict` and stays a follower. A leader that cannot renew
+before its own expiry steps down on its own (no split brain while partitioned). Expiry uses wall
+clocks (``clock``, default ``time.time``), so replicas' clocks must agree to well within the TTL
+(NTP).
 """
 
 from __future__ import annotations
@@ -18,22 +19,12 @@ import time
 from collections.abc import Callable
 
 from kefu.bus import Bus, BusUnavailable, Conflict, NotFound, cancel_and_wait
+from kefu.control_plane.lease import decide_lease
 from kefu.wire import BUCKET_LEADER, LEASE_KEY, Lease, WireError, decode, encode
 
 __all__ = ["LeaderLease", "decide_lease"]
 
 log = logging.getLogger("kefu.control_plane.leader")
-
-
-def decide_lease(current: Lease | None, me: str, now: float, ttl_s: float) -> Lease | None:
-    """The lease to write, or None to leave it alone (a valid lease held by another)."""
-    if current is None:
-        return Lease(holder=me, expires_at=now + ttl_s, term=1)
-    if current.holder == me:
-        return Lease(holder=me, expires_at=now + ttl_s, term=current.term)
-    if current.expires_at <= now:
-        return Lease(holder=me, expires_at=now + ttl_s, term=current.term + 1)
-    return None
 
 
 class LeaderLease:
@@ -44,12 +35,14 @@ class LeaderLease:
         *,
         ttl_s: float = 6.0,
         on_change: Callable[[bool], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         self.bus = bus
         self.me = me
         self.ttl_s = ttl_s
         self.renew_s = ttl_s / 3
         self.on_change = on_change
+        self.clock = clock
         self.holder = ""
         self.term = 0
         self._valid_until = 0.0
@@ -58,7 +51,7 @@ class LeaderLease:
     @property
     def is_leader(self) -> bool:
         # Our own expiry, not the last write's success: a partitioned leader steps down in time.
-        return self.holder == self.me and time.time() < self._valid_until
+        return self.holder == self.me and self.clock() < self._valid_until
 
     async def step(self) -> bool:
         was = self.is_leader
@@ -70,7 +63,7 @@ class LeaderLease:
                     current = decode(Lease, entry.value, what="leader lease")
                 except WireError:
                     current = None  # garbage: overwrite it via CAS on its revision
-            now = time.time()
+            now = self.clock()
             want = decide_lease(current, self.me, now, self.ttl_s)
             if want is None:
                 assert current is not None

@@ -33,6 +33,7 @@ from kefu.config import parse_tenant_config
 from kefu.config.tenant import generate_api_key, hash_api_key
 from kefu.errors import ConfigError, PermanentError
 from kefu.keys import TrustStore
+from kefu.model_ref import MODEL_SLOTS
 from kefu.wire import (
     BUCKET_ASSIGNMENTS,
     BUCKET_CONFIGS,
@@ -73,7 +74,7 @@ __all__ = ["AUDIT_NOTE", "ControlPlane", "NotFoundError", "ensure_layout"]
 AUDIT_NOTE: ContextVar[str] = ContextVar("kefu_audit_note", default="")
 
 _M = TypeVar("_M", bound=BaseModel)
-_SLOTS = ("intent", "sentiment", "encoder")
+_SLOTS = MODEL_SLOTS
 _CAS_RETRIES = 8
 
 

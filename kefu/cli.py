@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_node(sub)
     register_demo(sub)
     from kefu.control_plane.cli import register as register_control_plane
-    from kefu.control_plane.up import register as register_up
+    from kefu.up import register as register_up
 
     register_control_plane(sub)
     register_up(sub)

@@ -1,6 +1,6 @@
 """Lazy package exports: a curated ``__all__`` whose names load on first use.
 
-Packages use it so that importing a light module (e.g. ``kefu.node.scenario``) never pulls in
+Packages use it so that importing a light module (e.g. ``kefu.node.dialog.scenario``) never pulls in
 heavy ones (gRPC, torch) through the package's ``__init__``.
 """
 

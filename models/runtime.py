@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from tokenizers import Tokenizer
 from kefu.bundle import Manifest, verify_bundle
 from kefu.errors import BundleError, ProviderUnavailable
 from kefu.keys import TrustStore
+from kefu.models.options import RuntimeOptions, clean_text
 
 __all__ = [
     "PROVIDER_ALIASES",
@@ -42,22 +42,6 @@ PROVIDER_ALIASES = {
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
-MAX_TEXT_CHARS = 4096
-
-
-@dataclass(kw_only=True)
-class RuntimeOptions:
-    """How to run a bundle. ``providers`` is a preference order of tensorrt / cuda / cpu."""
-
-    providers: Sequence[str] = ("tensorrt", "cuda", "cpu")
-    intra_op_threads: int = 1
-    inter_op_threads: int = 1
-    trt_engine_cache_dir: str | None = None
-    trt_fp16: bool = False
-    device_id: int = 0
-    max_batch: int = 64
-    #: Refuse to fall back: raise ProviderUnavailable unless the first choice is used.
-    strict: bool = False
 
 
 @dataclass
@@ -97,20 +81,6 @@ def plan_providers(options: RuntimeOptions, available: Sequence[str]) -> Provide
     if "CPUExecutionProvider" not in plan.names:
         plan.providers.append(("CPUExecutionProvider", {}))
     return plan
-
-
-def clean_text(text: str | bytes) -> str:
-    """Make any input safe to tokenize: valid UTF-8, no control characters, bounded length."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    else:
-        # Command-line arguments with invalid UTF-8 arrive as lone surrogates.
-        text = text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
-    text = "".join(
-        " " if unicodedata.category(ch) in ("Cc", "Cf", "Cs") else ch
-        for ch in text[:MAX_TEXT_CHARS]
-    )
-    return " ".join(text.split())
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,18 @@
 """Kefu node: serves customer conversations for the tenants of one region.
 
-Layers point inward: adapters (``server``, ``grpc_api``, ``sqlite_store``, ``metrics``,
-``cli``) → services (``conversation``, ``tenant``, ``inference``) → a pure core (``scenario``,
-``reply``, ``knowledge``, ``entities``, ``language``, ``admission``, ``redaction``, the
-``sessions`` seam). Names load lazily so importing the pure core pulls in no gRPC.
+Subpackages: ``nlu`` (language, entities, redaction, model predictions and batched
+inference), ``dialog`` (scenarios, flows, replies, knowledge, hand-off, plugins, the
+conversation service and the tenant registry), ``sessions`` (the session store seam, its
+in-memory and SQLite stores, group commit), ``serving`` (gRPC API, admission, metrics, logs,
+server, worker pool) and ``agent`` (the control-plane link: agent, reconcile, telemetry).
+``main``/``cli``/``install`` are the entry points.
+
+Layers point inward: adapters (``serving.server``, ``serving.grpc_api``,
+``sessions.sqlite_store``, ``serving.metrics``, ``cli``) → services (``dialog.conversation``,
+``dialog.tenant``, ``nlu.inference``) → a pure core (``dialog.scenario``, ``dialog.reply``,
+``dialog.knowledge``, ``nlu.entities``, ``nlu.language``, ``serving.admission``,
+``nlu.redaction``, the ``sessions.store`` seam). Names load lazily so importing the pure core
+pulls in no gRPC. ``tests/test_layers.py`` checks the contracts.
 """
 
 from __future__ import annotations
@@ -11,18 +20,18 @@ from __future__ import annotations
 from kefu.lazy import lazy_exports
 
 _EXPORTS = {
-    "Node": "server",
-    "NodeOptions": "server",
-    "ConversationService": "conversation",
-    "TurnRequest": "conversation",
-    "TurnResult": "conversation",
-    "TenantRegistry": "tenant",
-    "BatchingModelRuntime": "inference",
-    "ModelRuntime": "predictions",
-    "SessionStore": "sessions",
-    "KnowledgeBase": "knowledge",
-    "select_scenario": "scenario",
-    "decide_reply": "reply",
+    "Node": "serving.server",
+    "NodeOptions": "serving.server",
+    "ConversationService": "dialog.conversation",
+    "TurnRequest": "dialog.conversation",
+    "TurnResult": "dialog.conversation",
+    "TenantRegistry": "dialog.tenant",
+    "BatchingModelRuntime": "nlu.inference",
+    "ModelRuntime": "nlu.predictions",
+    "SessionStore": "sessions.store",
+    "KnowledgeBase": "dialog.knowledge",
+    "select_scenario": "dialog.scenario",
+    "decide_reply": "dialog.reply",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,98 +1,66 @@
-"""``kefu node run`` (serve a node) and ``kefu chat`` (a terminal client for trying one)."""
+"""``kefu node run`` (serve a node, through :mod:`kefu.node.bootstrap`) and ``kefu chat``
+(:mod:`kefu.node.chat`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from kefu.errors import PermanentError, TemporaryError
+from kefu.errors import PermanentError
+from kefu.node.bootstrap import NodePlan, Started, serve
+from kefu.node.chat import DEFAULT_TARGET, add_chat_arguments, run_chat
 
 if TYPE_CHECKING:
-    from kefu.node.cp_link import ControlPlaneLink
-    from kefu.node.server import NodeOptions
-
-DEFAULT_TARGET = "127.0.0.1:7400"
+    from kefu.node.agent.cp_link import ControlPlaneLink
+    from kefu.node.serving.server import NodeOptions
 
 
-async def _run(args: argparse.Namespace) -> int:
-    from kefu.models.store import data_dir
-    from kefu.node.logs import configure_logging
 
-    configure_logging(fmt=args.log_format)
-    os.environ["KEFU_LOG_FORMAT"] = args.log_format  # worker processes log the same way
-    from kefu.node.server import Node
+class DevVoice:
+    """What ``kefu node run`` prints (``kefu-node run`` words it apart: kefu.node.main)."""
 
-    flags = bool(args.control_plane or args.nats_creds)
-    opts, workers, link = _options(args, data_dir, managed=flags)
-    managed = flags or link is not None  # tenants come from the control plane
-    listen = opts.listen
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if workers > 1:
-        if managed:
-            raise PermanentError(
-                "--workers with --control-plane is not supported yet: run one `kefu node run` "
-                "per core with its own --node-id and port / 受控节点暂不支持多工作进程"
-            )
-        return await _run_pool(opts, workers, stop, listen)
-    async with Node(opts) as node, _agent(node, args, link) as agent:
-        assert node.registry is not None
-        if agent is not None:
+    def started(self, plan: NodePlan, s: Started) -> None:
+        if s.agent is not None:
             print(
-                f"kefu node: agent {agent.options.node_id} following region {agent.options.region}"
+                f"kefu node: agent {s.agent.options.node_id} following region "
+                f"{s.agent.options.region}"
             )
         _announce(
-            opts,
-            listen=listen,
-            port=node.port,
-            metrics_port=node.metrics_port,
-            tenants=sorted(node.registry.tenants),
-            errors=[e.error for e in node.registry.errors],
-            new_keys=node.registry.new_keys,
+            plan.options,
+            listen=plan.options.listen,
+            port=s.port,
+            metrics_port=s.metrics_port,
+            tenants=s.tenants,
+            errors=s.errors,
+            new_keys=s.new_keys,
+            workers=s.workers,
         )
-        await stop.wait()
-        print("kefu node: stopping (finishing in-flight turns)…", file=sys.stderr)
-    if node.turns_cut:  # exit codes as kefu-node's (kefu/node_main.py EXIT_CODES)
-        print(
-            f"kefu node: drain deadline expired, {node.turns_cut} turn(s) cancelled",
-            file=sys.stderr,
-        )
-        return 3
-    if agent is not None and agent.shutdown is not None:
-        from kefu.node.cp_link import describe_shutdown
 
-        print(f"kefu node: {describe_shutdown(agent.shutdown)}", file=sys.stderr)
-        if agent.shutdown.save_error:
-            return 74  # as kefu-node's EXIT_SHUTDOWN_FAILED
-    return 0
+    def signal_again(self, sig: str) -> None:
+        pass
 
+    def stopping(self, plan: NodePlan, sig: str, *, pool: bool) -> None:
+        what = "stopping workers" if pool else "stopping"
+        print(f"kefu node: {what} (finishing in-flight turns)…", file=sys.stderr)
 
-async def _run_pool(opts: NodeOptions, workers: int, stop: asyncio.Event, listen: str) -> int:
-    from kefu.node.workers import WorkerPool
+    def shutdown_report(self, text: str) -> None:
+        print(f"kefu node: {text}", file=sys.stderr)
 
-    async with WorkerPool(opts, workers=workers) as pool:
-        _announce(
-            opts,
-            listen=listen,
-            port=pool.port,
-            metrics_port=pool.metrics_port,
-            tenants=pool.tenants,
-            errors=pool.tenant_errors,
-            new_keys=pool.new_keys,
-            workers=workers,
-        )
-        await stop.wait()
-        print("kefu node: stopping workers (finishing in-flight turns)…", file=sys.stderr)
-    return 3 if pool.workers_cut else 0  # 3: like one node whose drain deadline cut turns
+    def shutdown_failed(self, exc: BaseException) -> None:
+        print(f"kefu node: error: shutdown could not close storage: {exc}", file=sys.stderr)
+
+    def turns_cut(self, plan: NodePlan, n: int) -> None:
+        print(f"kefu node: drain deadline expired, {n} turn(s) cancelled", file=sys.stderr)
+
+    def workers_cut(self, n: int) -> None:
+        pass
+
+    def stopped_cleanly(self) -> None:
+        pass
 
 
 def _announce(
@@ -106,7 +74,7 @@ def _announce(
     new_keys: dict[str, str],
     workers: int = 1,
 ) -> None:
-    from kefu.node.tenant import demo_key_path, new_key_notice
+    from kefu.node.dialog.tenant import demo_key_path, new_key_notice
 
     for err in errors:
         print(f"kefu: tenant refused: {err}", file=sys.stderr)
@@ -142,8 +110,8 @@ def _options(
 ) -> tuple[NodeOptions, int, ControlPlaneLink | None]:
     """NodeOptions from an optional node.yaml (``--config node.yaml``, as ``kefu-node`` reads
     it), tenant YAMLs (``--config tenant.yaml ...``) and the flags, which win when given."""
-    from kefu.node.server import NodeOptions
-    from kefu.node.tenant import DEMO_TENANT_CONFIG
+    from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
+    from kefu.node.serving.server import NodeOptions
 
     paths = [Path(p) for p in args.config]
     node_files = [p for p in paths if not _is_tenant_config(p)]
@@ -154,8 +122,8 @@ def _options(
     link = None
     if node_files:
         from kefu.config.node import load_node_config
-        from kefu.node.cp_link import ControlPlaneLink
-        from kefu.node_main import node_options
+        from kefu.node.agent.cp_link import ControlPlaneLink
+        from kefu.node.bootstrap import node_options
 
         resolved = load_node_config(node_files[0])
         opts = node_options(resolved)
@@ -188,13 +156,15 @@ def _options(
     return opts, workers, link
 
 
-@contextlib.asynccontextmanager
-async def _agent(node: Any, args: argparse.Namespace, link: Any) -> AsyncIterator[Any]:
-    """The control-plane agent when --control-plane / --nats-creds or a node.yaml
-    ``control_plane:`` section is given (else None); the flags win over the file."""
-    from kefu.node.cp_link import ControlPlaneLink, follow_control_plane
+def _plan(args: argparse.Namespace) -> NodePlan:
+    """The node to start: options from the flags and YAMLs, the control-plane link from
+    --control-plane / --nats-creds (they win) or a node.yaml ``control_plane:`` section."""
+    from kefu.models.store import data_dir
+    from kefu.node.agent.cp_link import ControlPlaneLink
 
-    if args.control_plane or args.nats_creds:
+    flags = bool(args.control_plane or args.nats_creds)
+    opts, workers, link = _options(args, data_dir, managed=flags)
+    if flags:
         link = ControlPlaneLink(
             url=args.control_plane,
             credentials=Path(args.nats_creds) if args.nats_creds else None,
@@ -202,82 +172,15 @@ async def _agent(node: Any, args: argparse.Namespace, link: Any) -> AsyncIterato
             node_id=args.node_id,
             telemetry_s=args.telemetry_interval,
         )
-    if link is None:
-        yield None
-        return
-    async with follow_control_plane(node, link) as agent:
-        yield agent
+    return NodePlan(options=opts, workers=workers, link=link, log_format=args.log_format)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return asyncio.run(_run(args))
-
-
-async def _chat(args: argparse.Namespace) -> int:
-    import grpc
-
-    from kefu.v1 import bearer_metadata
-    from kefu.v1 import node_pb2 as pb
-    from kefu.v1 import node_pb2_grpc as pbg
-
-    key = args.key
-    if not key:
-        path = Path(args.key_file or f"kefu-data/{args.tenant}.key")
-        try:
-            key = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise PermanentError(
-                f"{path}: cannot read the API key ({exc.strerror}); use --key"
-            ) from exc
-    metadata = bearer_metadata(key)
-    session = ""
-    interactive = not args.text
-    texts = iter(args.text) if args.text else None
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        stub = pbg.KefuNodeStub(channel)
-        while True:
-            text: str | None
-            if texts is not None:
-                text = next(texts, None)
-            else:
-                try:
-                    text = await asyncio.to_thread(input, "you> ")
-                except EOFError:
-                    text = None
-            if text is None or text.strip() in ("/quit", "/exit"):
-                return 0
-            try:
-                reply = await stub.Converse(
-                    pb.ConverseRequest(text=text, session_id=session, channel=pb.CHANNEL_WEB),
-                    metadata=metadata,
-                    timeout=args.timeout,
-                )
-            except grpc.aio.AioRpcError as exc:
-                msg = f"{exc.code().name}: {exc.details()}"
-                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise TemporaryError(
-                        f"node at {args.target} unreachable or busy: {msg}"
-                    ) from exc
-                if not interactive:
-                    raise PermanentError(msg) from exc
-                print(f"  ! {msg}")
-                continue
-            session = reply.session_id
-            print(f"bot> {reply.text}")
-            if args.verbose_reply:
-                print(
-                    f"     [{reply.language} intent={reply.intent} {reply.confidence:.2f} "
-                    f"sentiment={reply.sentiment.label} scenario={reply.scenario}"
-                    f"{' handoff=' + reply.handoff_reason if reply.handoff else ''}"
-                    f" {reply.server_latency_us / 1000:.1f} ms]"
-                )
+    return asyncio.run(serve(_plan(args), DevVoice()))
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    try:
-        return asyncio.run(_chat(args))
-    except KeyboardInterrupt:
-        return 0
+    return run_chat(args, key_dir=Path("kefu-data"))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -325,17 +228,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(handler=cmd_run)
 
     c = sub.add_parser("chat", help="chat with a node from the terminal")
-    c.add_argument("--target", default=DEFAULT_TARGET)
-    c.add_argument("--key", help="tenant API key")
-    c.add_argument("--tenant", default="demo-shop", help="tenant whose generated key to use")
-    c.add_argument("--key-file", help="file holding the key (default: kefu-data/<tenant>.key)")
-    c.add_argument("--text", action="append", help="send these messages and exit (repeatable)")
-    c.add_argument("--timeout", type=float, default=10.0)
-    c.add_argument(
-        "-d",
-        "--details",
-        dest="verbose_reply",
-        action="store_true",
-        help="show intent, sentiment, scenario and latency",
-    )
+    add_chat_arguments(c, key_dir="kefu-data")
     c.set_defaults(handler=cmd_chat)

@@ -10,6 +10,8 @@ python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e '.[train,dev]'
 ruff check .
+# The layer contracts (kefu/dev/layers.py): fails on a forbidden import or an import cycle.
+python -m kefu.dev.layers
 ./scripts/typecheck.sh
 # The kefu-node executable (its own build venv, no torch; ~1 min, reused when the sources did
 # not change): prints size, cold start and RSS; tests/test_packaging.py smoke-tests it.

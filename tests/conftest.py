@@ -7,10 +7,14 @@ import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from kefu.keys import SigningKey, TrustStore, generate_keypair
+
+if TYPE_CHECKING:
+    from kefu.natsserver import NatsServer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "models" / "data"
@@ -96,3 +100,18 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, dest)
     return dest
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A real nats-server (JetStream) on a free port, for the control-plane tests."""
+    from kefu.natsserver import NatsServer
+
+    with NatsServer(tmp_path / "nats") as srv:
+        yield srv
+
+
+@pytest.fixture
+def ops_key(tmp_path: Path) -> SigningKey:
+    """The operators' signing key (bundles the control plane publishes)."""
+    return generate_keypair(tmp_path / "keys", "ops")

@@ -4,36 +4,22 @@ bundles re-signed as new versions, and a node wired to the control plane."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from kefu.bundle import Manifest, pack, sign_bundle, write_manifest
 from kefu.control_plane.leader import LeaderLease
 from kefu.control_plane.reconciler import DesiredReconciler
 from kefu.control_plane.service import ControlPlane, ensure_layout
-from kefu.keys import SigningKey, TrustStore, generate_keypair, load_public_key
+from kefu.keys import SigningKey, TrustStore, load_public_key
 from kefu.models.store import shipped_dir
 from kefu.natsbus import NatsBus, NatsOptions
-from kefu.natsserver import NatsServer
-from kefu.node.tenant import DEMO_TENANT_CONFIG
+from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
 
 DEMO_YAML = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
 ACTOR = "tester"
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    with NatsServer(tmp_path / "nats") as srv:
-        yield srv
-
-
-@pytest.fixture
-def ops_key(tmp_path: Path) -> SigningKey:
-    return generate_keypair(tmp_path / "keys", "ops")
 
 
 def trust_with(key: SigningKey) -> TrustStore:

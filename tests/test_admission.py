@@ -8,7 +8,7 @@ import time
 import pytest
 
 from kefu.errors import TemporaryError
-from kefu.node.admission import (
+from kefu.node.serving.admission import (
     AdmissionController,
     LoopLag,
     ManualClock,

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from cp_support)
 """The control plane: pure planning without servers, its services on the in-memory bus, and
 restart, leader election and NATS permissions on a real nats-server."""
 
@@ -13,9 +12,7 @@ from cp_support import (
     ACTOR,
     DEMO_YAML,
     control_plane,
-    nats_server,  # noqa: F401  (fixture)
     new_version,
-    ops_key,  # noqa: F401  (fixture)
     seed_demo,
     shipped_packed,
     trust_with,
@@ -30,8 +27,15 @@ from kefu.errors import BundleError, ConfigError
 from kefu.keys import SigningKey, generate_keypair
 from kefu.natsbus import NatsBus, NatsOptions
 from kefu.natsserver import NatsServer, control_plane_user, inbox_prefix, node_user
-from kefu.node.reconcile import ApplyTenant, FetchBundle, LoadBundle, LocalState, RemoveTenant, plan
-from kefu.node.telemetry import TelemetryRecorder, TurnSample
+from kefu.node.agent.reconcile import (
+    ApplyTenant,
+    FetchBundle,
+    LoadBundle,
+    LocalState,
+    RemoveTenant,
+    plan,
+)
+from kefu.node.agent.telemetry import TelemetryRecorder, TurnSample
 from kefu.wire import (
     Assignment,
     BundleRef,
@@ -282,8 +286,8 @@ def test_pure_planners_import_no_io_libraries() -> None:
     pure = [
         "kefu.control_plane.desired",
         "kefu.control_plane.leader",
-        "kefu.node.reconcile",
-        "kefu.node.telemetry",
+        "kefu.node.agent.reconcile",
+        "kefu.node.agent.telemetry",
         "kefu.wire",
         "kefu.bus",
     ]

@@ -10,17 +10,18 @@ import pytest
 from test_tenant_registry import second_tenant
 
 from kefu.models.store import ModelStore, trust_for
-from kefu.node.admission import AdmissionController, RateLimit, RateLimiter
-from kefu.node.conversation import (
+from kefu.node.dialog.conversation import (
     ConversationService,
     InvalidTurn,
     RateLimited,
     SessionNotFound,
     TurnRequest,
 )
-from kefu.node.inference import BatchingModelRuntime
-from kefu.node.sessions import TurnRole
-from kefu.node.tenant import DEMO_TENANT_CONFIG, TenantRegistry
+from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG, TenantRegistry
+from kefu.node.nlu.inference import BatchingModelRuntime
+from kefu.node.serving.admission import AdmissionController, RateLimit, RateLimiter
+from kefu.node.sessions.sqlite_store import sqlite_store_opener
+from kefu.node.sessions.store import TurnRole
 
 
 @pytest.fixture
@@ -31,7 +32,9 @@ async def service(tmp_path: Path) -> AsyncIterator[ConversationService]:
     for name in ("demo-shop-intent", "sentiment"):
         await runtime.load(name, name)
     other = second_tenant(tmp_path, "acme", "acme-key")
-    registry = await TenantRegistry.open(tmp_path, [DEMO_TENANT_CONFIG, other])
+    registry = await TenantRegistry.open(
+        tmp_path, [DEMO_TENANT_CONFIG, other], open_store=sqlite_store_opener()
+    )
     svc = ConversationService(
         registry=registry, runtime=runtime, admission=AdmissionController(8, 64, 1.0)
     )
@@ -112,7 +115,7 @@ async def test_explicit_human_request_hands_off(service: ConversationService) ->
 
 
 async def test_a_scenarios_pinned_models_serve_its_sessions(tmp_path: Path) -> None:
-    from kefu.node.predictions import StaticModelRuntime
+    from kefu.node.nlu.predictions import StaticModelRuntime
 
     text = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
     pinned = text.replace(
@@ -128,7 +131,7 @@ async def test_a_scenarios_pinned_models_serve_its_sessions(tmp_path: Path) -> N
         {"demo-shop-intent": lambda t: "delivery_tracking", "sentiment": lambda t: "neutral"},
         version="canary",
     )
-    registry = await TenantRegistry.open(tmp_path, [config])
+    registry = await TenantRegistry.open(tmp_path, [config], open_store=sqlite_store_opener())
     try:
         svc = ConversationService(
             registry=registry, runtime=runtime, admission=AdmissionController(8, 64, 1.0)

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from cp_support)
 """The control-plane gRPC API and the `kefu cp` CLI against a real replica on a real NATS."""
 
 from __future__ import annotations
@@ -11,8 +10,6 @@ import grpc
 import pytest
 from cp_support import (
     DEMO_YAML,
-    nats_server,  # noqa: F401  (fixture)
-    ops_key,  # noqa: F401  (fixture)
     shipped_packed,
     trust_with,
 )

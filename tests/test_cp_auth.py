@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from cp_support)
 """Operator tokens on the control-plane API: a real replica on a real nats-server, real gRPC."""
 
 from __future__ import annotations
@@ -11,8 +10,6 @@ from pathlib import Path
 import grpc
 import pytest
 from cp_support import (
-    nats_server,  # noqa: F401  (fixture)
-    ops_key,  # noqa: F401  (fixture)
     trust_with,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc

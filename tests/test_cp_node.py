@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from cp_support)
 """Control plane ↔ node over a real nats-server: model rollout under load, configs refused
 by the control plane and by the node, offline operation and the telemetry backlog."""
 
@@ -15,9 +14,7 @@ from cp_support import (
     ACTOR,
     DEMO_YAML,
     control_plane,
-    nats_server,  # noqa: F401  (fixture)
     new_version,
-    ops_key,  # noqa: F401  (fixture)
     seed_demo,
     trust_on_node,
     trust_with,
@@ -26,9 +23,9 @@ from cp_support import (
 from kefu.errors import ConfigError
 from kefu.keys import SigningKey
 from kefu.natsserver import NatsServer
-from kefu.node.agent import NodeAgent
-from kefu.node.cp_link import attach_agent
-from kefu.node.server import Node, NodeOptions
+from kefu.node.agent.agent import NodeAgent
+from kefu.node.agent.cp_link import attach_agent
+from kefu.node.serving.server import Node, NodeOptions
 from kefu.v1 import bearer_metadata
 from kefu.v1 import node_pb2 as pb
 from kefu.v1 import node_pb2_grpc as pbg
@@ -73,7 +70,7 @@ async def test_new_model_version_hot_swaps_under_load_with_zero_failed_rpcs(
         async with cp_node(tmp_path, nats_server.url, ops_key) as (node, agent):
             await agent.wait_for(lambda: "demo-shop" in agent.applied)
             assert node.service is not None
-            from kefu.node.admission import RateLimit, RateLimiter
+            from kefu.node.serving.admission import RateLimit, RateLimiter
 
             node.service.limiter = RateLimiter(RateLimit(rate=1e6, burst=1e6))
             md = bearer_metadata(api_key)

@@ -12,11 +12,11 @@ import pytest
 
 from kefu.config import load_tenant_config, parse_tenant_config
 from kefu.errors import ConfigError
-from kefu.node.flow import FlowState, is_cancel, yes_or_no
-from kefu.node.handoff import build_summary, renew_if_idle, sentiment_trend
-from kefu.node.memory_store import InMemorySessionStore
-from kefu.node.sessions import NewSession, SessionStatus
-from kefu.node.tenant import DEMO_TENANT_CONFIG
+from kefu.node.dialog.flow import FlowState, is_cancel, yes_or_no
+from kefu.node.dialog.handoff import build_summary, renew_if_idle, sentiment_trend
+from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
+from kefu.node.sessions.memory_store import InMemorySessionStore
+from kefu.node.sessions.store import NewSession, SessionStatus
 
 DEMO = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
 
@@ -173,7 +173,7 @@ def test_seed_is_deterministic(tmp_path: Path) -> None:
 
 
 async def test_console_lists_open_handoffs_page_by_page_without_skipping() -> None:
-    from kefu.node.handoff import HandoffConsole, HandoffResolution
+    from kefu.node.dialog.handoff import HandoffConsole, HandoffResolution
 
     store = InMemorySessionStore()
     console = HandoffConsole(store)
@@ -194,8 +194,8 @@ async def test_console_lists_open_handoffs_page_by_page_without_skipping() -> No
 
 
 async def test_console_rules() -> None:
-    from kefu.node.handoff import HandoffConsole, HandoffResolution
-    from kefu.node.sessions import InvalidRecord, RecordNotFound, StateConflict
+    from kefu.node.dialog.handoff import HandoffConsole, HandoffResolution
+    from kefu.node.sessions.store import InvalidRecord, RecordNotFound, StateConflict
 
     store = InMemorySessionStore()
     console = HandoffConsole(store)

@@ -11,7 +11,7 @@ from typing import ClassVar
 import pytest
 import pytest_asyncio
 
-from kefu.demo.stack import DemoStack
+from kefu.dev.stack import DemoStack
 from kefu.v1 import node_pb2 as pb
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]

@@ -26,7 +26,7 @@ from kefu.errors import (
 from kefu.keys import SigningKey, TrustStore, generate_keypair, load_public_key
 from kefu.models.runtime import load_model
 from kefu.models.store import ModelStore, shipped_dir
-from kefu.node.inference import (
+from kefu.node.nlu.inference import (
     BATCH_BUCKETS,
     BatchingModelRuntime,
     BatchTooLarge,

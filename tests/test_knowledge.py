@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kefu.errors import ConfigError
-from kefu.node.knowledge import (
+from kefu.node.dialog.knowledge import (
     Clarification,
     KBAnswer,
     KBEntry,
@@ -507,7 +507,7 @@ def test_entries_from_dicts() -> None:
 
 def test_core_module_imports_no_transport_or_storage() -> None:
     code = (
-        "import sys, kefu.node.knowledge; "
+        "import sys, kefu.node.dialog.knowledge; "
         "print(sorted(m for m in ('grpc', 'nats', 'onnxruntime', 'sqlite3') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -4,7 +4,7 @@ import io
 import json
 import logging
 
-from kefu.node.logs import configure_logging
+from kefu.node.serving.logs import configure_logging
 
 
 def test_json_lines_with_fields_and_redaction() -> None:

@@ -9,7 +9,7 @@ from datetime import date
 import pytest
 
 from kefu.errors import ConfigError
-from kefu.node.entities import (
+from kefu.node.nlu.entities import (
     DEFAULT_PATTERNS,
     Entity,
     EntityExtractor,
@@ -21,8 +21,8 @@ from kefu.node.entities import (
     parse_date,
     parse_zh_number,
 )
-from kefu.node.language import detect_language
-from kefu.node.redaction import RedactingFilter, find_sensitive, luhn_valid, redact
+from kefu.node.nlu.language import detect_language
+from kefu.node.nlu.redaction import RedactingFilter, find_sensitive, luhn_valid, redact
 
 TODAY = date(2024, 11, 25)  # a Monday
 VALID_ID = "11010519491231002X"  # the GB 11643 worked example

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -13,14 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from packaging_helpers import free_port
 
 KEFU = str(Path(sys.executable).parent / "kefu")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_node(data: Path, port: int, *, metrics: str = "") -> tuple[subprocess.Popen[str], str]:

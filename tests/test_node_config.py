@@ -17,8 +17,9 @@ from kefu.config.node import (
     parse_node_config,
 )
 from kefu.errors import ConfigError
-from kefu.node.tenant import DEMO_TENANT_CONFIG
-from kefu.node_main import main, node_options
+from kefu.node.bootstrap import node_options
+from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
+from kefu.node.main import main
 
 
 def write(path: Path, text: str) -> Path:
@@ -133,7 +134,8 @@ def test_the_node_executable_never_imports_torch() -> None:
     import sys
 
     code = (
-        "import sys, kefu.node_main, kefu.node_install, kefu.config.node, kefu.node.server\n"
+        "import sys, kefu.node.main, kefu.node.install, kefu.config.node\n"
+        "import kefu.node.serving.server\n"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

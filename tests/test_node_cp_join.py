@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from cp_support)
 """``kefu-node run`` with a node.yaml ``control_plane:`` section, from source, against a real
 nats-server and control plane: it converges on its assignment, serves turns, and on SIGTERM the
 telemetry of those turns reaches the control plane (or, NATS down, is saved in the data dir and
@@ -20,8 +19,6 @@ import grpc
 import pytest
 from cp_support import (
     control_plane,
-    nats_server,  # noqa: F401  (fixture)
-    ops_key,  # noqa: F401  (fixture)
     seed_demo,
     trust_on_node,
     trust_with,
@@ -33,8 +30,8 @@ from kefu.errors import ConfigError
 from kefu.keys import SigningKey
 from kefu.natsbus import NatsBus, NatsOptions
 from kefu.natsserver import NatsServer
-from kefu.node.telemetry import TelemetryRecorder, TurnSample, load_pending, save_pending
-from kefu.node_main import main
+from kefu.node.agent.telemetry import TelemetryRecorder, TurnSample, load_pending, save_pending
+from kefu.node.main import main
 from kefu.v1 import bearer_metadata
 from kefu.v1 import node_pb2 as pb
 from kefu.v1 import node_pb2_grpc as pbg
@@ -67,7 +64,7 @@ def write_node_yaml(tmp: Path, url: str, *, extra: str = "") -> tuple[Path, int,
 def run_node(config: Path) -> subprocess.Popen[str]:
     """From source; ``KEFU_NODE_BINARY=dist/onedir/kefu-node/kefu-node`` runs a build instead."""
     binary = os.environ.get("KEFU_NODE_BINARY")
-    cmd = [binary] if binary else [sys.executable, "-m", "kefu.node_main"]
+    cmd = [binary] if binary else [sys.executable, "-m", "kefu.node.main"]
     proc, out = start([*cmd, "run", "--config", str(config)], env={"PYTHONPATH": str(ROOT)})
     assert "control plane: node n1 following region r1" in out
     return proc
@@ -192,7 +189,7 @@ def test_control_plane_section_parses_and_resolves_credentials(tmp_path: Path) -
     assert cp is not None and cp.region == "r1" and cp.node_id == "n1"
     assert resolved.credentials_file == config.parent / "nats.json"
     # With a control plane and no tenants listed, the node starts with none (no demo tenant).
-    from kefu.node_main import node_options
+    from kefu.node.bootstrap import node_options
 
     opts = node_options(resolved)
     assert opts.tenant_configs == [] and opts.require_tenants is False

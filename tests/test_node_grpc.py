@@ -12,8 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_tenant_registry import second_tenant
 
 from kefu.errors import PermanentError
-from kefu.node.server import Node, NodeOptions, PortInUse
-from kefu.node.tenant import DEMO_TENANT_CONFIG
+from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
+from kefu.node.serving.server import Node, NodeOptions, PortInUse
 from kefu.v1 import bearer_metadata
 from kefu.v1 import node_pb2 as pb
 from kefu.v1 import node_pb2_grpc as pbg
@@ -211,7 +211,7 @@ async def test_hot_swap_under_load_fails_no_request(tmp_path: Path) -> None:
     from kefu.bundle import Manifest, sign_bundle, write_manifest
     from kefu.keys import generate_keypair
     from kefu.models.store import shipped_dir
-    from kefu.node.admission import RateLimit, RateLimiter
+    from kefu.node.serving.admission import RateLimit, RateLimiter
 
     data = tmp_path / "data"
     key = generate_keypair(data / "keys", "ops")
@@ -262,7 +262,7 @@ async def test_hot_swap_under_load_fails_no_request(tmp_path: Path) -> None:
 async def test_disk_full_is_unavailable_over_grpc_and_never_corrupts(tmp_path: Path) -> None:
     import sqlite3
 
-    from kefu.node.session_db import SQLiteStoreOptions
+    from kefu.node.sessions.session_db import SQLiteStoreOptions
 
     opts = NodeOptions(
         data_dir=tmp_path / "data",

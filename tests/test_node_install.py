@@ -18,8 +18,8 @@ import grpc
 import pytest
 from packaging_helpers import metric_value, metrics_text, node_yaml, start
 
-from kefu.node_install import InstallOptions, install, systemd_unit, uninstall
-from kefu.node_main import EXIT_CODES, EXIT_DRAIN_TIMEOUT
+from kefu.node.install import InstallOptions, install, systemd_unit, uninstall
+from kefu.node.main import EXIT_CODES, EXIT_DRAIN_TIMEOUT
 from kefu.v1 import bearer_metadata
 from kefu.v1 import node_pb2 as pb
 from kefu.v1 import node_pb2_grpc as pbg
@@ -110,7 +110,7 @@ def test_sigterm_with_a_turn_stuck_past_the_drain_deadline_exits_3(tmp_path: Pat
     expires: the node cancels it, still closes its stores, and exits 3."""
     assert "drain deadline" in EXIT_CODES[EXIT_DRAIN_TIMEOUT]
     config, port, metrics_port = node_yaml(tmp_path, drain_timeout_s=0.2)
-    proc, _ = start([sys.executable, "-m", "kefu.node_main", "run", "--config", str(config)])
+    proc, _ = start([sys.executable, "-m", "kefu.node.main", "run", "--config", str(config)])
     data = tmp_path / "data"
     key = (data / "demo-shop.key").read_text().strip()
     errors: list[grpc.RpcError] = []
@@ -161,7 +161,7 @@ def test_run_with_a_broken_config_exits_78_naming_the_line(tmp_path: Path) -> No
     bad = tmp_path / "node.yaml"
     bad.write_text("listen: 127.0.0.1:7400\nmetrics_lsten: x\n", encoding="utf-8")
     res = subprocess.run(
-        [sys.executable, "-m", "kefu.node_main", "run", "--config", str(bad)],
+        [sys.executable, "-m", "kefu.node.main", "run", "--config", str(bad)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kefu.demo.stack import DemoStack
+from kefu.dev.stack import DemoStack
 
 pytestmark = pytest.mark.slow
 
@@ -101,8 +101,8 @@ async def test_key_roles_guard_the_console(tmp_path: Path) -> None:
     import grpc
 
     from kefu.config.tenant import hash_api_key
-    from kefu.node.server import Node, NodeOptions
-    from kefu.node.tenant import DEMO_TENANT_CONFIG
+    from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
+    from kefu.node.serving.server import Node, NodeOptions
     from kefu.v1 import bearer_metadata
     from kefu.v1 import node_pb2 as pb
     from kefu.v1 import node_pb2_grpc as pbg

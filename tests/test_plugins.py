@@ -11,9 +11,9 @@ import pytest
 
 from kefu.config import load_tenant_config
 from kefu.demo.order_center import OrderCenter
-from kefu.demo.stack import demo_tenant_copy
-from kefu.node.plugin_api import PluginOutcome
-from kefu.node.plugins import CircuitBreaker, PluginRunner, SecretStore
+from kefu.dev.stack import demo_tenant_copy
+from kefu.node.dialog.plugin_api import PluginOutcome
+from kefu.node.dialog.plugins import CircuitBreaker, PluginRunner, SecretStore
 
 TOKEN = "s3cr3t-token-value"
 
@@ -132,7 +132,7 @@ def test_circuit_breaker_half_opens_after_the_reset_time() -> None:
 
 async def test_python_plugin_through_its_entry_point(tmp_path: Path) -> None:
     from kefu.config import parse_tenant_config
-    from kefu.node.tenant import DEMO_TENANT_CONFIG
+    from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
 
     text = DEMO_TENANT_CONFIG.read_text(encoding="utf-8").replace(
         "plugins:\n",

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from google.protobuf import descriptor
 
-from kefu import protogen
+from kefu.dev import protogen
 from kefu.errors import PermanentError
 from kefu.v1 import (
     AUTH_METADATA_KEY,
@@ -76,7 +76,7 @@ def test_check_names_stale_missing_and_orphaned_files(
     assert protogen.main(["--check", "--root", str(root)]) == 1
     err = capsys.readouterr().err
     assert "kefu/v1/node_pb2.py differs" in err
-    assert "python -m kefu.protogen" in err
+    assert "python -m kefu.dev.protogen" in err
 
     # Regenerating fixes everything but the orphan, which needs a human decision.
     protogen.generate(root=root)

@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 
 from kefu.config import TenantConfig, load_tenant_config, tenant_config_from_mapping
-from kefu.node.entities import EntityExtractor
-from kefu.node.knowledge import KBAnswer, KnowledgeBase, entries_from_dicts
-from kefu.node.reply import (
+from kefu.node.dialog.knowledge import KBAnswer, KnowledgeBase, entries_from_dicts
+from kefu.node.dialog.reply import (
     ReplyDecision,
     TurnHistory,
     decide_reply,
     is_explicit_human_request,
     kb_answer_for,
 )
-from kefu.node.scenario import ScenarioChoice, select_scenario
+from kefu.node.dialog.scenario import ScenarioChoice, select_scenario
+from kefu.node.nlu.entities import EntityExtractor
 
 DEMO = Path(__file__).resolve().parents[1] / "node" / "tenants" / "demo-shop.yaml"
 HAN = re.compile(r"[\u4e00-\u9fff]")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kefu.config import TenantConfig, load_tenant_config, tenant_config_from_mapping
-from kefu.node.scenario import (
+from kefu.node.dialog.scenario import (
     DEFAULT_INTENT_THRESHOLD,
     Evidence,
     ScenarioChoice,

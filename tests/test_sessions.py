@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from kefu.errors import PermanentError, TemporaryError
-from kefu.node.memory_store import InMemorySessionStore
-from kefu.node.sessions import (
+from kefu.node.sessions.memory_store import InMemorySessionStore
+from kefu.node.sessions.sqlite_store import SCHEMA_VERSION, SQLiteSessionStore, SQLiteStoreOptions
+from kefu.node.sessions.store import (
     HandoffRequest,
     HandoffStatus,
     InvalidRecord,
@@ -41,7 +42,6 @@ from kefu.node.sessions import (
     TurnRole,
     start_session,
 )
-from kefu.node.sqlite_store import SCHEMA_VERSION, SQLiteSessionStore, SQLiteStoreOptions
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -514,10 +514,10 @@ async def test_newer_schema_and_garbage_files_are_refused(tmp_path: Path) -> Non
 
 KILL_SCRIPT = """
 import asyncio, sys, time
-from kefu.node.sessions import (
+from kefu.node.sessions.store import (
     NewSession, NewTurn, TurnRecord, TurnRole, start_session, utc_now,
 )
-from kefu.node.sqlite_store import SQLiteSessionStore
+from kefu.node.sessions.sqlite_store import SQLiteSessionStore
 
 async def main():
     store = await SQLiteSessionStore.open(sys.argv[1], "acme")

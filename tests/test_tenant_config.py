@@ -17,6 +17,7 @@ from kefu.config import (
     parse_tenant_config,
     tenant_config_from_mapping,
 )
+from kefu.config.references import reference_problems
 from kefu.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +121,7 @@ def demo() -> TenantConfig:
 
 def test_demo_loads_with_valid_cross_references(demo: TenantConfig) -> None:
     assert demo.tenant.id == "demo-shop" and demo.tenant.enabled
-    assert demo.reference_problems() == []
+    assert reference_problems(demo) == []
     assert sorted(demo.intent_labels) == sorted(INTENTS)
     assert demo.languages.supported == ("zh", "en")
     assert demo.fallback_scenario.id == "general"

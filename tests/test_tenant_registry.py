@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 from kefu.config.tenant import hash_api_key
-from kefu.node.sessions import NewSession
-from kefu.node.tenant import DEMO_TENANT_CONFIG, TenantRegistry, demo_key_path
+from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG, TenantRegistry, demo_key_path
+from kefu.node.sessions.sqlite_store import sqlite_store_opener
+from kefu.node.sessions.store import NewSession
 
 
 def second_tenant(tmp_path: Path, tenant_id: str, key: str) -> Path:
@@ -26,7 +27,9 @@ def second_tenant(tmp_path: Path, tenant_id: str, key: str) -> Path:
 
 
 async def test_demo_tenant_key_is_generated_once_and_reused(tmp_path: Path) -> None:
-    reg = await TenantRegistry.open(tmp_path, [DEMO_TENANT_CONFIG])
+    reg = await TenantRegistry.open(
+        tmp_path, [DEMO_TENANT_CONFIG], open_store=sqlite_store_opener()
+    )
     try:
         key = reg.new_keys["demo-shop"]
         path = demo_key_path(tmp_path, "demo-shop")
@@ -35,7 +38,9 @@ async def test_demo_tenant_key_is_generated_once_and_reused(tmp_path: Path) -> N
         assert reg.authenticate("wrong") is None and reg.authenticate("") is None
     finally:
         await reg.close()
-    again = await TenantRegistry.open(tmp_path, [DEMO_TENANT_CONFIG])
+    again = await TenantRegistry.open(
+        tmp_path, [DEMO_TENANT_CONFIG], open_store=sqlite_store_opener()
+    )
     try:
         assert again.new_keys == {}  # printed once only
         assert again.authenticate(key) is again.tenants["demo-shop"]
@@ -46,7 +51,9 @@ async def test_demo_tenant_key_is_generated_once_and_reused(tmp_path: Path) -> N
 async def test_broken_config_is_refused_and_others_still_load(tmp_path: Path) -> None:
     bad = tmp_path / "broken.yaml"
     bad.write_text("tenant:\n  id: broken\n  bogus_field: 1\n", encoding="utf-8")
-    reg = await TenantRegistry.open(tmp_path / "data", [bad, DEMO_TENANT_CONFIG])
+    reg = await TenantRegistry.open(
+        tmp_path / "data", [bad, DEMO_TENANT_CONFIG], open_store=sqlite_store_opener()
+    )
     try:
         assert set(reg.tenants) == {"demo-shop"}
         assert len(reg.errors) == 1 and str(bad) in reg.errors[0].error
@@ -56,7 +63,9 @@ async def test_broken_config_is_refused_and_others_still_load(tmp_path: Path) ->
 
 async def test_each_tenant_has_its_own_store_and_key(tmp_path: Path) -> None:
     other = second_tenant(tmp_path, "acme", "acme-secret-key")
-    reg = await TenantRegistry.open(tmp_path / "data", [DEMO_TENANT_CONFIG, other])
+    reg = await TenantRegistry.open(
+        tmp_path / "data", [DEMO_TENANT_CONFIG, other], open_store=sqlite_store_opener()
+    )
     try:
         demo, acme = reg.tenants["demo-shop"], reg.tenants["acme"]
         assert reg.authenticate("acme-secret-key") is acme
@@ -69,7 +78,9 @@ async def test_each_tenant_has_its_own_store_and_key(tmp_path: Path) -> None:
 
 
 async def test_kb_and_entities_come_from_the_tenant_config(tmp_path: Path) -> None:
-    reg = await TenantRegistry.open(tmp_path, [DEMO_TENANT_CONFIG])
+    reg = await TenantRegistry.open(
+        tmp_path, [DEMO_TENANT_CONFIG], open_store=sqlite_store_opener()
+    )
     try:
         t = reg.tenants["demo-shop"]
         assert len(t.kb) >= 40

@@ -1,22 +1,19 @@
-# ruff: noqa: F811  (pytest fixtures imported from cp_support)
 """The operator console (`kefu tui`): against a real control plane on a real nats-server
 (tables show the real node and tenant; the banner while unreachable or refused; an action),
 and SVG snapshots of screens fed by the in-memory client double."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cp_support import (
-    nats_server,  # noqa: F401  (fixture)
-    ops_key,  # noqa: F401  (fixture)
     seed_demo,
     trust_on_node,
     trust_with,
 )
+from packaging_helpers import free_port
 from rich.text import Text
 from tui_support import NOW, MemoryClient, until
 
@@ -24,8 +21,8 @@ from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
 from kefu.control_plane.tokens import read_token_file
 from kefu.keys import SigningKey
 from kefu.natsserver import NatsServer
-from kefu.node.cp_link import attach_agent
-from kefu.node.server import Node, NodeOptions
+from kefu.node.agent.cp_link import attach_agent
+from kefu.node.serving.server import Node, NodeOptions
 from kefu.tui.app import KefuConsole
 from kefu.tui.client import (
     ConsoleAuthError,
@@ -36,12 +33,6 @@ from kefu.tui.client import (
 )
 from kefu.tui.views import VIEWS, ago
 from kefu.tui.widgets import Banner, ViewTable
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cells(console: KefuConsole, view: str) -> list[list[str]]:
@@ -61,7 +52,7 @@ def _banner(console: KefuConsole) -> str:
 async def test_console_retries_until_the_control_plane_is_up_then_shows_real_state(
     tmp_path: Path, nats_server: NatsServer, ops_key: SigningKey
 ) -> None:
-    port = _free_port()
+    port = free_port()
     target = f"127.0.0.1:{port}"
     token_file = tmp_path / "secrets" / "admin.token"
     opts = ControlPlaneOptions(

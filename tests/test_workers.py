@@ -18,8 +18,8 @@ import grpc
 import pytest
 from packaging_helpers import start
 
-from kefu.node.server import PortInUse
-from kefu.node.workers import reserve_port
+from kefu.node.serving.server import PortInUse
+from kefu.node.serving.workers import reserve_port
 from kefu.v1 import bearer_metadata
 from kefu.v1 import node_pb2 as pb
 from kefu.v1 import node_pb2_grpc as pbg

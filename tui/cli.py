@@ -8,9 +8,8 @@ __all__ = ["register"]
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
-    from kefu.control_plane.cli import resolve_operator_token
     from kefu.tui.app import KefuConsole
-    from kefu.tui.client import GrpcControlPlaneClient
+    from kefu.tui.client import GrpcControlPlaneClient, resolve_operator_token
 
     # The token is resolved by the client, on its first call and again after a refusal: no
     # token or a bad one is not fatal here, the console's banner says what is wrong.
@@ -24,7 +23,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from kefu.control_plane.cli import DEFAULT_CP, TOKEN_ENV
+    from kefu.tui.client import DEFAULT_CP, TOKEN_ENV
 
     p = sub.add_parser(
         "tui", help="the operator console (terminal UI over the control plane) / 运维控制台"

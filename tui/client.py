@@ -16,17 +16,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kefu.control_plane.client import DEFAULT_CP, TOKEN_ENV, resolve_operator_token
 from kefu.errors import PermanentError, TemporaryError
 from kefu.v1 import control_plane_pb2 as pb
 
 __all__ = [
+    "DEFAULT_CP",
     "DEFAULT_TIMEOUT_S",
+    "TOKEN_ENV",
     "ConsoleAuthError",
     "ConsoleUnavailable",
     "ControlPlaneClient",
     "GrpcControlPlaneClient",
     "Snapshot",
     "fetch_snapshot",
+    "resolve_operator_token",
 ]
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -113,7 +117,7 @@ class GrpcControlPlaneClient:
     """The gRPC adapter. The channel is opened lazily, on the event loop that first calls.
 
     The token comes from ``token_provider`` (``(token, where from)``, e.g.
-    :func:`kefu.control_plane.cli.resolve_operator_token`), asked again after every refusal,
+    :func:`kefu.control_plane.client.resolve_operator_token`), asked again after every refusal,
     so an operator who fixes the token file does not have to restart the console.
     """
 

@@ -5,6 +5,7 @@
 and field. :mod:`kefu.config.yamlsource` is the line-keeping YAML loader underneath.
 """
 
+from kefu.config.loading import load_tenant_config, parse_tenant_config, tenant_config_from_mapping
 from kefu.config.tenant import (
     BUILTIN_ENTITY_TYPES,
     CHANNELS,
@@ -36,9 +37,6 @@ from kefu.config.tenant import (
     TokenBucket,
     generate_api_key,
     hash_api_key,
-    load_tenant_config,
-    parse_tenant_config,
-    tenant_config_from_mapping,
 )
 from kefu.config.yamlsource import Problem, YamlDocument, format_loc, load_yaml, parse_yaml
 

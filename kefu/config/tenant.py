@@ -16,7 +16,7 @@ line and field):
    templates, KB scopes and intents (intents from the intent model's ``labels`` when listed),
    ids are unique, exactly one fallback scenario, session-policy overrides name scenarios, ...
 
-Scenario selection (implemented by ``kefu.node.scenario``): ``channels`` and ``user`` in
+Scenario selection (implemented by ``kefu.node.dialog.scenario``): ``channels`` and ``user`` in
 ``match`` are *conditions* (each one given must hold); ``intents``, ``keywords``,
 ``entry_paths`` and ``recent_intents`` are *triggers* (any one suffices; none given = the
 conditions alone select). Stronger evidence wins first (a confident intent beats a keyword),
@@ -35,7 +35,6 @@ import string
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -49,7 +48,6 @@ from pydantic import (
 )
 
 from kefu.config.flows import FlowSpec, Integration, PluginSpec
-from kefu.config.yamlsource import Problem, YamlDocument, load_yaml, parse_yaml
 
 __all__ = [
     "BUILTIN_ENTITY_TYPES",
@@ -82,9 +80,6 @@ __all__ = [
     "TokenBucket",
     "generate_api_key",
     "hash_api_key",
-    "load_tenant_config",
-    "parse_tenant_config",
-    "tenant_config_from_mapping",
 ]
 
 Language = Literal["zh", "en"]
@@ -636,41 +631,3 @@ class TenantConfig(_Model):
 
     def kb_for(self, scenario_id: str) -> tuple[KbEntry, ...]:
         return self.kb.entries_in(self.scenario(scenario_id).kb_scopes)
-
-    # -- cross-references
-
-    def reference_problems(self) -> list[Problem]:
-        """Everything that is well-typed but does not fit together (empty = valid)."""
-        from kefu.config.references import reference_problems  # it imports this module
-
-        return reference_problems(self)
-
-
-# ------------------------------------------------------------------------------ loading
-
-
-def load_tenant_config(path: str | Path) -> TenantConfig:
-    """Load and fully validate a tenant YAML file; raise ConfigError listing every problem."""
-    return _from_document(load_yaml(path))
-
-
-def parse_tenant_config(text: str | bytes, *, source: str = "<tenant config>") -> TenantConfig:
-    """Like :func:`load_tenant_config` for text received from elsewhere (control plane)."""
-    return _from_document(parse_yaml(text, source=source))
-
-
-def tenant_config_from_mapping(
-    data: Mapping[str, Any], *, source: str = "<tenant config>"
-) -> TenantConfig:
-    """Validate already-parsed data (no line numbers; errors still name the field)."""
-    return _from_document(YamlDocument(path=source, data=data, lines={}))
-
-
-def _from_document(doc: YamlDocument) -> TenantConfig:
-    if not isinstance(doc.data, Mapping):
-        raise doc.error("the top level must be a mapping of sections (tenant:, models:, ...)")
-    cfg = doc.validate(TenantConfig)
-    problems = cfg.reference_problems()
-    if problems:
-        raise doc.problems_error(problems)
-    return cfg

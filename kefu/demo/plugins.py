@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from kefu.node.plugin_api import PluginReply, PluginRequest
+from kefu.node.dialog.plugin_api import PluginReply, PluginRequest
 
 __all__ = ["service_hours"]
 

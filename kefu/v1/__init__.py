@@ -1,7 +1,7 @@
 """The node's gRPC wire contract, version 1 (``package kefu.v1``).
 
 The contract is ``proto/kefu/v1/node.proto``; its comments are the API documentation. The
-modules beside this file are generated from it by ``python -m kefu.protogen`` and committed:
+modules beside this file are generated from it by ``python -m kefu.dev.protogen`` and committed:
 
 * :mod:`kefu.v1.node_pb2` — messages and enums (needs only ``protobuf``);
 * :mod:`kefu.v1.node_pb2_grpc` — ``KefuNodeStub``, ``KefuNodeServicer`` and

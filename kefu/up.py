@@ -1,0 +1,232 @@
+"""``kefu up``: the whole platform on one machine, managed the way a real deployment is.
+
+Starts, in order: a ``nats-server`` with JetStream (data under ``<data-dir>/nats``, a free
+port, generated users with subject permissions: one for the control plane, one for the node),
+one control-plane replica, the demo order center when the module is installed, and one node
+in region ``local`` with its agent. The demo tenant, its config and the shipped default models
+are then published and assigned **through the control plane** (idempotent, so a second
+``kefu up`` reuses everything), the node converges on them, and the command prints how to
+chat. The control plane's admin operator token lives in
+``<data-dir>/secrets/control-plane-admin.token`` (0600; created on the first start, re-issued
+when the file is lost), where ``kefu cp`` finds it. Ctrl-C stops everything in reverse order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from kefu.config.tenant import hash_api_key
+from kefu.errors import PermanentError, TemporaryError
+
+__all__ = ["register", "seed_demo_tenant"]
+
+REGION = "local"
+NODE_ID = "local-1"
+TENANT = "demo-shop"
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def _users(nats_dir: Path) -> tuple[Any, Any]:
+    """The control-plane and node NATS users; passwords kept (0600) so restarts reuse them."""
+    from kefu.natsserver import control_plane_user, node_user
+
+    path = nats_dir / "users.json"
+    saved: dict[str, str] = {}
+    if path.exists():
+        with contextlib.suppress(OSError, ValueError):
+            saved = json.loads(path.read_text(encoding="utf-8"))
+    cp = control_plane_user(password=saved.get("control-plane") or secrets.token_urlsafe(18))
+    node = node_user(NODE_ID, REGION, password=saved.get(NODE_ID) or secrets.token_urlsafe(18))
+    _write_secret(path, json.dumps({"control-plane": cp.password, NODE_ID: node.password}))
+    return cp, node
+
+
+async def seed_demo_tenant(cp: Any, data_dir: Path, *, actor: str = "kefu-up") -> Path:
+    """Demo tenant, config, shipped models and assignment via the control plane; returns the
+    file holding a valid API key (issued by the control plane when there is none)."""
+    from kefu.bundle import Manifest, pack
+    from kefu.bus import Conflict
+    from kefu.models.store import shipped_dir
+    from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
+
+    await cp.create_region(REGION, description="this machine", actor=actor)
+    with contextlib.suppress(Conflict):
+        await cp.create_tenant(TENANT, name="Demo shop / 演示商店", actor=actor)
+    await cp.put_config(TENANT, DEMO_TENANT_CONFIG.read_text(encoding="utf-8"), actor=actor)
+    models: dict[str, str] = {}
+    for slot, name in (("intent", "demo-shop-intent"), ("sentiment", "sentiment")):
+        path = shipped_dir() / name
+        m = Manifest.from_bytes((path / "manifest.json").read_bytes())
+        await cp.publish_model(pack(path), actor=actor)
+        models[slot] = f"{m.name}@{m.version}"
+    assigned = {a.region: a for a in await cp.list_assignments(TENANT)}
+    if REGION not in assigned:  # keep whatever an operator rolled out since
+        await cp.assign(TENANT, REGION, models=models, actor=actor)
+    key_file = data_dir / f"{TENANT}.key"
+    tenant = await cp.get_tenant(TENANT)
+    have = key_file.read_text(encoding="utf-8").strip() if key_file.exists() else ""
+    if not have or hash_api_key(have) not in tenant.active_key_hashes():
+        _, key = await cp.issue_key(TENANT, actor=actor)
+        _write_secret(key_file, key + "\n")
+    return key_file
+
+
+@contextlib.asynccontextmanager
+async def _order_center(data_dir: Path) -> AsyncIterator[str]:
+    """The demo order center (issue 4's module) when installed; yields its URL or ''."""
+    if importlib.util.find_spec("kefu.demo") is None:
+        yield ""
+        return
+    try:
+        mod = importlib.import_module("kefu.demo.order_center")
+        token_file = data_dir / "secrets" / "order_center_token"
+        if not token_file.exists():
+            _write_secret(token_file, secrets.token_urlsafe(24) + "\n")
+        token = token_file.read_text(encoding="utf-8").strip()
+        oc = mod.OrderCenter(
+            data_dir / "order-center.db", host="127.0.0.1", port=7480, token=token, seed_orders=600
+        )
+        async with oc:
+            yield str(getattr(oc, "url", "http://127.0.0.1:7480"))
+    except (ImportError, AttributeError, TypeError, OSError) as exc:
+        print(f"kefu up: demo order center not started: {exc}", file=sys.stderr)
+        yield ""
+
+
+async def _up(args: argparse.Namespace) -> int:
+    from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
+    from kefu.control_plane.auth import TOKEN_FILE
+    from kefu.control_plane.cli import default_token_file, print_first_token
+    from kefu.models.store import data_dir as resolve_data_dir
+    from kefu.models.store import trust_for
+    from kefu.natsserver import NatsServer
+    from kefu.node.agent.cp_link import attach_agent
+    from kefu.node.serving.logs import configure_logging
+    from kefu.node.serving.server import Node, NodeOptions
+
+    configure_logging(fmt=args.log_format)
+    data = resolve_data_dir(args.data_dir).resolve()
+    nats_dir = data / "nats"
+    cp_user, node_user = _users(nats_dir)
+    nats = NatsServer(nats_dir, port=args.nats_port, users=[cp_user, node_user])
+    for u in (cp_user, node_user):
+        _write_secret(nats_dir / "creds" / f"{u.user}.json", json.dumps(u.to_credentials(nats.url)))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await asyncio.to_thread(nats.start)
+    try:
+        print(f"nats-server (JetStream) on {nats.url}, data in {nats_dir}")
+        cp_opts = ControlPlaneOptions(
+            nats_url=nats.url,
+            nats_user=cp_user.user,
+            nats_password=cp_user.password,
+            trust=trust_for(data),
+            replica="cp-local",
+            listen=args.cp_listen,
+            regions=[REGION],
+            admin_token_file=data / TOKEN_FILE,
+        )
+        async with ControlPlaneApp(cp_opts) as app, _order_center(data) as oc_url:
+            assert app.cp is not None
+            assert app.tokens is not None
+            print(f"control plane on 127.0.0.1:{app.port}")
+            token_file = data / TOKEN_FILE
+            if app.first_token:
+                print_first_token(app.first_token, token_file)
+            elif await app.tokens.ensure_file(token_file, actor="kefu-up"):
+                print(f"control-plane admin token re-issued into {token_file} / 已重新签发令牌")
+            else:
+                print(f"control-plane admin token in {token_file} / 控制面令牌文件")
+            if oc_url:
+                print(f"demo order center on {oc_url}")
+            key_file = await seed_demo_tenant(app.cp, data)
+            node_opts = NodeOptions(
+                data_dir=data,
+                listen=args.listen,
+                metrics_listen=args.metrics_listen or None,
+                tenant_configs=[],
+                require_tenants=False,
+            )
+            async with Node(node_opts) as node:
+                agent = attach_agent(
+                    node,
+                    url=nats.url,
+                    node_id=NODE_ID,
+                    region=REGION,
+                    user=node_user.user,
+                    password=node_user.password,
+                    telemetry_s=args.telemetry_interval,
+                )
+                async with agent:
+                    try:
+                        await agent.wait_for(lambda: TENANT in agent.applied, timeout_s=120)
+                    except TimeoutError as exc:
+                        raise TemporaryError(
+                            "the node did not converge on the demo tenant within 120 s / "
+                            "节点未能在 120 秒内加载演示租户"
+                        ) from exc
+                    where = f"127.0.0.1:{node.port}"
+                    print(f"node {NODE_ID} (region {REGION}) serving {TENANT} on {where}")
+                    print("\nChat / 对话:")
+                    print(f"  kefu chat --target 127.0.0.1:{node.port} --key-file {key_file} -d")
+                    print("Control plane / 控制面:")
+                    cp_cmd = f"kefu cp --target 127.0.0.1:{app.port}"
+                    if token_file != default_token_file().resolve():
+                        cp_cmd += f" --token-file {token_file}"
+                    print(f"  {cp_cmd} nodes  |  {cp_cmd} model list  |  {cp_cmd} telemetry")
+                    print("Operator console / 运维控制台:")
+                    if importlib.util.find_spec("kefu.tui.app") is not None:
+                        tui_cmd = f"kefu tui --control-plane 127.0.0.1:{app.port}"
+                        if token_file != default_token_file().resolve():
+                            tui_cmd += f" --token-file {token_file}"
+                        print(f"  {tui_cmd}")
+                    else:
+                        print("  (not built yet in this version: use `kefu cp nodes` / 尚未提供)")
+                    print("Ctrl-C stops everything / 按 Ctrl-C 停止")
+                    sys.stdout.flush()
+                    await stop.wait()
+                    print("kefu up: stopping node, control plane, NATS…", file=sys.stderr)
+    finally:
+        await asyncio.to_thread(nats.stop)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_up(args))
+    except OSError as exc:
+        raise PermanentError(f"kefu up: {exc}") from exc
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "up", help="run NATS, the control plane and a node with the demo tenant on this machine"
+    )
+    p.add_argument("--data-dir", help="data directory (default: $KEFU_DATA_DIR or ./kefu-data)")
+    p.add_argument("--listen", default="127.0.0.1:7400", help="node gRPC (default %(default)s)")
+    p.add_argument("--metrics-listen", default="127.0.0.1:7401", help="node /metrics ('' = off)")
+    p.add_argument("--cp-listen", default="127.0.0.1:7500", help="control-plane gRPC address")
+    p.add_argument("--nats-port", type=int, default=0, help="NATS port (default: a free one)")
+    p.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds")
+    p.add_argument("--log-format", choices=("json", "text"), default="text")
+    p.set_defaults(handler=cmd_up)

@@ -1,0 +1,605 @@
+"""The node agent: converges a node on its region's desired state and reports what it serves.
+
+Lifecycle (:class:`NodeAgent` is an async context manager):
+
+1. **Start offline-first**: the last-known-good documents persisted under
+   ``<data-dir>/agent/lkg/`` are applied before any network call, so a node whose control plane
+   or NATS is down serves exactly what it served before.
+2. **Connect** in the background with capped exponential backoff and jitter (no busy loop);
+   nats-py then reconnects by itself, and watchers are re-created after every reconnect.
+3. **Watch** ``kefu_desired_<region>``: each (re)created watcher delivers a full snapshot, then
+   changes. Only after a snapshot does the agent plan removals.
+4. **Reconcile** with the pure :func:`kefu.node.agent.reconcile.plan`: per tenant, serially, fetch
+   the bundles it lacks from the object store (SHA-256 of the packed bundle checked, then the
+   signature and every file hash by the model store), load and warm them, then validate the
+   config, pin the assigned versions and swap the tenant in. Tenants run in parallel. A
+   document the node cannot accept (invalid config, untrusted bundle) is **refused**: the
+   last-known-good keeps serving and the refusal is reported in the node status.
+5. **Report**: heartbeat = the :class:`~kefu.wire.NodeStatus` document under ``kefu_nodes/<id>``
+   (also written right after every reconcile); telemetry batches every interval, buffered
+   while offline (bounded, oldest dropped and counted) and sent in order on reconnect.
+6. **Shut down** (:meth:`NodeAgent.stop`, then :meth:`NodeAgent.close` once the node has
+   drained, so the last turns are counted): the open window is closed and the buffer flushed
+   to NATS within ``flush_timeout_s``; what is still undelivered is saved to
+   ``<data-dir>/agent/telemetry-pending.jsonl`` and sent first after the restart
+   (:attr:`NodeAgent.shutdown` says how many batches went which way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from kefu import __version__
+from kefu.bundle import MANIFEST, unpack, verify_bundle
+from kefu.bus import Bus, BusUnavailable, NotFound, cancel_and_wait
+from kefu.config import TenantConfig, parse_tenant_config
+from kefu.errors import BundleError, KefuError, PermanentError, TemporaryError
+from kefu.models.store import ModelStore
+from kefu.node.agent.reconcile import (
+    ApplyTenant,
+    FetchBundle,
+    LoadBundle,
+    LocalState,
+    NodeAction,
+    RemoveTenant,
+    pin_models,
+    plan,
+)
+from kefu.node.agent.telemetry import TelemetryRecorder, load_pending, save_pending
+from kefu.wire import (
+    BUCKET_NODES,
+    OBJECT_BUNDLES,
+    BundleRef,
+    DesiredTenant,
+    NodeStatus,
+    ObservedTenant,
+    WireError,
+    bundle_object,
+    check_id,
+    decode,
+    desired_bucket,
+    digest,
+    encode,
+    telemetry_subject,
+)
+
+__all__ = ["AgentOptions", "NodeAgent", "NodeTarget", "TelemetryShutdown"]
+
+log = logging.getLogger("kefu.node.agent")
+
+
+class NodeTarget(Protocol):
+    """What the agent drives: the serving node (or a lightweight stand-in in benchmarks)."""
+
+    async def load_bundle(self, bundle: BundleRef, path: Path) -> None: ...
+    async def apply_tenant(self, doc: DesiredTenant, config: TenantConfig) -> None: ...
+    async def remove_tenant(self, tenant: str) -> None: ...
+    def loaded(self) -> frozenset[str]: ...
+    def providers(self) -> list[str]: ...
+    async def release_unused(self, grace_s: float) -> list[str]: ...
+
+
+@dataclass(kw_only=True)
+class AgentOptions:
+    node_id: str
+    region: str
+    data_dir: Path
+    listen: str = ""
+    heartbeat_s: float = 5.0
+    telemetry_s: float = 10.0
+    max_telemetry_buffered: int = 360
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 30.0
+    #: How long one bundle download may take before it is retried later.
+    fetch_timeout_s: float = 120.0
+    #: A model version no tenant uses any more is unloaded after this long.
+    unload_grace_s: float = 30.0
+    #: On close: how long the last telemetry may take to reach NATS before it is saved.
+    flush_timeout_s: float = 3.0
+
+    def __post_init__(self) -> None:
+        check_id(self.node_id, "node id")
+        check_id(self.region, "region")
+
+
+def _backoff(attempt: int, lo: float, hi: float) -> float:
+    return min(hi, lo * 2**attempt) * random.uniform(0.8, 1.2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemetryShutdown:
+    """What became of the telemetry when the agent closed (batches, not turns)."""
+
+    sent: int = 0
+    #: Saved to ``telemetry-pending.jsonl``: sent after the restart.
+    saved: int = 0
+    #: Lost over this run's lifetime (buffer overflow while offline, or the save failed).
+    dropped: int = 0
+    #: Why the save failed, if it did (the node then exits with EXIT_SHUTDOWN_FAILED).
+    save_error: str = ""
+
+
+@dataclass
+class _Flags:
+    synced: bool = False
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        options: AgentOptions,
+        target: NodeTarget,
+        store: ModelStore,
+        *,
+        connect: Callable[[], Awaitable[Bus]],
+        telemetry: TelemetryRecorder | None = None,
+    ):
+        self.options = options
+        self.target = target
+        self.store = store
+        self._connect = connect
+        self.telemetry = telemetry or TelemetryRecorder(
+            node_id=options.node_id,
+            region=options.region,
+            max_buffered=options.max_telemetry_buffered,
+        )
+        self.bus: Bus | None = None
+        self.desired: dict[str, DesiredTenant] = {}
+        self.observed: dict[str, ObservedTenant] = {}
+        self.applied: dict[str, str] = {}
+        self.refused: dict[str, str] = {}
+        self.started_at = time.time()
+        self.reconciles = 0
+        self._flags = _Flags()
+        self._kick = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tenant_locks: dict[str, asyncio.Lock] = {}
+        self._bundle_locks: dict[str, asyncio.Lock] = {}
+        self._lkg_dir = options.data_dir / "agent" / "lkg"
+        self._report_failed = False
+        self._sent = 0  # batches delivered
+        self._pending_path = options.data_dir / "agent" / "telemetry-pending.jsonl"
+        #: Set by :meth:`close`.
+        self.shutdown: TelemetryShutdown | None = None
+        self._parsed: dict[tuple[str, str], TenantConfig] = {}
+        #: Fired after every reconcile pass (tests and benchmarks wait on it).
+        self.changed = asyncio.Condition()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> NodeAgent:
+        await self._restore_lkg()
+        self._restore_telemetry()
+        self._tasks = [
+            asyncio.create_task(self._connect_loop(), name="kefu-agent-connect"),
+            asyncio.create_task(self._watch_loop(), name="kefu-agent-watch"),
+            asyncio.create_task(self._reconcile_loop(), name="kefu-agent-reconcile"),
+            asyncio.create_task(self._heartbeat_loop(), name="kefu-agent-heartbeat"),
+            asyncio.create_task(self._telemetry_loop(), name="kefu-agent-telemetry"),
+        ]
+        return self
+
+    async def stop(self) -> None:
+        """Stop following (no reconcile, heartbeat or telemetry task runs after it); the bus
+        stays open for :meth:`close`. Idempotent."""
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(*tasks)
+
+    async def close(self) -> TelemetryShutdown:
+        """Stop, flush the telemetry within ``flush_timeout_s``, save what is left, close the
+        bus. Idempotent: a second call returns the first call's outcome."""
+        await self.stop()
+        if self.shutdown is not None:
+            return self.shutdown
+        self.telemetry.close_window()
+        self._sent = 0
+        if self.bus is not None:
+            try:
+                async with asyncio.timeout(self.options.flush_timeout_s):
+                    await self._flush_telemetry()
+            except (KefuError, TimeoutError) as exc:
+                log.warning("final telemetry not delivered: %s", exc or "timeout")
+        sent = self._sent  # counted per batch: survives a timeout in the middle
+        pending = self.telemetry.pending()
+        error = ""
+        try:
+            await asyncio.to_thread(save_pending, self._pending_path, pending)
+        except OSError as exc:
+            error = f"{self._pending_path}: {exc.strerror or exc}"
+            log.error("could not save %d telemetry batches: %s", len(pending), error)
+            self.telemetry.dropped += len(pending)
+        self.shutdown = TelemetryShutdown(
+            sent=sent,
+            saved=0 if error else len(pending),
+            dropped=self.telemetry.dropped,
+            save_error=error,
+        )
+        if self.bus is not None:
+            bus, self.bus = self.bus, None
+            try:
+                async with asyncio.timeout(self.options.flush_timeout_s + 1.0):
+                    await bus.close()
+            except (KefuError, TimeoutError) as exc:
+                log.warning("closing the NATS connection: %s", exc or "timeout")
+        return self.shutdown
+
+    def _restore_telemetry(self) -> None:
+        """Batches an earlier run could not deliver go first (the file stays until the next
+        close rewrites it, so a crash cannot lose them; resending is deduplicated)."""
+        try:
+            batches, bad = load_pending(self._pending_path)
+        except OSError as exc:
+            log.error("cannot read saved telemetry %s: %s", self._pending_path, exc)
+            return
+        if bad:
+            log.warning("skipped %d unreadable lines of %s", bad, self._pending_path)
+        if batches:
+            dropped = self.telemetry.restore(batches)
+            log.info(
+                "%d telemetry batches from an earlier run queued (%d over the bound dropped)",
+                len(batches),
+                dropped,
+            )
+
+    async def __aenter__(self) -> NodeAgent:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.shield(self.close())
+
+    # ------------------------------------------------------------------ last-known-good
+
+    def _lkg_path(self, tenant: str) -> Path:
+        return self._lkg_dir / f"{tenant}.json"
+
+    def _save_lkg(self, doc: DesiredTenant) -> None:
+        self._lkg_dir.mkdir(parents=True, exist_ok=True)
+        path = self._lkg_path(doc.tenant)
+        fd, tmp = tempfile.mkstemp(dir=self._lkg_dir, prefix=f".{doc.tenant}.")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(encode(doc))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)  # atomic: a crash leaves the old or the new, never half
+
+    async def _restore_lkg(self) -> None:
+        if not self._lkg_dir.is_dir():
+            return
+        for path in sorted(self._lkg_dir.glob("*.json")):
+            try:
+                doc = decode(DesiredTenant, path.read_bytes(), what=str(path))
+                actions: list[NodeAction] = [LoadBundle(bundle=b) for b in doc.bundles()]
+                actions.append(ApplyTenant(doc=doc))
+                await self._run_tenant(doc.tenant, actions, offline=True)
+                log.info(
+                    "serving %s from last-known-good (config v%d)", doc.tenant, doc.config_version
+                )
+            except (KefuError, OSError) as exc:
+                log.error("last-known-good %s unusable: %s", path, exc)
+
+    # ------------------------------------------------------------------ connection
+
+    async def _connect_loop(self) -> None:
+        attempt = 0
+        while self.bus is None:
+            try:
+                self.bus = await self._connect()
+                self._flags.connected.set()
+                log.info("agent %s connected", self.options.node_id)
+                return
+            except TemporaryError as exc:
+                delay = _backoff(
+                    attempt, self.options.reconnect_min_s, self.options.reconnect_max_s
+                )
+                log.warning("control plane unreachable (%s); retrying in %.1fs", exc, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def _watch_loop(self) -> None:
+        await self._flags.connected.wait()
+        bucket = desired_bucket(self.options.region)
+        attempt = 0
+        while True:
+            assert self.bus is not None
+            snapshot: dict[str, DesiredTenant] | None = {}
+            try:
+                async for e in self.bus.kv_watch(bucket):
+                    if e is None:
+                        if snapshot is not None:
+                            self.desired = snapshot
+                            snapshot = None
+                            self._flags.synced = True
+                            attempt = 0
+                            self._kick.set()
+                        continue
+                    target = snapshot if snapshot is not None else self.desired
+                    if e.deleted:
+                        target.pop(e.key, None)
+                    else:
+                        try:
+                            target[e.key] = decode(DesiredTenant, e.value, what=f"{bucket}/{e.key}")
+                        except WireError as exc:
+                            log.error("ignoring unreadable desired state: %s", exc)
+                            continue
+                    if snapshot is None:
+                        self._kick.set()
+            except (BusUnavailable, NotFound) as exc:
+                delay = _backoff(
+                    attempt, self.options.reconnect_min_s, self.options.reconnect_max_s
+                )
+                log.info("watch %s ended (%s); re-creating in %.1fs", bucket, exc, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    # ------------------------------------------------------------------ reconcile
+
+    def local_state(self) -> LocalState:
+        needed = {b.ref: b for d in self.desired.values() for b in d.bundles()}
+        stored = frozenset(r for r, b in needed.items() if self._bundle_path(b).is_dir())
+        return LocalState(
+            applied=dict(self.applied),
+            refused=dict(self.refused),
+            stored=stored,
+            loaded=self.target.loaded(),
+        )
+
+    async def reconcile_once(self) -> None:
+        if not self._flags.synced:
+            return  # never plan removals from a partial view
+        actions = plan(self.desired, self.local_state())
+        results = await asyncio.gather(
+            *(self._run_tenant(t, a) for t, a in actions.items()), return_exceptions=True
+        )
+        self.reconciles += 1
+        await self._report()
+        async with self.changed:
+            self.changed.notify_all()
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r  # a temporary failure: the loop retries the whole plan
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            try:
+                await self.reconcile_once()
+            except TemporaryError as exc:
+                log.warning("reconcile incomplete (%s); retrying", exc)
+                await asyncio.sleep(self.options.reconnect_min_s)
+                self._kick.set()
+
+    def _bundle_path(self, b: BundleRef) -> Path:
+        return self.store.root / b.name / b.version
+
+    async def _run_tenant(
+        self, tenant: str, actions: list[NodeAction], *, offline: bool = False
+    ) -> None:
+        lock = self._tenant_locks.setdefault(tenant, asyncio.Lock())
+        async with lock:
+            doc: DesiredTenant | None = None
+            try:
+                for action in actions:
+                    if isinstance(action, FetchBundle):
+                        await self._fetch(action.bundle)
+                    elif isinstance(action, LoadBundle):
+                        await self._load(action.bundle)
+                    elif isinstance(action, ApplyTenant):
+                        doc = action.doc
+                        await self._apply(doc, persist=not offline)
+                    elif isinstance(action, RemoveTenant):
+                        await self.target.remove_tenant(action.tenant)
+                        self.applied.pop(tenant, None)
+                        self.observed.pop(tenant, None)
+                        with contextlib.suppress(FileNotFoundError):
+                            self._lkg_path(tenant).unlink()
+                        log.info("tenant %s removed from this node", tenant)
+            except PermanentError as exc:
+                doc = doc or next((a.doc for a in actions if isinstance(a, ApplyTenant)), None)
+                if doc is None or offline:
+                    raise
+                self._refuse(doc, exc)
+
+    def _refuse(self, doc: DesiredTenant, exc: Exception) -> None:
+        fp = doc.fingerprint()
+        self.refused[doc.tenant] = fp
+        prev = self.observed.get(doc.tenant, ObservedTenant())
+        self.observed[doc.tenant] = prev.model_copy(
+            update={
+                "state": "refused",
+                "refused_fingerprint": fp,
+                "error": str(exc)[:2000],
+            }
+        )
+        log.error(
+            "refused desired state for %s (config v%d); %s: %s",
+            doc.tenant,
+            doc.config_version,
+            "keeping last-known-good" if doc.tenant in self.applied else "tenant not served",
+            exc,
+        )
+
+    async def _fetch(self, b: BundleRef) -> None:
+        lock = self._bundle_locks.setdefault(b.ref, asyncio.Lock())
+        async with lock:
+            if (self._bundle_path(b) / MANIFEST).is_file():
+                return
+            if self.bus is None:
+                raise BusUnavailable("not connected: cannot download " + b.ref)
+            parent = self._bundle_path(b).parent
+            parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{b.version}.", suffix=".tar")
+            os.close(fd)
+            packed = Path(tmp)
+            try:
+                # nats-py checks the object's own SHA-256 while streaming it to disk; comparing
+                # that digest with the desired state's binds the download to what was assigned.
+                info = await asyncio.wait_for(
+                    self.bus.obj_get(OBJECT_BUNDLES, bundle_object(b.name, b.version), packed),
+                    self.options.fetch_timeout_s,
+                )
+                if b.sha256 and info.sha256 != b.sha256:
+                    raise BundleError(
+                        f"downloaded {b.ref} has SHA-256 {info.sha256[:16]}…, desired state says "
+                        f"{b.sha256[:16]}… / 下载的模型包校验和不符",
+                        path=packed,
+                    )
+                await asyncio.to_thread(self._unpack_into_store, b, packed)
+            finally:
+                packed.unlink(missing_ok=True)
+            log.info("fetched bundle %s (%d bytes)", b.ref, b.size)
+
+    def _unpack_into_store(self, b: BundleRef, packed: Path) -> None:
+        """Unpack beside its final place, verify signature and every file hash once, then
+        rename into the store: a reader never sees a partial or unverified bundle."""
+        dest = self._bundle_path(b)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{b.version}."))
+        try:
+            unpack(packed.read_bytes(), tmp)
+            manifest = verify_bundle(tmp, self.store.trust)
+            if manifest.ref != b.ref:
+                raise BundleError(
+                    f"object {b.ref} holds bundle {manifest.ref} / 模型包内容与名称不符", path=tmp
+                )
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    async def _load(self, b: BundleRef) -> None:
+        lock = self._bundle_locks.setdefault(b.ref, asyncio.Lock())
+        async with lock:
+            if b.ref in self.target.loaded():
+                return
+            path = self._bundle_path(b)
+            if not (path / MANIFEST).is_file():
+                raise BundleError(f"bundle {b.ref} is not in the local store", path=path)
+            await self.target.load_bundle(b, path)
+
+    async def _parse(self, doc: DesiredTenant) -> TenantConfig:
+        """Validate the config text, off the event loop (the YAML parser takes ~0.3 s on the
+        demo config). A model-only rollout leaves the text unchanged, so the validated config
+        is reused, keyed by the digest of the text itself (never by what the document claims)."""
+        key = (doc.tenant, digest(doc.config_yaml))
+        cached = self._parsed.get(key)
+        if cached is None:
+            source = f"{doc.tenant}@v{doc.config_version}"
+            cached = await asyncio.to_thread(parse_tenant_config, doc.config_yaml, source=source)
+            self._parsed = {k: v for k, v in self._parsed.items() if k[0] != doc.tenant}
+            self._parsed[key] = cached
+        return cached
+
+    async def _apply(self, doc: DesiredTenant, *, persist: bool) -> None:
+        config = pin_models(await self._parse(doc), doc)
+        await self.target.apply_tenant(doc, config)
+        fp = doc.fingerprint()
+        self.applied[doc.tenant] = fp
+        self.refused.pop(doc.tenant, None)
+        self.observed[doc.tenant] = ObservedTenant(
+            state="serving",
+            fingerprint=fp,
+            config_version=doc.config_version,
+            models={slot: b.ref for slot, b in doc.models.items()},
+        )
+        if persist:
+            await asyncio.to_thread(self._save_lkg, doc)
+        log.info(
+            "tenant %s serving config v%d with %s",
+            doc.tenant,
+            doc.config_version,
+            ", ".join(b.ref for b in doc.models.values()) or "its configured models",
+        )
+
+    # ------------------------------------------------------------------ reporting
+
+    def status(self) -> NodeStatus:
+        return NodeStatus(
+            node_id=self.options.node_id,
+            region=self.options.region,
+            software_version=__version__,
+            providers=self.target.providers(),
+            gpu=any(
+                p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+                for p in self.target.providers()
+            ),
+            listen=self.options.listen,
+            started_at=self.started_at,
+            heartbeat_at=time.time(),
+            tenants=dict(self.observed),
+            models_loaded=sorted(self.target.loaded()),
+            telemetry_dropped=self.telemetry.dropped,
+            telemetry_buffered=self.telemetry.buffered,
+        )
+
+    async def _report(self) -> None:
+        if self.bus is None:
+            return
+        try:
+            await self.bus.kv_put(BUCKET_NODES, self.options.node_id, encode(self.status()))
+            self._report_failed = False
+        except KefuError as exc:
+            # Logged once per outage, not per heartbeat; the loop keeps going.
+            if not self._report_failed:
+                log.warning("node status not delivered (will retry): %s", exc)
+            self._report_failed = True
+
+    async def _heartbeat_loop(self) -> None:
+        await self._flags.connected.wait()
+        while True:
+            await self._report()
+            await asyncio.sleep(self.options.heartbeat_s)
+            await self._release_unused()
+
+    async def _release_unused(self) -> None:
+        try:
+            for ref in await self.target.release_unused(self.options.unload_grace_s):
+                log.info("unloaded %s: no tenant uses it any more", ref)
+        except KefuError as exc:
+            log.warning("could not unload unused models: %s", exc)
+
+    async def _flush_telemetry(self) -> None:
+        subject = telemetry_subject(self.options.region, self.options.node_id)
+        while self.bus is not None and (batch := self.telemetry.peek()) is not None:
+            # A batch whose acknowledgement was lost is sent again: the message id makes
+            # JetStream store it once (and the control plane also dedupes by node and seq).
+            await self.bus.publish(
+                subject,
+                encode(batch),
+                msg_id=f"{self.options.node_id}:{batch.started_at}:{batch.seq}",
+            )
+            self.telemetry.pop()
+            self._sent += 1
+
+    async def _telemetry_loop(self) -> None:
+        if self.telemetry.buffered:  # saved by an earlier run: sent as soon as connected
+            await self._flags.connected.wait()
+            await self._try_flush()
+        while True:
+            await asyncio.sleep(self.options.telemetry_s)
+            self.telemetry.close_window()
+            await self._try_flush()
+
+    async def _try_flush(self) -> None:
+        try:
+            await self._flush_telemetry()
+        except KefuError as exc:
+            log.debug("telemetry buffered (%d batches): %s", self.telemetry.buffered, exc)
+
+    # ------------------------------------------------------------------ test helpers
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
+        """Wait until ``predicate()`` holds after some reconcile pass (or raise TimeoutError)."""
+        async with asyncio.timeout(timeout_s), self.changed:
+            await self.changed.wait_for(predicate)

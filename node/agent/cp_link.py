@@ -1,0 +1,256 @@
+"""Hooks a serving :class:`~kefu.node.serving.server.Node` to the control plane through a
+node agent.
+
+:class:`ServingTarget` is the agent's :class:`~kefu.node.agent.agent.NodeTarget` for a real node:
+bundles go through the batching runtime's verified load, warm-up and atomic activation; tenant
+configs go through :meth:`TenantRegistry.apply` (one dict assignment, so in-flight turns finish
+on the old config); every turn feeds the telemetry recorder (labels and timings only).
+:func:`attach_agent` builds the agent; :func:`follow_control_plane` is the one wiring both
+``kefu node run --control-plane URL`` and ``kefu-node run`` (node.yaml ``control_plane:``) use,
+including the shutdown order: the agent stops following, the node drains (in-flight turns
+finish and are counted, SQLite is closed), then the agent flushes or saves the telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kefu.bus import Bus
+from kefu.config import TenantConfig
+from kefu.errors import PermanentError
+from kefu.model_ref import ModelSlot
+from kefu.models.store import ModelStore
+from kefu.natscreds import NatsCredentials, load_credentials
+from kefu.node.agent.agent import AgentOptions, NodeAgent, TelemetryShutdown
+from kefu.node.agent.telemetry import TelemetryRecorder, TurnSample
+from kefu.node.dialog.conversation import TurnResult
+from kefu.node.serving.server import Node
+from kefu.wire import BundleRef, DesiredTenant
+
+if TYPE_CHECKING:
+    from kefu.config.node import ResolvedNodeConfig
+
+__all__ = [
+    "ControlPlaneLink",
+    "NatsCredentials",
+    "ServingTarget",
+    "attach_agent",
+    "default_node_id",
+    "describe_shutdown",
+    "follow_control_plane",
+    "load_credentials",
+]
+
+
+class ServingTarget:
+    def __init__(self, node: Node):
+        assert node.runtime is not None and node.registry is not None
+        self.node = node
+        self.runtime = node.runtime
+        self.registry = node.registry
+        self._unused_since: dict[str, float] = {}
+
+    async def load_bundle(self, bundle: BundleRef, path: Path) -> None:
+        # Verifies signature and hashes again, loads and warms off the event loop, then
+        # activates with one assignment; the old version keeps serving its in-flight turns.
+        await self.runtime.load(bundle.name, path, activate=True)
+
+    async def apply_tenant(self, doc: DesiredTenant, config: TenantConfig) -> None:
+        await self.registry.apply(
+            config,
+            source=Path(f"control-plane:{doc.tenant}@v{doc.config_version}"),
+            key_hashes=doc.api_key_hashes,
+        )
+
+    async def remove_tenant(self, tenant: str) -> None:
+        await self.registry.remove(tenant)
+
+    def loaded(self) -> frozenset[str]:
+        return frozenset(m.ref for m in self.runtime.models())
+
+    def in_use(self) -> set[str]:
+        """Model versions some tenant's config pins (``name@version``) or routes to (``name``)."""
+        refs: set[str] = set()
+        for tenant in self.registry.tenants.values():
+            cfg = tenant.config
+            slots = [cfg.models.intent, cfg.models.sentiment, cfg.models.encoder]
+            for s in cfg.scenarios:
+                slots += [s.models.intent, s.models.sentiment, s.models.encoder]
+            refs |= {r.ref for r in slots if r is not None}
+        return refs
+
+    async def release_unused(self, grace_s: float) -> list[str]:
+        """Unload versions no tenant has used for ``grace_s`` (after a swap, turns already
+        routed to the old version finish well within it). Active versions always stay."""
+        now = time.monotonic()
+        in_use = self.in_use()
+        released: list[str] = []
+        for m in self.runtime.models():
+            if m.active or m.ref in in_use:
+                self._unused_since.pop(m.ref, None)
+                continue
+            since = self._unused_since.setdefault(m.ref, now)
+            if now - since >= grace_s:
+                await self.runtime.unload(m.name, m.version)
+                self._unused_since.pop(m.ref, None)
+                released.append(m.ref)
+        return released
+
+    def providers(self) -> list[str]:
+        seen: list[str] = []
+        for m in self.runtime.models():
+            seen += [p for p in m.providers if p not in seen]
+        return seen or ["CPUExecutionProvider"]
+
+
+def _observe_turns(node: Node, recorder: TelemetryRecorder) -> None:
+    if node.metrics is None:
+        return
+
+    def on_turn(tenant: str, r: TurnResult) -> None:
+        recorder.record_turn(
+            TurnSample(
+                tenant=tenant,
+                scenario=r.scenario,
+                model_version=r.model_versions.get(ModelSlot.INTENT, ""),
+                latency_ms=r.latency_us / 1000.0,
+                confidence=r.confidence,
+                fallback=r.clarify,
+                handoff=r.handoff,
+            )
+        )
+
+    node.metrics.turn_observers.append(on_turn)
+    node.metrics.error_observers.append(lambda tenant, _code: recorder.record_error(tenant))
+    node.metrics.feedback_observers.append(recorder.record_feedback)
+
+
+def attach_agent(
+    node: Node,
+    *,
+    url: str,
+    node_id: str,
+    region: str,
+    user: str | None = None,
+    password: str | None = None,
+    heartbeat_s: float = 5.0,
+    telemetry_s: float = 10.0,
+    flush_timeout_s: float = 3.0,
+) -> NodeAgent:
+    """An agent (not yet started) that keeps ``node`` on its region's desired state."""
+    from kefu.natsbus import NatsBus, NatsOptions
+    from kefu.natsserver import inbox_prefix
+
+    assert node.runtime is not None
+    store = node.runtime.store or ModelStore(node.options.data_dir / "models", node.runtime.trust)
+    options = AgentOptions(
+        node_id=node_id,
+        region=region,
+        data_dir=node.options.data_dir,
+        listen=f"{node.options.listen.rsplit(':', 1)[0]}:{node.port}",
+        heartbeat_s=heartbeat_s,
+        telemetry_s=telemetry_s,
+        flush_timeout_s=flush_timeout_s,
+    )
+    nats_options = NatsOptions(
+        servers=[url],
+        user=user,
+        password=password,
+        name=f"kefu-node-{node_id}",
+        inbox_prefix=inbox_prefix(user) if user else "_INBOX",
+    )
+
+    async def connect() -> Bus:
+        return await NatsBus.connect(nats_options)
+
+    recorder = TelemetryRecorder(node_id=node_id, region=region)
+    _observe_turns(node, recorder)
+    return NodeAgent(options, ServingTarget(node), store, connect=connect, telemetry=recorder)
+
+
+def default_node_id() -> str:
+    import socket
+
+    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower())[:40]
+    return host.strip("-") or "node"
+
+
+@dataclass(kw_only=True)
+class ControlPlaneLink:
+    """How a node reaches its control plane: from flags or from node.yaml ``control_plane:``."""
+
+    url: str | None = None
+    credentials: Path | None = None
+    region: str = "local"
+    node_id: str | None = None
+    telemetry_s: float = 10.0
+    heartbeat_s: float = 5.0
+    flush_timeout_s: float = 3.0
+
+    @classmethod
+    def from_config(cls, resolved: ResolvedNodeConfig) -> ControlPlaneLink | None:
+        cp = resolved.config.control_plane
+        if cp is None:
+            return None
+        return cls(
+            url=cp.url,
+            credentials=resolved.credentials_file,
+            region=cp.region,
+            node_id=cp.node_id,
+            telemetry_s=cp.telemetry_interval_s,
+            heartbeat_s=cp.heartbeat_s,
+            flush_timeout_s=cp.flush_timeout_s,
+        )
+
+
+@asynccontextmanager
+async def follow_control_plane(node: Node, link: ControlPlaneLink) -> AsyncIterator[NodeAgent]:
+    """Run the agent for a started ``node``. On exit the node is drained too (idempotent, so
+    the caller's own ``Node`` context exits harmlessly); ``agent.shutdown`` then tells what
+    became of the telemetry."""
+    url, user, password = link.url, None, None
+    if link.credentials is not None:
+        creds = load_credentials(link.credentials, require_url=not link.url)
+        url, user, password = url or creds.url, creds.user, creds.password
+    if not url:
+        raise PermanentError("no NATS URL: give one, or a credentials file holding it")
+    agent = attach_agent(
+        node,
+        url=url,
+        node_id=link.node_id or user or default_node_id(),
+        region=link.region,
+        user=user,
+        password=password,
+        heartbeat_s=link.heartbeat_s,
+        telemetry_s=link.telemetry_s,
+        flush_timeout_s=link.flush_timeout_s,
+    )
+    await agent.start()
+    try:
+        yield agent
+    finally:
+        # No reconcile may swap a tenant while the node drains; the turns that finish during
+        # the drain are recorded, so the telemetry is flushed only after it.
+        try:
+            await asyncio.shield(agent.stop())
+            await asyncio.shield(node.drain())
+        finally:
+            await asyncio.shield(agent.close())
+
+
+def describe_shutdown(s: TelemetryShutdown) -> str:
+    """One line for the operator: where the last telemetry went."""
+    text = (
+        f"telemetry: {s.sent} batch(es) sent, {s.saved} saved for after the restart, "
+        f"{s.dropped} dropped / 统计数据：已发送 {s.sent} 批，已保存 {s.saved} 批（重启后发送），"
+        f"丢弃 {s.dropped} 批"
+    )
+    if s.save_error:
+        text += f"; could not save: {s.save_error} / 保存失败"
+    return text

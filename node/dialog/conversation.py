@@ -1,0 +1,425 @@
+"""One customer turn, end to end: the node's service layer (no gRPC, no SQLite here).
+
+``ConversationService.converse`` runs, in order: text validation → per-tenant rate limit →
+admission control → load or create the session → language → intent and sentiment (ONNX
+bundles through the batching runtime, concurrently) → entities → scenario → knowledge base →
+reply decision → persist both turns (the customer's and the bot's) → result. The adapters
+(gRPC, CLI) translate its exceptions; nothing here knows about status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kefu.errors import PermanentError, TemporaryError
+from kefu.node.dialog.handoff import build_summary, renew_if_idle
+from kefu.node.dialog.plugin_api import PluginCall
+from kefu.node.dialog.reply import TurnHistory, decide_reply, kb_answer_for
+from kefu.node.dialog.scenario import select_scenario
+from kefu.node.dialog.tasks import (
+    flow_slot_writes,
+    flow_step,
+    human_owned_turn,
+    is_vip,
+    plugin_call_log,
+    turn_preview,
+    with_flow,
+)
+from kefu.node.dialog.tenant import Tenant, TenantRegistry
+from kefu.node.nlu.entities import Entity
+from kefu.node.nlu.language import detect_language
+from kefu.node.nlu.predictions import ModelRuntime
+from kefu.node.serving.admission import AdmissionController, RateLimit, RateLimiter
+from kefu.node.sessions.store import (
+    HandoffRequest,
+    NewSession,
+    NewTurn,
+    Session,
+    SessionStatus,
+    Slot,
+    TurnRecord,
+    TurnRole,
+    start_session,
+    utc_now,
+)
+
+__all__ = [
+    "MAX_TEXT_BYTES",
+    "ConversationService",
+    "InvalidTurn",
+    "RateLimited",
+    "SessionNotFound",
+    "TurnRequest",
+    "TurnResult",
+    "validate_text",
+]
+
+log = logging.getLogger("kefu.node.turn")
+
+MAX_TEXT_BYTES = 4096
+HISTORY_SLOT = "_history"
+#: Entity types kept in the session so later turns can use them (written only when changed).
+REMEMBERED_ENTITIES = frozenset({"order_number", "tracking_number", "phone", "email"})
+
+
+class InvalidTurn(PermanentError):
+    """The request itself is unusable (empty, oversize or control-character text, ...)."""
+
+
+class SessionNotFound(PermanentError):
+    """No such session for this tenant (another tenant's id looks exactly the same)."""
+
+
+class RateLimited(TemporaryError):
+    def __init__(self, retry_after: float):
+        self.retry_after = retry_after
+        super().__init__(
+            f"rate limit exceeded, retry in {retry_after:.2f} s / "
+            f"请求过于频繁，请 {retry_after:.2f} 秒后重试"
+        )
+
+
+def validate_text(text: str) -> str:
+    """The customer's text, or InvalidTurn with a message in both languages."""
+    if not text or not text.strip():
+        raise InvalidTurn("text is empty / 消息内容为空")
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_TEXT_BYTES:
+        raise InvalidTurn(
+            f"text is {size} bytes, the limit is {MAX_TEXT_BYTES} / "
+            f"消息过长（{size} 字节，上限 {MAX_TEXT_BYTES}）"
+        )
+    for ch in text:
+        if ch in "\t\n\r":
+            continue
+        cat = unicodedata.category(ch)
+        if cat in ("Cc", "Cs") or (cat == "Cf" and ch not in "\u200d\u200c"):
+            raise InvalidTurn(
+                f"text contains a control character U+{ord(ch):04X} / "
+                f"消息包含控制字符 U+{ord(ch):04X}"
+            )
+    return text.strip()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TurnRequest:
+    text: str
+    session_id: str | None = None
+    channel: str = "web"
+    user_id: str | None = None
+    entry_path: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    language: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TurnResult:
+    session_id: str
+    seq: int
+    reply: str
+    language: str
+    intent: str
+    confidence: float
+    sentiment: str
+    sentiment_score: float
+    scenario: str
+    entities: list[Entity]
+    handoff: bool
+    handoff_reason: str
+    handoff_id: str
+    clarify: bool
+    kb_entry_id: str
+    model_versions: dict[str, str]
+    latency_us: int
+    request_id: str
+    plugin_calls: tuple[PluginCall, ...] = ()
+    flow: str = ""
+    flow_event: str = ""
+
+
+class ConversationService:
+    def __init__(
+        self,
+        *,
+        registry: TenantRegistry,
+        runtime: ModelRuntime,
+        admission: AdmissionController,
+        limiter: RateLimiter | None = None,
+    ):
+        self.registry = registry
+        self.runtime = runtime
+        self.admission = admission
+        self.limiter = limiter or RateLimiter(
+            RateLimit(rate=100.0, burst=200.0),
+            per_channel={
+                (t.id, ch): RateLimit(
+                    rate=t.config.rate_limits.for_channel(ch).rate_per_second,
+                    burst=float(t.config.rate_limits.for_channel(ch).burst),
+                )
+                for t in registry.tenants.values()
+                for ch in ("web", "app", "mini_program", "social", "api")
+            },
+        )
+
+    async def converse(self, tenant: Tenant, req: TurnRequest) -> TurnResult:
+        started = time.perf_counter()
+        text = validate_text(req.text)
+        ok, retry_after = self.limiter.try_acquire(tenant.id, req.channel)
+        if not ok:
+            raise RateLimited(retry_after)
+        async with self.admission.admit():
+            return await self._turn(tenant, req, text, started)
+
+    async def _context(
+        self, tenant: Tenant, req: TurnRequest
+    ) -> tuple[Session, dict[str, Slot], bool]:
+        """The session and its slots; a new session is built here and stored with the turn."""
+        if req.session_id:
+            context = await tenant.store.load_context(req.session_id)
+            if context is None:
+                raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
+            session = await renew_if_idle(tenant.store, context.session, tenant.config)
+            if session.id != context.session.id:  # idle too long: a fresh session carries on
+                context = await tenant.store.load_context(session.id)
+                if context is None:
+                    raise SessionNotFound(f"session {session.id!r} not found / 会话不存在")
+            return context.session, context.slots, False
+        session = start_session(
+            NewSession(
+                channel=req.channel,
+                user_id=req.user_id or None,
+                language=req.language or None,
+                attributes=dict(req.metadata),
+            ),
+            tenant=tenant.id,
+            now=utc_now(),
+        )
+        return session, {}, True
+
+    async def _turn(
+        self, tenant: Tenant, req: TurnRequest, text: str, started: float
+    ) -> TurnResult:
+        cfg, store = tenant.config, tenant.store
+        session, slots, is_new = await self._context(tenant, req)
+        if session.status is SessionStatus.HANDED_OFF:
+            return await self._human_owned(tenant, req, session, text, started)
+        history = TurnHistory.from_dict(
+            slots[HISTORY_SLOT].value if HISTORY_SLOT in slots else None
+        )
+        prior = req.language or session.language
+        detected = detect_language(
+            text, prior="zh" if prior == "zh" else "en" if prior == "en" else None
+        )
+        lang = (
+            detected.lang if detected.lang != "und" else (session.language or cfg.languages.default)
+        )
+
+        # The scenario is chosen from the intent, so a scenario's pinned models serve the
+        # session's turns once it is in that scenario (from its second turn there on).
+        intent_model, sentiment_model = cfg.models_for(session.scenario)
+        intent_ref, sentiment_ref = intent_model.ref, sentiment_model.ref
+        intent_res, sentiment_res = await asyncio.gather(
+            self.runtime.classify(intent_ref, [text]), self.runtime.classify(sentiment_ref, [text])
+        )
+        intent, sentiment = intent_res[0], sentiment_res[0]
+        entities = tenant.entities.extract(text, lang=lang)
+        attributes = {**session.attributes, **req.metadata}
+        choice = select_scenario(
+            cfg,
+            intent=intent.label,
+            intent_confidence=intent.probability,
+            text=text,
+            lang=lang,
+            channel=req.channel,
+            entry_path=req.entry_path,
+            user_attributes=attributes,
+            recent_intents=history.recent_intents,
+            current_scenario=session.scenario,
+        )
+        kb = kb_answer_for(tenant.kb, cfg, choice.scenario_id, text=text, lang=lang)
+        values = {k: s.value for k, s in slots.items() if not k.startswith("_")}
+        flow = await flow_step(
+            tenant,
+            slots,
+            values,
+            lang=lang,
+            text=text,
+            intent=intent.label,
+            confidence=intent.probability,
+            entities=entities,
+            kb=kb,
+            kb_threshold=cfg.policy_for(choice.scenario_id).kb_confidence_threshold,
+            scenario=choice.scenario_id,
+        )
+        history = replace(history, vip=history.vip or is_vip(attributes))
+        decision = decide_reply(
+            config=cfg,
+            scenario=choice,
+            # A mechanical answer inside a flow ("是的", an order number) carries no intent or
+            # sentiment of its own: the models' guesses on such short texts are noise.
+            intent=None if flow.consumed else intent.label,
+            intent_confidence=intent.probability,
+            sentiment="neutral" if flow.consumed else sentiment.label,
+            sentiment_score=sentiment.probability,
+            lang=lang,
+            text=text,
+            entities=entities,
+            kb_result=kb,
+            history=history,
+            values=values,
+            plugin_failed=flow.plugin_failed,
+            preset=flow.text,
+        )
+        decision = with_flow(decision, flow, session, cfg.policy_for(choice.scenario_id).max_turns)
+        versions = {"intent": intent.ref, "sentiment": sentiment.ref}
+        entity_dict = {e.type: e.normalized for e in entities}
+        customer_turn = NewTurn(
+            session_id=session.id,
+            role=TurnRole.CUSTOMER,
+            text=text,
+            language=lang,
+            intent=intent.label,
+            confidence=round(intent.probability, 6),
+            sentiment=sentiment.label,
+            scenario=choice.scenario_id,
+            entities=entity_dict,
+            model_versions=versions,
+            request_id=req.request_id,
+        )
+        # Slot memory: the customer need not repeat an order number (written only when changed).
+        slot_writes: dict[str, Any] = {
+            e.type: e.value
+            for e in entities
+            if e.type in REMEMBERED_ENTITIES
+            and (e.type not in slots or slots[e.type].value != e.value)
+        }
+        slot_writes[HISTORY_SLOT] = history.advance(
+            decision, intent=intent.label, sentiment=sentiment.label
+        ).to_dict()
+        # After the entity memory: a value the flow forgets also undoes it.
+        slot_writes.update(flow_slot_writes(slots, flow, handed_off=decision.handoff))
+        handoff = None
+        if decision.handoff and session.status is SessionStatus.OPEN:
+            handoff = HandoffRequest(
+                reason=decision.handoff_reason or "policy",
+                summary=build_summary(
+                    reason=decision.handoff_reason or "policy",
+                    scenario=choice.scenario_id,
+                    language=lang,
+                    intents=[*history.recent_intents, intent.label],
+                    sentiments=[*history.recent_sentiments, sentiment.label],
+                    slots={**values, **{k: v for k, v in flow.remember.items() if v}},
+                    turns=[
+                        *([] if is_new else await store.get_turns(session.id, tail=4)),
+                        turn_preview(session.id, text, TurnRole.CUSTOMER),
+                        turn_preview(session.id, decision.text),
+                    ],
+                    open_flow=flow.flow,
+                    plugin_calls=plugin_call_log(slots, flow),
+                ),
+            )
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        bot_turn = NewTurn(
+            session_id=session.id,
+            role=TurnRole.BOT,
+            text=decision.text,
+            language=decision.lang,
+            intent=intent.label,
+            scenario=choice.scenario_id,
+            handoff=decision.handoff,
+            handoff_reason=decision.handoff_reason,
+            model_versions=versions,
+            latency_ms=round(latency_ms, 3),
+            request_id=req.request_id,
+        )
+        # One transaction for the whole turn, group-committed with concurrent turns: once it
+        # returns, both turns, the slots and any hand-off are on disk together.
+        recorded = await store.record_turn(
+            TurnRecord(
+                session_id=session.id,
+                new_session=session if is_new else None,
+                turns=(customer_turn, bot_turn),
+                slots=slot_writes,
+                language=lang if session.language != lang else None,
+                scenario=choice.scenario_id if session.scenario != choice.scenario_id else None,
+                handoff=handoff,
+            )
+        )
+        customer = recorded.turns[0]
+        handoff_id = recorded.handoff.id if recorded.handoff is not None else ""
+        # Ids and labels only: the conversation text stays in the tenant's database.
+        log.info(
+            "turn",
+            extra={
+                "fields": {
+                    "tenant": tenant.id,
+                    "session_id": session.id,
+                    "request_id": req.request_id or "",
+                    "seq": customer.seq,
+                    "lang": lang,
+                    "intent": intent.label,
+                    "confidence": round(intent.probability, 3),
+                    "sentiment": sentiment.label,
+                    "scenario": choice.scenario_id,
+                    "source": decision.source,
+                    "handoff": decision.handoff,
+                    "latency_ms": round(latency_ms, 2),
+                }
+            },
+        )
+        return TurnResult(
+            session_id=session.id,
+            seq=customer.seq,
+            reply=decision.text,
+            language=decision.lang,
+            intent=intent.label,
+            confidence=intent.probability,
+            sentiment=sentiment.label,
+            sentiment_score=sentiment.probability,
+            scenario=choice.scenario_id,
+            entities=list(entities),
+            handoff=decision.handoff,
+            handoff_reason=decision.handoff_reason or "",
+            handoff_id=handoff_id,
+            clarify=decision.clarify,
+            kb_entry_id=decision.kb_entry_id or "",
+            model_versions=versions,
+            latency_us=int((time.perf_counter() - started) * 1e6),
+            request_id=req.request_id or "",
+            plugin_calls=flow.calls,
+            flow=flow.flow or "",
+            flow_event=flow.event,
+        )
+
+    async def _human_owned(
+        self, tenant: Tenant, req: TurnRequest, session: Session, text: str, started: float
+    ) -> TurnResult:
+        """A turn while a human owns the session (see :func:`human_owned_turn`)."""
+        turn = await human_owned_turn(tenant.store, session, text, request_id=req.request_id)
+        return TurnResult(
+            session_id=session.id,
+            seq=turn.seq,
+            reply=turn.reply,
+            language=turn.lang,
+            intent="",
+            confidence=0.0,
+            sentiment="",
+            sentiment_score=0.0,
+            scenario=session.scenario or "",
+            entities=[],
+            handoff=False,
+            handoff_reason="",
+            handoff_id=turn.handoff_id,
+            clarify=False,
+            kb_entry_id="",
+            model_versions={},
+            latency_us=int((time.perf_counter() - started) * 1e6),
+            request_id=req.request_id or "",
+        )

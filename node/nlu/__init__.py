@@ -1,0 +1,2 @@
+"""Language understanding: language detection, entities, redaction, model predictions and batched
+inference."""

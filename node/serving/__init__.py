@@ -1,0 +1,1 @@
+"""Serving a node: gRPC API, admission control, metrics, logs, the server and the worker pool."""

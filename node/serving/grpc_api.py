@@ -1,0 +1,527 @@
+"""The node's gRPC adapter: protobuf ⇄ the conversation service, errors ⇄ status codes.
+
+Authentication is the tenant API key in ``authorization: Bearer <key>`` metadata. Every error
+leaves as a status code with a clear message (Chinese and English), never a stack trace:
+
+==========================  ====================  ==========================================
+error                       status                note
+==========================  ====================  ==========================================
+no / unknown key            UNAUTHENTICATED
+InvalidTurn, InvalidRecord  INVALID_ARGUMENT      empty, > 4 KB, control characters, ...
+malformed request bytes     INVALID_ARGUMENT      e.g. invalid UTF-8 in a string field
+SessionNotFound             NOT_FOUND             also for another tenant's session id
+RateLimited                 RESOURCE_EXHAUSTED    ``retry-after-ms`` trailing metadata
+Overloaded, ModelBusy       UNAVAILABLE           shed quickly; ``retry-after-ms``
+StorageUnavailable/Busy     UNAVAILABLE           disk full, database locked
+StateConflict               FAILED_PRECONDITION   e.g. a turn on an ended session
+==========================  ====================  ==========================================
+
+Requests are deserialised leniently (a parse failure becomes INVALID_ARGUMENT rather than
+grpc's generic INTERNAL), which is why the handlers are registered here, not through the
+generated ``add_KefuNodeServicer_to_server``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kefu.errors import KefuError, TemporaryError
+from kefu.node.dialog.conversation import (
+    ConversationService,
+    InvalidTurn,
+    RateLimited,
+    SessionNotFound,
+    TurnRequest,
+    TurnResult,
+)
+from kefu.node.dialog.handoff import HandoffConsole, HandoffResolution, HandoffView
+from kefu.node.dialog.tenant import Tenant
+from kefu.node.nlu.inference import ModelBusy
+from kefu.node.serving.admission import Overloaded
+from kefu.node.serving.metrics import NodeMetrics
+from kefu.node.sessions.store import (
+    HandoffStatus,
+    InvalidRecord,
+    NewFeedback,
+    RecordNotFound,
+    Session,
+    SessionStatus,
+    StateConflict,
+    Turn,
+    TurnRole,
+)
+from kefu.v1 import RETRY_AFTER_METADATA_KEY, SERVICE_NAME, api_key_from_metadata
+from kefu.v1 import node_pb2 as pb
+
+__all__ = ["CHANNELS", "KefuNodeService", "generic_handler"]
+
+log = logging.getLogger("kefu.node.grpc")
+
+CHANNELS = {
+    pb.CHANNEL_UNSPECIFIED: "web",
+    pb.CHANNEL_WEB: "web",
+    pb.CHANNEL_APP: "app",
+    pb.CHANNEL_MINI_PROGRAM: "mini_program",
+    pb.CHANNEL_SOCIAL: "social",
+    pb.CHANNEL_API: "api",
+}
+_CHANNEL_ENUM = {v: k for k, v in CHANNELS.items() if k != pb.CHANNEL_UNSPECIFIED}
+_STATUS = {
+    SessionStatus.OPEN: pb.SESSION_STATUS_ACTIVE,
+    SessionStatus.HANDED_OFF: pb.SESSION_STATUS_HANDOFF,
+    SessionStatus.ENDED: pb.SESSION_STATUS_ENDED,
+    SessionStatus.EXPIRED: pb.SESSION_STATUS_EXPIRED,
+}
+_STATUS_IN = {v: k for k, v in _STATUS.items()}
+_ROLE = {TurnRole.CUSTOMER: pb.ROLE_USER, TurnRole.BOT: pb.ROLE_BOT, TurnRole.AGENT: pb.ROLE_AGENT}
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not parse."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def _lenient(cls: type[Message]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:
+            return _Malformed(str(exc))
+
+    return parse
+
+
+def _ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _entity(e: Any) -> pb.Entity:
+    norm = e.normalized
+    if isinstance(norm, dict):
+        norm = " ".join(f"{k}={v}" for k, v in sorted(norm.items()))
+    return pb.Entity(type=e.type, value=e.value, normalized=str(norm), start=e.start, end=e.end)
+
+
+def _reply(r: TurnResult) -> pb.ConverseReply:
+    return pb.ConverseReply(
+        session_id=r.session_id,
+        text=r.reply,
+        language=r.language,
+        intent=r.intent,
+        confidence=r.confidence,
+        sentiment=pb.Sentiment(label=r.sentiment, score=r.sentiment_score),
+        scenario=r.scenario,
+        entities=[_entity(e) for e in r.entities],
+        handoff=r.handoff,
+        handoff_reason=r.handoff_reason,
+        handoff_id=r.handoff_id,
+        model_versions=r.model_versions,
+        server_latency_us=r.latency_us,
+        turn_seq=r.seq,
+        request_id=r.request_id,
+        kb_entry_id=r.kb_entry_id,
+        clarify=r.clarify,
+    )
+
+
+def _turn(t: Turn) -> pb.Turn:
+    return pb.Turn(
+        seq=t.seq,
+        role=_ROLE.get(t.role, pb.ROLE_UNSPECIFIED),
+        text=t.text,
+        language=t.language or "",
+        intent=t.intent or "",
+        confidence=t.confidence or 0.0,
+        sentiment=pb.Sentiment(label=t.sentiment or ""),
+        scenario=t.scenario or "",
+        handoff=t.handoff,
+        handoff_reason=t.handoff_reason or "",
+        model_versions=t.model_versions,
+        server_latency_us=int((t.latency_ms or 0.0) * 1000),
+        created_at=_ts(t.created_at),
+        request_id=t.request_id or "",
+        agent_id=t.model_versions.get("agent", "") if t.role is TurnRole.AGENT else "",
+    )
+
+
+def _summary(s: Session) -> pb.SessionSummary:
+    return pb.SessionSummary(
+        session_id=s.id,
+        status=_STATUS[s.status],
+        channel=_CHANNEL_ENUM.get(s.channel, pb.CHANNEL_UNSPECIFIED),
+        user_id=s.user_id or "",
+        created_at=_ts(s.created_at),
+        updated_at=_ts(s.last_active_at),
+        turn_count=s.turn_count,
+        scenario=s.scenario or "",
+        language=s.language or "",
+    )
+
+
+_HANDOFF_STATUS = {
+    HandoffStatus.OPEN: pb.HANDOFF_STATUS_WAITING,
+    HandoffStatus.CLAIMED: pb.HANDOFF_STATUS_CLAIMED,
+    HandoffStatus.CLOSED: pb.HANDOFF_STATUS_CLOSED,
+}
+_HANDOFF_STATUS_IN = {v: k for k, v in _HANDOFF_STATUS.items()}
+_RESOLUTION = {
+    pb.HANDOFF_RESOLUTION_RESOLVED: HandoffResolution.RESOLVED,
+    pb.HANDOFF_RESOLUTION_UNRESOLVED: HandoffResolution.UNRESOLVED,
+    pb.HANDOFF_RESOLUTION_RETURNED_TO_BOT: HandoffResolution.RETURNED_TO_BOT,
+    pb.HANDOFF_RESOLUTION_ABANDONED: HandoffResolution.ABANDONED,
+}
+_RESOLUTION_OUT = {v.value: k for k, v in _RESOLUTION.items()}
+
+
+def _handoff(v: HandoffView) -> pb.Handoff:
+    h, s, summary = v.handoff, v.session, v.handoff.summary or {}
+    raw_last = summary.get("last_messages")
+    last: list[Any] = raw_last if isinstance(raw_last, list) else []
+    roles = {"customer": pb.ROLE_USER, "bot": pb.ROLE_BOT, "agent": pb.ROLE_AGENT}
+    return pb.Handoff(
+        handoff_id=h.id,
+        session_id=h.session_id,
+        status=_HANDOFF_STATUS[h.status],
+        reason=h.reason,
+        agent_id=h.agent_id or "",
+        channel=_CHANNEL_ENUM.get(s.channel, pb.CHANNEL_UNSPECIFIED) if s else None,
+        user_id=(s.user_id or "") if s else "",
+        scenario=(s.scenario or "") if s else "",
+        language=(s.language or "") if s else "",
+        last_user_text=v.last_user_text,
+        created_at=_ts(h.created_at),
+        claimed_at=_ts(h.claimed_at),
+        closed_at=_ts(h.closed_at),
+        resolution=_RESOLUTION_OUT.get(v.resolution, pb.HANDOFF_RESOLUTION_UNSPECIFIED),
+        note=v.note,
+        summary=pb.HandoffSummary(
+            intents=[str(x) for x in summary.get("intents", [])],
+            sentiments=[str(x) for x in summary.get("sentiments", [])],
+            sentiment_trend=str(summary.get("sentiment_trend", "")),
+            slots={str(k): str(x) for k, x in dict(summary.get("slots") or {}).items()},
+            open_flow=str(summary.get("open_flow", "")),
+            plugin_failures=[str(x) for x in summary.get("plugin_failures", [])],
+            last_messages=[
+                pb.Turn(
+                    role=roles.get(str(m.get("role")), pb.ROLE_UNSPECIFIED),
+                    text=str(m.get("text", "")),
+                )
+                for m in last
+                if isinstance(m, dict)
+            ],
+        ),
+    )
+
+
+Handler = Callable[[Tenant, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class KefuNodeService:
+    """One instance per node; holds no per-request state."""
+
+    def __init__(self, service: ConversationService, metrics: NodeMetrics | None = None):
+        self.service = service
+        self.metrics = metrics
+
+    # ------------------------------------------------------------------ plumbing
+
+    @staticmethod
+    def _status(exc: BaseException) -> grpc.StatusCode:
+        if isinstance(exc, InvalidTurn | InvalidRecord):
+            return grpc.StatusCode.INVALID_ARGUMENT
+        if isinstance(exc, SessionNotFound | RecordNotFound):
+            return grpc.StatusCode.NOT_FOUND
+        if isinstance(exc, RateLimited):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
+        if isinstance(exc, StateConflict):
+            return grpc.StatusCode.FAILED_PRECONDITION
+        if isinstance(exc, Overloaded | ModelBusy | TemporaryError):
+            return grpc.StatusCode.UNAVAILABLE
+        return grpc.StatusCode.INTERNAL
+
+    async def _abort(
+        self, context: grpc.aio.ServicerContext, exc: BaseException, tenant: str = ""
+    ) -> None:
+        code = self._status(exc)
+        if self.metrics is not None:
+            self.metrics.observe_error(tenant, code.name)
+        retry = getattr(exc, "retry_after", None)
+        if isinstance(retry, int | float):
+            context.set_trailing_metadata(((RETRY_AFTER_METADATA_KEY, str(int(retry * 1000))),))
+        if code is grpc.StatusCode.INTERNAL:
+            log.error("request failed: %s", exc)
+            await context.abort(code, f"internal error / 内部错误: {type(exc).__name__}")
+        await context.abort(code, str(exc))
+
+    async def _tenant(self, request: Any, context: grpc.aio.ServicerContext) -> Tenant:
+        tenant = self.service.registry.authenticate(
+            api_key_from_metadata(context.invocation_metadata())
+        )
+        if tenant is None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or invalid API key (authorization: Bearer <key>) / API 密钥缺失或无效",
+            )
+        if isinstance(request, _Malformed):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"malformed request (e.g. invalid UTF-8) / 请求格式错误: {request.error}",
+            )
+        assert tenant is not None
+        return tenant
+
+    def _unary(
+        self, fn: Handler, roles: frozenset[str] = frozenset({"channel", "admin", "agent"})
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            tenant = await self._tenant(request, context)
+            key = api_key_from_metadata(context.invocation_metadata()) or ""
+            if not tenant.roles_for(key) & roles:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"this API key's role may not call this RPC (needs {'/'.join(sorted(roles))})"
+                    " / 该 API 密钥无权调用此接口",
+                )
+            try:
+                return await fn(tenant, request, context)
+            except KefuError as exc:
+                await self._abort(context, exc, tenant.id)
+
+        return call
+
+    # ------------------------------------------------------------------ RPCs
+
+    @staticmethod
+    def _turn_request(req: pb.ConverseRequest) -> TurnRequest:
+        return TurnRequest(
+            text=req.text,
+            session_id=req.session_id or None,
+            channel=CHANNELS.get(req.channel, "web"),
+            user_id=req.user_id or None,
+            entry_path=req.entry_path or None,
+            metadata=dict(req.metadata),
+            language=req.language or None,
+            request_id=req.request_id or None,
+        )
+
+    async def _converse(self, tenant: Tenant, req: pb.ConverseRequest) -> TurnResult:
+        result = await self.service.converse(tenant, self._turn_request(req))
+        if self.metrics is not None:
+            self.metrics.observe_turn(tenant.id, result)
+        return result
+
+    async def converse(self, tenant: Tenant, req: pb.ConverseRequest, _: Any) -> pb.ConverseReply:
+        return _reply(await self._converse(tenant, req))
+
+    async def converse_stream(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ConverseEvent]:
+        tenant = await self._tenant(request, context)
+        key = api_key_from_metadata(context.invocation_metadata()) or ""
+        if not tenant.roles_for(key) & {"channel", "admin"}:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "this API key's role may not converse / 该 API 密钥无权发起对话",
+            )
+        yield pb.ConverseEvent(typing=pb.Typing(session_id=request.session_id))
+        try:
+            result = await self._converse(tenant, request)
+        except KefuError as exc:
+            await self._abort(context, exc, tenant.id)
+            return
+        yield pb.ConverseEvent(reply=_reply(result))
+        if result.handoff:
+            yield pb.ConverseEvent(
+                handoff=pb.HandoffNotice(
+                    session_id=result.session_id,
+                    handoff_id=result.handoff_id,
+                    reason=result.handoff_reason,
+                )
+            )
+
+    async def get_session(
+        self, tenant: Tenant, req: pb.GetSessionRequest, _: Any
+    ) -> pb.SessionView:
+        store = tenant.store
+        session = await store.get_session(req.session_id) if req.session_id else None
+        if session is None:
+            raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
+        turns = await store.get_turns(session.id)
+        slots = await store.get_slots(session.id)
+        handoffs = await store.list_handoffs(session_id=session.id, limit=500)
+        return pb.SessionView(
+            session_id=session.id,
+            status=_STATUS[session.status],
+            channel=_CHANNEL_ENUM.get(session.channel, pb.CHANNEL_UNSPECIFIED),
+            user_id=session.user_id or "",
+            created_at=_ts(session.created_at),
+            updated_at=_ts(session.last_active_at),
+            scenario=session.scenario or "",
+            language=session.language or "",
+            slots={k: str(v.value) for k, v in slots.items() if not k.startswith("_")},
+            turns=[_turn(t) for t in turns],
+            handoff_id=handoffs.items[-1].id if handoffs.items else "",
+        )
+
+    async def end_session(
+        self, tenant: Tenant, req: pb.EndSessionRequest, _: Any
+    ) -> pb.EndSessionReply:
+        if not req.session_id or await tenant.store.get_session(req.session_id) is None:
+            raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
+        s = await tenant.store.update_session(req.session_id, status=SessionStatus.ENDED)
+        return pb.EndSessionReply(session_id=s.id, status=_STATUS[s.status])
+
+    async def submit_feedback(
+        self, tenant: Tenant, req: pb.SubmitFeedbackRequest, _: Any
+    ) -> pb.SubmitFeedbackReply:
+        if not req.session_id or await tenant.store.get_session(req.session_id) is None:
+            raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
+        fb = await tenant.store.add_feedback(
+            NewFeedback(
+                session_id=req.session_id,
+                turn_seq=req.turn_seq if req.HasField("turn_seq") else None,
+                rating=req.rating or None,
+                resolved=req.resolved if req.HasField("resolved") else None,
+                corrected_intent=req.corrected_intent if req.HasField("corrected_intent") else None,
+            )
+        )
+        if self.metrics is not None and self.metrics.feedback_observers:
+            await self._observe_feedback(tenant, req)
+        return pb.SubmitFeedbackReply(feedback_id=str(fb.id))
+
+    async def _observe_feedback(self, tenant: Tenant, req: pb.SubmitFeedbackRequest) -> None:
+        """Feedback for telemetry, attributed to the rated turn's scenario and model version
+        (the rated turn, else the session's latest turn that has an intent)."""
+        assert self.metrics is not None
+        seq = req.turn_seq if req.HasField("turn_seq") else None
+        turns = await tenant.store.get_turns(
+            req.session_id, after_seq=max(0, seq - 2) if seq else 0, tail=None if seq else 20
+        )
+        rated = [t for t in turns if t.intent and (seq is None or t.seq <= seq)]
+        turn = rated[-1] if rated else None
+        self.metrics.observe_feedback(
+            tenant.id,
+            rating=req.rating,
+            corrected_intent=req.corrected_intent if req.HasField("corrected_intent") else "",
+            predicted_intent=(turn.intent or "") if turn else "",
+            scenario=(turn.scenario or "") if turn else "",
+            model_version=turn.model_versions.get("intent", "") if turn else "",
+        )
+
+    async def list_sessions(
+        self, tenant: Tenant, req: pb.ListSessionsRequest, _: Any
+    ) -> pb.ListSessionsReply:
+        page = await tenant.store.list_sessions(
+            status=_STATUS_IN.get(req.status),
+            user_id=req.user_id or None,
+            limit=min(max(req.page_size or 50, 1), 500),
+            cursor=req.page_token or None,
+        )
+        return pb.ListSessionsReply(
+            sessions=[_summary(s) for s in page.items], next_page_token=page.next_cursor or ""
+        )
+
+    # ------------------------------------------------------------------ hand-off console
+
+    async def list_handoffs(
+        self, tenant: Tenant, req: pb.ListHandoffsRequest, _: Any
+    ) -> pb.ListHandoffsReply:
+        views, nxt = await HandoffConsole(tenant.store).list(
+            status=_HANDOFF_STATUS_IN.get(req.status),
+            limit=min(max(req.page_size or 50, 1), 500),
+            cursor=req.page_token or None,
+        )
+        return pb.ListHandoffsReply(
+            handoffs=[_handoff(v) for v in views], next_page_token=nxt or ""
+        )
+
+    async def claim_handoff(
+        self, tenant: Tenant, req: pb.ClaimHandoffRequest, _: Any
+    ) -> pb.Handoff:
+        return _handoff(await HandoffConsole(tenant.store).claim(req.handoff_id, req.agent_id))
+
+    async def agent_reply(
+        self, tenant: Tenant, req: pb.AgentReplyRequest, _: Any
+    ) -> pb.AgentReplyReply:
+        turn = await HandoffConsole(tenant.store).reply(
+            agent_id=req.agent_id,
+            text=req.text,
+            handoff_id=req.handoff_id,
+            session_id=req.session_id,
+            request_id=req.request_id or None,
+        )
+        return pb.AgentReplyReply(
+            session_id=turn.session_id, turn_seq=turn.seq, created_at=_ts(turn.created_at)
+        )
+
+    async def close_handoff(
+        self, tenant: Tenant, req: pb.CloseHandoffRequest, _: Any
+    ) -> pb.Handoff:
+        resolution = _RESOLUTION.get(req.resolution)
+        if resolution is None:
+            raise InvalidRecord("resolution is required / 缺少结束方式 (resolution)")
+        return _handoff(
+            await HandoffConsole(tenant.store).close(
+                req.handoff_id, resolution=resolution, agent_id=req.agent_id, note=req.note
+            )
+        )
+
+
+def generic_handler(svc: KefuNodeService) -> grpc.GenericRpcHandler:
+    """The KefuNode service's handlers."""
+
+    channel = frozenset({"channel", "admin"})
+    agent = frozenset({"agent"})
+
+    def unary(
+        fn: Handler,
+        req_cls: type[Message],
+        resp_cls: type[Message],
+        roles: frozenset[str] = channel,
+    ) -> Any:
+        return grpc.unary_unary_rpc_method_handler(
+            svc._unary(fn, roles),
+            request_deserializer=_lenient(req_cls),
+            response_serializer=resp_cls.SerializeToString,
+        )
+
+    handlers = {
+        "Converse": unary(svc.converse, pb.ConverseRequest, pb.ConverseReply),
+        "ConverseStream": grpc.unary_stream_rpc_method_handler(
+            svc.converse_stream,
+            request_deserializer=_lenient(pb.ConverseRequest),
+            response_serializer=pb.ConverseEvent.SerializeToString,
+        ),
+        "GetSession": unary(svc.get_session, pb.GetSessionRequest, pb.SessionView, channel | agent),
+        "EndSession": unary(svc.end_session, pb.EndSessionRequest, pb.EndSessionReply),
+        "SubmitFeedback": unary(
+            svc.submit_feedback, pb.SubmitFeedbackRequest, pb.SubmitFeedbackReply
+        ),
+        "ListSessions": unary(
+            svc.list_sessions,
+            pb.ListSessionsRequest,
+            pb.ListSessionsReply,
+            frozenset({"admin"}),
+        ),
+        # The hand-off console: agent keys only (summaries quote customers).
+        "ListHandoffs": unary(
+            svc.list_handoffs, pb.ListHandoffsRequest, pb.ListHandoffsReply, agent
+        ),
+        "ClaimHandoff": unary(svc.claim_handoff, pb.ClaimHandoffRequest, pb.Handoff, agent),
+        "AgentReply": unary(svc.agent_reply, pb.AgentReplyRequest, pb.AgentReplyReply, agent),
+        "CloseHandoff": unary(svc.close_handoff, pb.CloseHandoffRequest, pb.Handoff, agent),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

@@ -1,0 +1,2 @@
+"""Session storage: the ``SessionStore`` seam (``store``), its in-memory and SQLite stores and
+group commit."""
