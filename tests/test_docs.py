@@ -24,6 +24,12 @@ _INLINE_CODE = re.compile(r"`+[^`]*`+")
 _LINK = re.compile(r"(?<!!)\[([^\]]*)\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _EXTERNAL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # http:, https:, mailto:, ...
+_CODE_SPAN = re.compile(r"`([^`\s]+)`")
+# A `path` in the docs that starts with one of these folders names a file of the repository.
+_TOP_FOLDERS = "node control_plane models tui packaging kefu tests benchmarks scripts proto docs"
+SOURCE_DIRS = tuple(f"{d}/" for d in _TOP_FOLDERS.split())
+INSTALLED_AS = {f"kefu/{pkg}": pkg for pkg in ("models", "node", "control_plane", "tui")}
+GENERATED = {"kefu/_build_info.json"}  # written by packaging/build.sh, not in the checkout
 
 
 def doc_pages() -> list[Path]:
@@ -97,6 +103,42 @@ def broken_links(page: Path) -> list[str]:
         if anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             problems.append(f"{target}: no heading #{anchor} in {dest.name}")
     return problems
+
+
+def missing_source_paths(page: Path, root: Path = ROOT) -> list[str]:
+    """Each `folder/file` code span of ``page`` that names no file of the repository.
+
+    Installed names are accepted too (`kefu/node/...` is `node/...`); `a.py::name` is checked
+    as `a.py`; spans with placeholders (`<x>`, `*`, `{a,b}`) are not paths and are skipped."""
+    missing: list[str] = []
+    for span in _CODE_SPAN.findall(page.read_text(encoding="utf-8")):
+        path = span.split("::")[0]
+        if not path.startswith(SOURCE_DIRS) or re.search(r"[<*{]", path) or path in GENERATED:
+            continue
+        for installed, folder in INSTALLED_AS.items():
+            if path == installed or path.startswith(installed + "/"):
+                path = folder + path[len(installed) :]
+        if not (root / path).exists():
+            missing.append(span)
+    return missing
+
+
+@pytest.mark.parametrize("page", doc_pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_source_path_named_exists(page: Path) -> None:
+    """Code moves (issue 11 moves node/ into subpackages): the docs must follow it."""
+    assert missing_source_paths(page) == []
+
+
+def test_the_path_check_catches_a_moved_module(tmp_path: Path) -> None:
+    (tmp_path / "node").mkdir()
+    (tmp_path / "node" / "server.py").write_text("", encoding="utf-8")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "`node/server.py` `kefu/node/server.py::Node` `node/gone.py` `<data-dir>/x` "
+        "`node/*.py` `/etc/kefu/node.yaml`\n",
+        encoding="utf-8",
+    )
+    assert missing_source_paths(page, root=tmp_path) == ["node/gone.py"]
 
 
 @pytest.mark.parametrize("page", doc_pages(), ids=lambda p: str(p.relative_to(ROOT)))
