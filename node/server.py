@@ -137,6 +137,10 @@ class Node:
         self.metrics = NodeMetrics(
             runtime_stats=self.runtime.stats, admission_stats=admission.stats
         )
+        metrics = self.metrics
+        self.registry.listeners.append(
+            lambda tid, tenant: metrics.forget_tenant(tid) if tenant is None else None
+        )
         if opts.metrics_listen:
             self.metrics_port = self.metrics.serve(opts.metrics_listen)
         server.add_generic_rpc_handlers(
