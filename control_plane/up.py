@@ -119,11 +119,12 @@ async def _up(args: argparse.Namespace) -> int:
     from kefu.models.store import trust_for
     from kefu.natsserver import NatsServer
     from kefu.node.cp_link import attach_agent
+    from kefu.node.files import private_dir
     from kefu.node.logs import configure_logging
     from kefu.node.server import Node, NodeOptions
 
     configure_logging(fmt=args.log_format)
-    data = resolve_data_dir(args.data_dir).resolve()
+    data = private_dir(resolve_data_dir(args.data_dir).resolve())  # conversations: 0700
     nats_dir = data / "nats"
     cp_user, node_user = _users(nats_dir)
     nats = NatsServer(nats_dir, port=args.nats_port, users=[cp_user, node_user])

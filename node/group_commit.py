@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kefu.node.files import private_db_file
 from kefu.node.session_db import SQLiteStoreOptions, StoreStats, checkpoint, error_kind, rollback
 from kefu.node.sessions import StorageBusy, StorageCorrupt, StorageUnavailable
 
@@ -107,7 +108,7 @@ class GroupCommitDB:
 
     def _open_sync(self) -> None:
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_db_file(self._path)  # 0600 in 0700 directories, before SQLite opens it
         except OSError as exc:
             raise StorageUnavailable(f"{self._path.parent}: {exc} / 无法创建会话目录") from exc
         try:

@@ -23,6 +23,7 @@ from kefu.errors import PermanentError, TemporaryError
 from kefu.models.store import ModelStore, trust_for
 from kefu.node.admission import AdmissionController, LoopLag
 from kefu.node.conversation import ConversationService
+from kefu.node.files import private_dir
 from kefu.node.grpc_api import KefuNodeService, generic_handler
 from kefu.node.inference import BatchingModelRuntime, InferenceOptions
 from kefu.node.metrics import NodeMetrics
@@ -86,6 +87,8 @@ class Node:
         self.server: grpc.aio.Server | None = None
         self.service: ConversationService | None = None
         self.metrics: NodeMetrics | None = None
+        #: The gRPC adapter (its failed-authentication guard is tunable in tests).
+        self.api: KefuNodeService | None = None
         self.metrics_port = 0
         self._retention: asyncio.Task[None] | None = None
         self._lag: LoopLag | None = None
@@ -98,6 +101,7 @@ class Node:
         if self.status is not NodeStatus.NEW:
             return self
         opts = self.options
+        private_dir(opts.data_dir)  # conversations live here: 0700
         store = ModelStore(opts.data_dir / "models", trust_for(opts.data_dir))
         store.seed_shipped()
         self.registry = await TenantRegistry.open(
@@ -143,9 +147,8 @@ class Node:
         )
         if opts.metrics_listen:
             self.metrics_port = self.metrics.serve(opts.metrics_listen)
-        server.add_generic_rpc_handlers(
-            (generic_handler(KefuNodeService(self.service, self.metrics)),)
-        )
+        self.api = KefuNodeService(self.service, self.metrics)
+        server.add_generic_rpc_handlers((generic_handler(self.api),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

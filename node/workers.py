@@ -226,9 +226,11 @@ class WorkerPool:
 
     async def _prepare(self) -> None:
         from kefu.models.store import ModelStore, trust_for
+        from kefu.node.files import private_dir
         from kefu.node.tenant import TenantRegistry
 
         opts = self.options
+        private_dir(opts.data_dir)  # conversations live here: 0700
         ModelStore(opts.data_dir / "models", trust_for(opts.data_dir)).seed_shipped()
         registry = await TenantRegistry.open(opts.data_dir, opts.tenant_configs)
         try:
