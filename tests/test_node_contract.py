@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from test_node_grpc)
 """The node API's documented contract at its edges (issue 10): forged page tokens, channels,
 corrected intents, ending an expired session, the stream's first event, field limits, failed
 authentication and the files that hold conversations. Real node, real gRPC, real SQLite."""
@@ -11,12 +12,12 @@ import os
 import stat
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
+from test_node_grpc import node, stub  # noqa: F401  (fixtures)
 
 from kefu.node.auth_guard import FailedAuthGuard, peer_address
 from kefu.node.limits import FIELD_CHARS, MAX_METADATA_ENTRIES, check_fields
@@ -28,21 +29,6 @@ from kefu.v1 import node_pb2 as pb
 from kefu.v1 import node_pb2_grpc as pbg
 
 Code = grpc.StatusCode
-
-
-@pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    opts = NodeOptions(
-        data_dir=tmp_path / "data", listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"
-    )
-    async with Node(opts) as n:
-        yield n
-
-
-@pytest.fixture
-async def stub(node: Node) -> AsyncIterator[pbg.KefuNodeStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
-        yield pbg.KefuNodeStub(channel)
 
 
 def key(node: Node) -> tuple[tuple[str, str], ...]:
