@@ -105,3 +105,22 @@ async def test_plugins_and_flows_follow_a_tenant_applied_after_start(empty_node:
     assert config.plugins and config.flows  # the demo tenant declares both
     tenant = await node.registry.apply(config, source=Path("control-plane:demo-shop@v1"))
     assert tenant.plugins is not None and tenant.flows is not None
+
+
+async def test_a_tenant_whose_model_has_not_arrived_yet_is_unavailable_not_internal(
+    empty_node: Node,
+) -> None:
+    """The agent may apply a tenant a moment before its bundle is loaded: retryable."""
+    node = empty_node
+    assert node.registry is not None and node.runtime is not None
+    config = load_tenant_config(DEMO_TENANT_CONFIG)
+    for m in node.runtime.models():  # nothing loaded for this tenant yet
+        await node.runtime.unload(m.name, m.version)
+    await node.registry.apply(config, source=Path("control-plane:demo-shop@v1"))
+    md = bearer_metadata(node.registry.new_keys["demo-shop"])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await pbg.KefuNodeStub(ch).Converse(
+                pb.ConverseRequest(text="hello", channel=pb.CHANNEL_WEB), metadata=md
+            )
+    assert ei.value.code() is grpc.StatusCode.UNAVAILABLE, ei.value.details()
