@@ -121,9 +121,10 @@ async def _up(args: argparse.Namespace) -> int:
     from kefu.node.agent.cp_link import attach_agent
     from kefu.node.serving.logs import configure_logging
     from kefu.node.serving.server import Node, NodeOptions
+    from kefu.node.sessions.files import private_dir
 
     configure_logging(fmt=args.log_format)
-    data = resolve_data_dir(args.data_dir).resolve()
+    data = private_dir(resolve_data_dir(args.data_dir).resolve())  # conversations: 0700
     nats_dir = data / "nats"
     cp_user, node_user = _users(nats_dir)
     nats = NatsServer(nats_dir, port=args.nats_port, users=[cp_user, node_user])

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from kefu.node.serving.server import NodeOptions
 
 
-
 class DevVoice:
     """What ``kefu node run`` prints (``kefu-node run`` words it apart: kefu.node.main)."""
 

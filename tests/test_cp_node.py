@@ -86,7 +86,8 @@ async def test_new_model_version_hot_swaps_under_load_with_zero_failed_rpcs(
                     while after < 5 and n < 20000:
                         try:
                             r = await stub.Converse(
-                                pb.ConverseRequest(text=texts[(i + n) % 4]), metadata=md
+                                pb.ConverseRequest(channel=pb.CHANNEL_WEB, text=texts[(i + n) % 4]),
+                                metadata=md,
                             )
                             seen.append(r.model_versions["intent"])
                         except grpc.aio.AioRpcError as exc:
@@ -155,7 +156,8 @@ async def test_invalid_config_refused_by_cp_and_by_node_which_keeps_last_known_g
             assert agent.applied["demo-shop"] == good_fp
             async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
                 r = await pbg.KefuNodeStub(ch).Converse(
-                    pb.ConverseRequest(text="我的订单什么时候到"), metadata=bearer_metadata(api_key)
+                    pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="我的订单什么时候到"),
+                    metadata=bearer_metadata(api_key),
                 )
             assert r.intent == "delivery_tracking"  # still serving last-known-good
             await asyncio.sleep(0.7)
@@ -177,7 +179,9 @@ async def test_nats_down_node_serves_then_telemetry_backlog_arrives(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
             stub = pbg.KefuNodeStub(ch)
             for text in ["我的订单什么时候到", "refund please", "hello"] * 3:
-                r = await stub.Converse(pb.ConverseRequest(text=text), metadata=md)
+                r = await stub.Converse(
+                    pb.ConverseRequest(channel=pb.CHANNEL_WEB, text=text), metadata=md
+                )
                 assert r.text
             assert r.intent == "greeting"  # rated 2 and corrected: the model was wrong
             await stub.SubmitFeedback(
@@ -232,7 +236,7 @@ async def test_node_restart_offline_serves_last_known_good(
         assert agent.bus is None  # nothing reachable
         async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
             r = await pbg.KefuNodeStub(ch).Converse(
-                pb.ConverseRequest(text="how do i get a VAT invoice?"),
+                pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="how do i get a VAT invoice?"),
                 metadata=bearer_metadata(api_key),
             )
         assert r.intent == "invoice"

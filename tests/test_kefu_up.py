@@ -73,6 +73,11 @@ def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> N
         )
         assert reply.returncode == 0 and "intent=invoice" in reply.stdout, reply.stderr
         assert (os.stat(chat[2]).st_mode & 0o777) == 0o600
+        # Conversations: the data directory 0700, the tenant's database and its WAL 0600.
+        assert data.stat().st_mode & 0o777 == 0o700
+        db = data / "tenants" / "demo-shop" / "sessions.db"
+        for f in (db, db.with_name("sessions.db-wal")):
+            assert f.stat().st_mode & 0o777 == 0o600, f
         # The first-start admin token: printed once, kept 0600 where `kefu cp` looks for it
         # (under $KEFU_DATA_DIR), so `kefu cp` works without flags.
         token_file = data / "secrets" / "control-plane-admin.token"

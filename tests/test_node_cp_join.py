@@ -79,7 +79,11 @@ def converse_when_assigned(port: int, key: str, texts: list[str]) -> list[pb.Con
         deadline = time.monotonic() + 60
         while True:
             try:
-                first = stub.Converse(pb.ConverseRequest(text=texts[0]), metadata=md, timeout=10)
+                first = stub.Converse(
+                    pb.ConverseRequest(channel=pb.CHANNEL_WEB, text=texts[0]),
+                    metadata=md,
+                    timeout=10,
+                )
                 break
             except grpc.RpcError as exc:
                 if time.monotonic() > deadline:
@@ -87,7 +91,11 @@ def converse_when_assigned(port: int, key: str, texts: list[str]) -> list[pb.Con
                 time.sleep(0.2)
         replies = [first]
         for text in texts[1:]:
-            replies.append(stub.Converse(pb.ConverseRequest(text=text), metadata=md, timeout=10))
+            replies.append(
+                stub.Converse(
+                    pb.ConverseRequest(channel=pb.CHANNEL_WEB, text=text), metadata=md, timeout=10
+                )
+            )
     return replies
 
 

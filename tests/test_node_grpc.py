@@ -67,7 +67,7 @@ async def test_stream_emits_typing_then_reply_then_handoff(
     events = [
         e
         async for e in stub.ConverseStream(
-            pb.ConverseRequest(text="转人工"), metadata=demo_key(node)
+            pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="转人工"), metadata=demo_key(node)
         )
     ]
     kinds = [e.WhichOneof("event") for e in events]
@@ -77,16 +77,24 @@ async def test_stream_emits_typing_then_reply_then_handoff(
 
 async def test_authentication_and_tenant_isolation(node: Node, stub: pbg.KefuNodeStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as ei:
-        await stub.Converse(pb.ConverseRequest(text="hi"))
+        await stub.Converse(pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="hi"))
     assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.aio.AioRpcError) as ei:
-        await stub.Converse(pb.ConverseRequest(text="hi"), metadata=bearer_metadata("wrong-key"))
+        await stub.Converse(
+            pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="hi"),
+            metadata=bearer_metadata("wrong-key"),
+        )
     assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    mine = await stub.Converse(pb.ConverseRequest(text="你好"), metadata=demo_key(node))
+    mine = await stub.Converse(
+        pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="你好"), metadata=demo_key(node)
+    )
     acme = bearer_metadata("acme-key")
     for call in (
         stub.GetSession(pb.GetSessionRequest(session_id=mine.session_id), metadata=acme),
-        stub.Converse(pb.ConverseRequest(text="hi", session_id=mine.session_id), metadata=acme),
+        stub.Converse(
+            pb.ConverseRequest(text="hi", session_id=mine.session_id),
+            metadata=acme,
+        ),
         stub.EndSession(pb.EndSessionRequest(session_id=mine.session_id), metadata=acme),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as ei:
@@ -101,7 +109,9 @@ async def test_authentication_and_tenant_isolation(node: Node, stub: pbg.KefuNod
 @pytest.mark.parametrize("text", ["", "   ", "x" * 4097, "bad\x07bell"])
 async def test_bad_text_is_invalid_argument(node: Node, stub: pbg.KefuNodeStub, text: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as ei:
-        await stub.Converse(pb.ConverseRequest(text=text), metadata=demo_key(node))
+        await stub.Converse(
+            pb.ConverseRequest(channel=pb.CHANNEL_WEB, text=text), metadata=demo_key(node)
+        )
     assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "/" in (ei.value.details() or "")  # English / Chinese message
 
@@ -122,7 +132,9 @@ async def test_invalid_utf8_bytes_are_invalid_argument(node: Node) -> None:
 
 async def test_feedback_end_session_and_health(node: Node, stub: pbg.KefuNodeStub) -> None:
     md = demo_key(node)
-    r = await stub.Converse(pb.ConverseRequest(text="退货怎么弄"), metadata=md)
+    r = await stub.Converse(
+        pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="退货怎么弄"), metadata=md
+    )
     fb = await stub.SubmitFeedback(
         pb.SubmitFeedbackRequest(session_id=r.session_id, rating=5, resolved=True), metadata=md
     )
@@ -135,7 +147,10 @@ async def test_feedback_end_session_and_health(node: Node, stub: pbg.KefuNodeStu
     ended = await stub.EndSession(pb.EndSessionRequest(session_id=r.session_id), metadata=md)
     assert ended.status == pb.SESSION_STATUS_ENDED
     with pytest.raises(grpc.aio.AioRpcError) as ei:
-        await stub.Converse(pb.ConverseRequest(text="还在吗", session_id=r.session_id), metadata=md)
+        await stub.Converse(
+            pb.ConverseRequest(text="还在吗", session_id=r.session_id),
+            metadata=md,
+        )
     assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
         h = await health_pb2_grpc.HealthStub(channel).Check(
@@ -172,10 +187,11 @@ async def test_prometheus_metrics_count_turns_errors_and_batches(
 
     md = demo_key(node)
     await stub.Converse(
-        pb.ConverseRequest(text="我的手机号13812345678，订单什么时候到"), metadata=md
+        pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="我的手机号13812345678，订单什么时候到"),
+        metadata=md,
     )
     with pytest.raises(grpc.aio.AioRpcError):
-        await stub.Converse(pb.ConverseRequest(text=""), metadata=md)
+        await stub.Converse(pb.ConverseRequest(channel=pb.CHANNEL_WEB, text=""), metadata=md)
     url = f"http://127.0.0.1:{node.metrics_port}/metrics"
     body = urllib.request.urlopen(url, timeout=10).read().decode()
     assert 'kefu_turns_total{intent="delivery_tracking"' in body
@@ -192,7 +208,7 @@ async def test_retention_job_purges_sessions_past_the_longest_retention(
     from datetime import UTC, datetime, timedelta
 
     md = demo_key(node)
-    r = await stub.Converse(pb.ConverseRequest(text="你好"), metadata=md)
+    r = await stub.Converse(pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="你好"), metadata=md)
     soon = await node.purge_expired(datetime.now(UTC) + timedelta(days=31))
     assert soon["demo-shop"] == 0  # payment's 180-day retention keeps it (longest wins)
     later = await node.purge_expired(datetime.now(UTC) + timedelta(days=181))
@@ -239,7 +255,8 @@ async def test_hot_swap_under_load_fails_no_request(tmp_path: Path) -> None:
             while after < 5 and n < 5000:  # talk until a few turns have run after the swap
                 try:
                     r = await stub.Converse(
-                        pb.ConverseRequest(text=texts[(i + n) % 4]), metadata=md
+                        pb.ConverseRequest(channel=pb.CHANNEL_WEB, text=texts[(i + n) % 4]),
+                        metadata=md,
                     )
                     seen.append(r.model_versions["intent"])
                 except grpc.aio.AioRpcError as exc:
@@ -273,12 +290,15 @@ async def test_disk_full_is_unavailable_over_grpc_and_never_corrupts(tmp_path: P
     )
     async with Node(opts) as node, grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
         stub, md = pbg.KefuNodeStub(ch), demo_key(node)
-        first = await stub.Converse(pb.ConverseRequest(text="我的订单什么时候到"), metadata=md)
+        first = await stub.Converse(
+            pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="我的订单什么时候到"), metadata=md
+        )
         long_text = "我要退款，" * 250  # ~3.7 KB, under the 4 KB limit
         with pytest.raises(grpc.aio.AioRpcError) as ei:
             for _ in range(200):
                 await stub.Converse(
-                    pb.ConverseRequest(text=long_text, session_id=first.session_id), metadata=md
+                    pb.ConverseRequest(text=long_text, session_id=first.session_id),
+                    metadata=md,
                 )
         assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "storage" in (ei.value.details() or "") and "Traceback" not in (

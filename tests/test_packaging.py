@@ -211,7 +211,9 @@ def test_worker_processes_of_the_binary_share_the_port(binary: Path, tmp_path: P
         for text in ["我的订单什么时候到", "I want to return my shoes"] * 4:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # spread connections
                 reply = pbg.KefuNodeStub(channel).Converse(
-                    pb.ConverseRequest(text=text), metadata=bearer_metadata(key), timeout=30
+                    pb.ConverseRequest(channel=pb.CHANNEL_WEB, text=text),
+                    metadata=bearer_metadata(key),
+                    timeout=30,
                 )
                 assert reply.intent in ("delivery_tracking", "return_refund")
         assert 'worker="' in metrics_text(metrics_port)

@@ -126,11 +126,13 @@ async def test_key_roles_guard_the_console(tmp_path: Path) -> None:
     channel, agent = bearer_metadata("channel-key"), bearer_metadata("agent-key")
     async with Node(opts) as node, grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
         stub = pbg.KefuNodeStub(ch)
-        r = await stub.Converse(pb.ConverseRequest(text="转人工"), metadata=channel)
+        r = await stub.Converse(
+            pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="转人工"), metadata=channel
+        )
         assert r.handoff
         for call in (
             stub.ListHandoffs(pb.ListHandoffsRequest(), metadata=channel),
-            stub.Converse(pb.ConverseRequest(text="你好"), metadata=agent),
+            stub.Converse(pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="你好"), metadata=agent),
             stub.ListSessions(pb.ListSessionsRequest(), metadata=channel),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as ei:

@@ -456,7 +456,8 @@ async def test_one_wal_file_per_tenant_and_schema_is_idempotent(tmp_path: Path) 
     assert store.path == db_file and db_file.is_file()
     with sqlite3.connect(db_file) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        versions = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
+        assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
         assert conn.execute("SELECT value FROM meta WHERE key='tenant'").fetchone()[0] == "acme"
         plan = " ".join(
             str(r)

@@ -125,6 +125,7 @@ class DemoStack:
         await self.order_center.stop()
 
     async def say(self, text: str, session_id: str = "", **fields: Any) -> pb.ConverseReply:
+        fields.setdefault("channel", pb.CHANNEL_WEB)  # required for a new session
         reply: pb.ConverseReply = await self.stub.Converse(
             pb.ConverseRequest(text=text, session_id=session_id, **fields),
             metadata=self.metadata,

@@ -36,7 +36,9 @@ from kefu.node.nlu.entities import Entity
 from kefu.node.nlu.language import detect_language
 from kefu.node.nlu.predictions import ModelRuntime
 from kefu.node.serving.admission import AdmissionController, RateLimit, RateLimiter
+from kefu.node.serving.limits import MAX_TEXT_BYTES
 from kefu.node.sessions.store import (
+    DuplicateRequest,
     HandoffRequest,
     NewSession,
     NewTurn,
@@ -45,6 +47,7 @@ from kefu.node.sessions.store import (
     Slot,
     TurnRecord,
     TurnRole,
+    new_record_id,
     start_session,
     utc_now,
 )
@@ -62,7 +65,6 @@ __all__ = [
 
 log = logging.getLogger("kefu.node.turn")
 
-MAX_TEXT_BYTES = 4096
 HISTORY_SLOT = "_history"
 #: Entity types kept in the session so later turns can use them (written only when changed).
 REMEMBERED_ENTITIES = frozenset({"order_number", "tracking_number", "phone", "email"})
@@ -111,12 +113,15 @@ def validate_text(text: str) -> str:
 class TurnRequest:
     text: str
     session_id: str | None = None
-    channel: str = "web"
+    #: None: the session's channel (refused for a new session).
+    channel: str | None = "web"
     user_id: str | None = None
     entry_path: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     language: str | None = None
     request_id: str | None = None
+    #: The id a new session gets (ConverseStream announces it before the turn runs).
+    new_session_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +147,22 @@ class TurnResult:
     plugin_calls: tuple[PluginCall, ...] = ()
     flow: str = ""
     flow_event: str = ""
+    #: The stored reply of an earlier request with the same request_id (a retry): no turn ran.
+    replayed: bool = False
+
+
+CHANNEL_NAMES = ("web", "app", "mini_program", "social", "api")
+
+
+def tenant_rate_limits(tenant: Tenant) -> dict[str, RateLimit]:
+    """The tenant config's limit for each channel."""
+    limits = tenant.config.rate_limits
+    return {
+        ch: RateLimit(
+            rate=limits.for_channel(ch).rate_per_second, burst=float(limits.for_channel(ch).burst)
+        )
+        for ch in CHANNEL_NAMES
+    }
 
 
 class ConversationService:
@@ -156,26 +177,99 @@ class ConversationService:
         self.registry = registry
         self.runtime = runtime
         self.admission = admission
-        self.limiter = limiter or RateLimiter(
-            RateLimit(rate=100.0, burst=200.0),
-            per_channel={
-                (t.id, ch): RateLimit(
-                    rate=t.config.rate_limits.for_channel(ch).rate_per_second,
-                    burst=float(t.config.rate_limits.for_channel(ch).burst),
-                )
-                for t in registry.tenants.values()
-                for ch in ("web", "app", "mini_program", "social", "api")
-            },
-        )
+        self.limiter = limiter or RateLimiter(RateLimit(rate=100.0, burst=200.0))
+        if limiter is None:
+            for t in registry.tenants.values():
+                self.limiter.set_tenant(t.id, tenant_rate_limits(t))
+        # Tenants added, changed or removed later (a managed node starts with none).
+        registry.listeners.append(self._tenant_changed)
+
+    def _tenant_changed(self, tenant_id: str, tenant: Tenant | None) -> None:
+        if tenant is None:
+            self.limiter.forget_tenant(tenant_id)
+        else:
+            self.limiter.set_tenant(tenant_id, tenant_rate_limits(tenant))
 
     async def converse(self, tenant: Tenant, req: TurnRequest) -> TurnResult:
         started = time.perf_counter()
         text = validate_text(req.text)
+        retry = bool(req.request_id and req.session_id)
+        req = replace(
+            req,
+            channel=await self._channel(tenant, req),
+            request_id=req.request_id or new_record_id(),  # the node assigns one
+        )
+        assert req.channel is not None and req.request_id is not None
         ok, retry_after = self.limiter.try_acquire(tenant.id, req.channel)
         if not ok:
             raise RateLimited(retry_after)
         async with self.admission.admit():
-            return await self._turn(tenant, req, text, started)
+            # A retry (same request_id, same session) gets the stored reply: the turn never
+            # runs twice. The store refuses a duplicate at commit too (a concurrent retry).
+            if retry and (done := await self._replay(tenant, req, started)) is not None:
+                return done
+            try:
+                return await self._turn(tenant, req, text, started)
+            except DuplicateRequest:
+                if (done := await self._replay(tenant, req, started)) is None:
+                    raise
+                return done
+
+    @staticmethod
+    async def _channel(tenant: Tenant, req: TurnRequest) -> str:
+        if req.channel is not None:
+            return req.channel
+        if not req.session_id:
+            raise InvalidTurn("channel is required for a new session / 新会话须指定渠道 (channel)")
+        session = await tenant.store.get_session(req.session_id)
+        if session is None:
+            raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
+        return session.channel
+
+    async def _replay(self, tenant: Tenant, req: TurnRequest, started: float) -> TurnResult | None:
+        """The reply stored for ``req.request_id`` in ``req.session_id``, if any."""
+        assert req.session_id and req.request_id
+        turns = await tenant.store.find_request(req.session_id, req.request_id)
+        customer = next((t for t in turns if t.role is TurnRole.CUSTOMER), None)
+        if customer is None:
+            return None
+        bot = next((t for t in turns if t.role is TurnRole.BOT), None)
+        handoff_id = ""
+        if bot is not None and bot.handoff:
+            page = await tenant.store.list_handoffs(session_id=req.session_id, limit=50)
+            handoff_id = page.items[-1].id if page.items else ""
+        log.info(
+            "turn replayed",
+            extra={
+                "fields": {
+                    "tenant": tenant.id,
+                    "session_id": req.session_id,
+                    "request_id": req.request_id,
+                    "seq": customer.seq,
+                }
+            },
+        )
+        return TurnResult(
+            session_id=req.session_id,
+            seq=customer.seq,
+            reply=bot.text if bot is not None else "",
+            language=(bot.language if bot is not None else customer.language) or "",
+            intent=customer.intent or "",
+            confidence=customer.confidence or 0.0,
+            sentiment=customer.sentiment or "",
+            sentiment_score=0.0,
+            scenario=customer.scenario or "",
+            entities=[],
+            handoff=bot.handoff if bot is not None else False,
+            handoff_reason=(bot.handoff_reason if bot is not None else None) or "",
+            handoff_id=handoff_id,
+            clarify=False,
+            kb_entry_id="",
+            model_versions=dict(customer.model_versions),
+            latency_us=int((time.perf_counter() - started) * 1e6),
+            request_id=req.request_id,
+            replayed=True,
+        )
 
     async def _context(
         self, tenant: Tenant, req: TurnRequest
@@ -185,12 +279,18 @@ class ConversationService:
             context = await tenant.store.load_context(req.session_id)
             if context is None:
                 raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
+            if req.channel != context.session.channel:
+                raise InvalidTurn(
+                    f"channel {req.channel} differs from the session's ({context.session.channel})"
+                    " / 渠道与会话的渠道不一致"
+                )
             session = await renew_if_idle(tenant.store, context.session, tenant.config)
             if session.id != context.session.id:  # idle too long: a fresh session carries on
                 context = await tenant.store.load_context(session.id)
                 if context is None:
                     raise SessionNotFound(f"session {session.id!r} not found / 会话不存在")
             return context.session, context.slots, False
+        assert req.channel is not None  # converse() resolved it
         session = start_session(
             NewSession(
                 channel=req.channel,
@@ -200,6 +300,7 @@ class ConversationService:
             ),
             tenant=tenant.id,
             now=utc_now(),
+            session_id=req.new_session_id,
         )
         return session, {}, True
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from kefu.config import TenantConfig
 from kefu.node.sessions.store import (
+    DuplicateRequest,
     Handoff,
     HandoffStatus,
     InvalidRecord,
@@ -215,19 +216,29 @@ class HandoffConsole:
             raise StateConflict(
                 "the handoff must be claimed by this agent first / 请先认领该转人工会话"
             )
-        if request_id:  # a retried request returns the turn it already stored
-            for t in await self.store.get_turns(h.session_id, tail=20):
-                if t.role is TurnRole.AGENT and t.request_id == request_id:
-                    return t
-        return await self.store.append_turn(
-            NewTurn(
-                session_id=h.session_id,
-                role=TurnRole.AGENT,
-                text=text.strip(),
-                model_versions={"agent": agent_id},
-                request_id=request_id,
+        # A retried request returns the turn it already stored.
+        if request_id and (done := await self._agent_turn(h.session_id, request_id)):
+            return done
+        try:
+            return await self.store.append_turn(
+                NewTurn(
+                    session_id=h.session_id,
+                    role=TurnRole.AGENT,
+                    text=text.strip(),
+                    model_versions={"agent": agent_id},
+                    request_id=request_id,
+                )
             )
-        )
+        except DuplicateRequest:  # a concurrent retry stored it first
+            assert request_id is not None
+            done = await self._agent_turn(h.session_id, request_id)
+            if done is None:
+                raise
+            return done
+
+    async def _agent_turn(self, session_id: str, request_id: str) -> Turn | None:
+        found = await self.store.find_request(session_id, request_id)
+        return next((t for t in found if t.role is TurnRole.AGENT), None)
 
     async def close(
         self, handoff_id: str, *, resolution: HandoffResolution, agent_id: str, note: str = ""

@@ -162,7 +162,12 @@ class TenantRegistry:
     errors: list[TenantLoadError] = field(default_factory=list)
     #: Keys generated at this start, to be shown once: tenant id → key.
     new_keys: dict[str, str] = field(default_factory=dict)
+    #: Called with ``(tenant_id, tenant)`` after a tenant is added or changed and with
+    #: ``(tenant_id, None)`` after it is removed, so per-tenant structures built from the
+    #: tenants present at start (rate limits, metrics series) follow later changes.
+    listeners: list[Callable[[str, Tenant | None], None]] = field(default_factory=list)
     _retired: list[Tenant] = field(default_factory=list, repr=False)
+    _retired_plugins: list[PluginRunner] = field(default_factory=list, repr=False)
 
     @classmethod
     async def open(
@@ -200,15 +205,7 @@ class TenantRegistry:
             extra = (hash_api_key(key),)
             if created:
                 self.new_keys[tid] = key
-        plugins = flows = None
-        if config.plugins:
-            plugins = PluginRunner(config, SecretStore(self.data_dir / "secrets"))
-            runner = plugins
-
-            async def call(pid: str, inputs: Mapping[str, str], lang: str) -> Any:
-                return await runner.call(pid, inputs, lang=lang)
-
-            flows = FlowEngine(config, call) if config.flows else None
+        plugins, flows = self._plugins_and_flows(config)
         store = await self.open_store(self.data_dir, tid)
         self.tenants[tid] = Tenant(
             id=tid,
@@ -221,6 +218,25 @@ class TenantRegistry:
             plugins=plugins,
             flows=flows,
         )
+        self._notify(tid)
+
+    def _plugins_and_flows(
+        self, config: TenantConfig
+    ) -> tuple[PluginRunner | None, FlowEngine | None]:
+        """The tenant's plugin runner and task flows (None, None when it declares no plugins)."""
+        if not config.plugins:
+            return None, None
+        runner = PluginRunner(config, SecretStore(self.data_dir / "secrets"))
+
+        async def call(pid: str, inputs: Mapping[str, str], lang: str) -> Any:
+            return await runner.call(pid, inputs, lang=lang)
+
+        return runner, FlowEngine(config, call) if config.flows else None
+
+    def _notify(self, tenant_id: str) -> None:
+        tenant = self.tenants.get(tenant_id)
+        for listener in self.listeners:
+            listener(tenant_id, tenant)
 
     async def apply(
         self,
@@ -243,6 +259,7 @@ class TenantRegistry:
             extra = (hash_api_key(key),)
             if created:
                 self.new_keys[tid] = key
+        plugins, flows = self._plugins_and_flows(config)
         store = old.store if old is not None else await self.open_store(self.data_dir, tid)
         tenant = Tenant(
             id=tid,
@@ -252,8 +269,13 @@ class TenantRegistry:
             entities=entities,
             source=source,
             extra_key_hashes=extra,
+            plugins=plugins,
+            flows=flows,
         )
         self.tenants[tid] = tenant  # the swap: one assignment, no await
+        if old is not None and old.plugins is not None:
+            self._retired_plugins.append(old.plugins)  # turns in flight may still call it
+        self._notify(tid)
         return tenant
 
     async def remove(self, tenant_id: str) -> bool:
@@ -262,6 +284,7 @@ class TenantRegistry:
         tenant = self.tenants.pop(tenant_id, None)
         if tenant is not None:
             self._retired.append(tenant)
+            self._notify(tenant_id)
         return tenant is not None
 
     def authenticate(self, key: str | None) -> Tenant | None:
@@ -279,3 +302,5 @@ class TenantRegistry:
             await tenant.store.close()
             if tenant.plugins is not None:
                 await tenant.plugins.close()
+        for runner in self._retired_plugins:
+            await runner.close()

@@ -232,6 +232,33 @@ class RateLimiter:
                 lim = self.limit_for(tenant, channel)
                 bucket.reconfigure(lim.rate, lim.burst)
 
+    def set_tenant(self, tenant: str, per_channel: Mapping[str, RateLimit]) -> None:
+        """Replace ``tenant``'s per-channel limits (a tenant added or changed after start);
+        its live buckets keep their fill, clamped to the new bursts."""
+        with self._lock:
+            for key in [k for k in self._per_channel if k[0] == tenant]:
+                del self._per_channel[key]
+            self._per_channel.update({(tenant, ch): lim for ch, lim in per_channel.items()})
+            for (t, channel), bucket in self._buckets.items():
+                if t == tenant:
+                    lim = self.limit_for(t, channel)
+                    bucket.reconfigure(lim.rate, lim.burst)
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Drop every limit and bucket of a removed tenant."""
+        with self._lock:
+            self._per_tenant.pop(tenant, None)
+            for key in [k for k in self._per_channel if k[0] == tenant]:
+                del self._per_channel[key]
+            for key in [k for k in self._buckets if k[0] == tenant]:
+                del self._buckets[key]
+
+    def tenants(self) -> frozenset[str]:
+        """Tenants with a limit or a bucket here (what :meth:`forget_tenant` clears)."""
+        with self._lock:
+            keys = [*self._per_channel, *self._buckets]
+            return frozenset({*self._per_tenant, *(k[0] for k in keys)})
+
     def sweep(self) -> int:
         """Forget every bucket that has refilled completely (lossless); returns how many."""
         with self._lock:

@@ -23,6 +23,7 @@ generated ``add_KefuNodeServicer_to_server``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
@@ -44,7 +45,10 @@ from kefu.node.dialog.conversation import (
 from kefu.node.dialog.handoff import HandoffConsole, HandoffResolution, HandoffView
 from kefu.node.dialog.tenant import Tenant
 from kefu.node.nlu.inference import ModelBusy
+from kefu.node.nlu.predictions import ModelNotLoaded
 from kefu.node.serving.admission import Overloaded
+from kefu.node.serving.auth_guard import FailedAuthGuard, peer_address
+from kefu.node.serving.limits import check_fields
 from kefu.node.serving.metrics import NodeMetrics
 from kefu.node.sessions.store import (
     HandoffStatus,
@@ -56,6 +60,7 @@ from kefu.node.sessions.store import (
     StateConflict,
     Turn,
     TurnRole,
+    new_record_id,
 )
 from kefu.v1 import RETRY_AFTER_METADATA_KEY, SERVICE_NAME, api_key_from_metadata
 from kefu.v1 import node_pb2 as pb
@@ -64,15 +69,15 @@ __all__ = ["CHANNELS", "KefuNodeService", "generic_handler"]
 
 log = logging.getLogger("kefu.node.grpc")
 
-CHANNELS = {
-    pb.CHANNEL_UNSPECIFIED: "web",
+CHANNELS: dict[int, str | None] = {
+    pb.CHANNEL_UNSPECIFIED: None,
     pb.CHANNEL_WEB: "web",
     pb.CHANNEL_APP: "app",
     pb.CHANNEL_MINI_PROGRAM: "mini_program",
     pb.CHANNEL_SOCIAL: "social",
     pb.CHANNEL_API: "api",
 }
-_CHANNEL_ENUM = {v: k for k, v in CHANNELS.items() if k != pb.CHANNEL_UNSPECIFIED}
+_CHANNEL_ENUM: dict[str, Any] = {v: k for k, v in CHANNELS.items() if v is not None}
 _STATUS = {
     SessionStatus.OPEN: pb.SESSION_STATUS_ACTIVE,
     SessionStatus.HANDED_OFF: pb.SESSION_STATUS_HANDOFF,
@@ -235,6 +240,7 @@ class KefuNodeService:
     def __init__(self, service: ConversationService, metrics: NodeMetrics | None = None):
         self.service = service
         self.metrics = metrics
+        self.auth_guard = FailedAuthGuard()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -248,7 +254,8 @@ class KefuNodeService:
             return grpc.StatusCode.RESOURCE_EXHAUSTED
         if isinstance(exc, StateConflict):
             return grpc.StatusCode.FAILED_PRECONDITION
-        if isinstance(exc, Overloaded | ModelBusy | TemporaryError):
+        # ModelNotLoaded: a tenant applied before its model bundle arrived; it will.
+        if isinstance(exc, Overloaded | ModelBusy | ModelNotLoaded | TemporaryError):
             return grpc.StatusCode.UNAVAILABLE
         return grpc.StatusCode.INTERNAL
 
@@ -267,10 +274,10 @@ class KefuNodeService:
         await context.abort(code, str(exc))
 
     async def _tenant(self, request: Any, context: grpc.aio.ServicerContext) -> Tenant:
-        tenant = self.service.registry.authenticate(
-            api_key_from_metadata(context.invocation_metadata())
-        )
+        key = api_key_from_metadata(context.invocation_metadata())
+        tenant = self.service.registry.authenticate(key)
         if tenant is None:
+            await self._refused(context, "missing_key" if not key else "unknown_key")
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or invalid API key (authorization: Bearer <key>) / API 密钥缺失或无效",
@@ -281,7 +288,39 @@ class KefuNodeService:
                 f"malformed request (e.g. invalid UTF-8) / 请求格式错误: {request.error}",
             )
         assert tenant is not None
+        try:
+            check_fields((f.name, v) for f, v in request.ListFields())
+        except InvalidRecord as exc:
+            await self._abort(context, exc, tenant.id)
         return tenant
+
+    async def _refused(
+        self, context: grpc.aio.ServicerContext, reason: str, tenant: str = ""
+    ) -> None:
+        """Count a failed authentication, log it (at most every few seconds), and keep a peer
+        that keeps failing waiting before it gets its answer (the loop serves others)."""
+        peer = peer_address(context.peer() or "")
+        guard = self.auth_guard
+        delay = guard.failed(peer)
+        if self.metrics is not None:
+            self.metrics.observe_auth_failure(tenant, reason)
+        if guard.log_due():
+            log.warning(
+                "authentication refused (%s) for peer %s: %d failures from it in the last "
+                "%.0f s, %d refused since the last report",
+                reason,
+                peer,
+                guard.failures(peer),
+                guard.window_s,
+                guard.unlogged,
+            )
+            guard.unlogged = 0
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _denied(self, context: grpc.aio.ServicerContext, tenant: Tenant, msg: str) -> None:
+        await self._refused(context, "role", tenant.id)
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, msg)
 
     def _unary(
         self, fn: Handler, roles: frozenset[str] = frozenset({"channel", "admin", "agent"})
@@ -290,8 +329,9 @@ class KefuNodeService:
             tenant = await self._tenant(request, context)
             key = api_key_from_metadata(context.invocation_metadata()) or ""
             if not tenant.roles_for(key) & roles:
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
+                await self._denied(
+                    context,
+                    tenant,
                     f"this API key's role may not call this RPC (needs {'/'.join(sorted(roles))})"
                     " / 该 API 密钥无权调用此接口",
                 )
@@ -305,11 +345,15 @@ class KefuNodeService:
     # ------------------------------------------------------------------ RPCs
 
     @staticmethod
-    def _turn_request(req: pb.ConverseRequest) -> TurnRequest:
+    def _turn_request(req: pb.ConverseRequest, new_session_id: str | None = None) -> TurnRequest:
+        if req.channel not in CHANNELS:
+            raise InvalidTurn(f"unknown channel {int(req.channel)} / 未知渠道")
         return TurnRequest(
             text=req.text,
             session_id=req.session_id or None,
-            channel=CHANNELS.get(req.channel, "web"),
+            new_session_id=new_session_id,
+            # UNSPECIFIED: the session's channel; refused for a new session.
+            channel=CHANNELS[req.channel],
             user_id=req.user_id or None,
             entry_path=req.entry_path or None,
             metadata=dict(req.metadata),
@@ -317,9 +361,11 @@ class KefuNodeService:
             request_id=req.request_id or None,
         )
 
-    async def _converse(self, tenant: Tenant, req: pb.ConverseRequest) -> TurnResult:
-        result = await self.service.converse(tenant, self._turn_request(req))
-        if self.metrics is not None:
+    async def _converse(
+        self, tenant: Tenant, req: pb.ConverseRequest, new_session_id: str | None = None
+    ) -> TurnResult:
+        result = await self.service.converse(tenant, self._turn_request(req, new_session_id))
+        if self.metrics is not None and not result.replayed:
             self.metrics.observe_turn(tenant.id, result)
         return result
 
@@ -332,13 +378,14 @@ class KefuNodeService:
         tenant = await self._tenant(request, context)
         key = api_key_from_metadata(context.invocation_metadata()) or ""
         if not tenant.roles_for(key) & {"channel", "admin"}:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "this API key's role may not converse / 该 API 密钥无权发起对话",
+            await self._denied(
+                context, tenant, "this API key's role may not converse / 该 API 密钥无权发起对话"
             )
-        yield pb.ConverseEvent(typing=pb.Typing(session_id=request.session_id))
+        # A new session's id is chosen now, so the first event can already carry it.
+        new_id = None if request.session_id else new_record_id()
+        yield pb.ConverseEvent(typing=pb.Typing(session_id=request.session_id or new_id))
         try:
-            result = await self._converse(tenant, request)
+            result = await self._converse(tenant, request, new_id)
         except KefuError as exc:
             await self._abort(context, exc, tenant.id)
             return
@@ -379,9 +426,11 @@ class KefuNodeService:
     async def end_session(
         self, tenant: Tenant, req: pb.EndSessionRequest, _: Any
     ) -> pb.EndSessionReply:
-        if not req.session_id or await tenant.store.get_session(req.session_id) is None:
+        s = await tenant.store.get_session(req.session_id) if req.session_id else None
+        if s is None:
             raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
-        s = await tenant.store.update_session(req.session_id, status=SessionStatus.ENDED)
+        if s.status not in (SessionStatus.ENDED, SessionStatus.EXPIRED):  # else: already over
+            s = await tenant.store.update_session(req.session_id, status=SessionStatus.ENDED)
         return pb.EndSessionReply(session_id=s.id, status=_STATUS[s.status])
 
     async def submit_feedback(
@@ -389,6 +438,13 @@ class KefuNodeService:
     ) -> pb.SubmitFeedbackReply:
         if not req.session_id or await tenant.store.get_session(req.session_id) is None:
             raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
+        if req.HasField("corrected_intent") and (
+            req.corrected_intent not in tenant.config.intent_labels
+        ):
+            raise InvalidRecord(
+                "corrected_intent is not an intent of this tenant / "
+                "corrected_intent 不是该租户的意图"
+            )
         fb = await tenant.store.add_feedback(
             NewFeedback(
                 session_id=req.session_id,
@@ -396,6 +452,7 @@ class KefuNodeService:
                 rating=req.rating or None,
                 resolved=req.resolved if req.HasField("resolved") else None,
                 corrected_intent=req.corrected_intent if req.HasField("corrected_intent") else None,
+                comment=req.comment or None,
             )
         )
         if self.metrics is not None and self.metrics.feedback_observers:

@@ -128,6 +128,13 @@ class NodeMetrics:
             ["tenant", "flow", "event"],
             registry=r,
         )
+        self.auth_failures = Counter(
+            "kefu_auth_failures",
+            "Requests refused for a missing or unknown API key (tenant '-') or a key whose "
+            "role may not call the RPC (its tenant)",
+            ["tenant", "reason"],
+            registry=r,
+        )
         r.register(_RuntimeCollector(runtime_stats, admission_stats))
         self._server: Any = None
         #: Extra consumers of every turn (the control-plane agent's telemetry aggregates).
@@ -160,6 +167,28 @@ class NodeMetrics:
         self.errors.labels(tenant or "-", code).inc()
         for observe in self.error_observers:
             observe(tenant, code)
+
+    def observe_auth_failure(self, tenant: str, reason: str) -> None:
+        self.auth_failures.labels(tenant or "-", reason).inc()
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Drop a removed tenant's series, so /metrics lists only the tenants served."""
+        for metric in (
+            self.turns,
+            self.latency,
+            self.fallbacks,
+            self.handoffs,
+            self.errors,
+            self.plugin_calls,
+            self.plugin_latency,
+            self.flow_events,
+            self.auth_failures,
+        ):
+            # prometheus_client has no "remove by one label": list the children's label values.
+            children = list(getattr(metric, "_metrics", {}))
+            for labels in children:
+                if labels and labels[0] == tenant:
+                    metric.remove(*labels)
 
     def serve(self, address: str) -> int:
         """Start the HTTP endpoint in a background thread; returns the bound port."""

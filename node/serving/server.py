@@ -27,6 +27,7 @@ from kefu.node.nlu.inference import BatchingModelRuntime, InferenceOptions
 from kefu.node.serving.admission import AdmissionController, LoopLag
 from kefu.node.serving.grpc_api import KefuNodeService, generic_handler
 from kefu.node.serving.metrics import NodeMetrics
+from kefu.node.sessions.files import private_dir
 from kefu.node.sessions.session_db import SQLiteStoreOptions
 from kefu.node.sessions.sqlite_store import sqlite_store_opener
 from kefu.v1 import SERVICE_NAME
@@ -87,6 +88,8 @@ class Node:
         self.server: grpc.aio.Server | None = None
         self.service: ConversationService | None = None
         self.metrics: NodeMetrics | None = None
+        #: The gRPC adapter (its failed-authentication guard is tunable in tests).
+        self.api: KefuNodeService | None = None
         self.metrics_port = 0
         self._retention: asyncio.Task[None] | None = None
         self._lag: LoopLag | None = None
@@ -99,6 +102,7 @@ class Node:
         if self.status is not NodeStatus.NEW:
             return self
         opts = self.options
+        private_dir(opts.data_dir)  # conversations live here: 0700
         store = ModelStore(opts.data_dir / "models", trust_for(opts.data_dir))
         store.seed_shipped()
         self.registry = await TenantRegistry.open(
@@ -138,11 +142,14 @@ class Node:
         self.metrics = NodeMetrics(
             runtime_stats=self.runtime.stats, admission_stats=admission.stats
         )
+        metrics = self.metrics
+        self.registry.listeners.append(
+            lambda tid, tenant: metrics.forget_tenant(tid) if tenant is None else None
+        )
         if opts.metrics_listen:
             self.metrics_port = self.metrics.serve(opts.metrics_listen)
-        server.add_generic_rpc_handlers(
-            (generic_handler(KefuNodeService(self.service, self.metrics)),)
-        )
+        self.api = KefuNodeService(self.service, self.metrics)
+        server.add_generic_rpc_handlers((generic_handler(self.api),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

@@ -227,9 +227,11 @@ class WorkerPool:
     async def _prepare(self) -> None:
         from kefu.models.store import ModelStore, trust_for
         from kefu.node.dialog.tenant import TenantRegistry
+        from kefu.node.sessions.files import private_dir
         from kefu.node.sessions.sqlite_store import sqlite_store_opener
 
         opts = self.options
+        private_dir(opts.data_dir)  # conversations live here: 0700
         ModelStore(opts.data_dir / "models", trust_for(opts.data_dir)).seed_shipped()
         registry = await TenantRegistry.open(
             opts.data_dir, opts.tenant_configs, open_store=sqlite_store_opener()

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kefu.node.sessions.files import private_db_file
 from kefu.node.sessions.session_db import (
     SQLiteStoreOptions,
     StoreStats,
@@ -113,7 +114,7 @@ class GroupCommitDB:
 
     def _open_sync(self) -> None:
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_db_file(self._path)  # 0600 in 0700 directories, before SQLite opens it
         except OSError as exc:
             raise StorageUnavailable(f"{self._path.parent}: {exc} / 无法创建会话目录") from exc
         try:

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from kefu.node.sessions.store import (
+    DuplicateRequest,
     Feedback,
     Handoff,
     HandoffStatus,
@@ -139,9 +140,23 @@ class InMemorySessionStore:
     async def append_turn(self, turn: NewTurn) -> Turn:
         session = self._session(turn.session_id)
         stored = stored_turn(turn, seq=session.turn_count + 1, now=self._now())
+        self._check_new_requests([stored])
         self._turns.setdefault(session.id, []).append(stored)
         self._put(replace(session, turn_count=stored.seq, last_active_at=stored.created_at))
         return copy.deepcopy(stored)
+
+    def _check_new_requests(self, turns: list[Turn]) -> None:
+        for t in turns:
+            if t.request_id is not None and any(
+                old.role is t.role and old.request_id == t.request_id
+                for old in self._turns.get(t.session_id, [])
+            ):
+                raise DuplicateRequest(t.session_id, t.request_id)
+
+    async def find_request(self, session_id: str, request_id: str) -> list[Turn]:
+        return copy.deepcopy(
+            [t for t in self._turns.get(session_id, []) if t.request_id == request_id]
+        )
 
     async def get_turns(
         self, session_id: str, *, after_seq: int = 0, tail: int | None = None
@@ -249,6 +264,7 @@ class InMemorySessionStore:
         after, turns, handoff = apply_turn_record(
             session, record, now=now, has_active_handoff=active
         )
+        self._check_new_requests(turns)
         slots = {
             key: Slot(
                 session_id=session.id,

@@ -22,6 +22,7 @@ from sqlite_utils import Database
 
 from kefu.errors import PermanentError
 from kefu.node.sessions.store import (
+    DuplicateRequest,
     Handoff,
     HandoffStatus,
     InvalidTenant,
@@ -40,6 +41,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SQLiteStoreOptions",
     "StoreStats",
+    "check_new_requests",
     "checkpoint",
     "decode",
     "encode",
@@ -55,7 +57,7 @@ __all__ = [
     "write",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PURGE_BATCH = 200
 R = TypeVar("R")
 
@@ -131,7 +133,18 @@ CREATE INDEX feedback_by_session ON feedback (session_id, id);
 """
 # handoffs has no foreign key on purpose: its records outlive their purged session.
 # handoffs_one_active makes "one active hand-off per session" structural.
-_MIGRATIONS = {1: _SCHEMA_V1}
+# v2: a request id is unique per session and role (safe retries; earlier duplicates keep their
+# turns but lose the id), and feedback keeps its comment.
+_SCHEMA_V2 = """
+UPDATE turns SET request_id = NULL WHERE request_id IS NOT NULL AND EXISTS (
+    SELECT 1 FROM turns AS t WHERE t.session_id = turns.session_id AND t.role = turns.role
+    AND t.request_id = turns.request_id AND t.seq < turns.seq
+);
+CREATE UNIQUE INDEX turns_by_request ON turns (session_id, request_id, role)
+    WHERE request_id IS NOT NULL;
+ALTER TABLE feedback ADD COLUMN comment TEXT;
+"""
+_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 
 def prepare(db: Database, tenant: str, now: str) -> None:
@@ -297,6 +310,20 @@ def rows(conn: sqlite3.Connection, sql: str, args: Sequence[Any] = ()) -> list[d
     cur = conn.execute(sql, args)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def check_new_requests(conn: sqlite3.Connection, turns: Sequence[Any]) -> None:
+    """DuplicateRequest when a turn's (session, role, request_id) is already stored (the
+    caller's write transaction, so no concurrent duplicate can slip in between)."""
+    for t in turns:
+        if t.request_id is None:
+            continue
+        found = conn.execute(
+            "SELECT 1 FROM turns WHERE session_id = ? AND request_id = ? AND role = ? LIMIT 1",
+            (t.session_id, t.request_id, t.role.value),
+        ).fetchone()
+        if found is not None:
+            raise DuplicateRequest(t.session_id, t.request_id)
 
 
 def fetch_session(

@@ -20,9 +20,11 @@ from typing import Any, ClassVar
 from kefu.errors import PermanentError, TemporaryError
 
 __all__ = [
+    "MAX_COMMENT_CHARS",
     "MAX_PAGE_SIZE",
     "MAX_TEXT_CHARS",
     "TERMINAL_STATUSES",
+    "DuplicateRequest",
     "HandoffStatus",
     "InvalidRecord",
     "InvalidTenant",
@@ -51,6 +53,7 @@ __all__ = [
 
 MAX_TEXT_CHARS = 20_000  # longer turn text is refused rather than bloating the store
 MAX_PAGE_SIZE = 500
+MAX_COMMENT_CHARS = 2000  # a feedback comment
 _TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -79,6 +82,15 @@ class InvalidRecord(PermanentError):
 
 class StateConflict(PermanentError):
     """The record's state forbids the change (ended session, hand-off already claimed)."""
+
+
+class DuplicateRequest(StateConflict):
+    """The session already has a turn with this request id (a retry): nothing was written."""
+
+    def __init__(self, session_id: str, request_id: str):
+        self.session_id = session_id
+        self.request_id = request_id
+        super().__init__("request_id already answered in this session / 该请求已处理")
 
 
 class RecordNotFound(PermanentError):
@@ -219,5 +231,5 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         stamp, record_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
         return to_iso(from_iso(stamp)), record_id
-    except (binascii.Error, UnicodeError, ValueError, InvalidRecord) as exc:
+    except (binascii.Error, UnicodeError, ValueError, OverflowError, InvalidRecord) as exc:
         raise InvalidRecord("malformed paging cursor / 分页游标无效") from exc

@@ -33,6 +33,7 @@ from kefu.node.sessions.session_db import (
     SCHEMA_VERSION,
     SQLiteStoreOptions,
     StoreStats,
+    check_new_requests,
     decode,
     encode,
     fetch_session,
@@ -258,6 +259,7 @@ class SQLiteSessionStore:
         def op(conn: sqlite3.Connection) -> Turn:
             session = self._session(conn, turn.session_id)
             stored = stored_turn(turn, seq=session.turn_count + 1, now=self._now())
+            check_new_requests(conn, (stored,))
             insert(conn, "turns", encode(stored))
             conn.execute(
                 "UPDATE sessions SET turn_count = ?, last_active_at = ? WHERE id = ?",
@@ -283,6 +285,12 @@ class SQLiteSessionStore:
             return [decode(Turn, r) for r in reversed(found)]
 
         return await self._read(op)
+
+    async def find_request(self, session_id: str, request_id: str) -> list[Turn]:
+        sql = "SELECT * FROM turns WHERE session_id = ? AND request_id = ? ORDER BY seq"
+        return await self._read(
+            lambda conn: [decode(Turn, r) for r in rows(conn, sql, (session_id, request_id))]
+        )
 
     async def set_slot(self, session_id: str, key: str, value: Any) -> Slot:
         def op(conn: sqlite3.Connection) -> Slot:
@@ -327,6 +335,7 @@ class SQLiteSessionStore:
             after, turns, handoff = apply_turn_record(
                 session, record, now=now, has_active_handoff=active
             )
+            check_new_requests(conn, turns)
             if new is not None:  # stored as it is after the turn: one INSERT, no UPDATE
                 try:
                     insert(conn, "sessions", encode(after, skip=frozenset({"tenant"})))

@@ -39,9 +39,11 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from kefu.node.sessions.session_rules import (
     _HANDOFF_MOVES,
+    MAX_COMMENT_CHARS,
     MAX_PAGE_SIZE,
     MAX_TEXT_CHARS,
     TERMINAL_STATUSES,
+    DuplicateRequest,
     HandoffStatus,
     InvalidRecord,
     InvalidTenant,
@@ -174,15 +176,22 @@ class NewFeedback:
     rating: int | None = None  # 1-5
     resolved: bool | None = None
     corrected_intent: str | None = None  # an operator's correction, for retraining
+    comment: str | None = None  # free text from the customer or reviewer
 
     def __post_init__(self) -> None:
         if self.rating is not None and (isinstance(self.rating, bool) or not 1 <= self.rating <= 5):
             raise InvalidRecord("rating must be 1-5 / 评分须为 1-5")
-        if self.rating is None and self.resolved is None and self.corrected_intent is None:
+        if (
+            self.rating is None
+            and self.resolved is None
+            and self.corrected_intent is None
+            and not self.comment
+        ):
             raise InvalidRecord("feedback is empty / 反馈内容为空")
         if self.turn_seq is not None and self.turn_seq < 1:
             raise InvalidRecord("turn_seq must be >= 1 / 轮次序号须 >= 1")
         check_text("corrected_intent", self.corrected_intent, 128)
+        check_text("comment", self.comment, MAX_COMMENT_CHARS)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -277,10 +286,14 @@ def apply_turn_record(
 # Constructors both stores use, so stored records are built (and JSON-normalised) one way.
 
 
-def start_session(new: NewSession, *, tenant: str, now: datetime) -> Session:
+def start_session(
+    new: NewSession, *, tenant: str, now: datetime, session_id: str | None = None
+) -> Session:
+    """A new session; ``session_id`` when the caller announced the id already (a stream)."""
     attributes = json_clone(new.attributes, what="attributes")
     base = {f.name: getattr(new, f.name) for f in fields(NewSession)} | {"attributes": attributes}
-    return Session(**base, id=new_record_id(), tenant=tenant, created_at=now, last_active_at=now)
+    sid = session_id or new_record_id()
+    return Session(**base, id=sid, tenant=tenant, created_at=now, last_active_at=now)
 
 
 def stored_turn(new: NewTurn, *, seq: int, now: datetime) -> Turn:
@@ -372,6 +385,10 @@ class SessionStore(Protocol):
     ``update_session``'s ``attributes`` replaces the whole dict. ``purge_expired`` deletes
     sessions whose last activity is before ``now - retention`` and returns how many.
     ``close`` is idempotent.
+
+    A request id is unique per session and role: ``record_turn`` and ``append_turn`` raise
+    :class:`DuplicateRequest` (writing nothing) when the session already has a turn of that
+    role with that ``request_id``; ``find_request`` returns the turns carrying it, by seq.
     """
 
     @property
@@ -400,6 +417,7 @@ class SessionStore(Protocol):
     async def get_turns(
         self, session_id: str, *, after_seq: int = 0, tail: int | None = None
     ) -> list[Turn]: ...
+    async def find_request(self, session_id: str, request_id: str) -> list[Turn]: ...
     async def set_slot(self, session_id: str, key: str, value: Any) -> Slot: ...
     async def get_slots(self, session_id: str) -> dict[str, Slot]: ...
     async def create_handoff(
@@ -429,6 +447,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "MAX_TEXT_CHARS",
     "TERMINAL_STATUSES",
+    "DuplicateRequest",
     "Feedback",
     "Handoff",
     "HandoffRequest",
