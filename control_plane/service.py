@@ -13,6 +13,7 @@ bilingual message; the API maps those to gRPC status codes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import difflib
 import hashlib
@@ -27,7 +28,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from kefu.bundle import SIGNATURE, unpack, verify_bundle
+from kefu.bundle import SIGNATURE, unpack, validate_name, validate_ref, verify_bundle
 from kefu.bus import Bus, Conflict, snapshot
 from kefu.config import parse_tenant_config
 from kefu.config.tenant import generate_api_key, hash_api_key
@@ -66,7 +67,14 @@ from kefu.wire import (
     model_key,
 )
 
-__all__ = ["AUDIT_NOTE", "ControlPlane", "NotFoundError", "ensure_layout"]
+__all__ = [
+    "AUDIT_NOTE",
+    "MAX_AUDIT_LIMIT",
+    "MAX_CONFIG_TEXT",
+    "ControlPlane",
+    "NotFoundError",
+    "ensure_layout",
+]
 
 #: Request-scoped note recorded with each audit event (the API sets it from `x-kefu-actor`);
 #: the event's actor is always the authenticated token's name.
@@ -75,6 +83,12 @@ AUDIT_NOTE: ContextVar[str] = ContextVar("kefu_audit_note", default="")
 _M = TypeVar("_M", bound=BaseModel)
 _SLOTS = ("intent", "sentiment", "encoder")
 _CAS_RETRIES = 8
+#: Largest tenant config accepted (UTF-8 bytes); the demo config is ~110 KB.
+MAX_CONFIG_TEXT = 1024 * 1024
+#: Longest a config's validation may take (it runs in a thread).
+VALIDATE_TIMEOUT_S = 30.0
+#: Most audit events one query returns.
+MAX_AUDIT_LIMIT = 10_000
 
 
 class NotFoundError(PermanentError):
@@ -286,7 +300,15 @@ class ControlPlane:
     # ------------------------------------------------------------------ configs
 
     def validate_config(self, tenant: str, text: str, *, source: str) -> None:
-        """Server-side validation, the same the node does: raises ConfigError (file:line)."""
+        """Server-side validation, the same the node does: raises ConfigError (file:line).
+        Blocking (YAML and pydantic): :meth:`put_config` runs it in a thread."""
+        size = len(text.encode("utf-8"))
+        if size > MAX_CONFIG_TEXT:
+            raise ConfigError(
+                f"config is {size} bytes, the limit is {MAX_CONFIG_TEXT} / "
+                f"配置过大（上限 {MAX_CONFIG_TEXT} 字节）",
+                path=source,
+            )
         cfg = parse_tenant_config(text, source=source)
         if cfg.tenant.id != tenant:
             raise ConfigError(
@@ -300,7 +322,19 @@ class ControlPlane:
         self, tenant: str, text: str, *, actor: str, comment: str = "", rollback_of: int = 0
     ) -> ConfigVersion:
         rec = await self._tenant(tenant)
-        self.validate_config(tenant, text, source=f"{tenant}.yaml")
+        if len(text) > MAX_CONFIG_TEXT:  # characters ≤ bytes: refused before any parsing
+            self.validate_config(tenant, text, source=f"{tenant}.yaml")
+        # Parsing a big config takes seconds of CPU: never on the event loop (other RPCs, the
+        # leader lease and the reconciler keep running), and never without a deadline.
+        work = asyncio.to_thread(self.validate_config, tenant, text, source=f"{tenant}.yaml")
+        try:
+            await asyncio.wait_for(work, VALIDATE_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise ConfigError(
+                f"config could not be validated within {VALIDATE_TIMEOUT_S:.0f} s (too complex) "
+                "/ 配置过于复杂，校验超时",
+                path=f"{tenant}.yaml",
+            ) from exc
         versions = await self.list_configs(tenant)
         if versions and versions[-1].digest == digest(text) and not rollback_of:
             return versions[-1]  # same text as the newest: idempotent, no new version
@@ -387,6 +421,7 @@ class ControlPlane:
             manifest = verify_bundle(bundle_dir, self.trust)
             sig_key = _signer(bundle_dir)
         sha = hashlib.sha256(packed).hexdigest()
+        content = manifest.content_digest()
         mv = ModelVersion(
             name=manifest.name,
             version=manifest.version,
@@ -395,6 +430,7 @@ class ControlPlane:
             labels=list(manifest.labels),
             size=len(packed),
             sha256=sha,
+            content_sha256=content,
             signer=sig_key,
             created_at=manifest.created_at,
             metrics=_summary_metrics(manifest.metrics),
@@ -403,8 +439,12 @@ class ControlPlane:
         key = model_key(manifest.name, manifest.version)
         existing, _ = await self._get(ModelVersion, BUCKET_MODELS, key)
         if existing is not None:
-            if existing.sha256 == sha:
-                return existing  # same bytes again: idempotent
+            # Same verified content (whatever tar carried it): idempotent. The stored object
+            # and its transport hash stay those of the first publish.
+            if existing.sha256 == sha or (
+                existing.content_sha256 and existing.content_sha256 == content
+            ):
+                return existing
             raise Conflict(
                 f"model {manifest.ref} is already published with different content (versions "
                 f"are immutable) / 模型 {manifest.ref} 已发布且内容不同（版本不可变）"
@@ -418,12 +458,14 @@ class ControlPlane:
         return mv
 
     async def list_models(self, name: str = "") -> list[ModelVersion]:
+        if name:
+            validate_name(name)
         entries = await snapshot(self.bus, BUCKET_MODELS, f"{name}.>" if name else ">")
         out = [decode(ModelVersion, e.value) for e in entries.values()]
         return sorted(out, key=lambda m: (m.name, m.published_at))
 
     async def get_model(self, ref: str) -> ModelVersion:
-        name, _, version = ref.partition("@")
+        name, version = validate_ref(ref)
         if not version:
             versions = await self.list_models(name)
             if not versions:
@@ -524,6 +566,11 @@ class ControlPlane:
         )
 
     async def audit_log(self, *, tenant: str = "", limit: int = 100) -> list[AuditEvent]:
+        if not 1 <= limit <= MAX_AUDIT_LIMIT:
+            raise PermanentError(
+                f"limit must be 1-{MAX_AUDIT_LIMIT} (got {limit}) / limit 必须在 1 到 "
+                f"{MAX_AUDIT_LIMIT} 之间"
+            )
         subject = f"kefu.audit.{check_id(tenant, 'tenant')}" if tenant else "kefu.audit.>"
         msgs = await self.bus.stream_read(STREAM_AUDIT, subject, limit=limit)
         out = []

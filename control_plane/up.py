@@ -46,15 +46,14 @@ def _write_secret(path: Path, text: str) -> None:
 
 def _users(nats_dir: Path) -> tuple[Any, Any]:
     """The control-plane and node NATS users; passwords kept (0600) so restarts reuse them."""
-    from kefu.natsserver import control_plane_user, node_user
+    from kefu.natsserver import deployment_users
 
     path = nats_dir / "users.json"
     saved: dict[str, str] = {}
     if path.exists():
         with contextlib.suppress(OSError, ValueError):
             saved = json.loads(path.read_text(encoding="utf-8"))
-    cp = control_plane_user(password=saved.get("control-plane") or secrets.token_urlsafe(18))
-    node = node_user(NODE_ID, REGION, password=saved.get(NODE_ID) or secrets.token_urlsafe(18))
+    cp, node = deployment_users([(NODE_ID, REGION)], saved)
     _write_secret(path, json.dumps({"control-plane": cp.password, NODE_ID: node.password}))
     return cp, node
 

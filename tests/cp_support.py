@@ -18,7 +18,7 @@ from kefu.control_plane.service import ControlPlane, ensure_layout
 from kefu.keys import SigningKey, TrustStore, generate_keypair, load_public_key
 from kefu.models.store import shipped_dir
 from kefu.natsbus import NatsBus, NatsOptions
-from kefu.natsserver import NatsServer
+from kefu.natsserver import NatsServer, NatsUser, deployment_users
 from kefu.node.tenant import DEMO_TENANT_CONFIG
 
 DEMO_YAML = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
@@ -29,6 +29,31 @@ ACTOR = "tester"
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     with NatsServer(tmp_path / "nats") as srv:
         yield srv
+
+
+#: The nodes of :func:`secured_nats`: (node_id, region) as in the tests' assignments.
+SECURED_NODES = [("n1", "r1"), ("n2", "r1")]
+
+
+@dataclass
+class SecuredNats:
+    """A nats-server with the deployment's users (the control plane's and each node's least-
+    privilege user), built by the same function ``kefu up`` uses."""
+
+    server: NatsServer
+    cp: NatsUser
+    nodes: dict[str, NatsUser]
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@pytest.fixture
+def secured_nats(tmp_path: Path) -> Iterator[SecuredNats]:
+    cp, *nodes = deployment_users(SECURED_NODES)
+    with NatsServer(tmp_path / "nats-secured", users=[cp, *nodes]) as srv:
+        yield SecuredNats(server=srv, cp=cp, nodes={n.user: n for n in nodes})
 
 
 @pytest.fixture
@@ -87,9 +112,15 @@ class CpStack:
 
 @asynccontextmanager
 async def control_plane(
-    url: str, trust: TrustStore, *, replica: str = "cp-1", lease_ttl_s: float = 3.0
+    url: str,
+    trust: TrustStore,
+    *,
+    replica: str = "cp-1",
+    lease_ttl_s: float = 3.0,
+    user: NatsUser | None = None,
 ) -> AsyncIterator[CpStack]:
-    bus = await NatsBus.connect(NatsOptions(servers=[url], name=replica))
+    creds = {"user": user.user, "password": user.password} if user else {}
+    bus = await NatsBus.connect(NatsOptions(servers=[url], name=replica, **creds))
     await ensure_layout(bus)
     cp = ControlPlane(bus, trust=trust, replica=replica)
     rec = DesiredReconciler(bus, period_s=2.0)
