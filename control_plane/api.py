@@ -161,7 +161,7 @@ def _check_sizes(request: Any) -> None:
     """Refuse oversized text up front (INVALID_ARGUMENT): the config's YAML beyond
     :data:`MAX_CONFIG_BYTES`, any other string field beyond :data:`MAX_TEXT_CHARS`."""
     for fd, value in request.ListFields():
-        if fd.type != fd.TYPE_STRING or fd.label == fd.LABEL_REPEATED:
+        if not isinstance(value, str):  # repeated and map fields: bounded by the message size
             continue
         limit = MAX_CONFIG_BYTES if fd.name == "yaml" else MAX_TEXT_CHARS
         size = len(value.encode("utf-8")) if fd.name == "yaml" else len(value)

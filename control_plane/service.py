@@ -490,6 +490,10 @@ class ControlPlane:
     ) -> Assignment:
         """Set what a tenant runs in a region; unnamed slots keep their current assignment.
         ``name`` without ``@version`` means that model's newest published version."""
+        for ref in [*(models or {}).values()] + [
+            r for pins in (scenario_models or {}).values() for r in pins.values()
+        ]:
+            validate_ref(ref)  # a bad name is the caller's mistake, before any lookup
         rec = await self._tenant(tenant)
         await self._region(region)
         resolved: dict[str, str] = {}
