@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -88,10 +89,37 @@ async def seed_demo_tenant(cp: Any, data_dir: Path, *, actor: str = "kefu-up") -
     return key_file
 
 
+def _check_ports(args: argparse.Namespace) -> None:
+    """Every fixed address `kefu up` will bind, checked up front: a busy one is a clear error
+    naming the flag that moves it (not a failure half-way through the start)."""
+    wanted = [
+        ("--listen", args.listen),
+        ("--metrics-listen", args.metrics_listen),
+        ("--cp-listen", args.cp_listen),
+        ("--order-center-listen", args.order_center_listen),
+    ]
+    if args.nats_port:
+        wanted.append(("--nats-port", f"127.0.0.1:{args.nats_port}"))
+    for flag, address in wanted:
+        host, _, port = (address or "").rpartition(":")
+        if not address or not port.isdigit() or int(port) == 0:
+            continue  # off, or a free port chosen at bind time
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            try:
+                s.bind((host.strip("[]") or "0.0.0.0", int(port)))
+            except OSError as exc:
+                raise PermanentError(
+                    f"kefu up: cannot listen on {address} ({exc.strerror or exc}): another "
+                    f"program uses it; choose another address with {flag} HOST:PORT / "
+                    f"端口 {address} 已被占用，请用 {flag} 指定其他地址"
+                ) from exc
+
+
 @contextlib.asynccontextmanager
-async def _order_center(data_dir: Path) -> AsyncIterator[str]:
+async def _order_center(data_dir: Path, listen: str) -> AsyncIterator[str]:
     """The demo order center (issue 4's module) when installed; yields its URL or ''."""
-    if importlib.util.find_spec("kefu.demo") is None:
+    if importlib.util.find_spec("kefu.demo") is None or not listen:
         yield ""
         return
     try:
@@ -100,11 +128,12 @@ async def _order_center(data_dir: Path) -> AsyncIterator[str]:
         if not token_file.exists():
             _write_secret(token_file, secrets.token_urlsafe(24) + "\n")
         token = token_file.read_text(encoding="utf-8").strip()
+        host, _, port = listen.rpartition(":")
         oc = mod.OrderCenter(
-            data_dir / "order-center.db", host="127.0.0.1", port=7480, token=token, seed_orders=600
+            data_dir / "order-center.db", host=host, port=int(port), token=token, seed_orders=600
         )
         async with oc:
-            yield str(getattr(oc, "url", "http://127.0.0.1:7480"))
+            yield str(getattr(oc, "url", f"http://{listen}"))
     except (ImportError, AttributeError, TypeError, OSError) as exc:
         print(f"kefu up: demo order center not started: {exc}", file=sys.stderr)
         yield ""
@@ -122,6 +151,7 @@ async def _up(args: argparse.Namespace) -> int:
     from kefu.node.server import Node, NodeOptions
 
     configure_logging(fmt=args.log_format)
+    _check_ports(args)
     data = resolve_data_dir(args.data_dir).resolve()
     nats_dir = data / "nats"
     cp_user, node_user = _users(nats_dir)
@@ -145,7 +175,10 @@ async def _up(args: argparse.Namespace) -> int:
             regions=[REGION],
             admin_token_file=data / TOKEN_FILE,
         )
-        async with ControlPlaneApp(cp_opts) as app, _order_center(data) as oc_url:
+        async with (
+            ControlPlaneApp(cp_opts) as app,
+            _order_center(data, args.order_center_listen) as oc_url,
+        ):
             assert app.cp is not None
             assert app.tokens is not None
             print(f"control plane on 127.0.0.1:{app.port}")
@@ -226,6 +259,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-listen", default="127.0.0.1:7401", help="node /metrics ('' = off)")
     p.add_argument("--cp-listen", default="127.0.0.1:7500", help="control-plane gRPC address")
     p.add_argument("--nats-port", type=int, default=0, help="NATS port (default: a free one)")
+    p.add_argument(
+        "--order-center-listen",
+        default="127.0.0.1:7480",
+        help="demo order center HTTP address ('' = off; default %(default)s)",
+    )
     p.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds")
     p.add_argument("--log-format", choices=("json", "text"), default="text")
     p.set_defaults(handler=cmd_up)
