@@ -559,7 +559,7 @@ class _Collect:
 def _add_servicer(api: ControlPlaneApi, server: grpc.aio.Server) -> None:
     """Register the API with lenient request deserializers (see :func:`_lenient`)."""
     collect = _Collect()
-    pbg.add_ControlPlaneServicer_to_server(api, collect)  # type: ignore[arg-type]
+    pbg.add_ControlPlaneServicer_to_server(api, collect)
     handlers = {
         name: h._replace(request_deserializer=_lenient(h.request_deserializer))
         for name, h in collect.handlers.items()

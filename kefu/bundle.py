@@ -152,7 +152,7 @@ _FIELD_TYPES: dict[str, type] = {
     "runtime": dict,
     "files": dict,
 }
-_KIND_WORDS = {str: "string", list: "list", dict: "mapping"}
+_KIND_WORDS: dict[type, str] = {str: "string", list: "list", dict: "mapping"}
 
 
 def validate_name(name: object, *, what: str = "name") -> str:
