@@ -54,6 +54,7 @@ from kefu.wire import (
     NodeStatus,
     TelemetryBatch,
     TenantRecord,
+    check_id,
     decode,
 )
 
@@ -422,6 +423,8 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
 
     @_rpc
     async def ListNodes(self, req: pb.ListNodesRequest, ctx: Any) -> pb.ListNodesReply:
+        if req.region:
+            check_id(req.region, "region")
         now = time.time()
         return pb.ListNodesReply(
             nodes=[node_msg(n, now) for n in await self.cp.list_nodes(req.region)]
@@ -452,6 +455,8 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
     async def QueryTelemetry(
         self, req: pb.QueryTelemetryRequest, ctx: Any
     ) -> pb.QueryTelemetryReply:
+        if req.tenant:
+            check_id(req.tenant, "tenant")
         since = time.time() - (req.since_s or 3600.0)
         bucket_s = req.bucket_s or 60.0
         if self.telemetry is not None:

@@ -235,6 +235,12 @@ async def test_hostile_requests_get_documented_codes_without_tracebacks(
         assert code == bad
         code, _ = await _code(stub.GetModel(pb.GetModelRequest(ref="x@y z"), metadata=md))
         assert code == bad
+        code, _ = await _code(stub.ListNodes(pb.ListNodesRequest(region="a b"), metadata=md))
+        assert code == bad
+        code, _ = await _code(
+            stub.QueryTelemetry(pb.QueryTelemetryRequest(tenant="a>b"), metadata=md)
+        )
+        assert code == bad
         code, _ = await _code(
             stub.Assign(
                 pb.AssignRequest(tenant="demo-shop", region="r1", models={"intent": "../x@1"}),
