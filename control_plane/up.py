@@ -22,7 +22,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -92,6 +91,9 @@ async def seed_demo_tenant(cp: Any, data_dir: Path, *, actor: str = "kefu-up") -
 def _check_ports(args: argparse.Namespace) -> None:
     """Every fixed address `kefu up` will bind, checked up front: a busy one is a clear error
     naming the flag that moves it (not a failure half-way through the start)."""
+    from kefu.node.server import PortInUse
+    from kefu.node.workers import reserve_port
+
     wanted = [
         ("--listen", args.listen),
         ("--metrics-listen", args.metrics_listen),
@@ -101,19 +103,15 @@ def _check_ports(args: argparse.Namespace) -> None:
     if args.nats_port:
         wanted.append(("--nats-port", f"127.0.0.1:{args.nats_port}"))
     for flag, address in wanted:
-        host, _, port = (address or "").rpartition(":")
-        if not address or not port.isdigit() or int(port) == 0:
+        if not address or address.endswith(":0"):
             continue  # off, or a free port chosen at bind time
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
-            try:
-                s.bind((host.strip("[]") or "0.0.0.0", int(port)))
-            except OSError as exc:
-                raise PermanentError(
-                    f"kefu up: cannot listen on {address} ({exc.strerror or exc}): another "
-                    f"program uses it; choose another address with {flag} HOST:PORT / "
-                    f"端口 {address} 已被占用，请用 {flag} 指定其他地址"
-                ) from exc
+        try:
+            reserve_port(address)
+        except PortInUse as exc:
+            raise PermanentError(
+                f"kefu up: {exc}; choose another address with {flag} HOST:PORT / "
+                f"请用 {flag} 指定其他地址"
+            ) from exc
 
 
 @contextlib.asynccontextmanager

@@ -32,6 +32,7 @@ from cp_support import (
 from kefu.bundle import Manifest, pack
 from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
 from kefu.control_plane.auth import parse_role
+from kefu.control_plane.service import ControlPlane
 from kefu.control_plane.up import NODE_ID, REGION, _users
 from kefu.errors import BundleError
 from kefu.keys import SigningKey
@@ -44,6 +45,13 @@ from kefu.v1 import control_plane_pb2 as pb
 from kefu.v1 import control_plane_pb2_grpc as pbg
 
 pytestmark = pytest.mark.slow
+
+
+async def _roll_out(cp: ControlPlane, packed: bytes, version: str) -> None:
+    """Publish a newly signed intent model and assign it in `kefu up`'s region."""
+    await cp.publish_model(packed, actor=ACTOR)
+    models = {"intent": f"demo-shop-intent@{version}"}
+    await cp.assign("demo-shop", REGION, models=models, actor=ACTOR)
 
 
 def _served(agent: object, ref: str) -> bool:
@@ -80,15 +88,7 @@ async def test_model_update_reaches_a_node_through_kefu_up_nats_users(
                 agent.options.reconnect_min_s = 0.2
                 async with agent:
                     await agent.wait_for(lambda: "demo-shop" in agent.applied, timeout_s=60)
-                    await stack.cp.publish_model(
-                        new_version(tmp_path, ops_key, "up-2"), actor=ACTOR
-                    )
-                    await stack.cp.assign(
-                        "demo-shop",
-                        REGION,
-                        models={"intent": "demo-shop-intent@up-2"},
-                        actor=ACTOR,
-                    )
+                    await _roll_out(stack.cp, new_version(tmp_path, ops_key, "up-2"), "up-2")
                     ref = "demo-shop-intent@up-2"
                     await agent.wait_for(lambda: _served(agent, ref), timeout_s=30)
                     assert ref in agent.target.loaded()
@@ -99,15 +99,7 @@ async def test_model_update_reaches_a_node_through_kefu_up_nats_users(
                     full = list(node_user.publish)
                     node_user.publish = [s for s in full if "OBJ_" not in s]
                     srv.reload()
-                    await stack.cp.publish_model(
-                        new_version(tmp_path, ops_key, "up-3"), actor=ACTOR
-                    )
-                    await stack.cp.assign(
-                        "demo-shop",
-                        REGION,
-                        models={"intent": "demo-shop-intent@up-3"},
-                        actor=ACTOR,
-                    )
+                    await _roll_out(stack.cp, new_version(tmp_path, ops_key, "up-3"), "up-3")
                     for _ in range(150):
                         nodes = await stack.cp.list_nodes(REGION)
                         if nodes and nodes[0].reconcile_error:
