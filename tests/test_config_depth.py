@@ -58,3 +58,22 @@ async def test_a_too_deep_tenant_config_does_not_stop_the_good_one(tmp_path: Pat
         assert err.source == deep and f"{deep}:" in err.error and "nested" in err.error
     finally:
         await reg.close()
+
+
+@pytest.mark.slow
+def test_kefu_node_run_serves_the_good_tenant_beside_a_too_deep_one(tmp_path: Path) -> None:
+    import signal
+    import sys
+
+    from packaging_helpers import start
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text(DEEP_BLOCK, encoding="utf-8")
+    cmd = [sys.executable, "-m", "kefu.cli", "node", "run", "--config", str(DEMO_TENANT_CONFIG)]
+    cmd += ["--config", str(deep), "--data-dir", str(tmp_path / "data")]
+    proc, out = start([*cmd, "--listen", "127.0.0.1:0", "--metrics-listen", ""])
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "serving tenants [demo-shop]" in out
+    assert f"tenant refused: {deep}:" in err and "nested more than" in err
+    assert "Traceback" not in err and "RecursionError" not in err
