@@ -139,5 +139,5 @@ def test_kefu_up_names_the_flag_when_a_port_is_busy(tmp_path: Path, flag: str) -
             timeout=60,
         )
     assert proc.returncode != 0
-    assert busy in proc.stderr and flag in proc.stderr, proc.stderr
+    assert busy in proc.stderr and f"choose another address with {flag}" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
