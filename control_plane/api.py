@@ -12,6 +12,7 @@ message, never a stack trace. Health and reflection are served beside it without
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -24,10 +25,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kefu import __version__
+from kefu.auth_guard import FailedAuthGuard, peer_address
 from kefu.bus import BusUnavailable, Conflict, NotFound
 from kefu.control_plane.auth import Operator, decide, parse_role
 from kefu.control_plane.leader import LeaderLease
-from kefu.control_plane.service import AUDIT_NOTE, ControlPlane, NotFoundError
+from kefu.control_plane.service import (
+    AUDIT_NOTE,
+    MAX_CONFIG_TEXT,
+    ControlPlane,
+    NotFoundError,
+)
 from kefu.control_plane.telemetry import TelemetryIndex, percentile_ms, summarise
 from kefu.control_plane.tokens import (
     LastAdminError,
@@ -47,11 +54,13 @@ from kefu.wire import (
     NodeStatus,
     TelemetryBatch,
     TenantRecord,
+    check_id,
     decode,
 )
 
 __all__ = [
     "ACTOR_METADATA_KEY",
+    "MAX_CONFIG_BYTES",
     "MAX_MESSAGE_BYTES",
     "SERVICE_NAME",
     "UNAUTHENTICATED_MESSAGE",
@@ -71,6 +80,11 @@ UNAUTHENTICATED_MESSAGE = (
 )
 #: Bundles travel in one message; 64 MB leaves room for big models.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: A tenant config (PutConfig's YAML) larger than this is refused up front (INVALID_ARGUMENT),
+#: before any parsing; the demo config is ~110 KB.
+MAX_CONFIG_BYTES = MAX_CONFIG_TEXT
+#: Free-text fields (comments, descriptions, names in requests) are refused beyond this.
+MAX_TEXT_CHARS = 1000
 #: A node whose last heartbeat is older than this is shown offline.
 ONLINE_WINDOW_S = 30.0
 
@@ -88,9 +102,12 @@ def _rpc(fn: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     @functools.wraps(fn)
     async def wrapper(self: ControlPlaneApi, request: Any, context: grpc.aio.ServicerContext) -> _R:
         operator = await self._authorize(method, context)
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         caller = _CALLER.set(operator)
         note = AUDIT_NOTE.set(_note(context))
         try:
+            _check_sizes(request)
             return await fn(self, request, context)
         except (NotFoundError, NotFound, TokenNotFoundError) as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
@@ -115,6 +132,46 @@ def _rpc(fn: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
         raise AssertionError("unreachable")  # abort() raises
 
     return wrapper
+
+
+class _Malformed:
+    """Stands in for a request whose bytes are not the RPC's protobuf message."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _lenient(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A request deserializer that never raises: malformed bytes become a :class:`_Malformed`,
+    which the RPC answers with INVALID_ARGUMENT (after authentication) instead of gRPC's
+    UNKNOWN and a logged traceback."""
+
+    def go(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # DecodeError and friends: the bytes are the caller's fault
+            return _Malformed(
+                f"malformed request: not a valid protobuf message ({type(exc).__name__}) / "
+                "请求格式错误"
+            )
+
+    return go
+
+
+def _check_sizes(request: Any) -> None:
+    """Refuse oversized text up front (INVALID_ARGUMENT): the config's YAML beyond
+    :data:`MAX_CONFIG_BYTES`, any other string field beyond :data:`MAX_TEXT_CHARS`."""
+    for fd, value in request.ListFields():
+        if not isinstance(value, str):  # repeated and map fields: bounded by the message size
+            continue
+        limit = MAX_CONFIG_BYTES if fd.name == "yaml" else MAX_TEXT_CHARS
+        size = len(value.encode("utf-8")) if fd.name == "yaml" else len(value)
+        if size > limit:
+            unit = "bytes" if fd.name == "yaml" else "characters"
+            raise PermanentError(
+                f"field {fd.name!r} is too long: {size} {unit}, the limit is {limit} / "
+                f"字段 {fd.name} 过长（上限 {limit}）"
+            )
 
 
 def _note(context: grpc.aio.ServicerContext) -> str:
@@ -210,6 +267,8 @@ def node_msg(n: NodeStatus, now: float) -> pb.Node:
         models_loaded=n.models_loaded,
         telemetry_dropped=n.telemetry_dropped,
         telemetry_buffered=n.telemetry_buffered,
+        reconcile_error=n.reconcile_error,
+        reconcile_error_at=n.reconcile_error_at,
     )
 
 
@@ -221,15 +280,19 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
         lease: LeaderLease | None = None,
         telemetry: TelemetryIndex | None = None,
         tokens: OperatorTokens | None = None,
+        auth_guard: FailedAuthGuard | None = None,
     ):
         self.cp = cp
         self.lease = lease
         self.telemetry = telemetry
         self.tokens = tokens or OperatorTokens(cp.bus)
+        #: Refused tokens per peer: counted, logged (rate-limited), answered ever more slowly.
+        self.auth_guard = auth_guard or FailedAuthGuard()
 
     async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> Operator:
         token = api_key_from_metadata(context.invocation_metadata())
         operator: Operator | None = None
+        peer = peer_address(context.peer() or "")
         if token:
             try:
                 operator = await self.tokens.verify(token)
@@ -238,7 +301,22 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
             except KefuError as exc:
                 await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         if operator is None:
-            log.info("control-plane %s refused: no valid operator token", method)
+            guard = self.auth_guard
+            delay = guard.failed(peer)
+            if guard.log_due():
+                log.warning(
+                    "control plane: operator token refused for peer %s: %d failures from it in "
+                    "the last %.0f s, %d refused since the last report / 操作员令牌认证失败",
+                    peer,
+                    guard.failures(peer),
+                    guard.window_s,
+                    guard.unlogged,
+                )
+                guard.unlogged = 0
+            else:
+                log.debug("control-plane %s refused: no valid operator token", method)
+            if delay:
+                await asyncio.sleep(delay)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
             raise AssertionError("unreachable")  # abort() raises
         decision = decide(operator, method)
@@ -346,6 +424,8 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
 
     @_rpc
     async def ListNodes(self, req: pb.ListNodesRequest, ctx: Any) -> pb.ListNodesReply:
+        if req.region:
+            check_id(req.region, "region")
         now = time.time()
         return pb.ListNodesReply(
             nodes=[node_msg(n, now) for n in await self.cp.list_nodes(req.region)]
@@ -376,6 +456,8 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
     async def QueryTelemetry(
         self, req: pb.QueryTelemetryRequest, ctx: Any
     ) -> pb.QueryTelemetryReply:
+        if req.tenant:
+            check_id(req.tenant, "tenant")
         since = time.time() - (req.since_s or 3600.0)
         bucket_s = req.bucket_s or 60.0
         if self.telemetry is not None:
@@ -423,6 +505,7 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
             software_version=__version__,
             caller=_actor(ctx),
             caller_role=_role(),
+            auth_failures=self.auth_guard.total,
         )
 
     @_rpc
@@ -466,6 +549,31 @@ def operator_token_msg(t: OperatorTokenRecord) -> pb.OperatorToken:
     )
 
 
+class _Collect:
+    """Receives the generated code's method handlers so they can be wrapped."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.handlers.update(handlers)
+
+
+def _add_servicer(api: ControlPlaneApi, server: grpc.aio.Server) -> None:
+    """Register the API with lenient request deserializers (see :func:`_lenient`)."""
+    collect = _Collect()
+    pbg.add_ControlPlaneServicer_to_server(api, collect)
+    handlers = {
+        name: h._replace(request_deserializer=_lenient(h.request_deserializer))
+        for name, h in collect.handlers.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 async def serve_api(api: ControlPlaneApi, listen: str) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(
         options=[
@@ -474,7 +582,7 @@ async def serve_api(api: ControlPlaneApi, listen: str) -> tuple[grpc.aio.Server,
             ("grpc.so_reuseport", 0),
         ]
     )
-    pbg.add_ControlPlaneServicer_to_server(api, server)
+    _add_servicer(api, server)
     # Health and reflection need no token (load balancers, grpcurl); they reveal no state.
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

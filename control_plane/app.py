@@ -66,6 +66,7 @@ class ControlPlaneApp:
         #: The admin token this replica created on an empty store (None when it existed).
         self.first_token: str | None = None
         self.server: grpc.aio.Server | None = None
+        self.api: ControlPlaneApi | None = None
         self.port = 0
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -98,6 +99,7 @@ class ControlPlaneApp:
         api = ControlPlaneApi(
             self.cp, lease=self.lease, telemetry=self.telemetry, tokens=self.tokens
         )
+        self.api = api
         self.server, self.port = await serve_api(api, o.listen)
         log.info("control plane %s serving on port %d", o.replica, self.port)
         return self

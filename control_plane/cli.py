@@ -220,6 +220,11 @@ def _show_nodes(r: Any) -> None:
                     f"{t.tenant}:{t.state} v{t.config_version}"
                     + (f" ({t.error[:60]})" if t.error else "")
                     for t in n.tenants
+                )
+                + (
+                    f"; RECONCILE FAILING / 同步失败: {n.reconcile_error[:120]}"
+                    if n.reconcile_error
+                    else ""
                 ),
                 ", ".join(n.models_loaded),
                 n.telemetry_dropped,

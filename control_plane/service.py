@@ -13,6 +13,7 @@ bilingual message; the API maps those to gRPC status codes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import difflib
 import hashlib
@@ -27,7 +28,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from kefu.bundle import SIGNATURE, unpack, verify_bundle
+from kefu.bundle import SIGNATURE, unpack, validate_name, validate_ref, verify_bundle
 from kefu.bus import Bus, Conflict, snapshot
 from kefu.config import parse_tenant_config
 from kefu.config.tenant import generate_api_key, hash_api_key
@@ -67,7 +68,8 @@ from kefu.wire import (
     model_key,
 )
 
-__all__ = ["AUDIT_NOTE", "ControlPlane", "NotFoundError", "ensure_layout"]
+__all__ = ["AUDIT_NOTE", "MAX_AUDIT_LIMIT", "MAX_CONFIG_TEXT", "ControlPlane", "NotFoundError"]
+__all__ += ["ensure_layout"]
 
 #: Request-scoped note recorded with each audit event (the API sets it from `x-kefu-actor`);
 #: the event's actor is always the authenticated token's name.
@@ -76,6 +78,12 @@ AUDIT_NOTE: ContextVar[str] = ContextVar("kefu_audit_note", default="")
 _M = TypeVar("_M", bound=BaseModel)
 _SLOTS = MODEL_SLOTS
 _CAS_RETRIES = 8
+#: Largest tenant config accepted (UTF-8 bytes); the demo config is ~110 KB.
+MAX_CONFIG_TEXT = 1024 * 1024
+#: Longest a config's validation may take (it runs in a thread).
+VALIDATE_TIMEOUT_S = 30.0
+#: Most audit events one query returns.
+MAX_AUDIT_LIMIT = 10_000
 
 
 class NotFoundError(PermanentError):
@@ -287,7 +295,12 @@ class ControlPlane:
     # ------------------------------------------------------------------ configs
 
     def validate_config(self, tenant: str, text: str, *, source: str) -> None:
-        """Server-side validation, the same the node does: raises ConfigError (file:line)."""
+        """Server-side validation, the same the node does: raises ConfigError (file:line).
+        Blocking (YAML and pydantic): :meth:`put_config` runs it in a thread."""
+        size = len(text.encode("utf-8"))
+        if size > MAX_CONFIG_TEXT:
+            big = f"config is {size} bytes, the limit is {MAX_CONFIG_TEXT} / 配置过大"
+            raise ConfigError(big, path=source)
         cfg = parse_tenant_config(text, source=source)
         if cfg.tenant.id != tenant:
             raise ConfigError(
@@ -301,7 +314,16 @@ class ControlPlane:
         self, tenant: str, text: str, *, actor: str, comment: str = "", rollback_of: int = 0
     ) -> ConfigVersion:
         rec = await self._tenant(tenant)
-        self.validate_config(tenant, text, source=f"{tenant}.yaml")
+        if len(text) > MAX_CONFIG_TEXT:  # characters ≤ bytes: refused before any parsing
+            self.validate_config(tenant, text, source=f"{tenant}.yaml")
+        # Parsing a big config takes seconds of CPU: never on the event loop (other RPCs, the
+        # leader lease and the reconciler keep running), and never without a deadline.
+        work = asyncio.to_thread(self.validate_config, tenant, text, source=f"{tenant}.yaml")
+        try:
+            await asyncio.wait_for(work, VALIDATE_TIMEOUT_S)
+        except TimeoutError as exc:
+            too_long = f"not validated within {VALIDATE_TIMEOUT_S:.0f} s / 配置校验超时"
+            raise ConfigError(too_long, path=f"{tenant}.yaml") from exc
         versions = await self.list_configs(tenant)
         if versions and versions[-1].digest == digest(text) and not rollback_of:
             return versions[-1]  # same text as the newest: idempotent, no new version
@@ -363,14 +385,11 @@ class ControlPlane:
 
     async def diff_config(self, tenant: str, a: int, b: int = 0) -> str:
         old, new = await self.get_config(tenant, a), await self.get_config(tenant, b)
-        return "".join(
-            difflib.unified_diff(
-                old.yaml.splitlines(keepends=True),
-                new.yaml.splitlines(keepends=True),
-                fromfile=f"{tenant}@{old.version}",
-                tofile=f"{tenant}@{new.version}",
-            )
-        )
+        a_lines, b_lines = old.yaml.splitlines(keepends=True), new.yaml.splitlines(keepends=True)
+        names = f"{tenant}@{old.version}", f"{tenant}@{new.version}"
+        # Diffing two big configs is CPU work: off the event loop, like their validation.
+        diff = difflib.unified_diff
+        return await asyncio.to_thread(lambda: "".join(diff(a_lines, b_lines, *names)))
 
     async def rollback_config(self, tenant: str, version: int, *, actor: str) -> ConfigVersion:
         """Make ``version``'s content current again, as a new version (history stays linear)."""
@@ -388,6 +407,7 @@ class ControlPlane:
             manifest = verify_bundle(bundle_dir, self.trust)
             sig_key = _signer(bundle_dir)
         sha = hashlib.sha256(packed).hexdigest()
+        content = manifest.content_digest()
         mv = ModelVersion(
             name=manifest.name,
             version=manifest.version,
@@ -396,6 +416,7 @@ class ControlPlane:
             labels=list(manifest.labels),
             size=len(packed),
             sha256=sha,
+            content_sha256=content,
             signer=sig_key,
             created_at=manifest.created_at,
             metrics=_summary_metrics(manifest.metrics),
@@ -404,8 +425,12 @@ class ControlPlane:
         key = model_key(manifest.name, manifest.version)
         existing, _ = await self._get(ModelVersion, BUCKET_MODELS, key)
         if existing is not None:
-            if existing.sha256 == sha:
-                return existing  # same bytes again: idempotent
+            # Same verified content (whatever tar carried it): idempotent. The stored object
+            # and its transport hash stay those of the first publish.
+            if existing.sha256 == sha or (
+                existing.content_sha256 and existing.content_sha256 == content
+            ):
+                return existing
             raise Conflict(
                 f"model {manifest.ref} is already published with different content (versions "
                 f"are immutable) / 模型 {manifest.ref} 已发布且内容不同（版本不可变）"
@@ -419,12 +444,14 @@ class ControlPlane:
         return mv
 
     async def list_models(self, name: str = "") -> list[ModelVersion]:
+        if name:
+            validate_name(name)
         entries = await snapshot(self.bus, BUCKET_MODELS, f"{name}.>" if name else ">")
         out = [decode(ModelVersion, e.value) for e in entries.values()]
         return sorted(out, key=lambda m: (m.name, m.published_at))
 
     async def get_model(self, ref: str) -> ModelVersion:
-        name, _, version = ref.partition("@")
+        name, version = validate_ref(ref)
         if not version:
             versions = await self.list_models(name)
             if not versions:
@@ -449,6 +476,9 @@ class ControlPlane:
     ) -> Assignment:
         """Set what a tenant runs in a region; unnamed slots keep their current assignment.
         ``name`` without ``@version`` means that model's newest published version."""
+        pinned = [r for pins in (scenario_models or {}).values() for r in pins.values()]
+        for ref in [*(models or {}).values(), *pinned]:
+            validate_ref(ref)  # a bad name is the caller's mistake, before any lookup
         rec = await self._tenant(tenant)
         await self._region(region)
         resolved: dict[str, str] = {}
@@ -525,6 +555,8 @@ class ControlPlane:
         )
 
     async def audit_log(self, *, tenant: str = "", limit: int = 100) -> list[AuditEvent]:
+        if not 1 <= limit <= MAX_AUDIT_LIMIT:
+            raise PermanentError(f"limit must be 1-{MAX_AUDIT_LIMIT} / limit 超出范围")
         subject = f"kefu.audit.{check_id(tenant, 'tenant')}" if tenant else "kefu.audit.>"
         msgs = await self.bus.stream_read(STREAM_AUDIT, subject, limit=limit)
         out = []

@@ -39,6 +39,8 @@ __all__ = [
     "sha256_file",
     "sign_bundle",
     "unpack",
+    "validate_name",
+    "validate_ref",
     "verify_bundle",
     "write_manifest",
 ]
@@ -106,20 +108,72 @@ class Manifest:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise BundleError(f"manifest has unknown field(s): {', '.join(unknown)}", path=source)
-        if raw.get("format", FORMAT_VERSION) > FORMAT_VERSION:
+        fmt = raw.get("format", FORMAT_VERSION)
+        if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+            raise BundleError("manifest field 'format' must be a positive integer", path=source)
+        if fmt > FORMAT_VERSION:
             raise BundleError(
-                f"bundle format {raw['format']} is newer than this software ({FORMAT_VERSION})",
+                f"bundle format {fmt} is newer than this software ({FORMAT_VERSION})",
                 path=source,
             )
+        for name, kind in _FIELD_TYPES.items():
+            if name in raw and not isinstance(raw[name], kind):
+                raise BundleError(
+                    f"manifest field {name!r} must be a {_KIND_WORDS[kind]}", path=source
+                )
+        if not all(isinstance(x, str) for x in raw["labels"]):
+            raise BundleError("manifest field 'labels' must list strings", path=source)
+        # The name and version become directories in every model store: never a path.
+        try:
+            validate_name(raw["name"])
+            validate_name(raw["version"], what="version")
+        except BundleError as exc:
+            raise BundleError(str(exc), path=source) from exc
         return cls(**raw)
 
+    def content_digest(self) -> str:
+        """SHA-256 of the canonical manifest, which lists every file's SHA-256: the identity
+        of the bundle's verified content, whatever tar (or copy) carried it."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
 
-def validate_name(name: str, *, what: str = "name") -> str:
-    if not _NAME_RE.match(name):
+
+_FIELD_TYPES: dict[str, type] = {
+    "name": str,
+    "version": str,
+    "task": str,
+    "family": str,
+    "created_at": str,
+    "labels": list,
+    "inputs": dict,
+    "outputs": dict,
+    "dataset": dict,
+    "metrics": dict,
+    "training": dict,
+    "runtime": dict,
+    "files": dict,
+}
+_KIND_WORDS: dict[type, str] = {str: "string", list: "list", dict: "mapping"}
+
+
+def validate_name(name: object, *, what: str = "name") -> str:
+    """A model name or version: 1-64 chars of a-z, 0-9, '.', '_', '-', starting with a letter
+    or digit (so never a path, ``..`` or hidden file). Raises :class:`BundleError`."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        shown = repr(name)[:80] if isinstance(name, str) else type(name).__name__
         raise BundleError(
-            f"invalid model {what} {name!r}: use 1-64 chars of a-z, 0-9, '.', '_', '-'"
+            f"invalid model {what} {shown}: use 1-64 chars of a-z, 0-9, '.', '_', '-' "
+            f"starting with a letter or digit / 模型{'名称' if what == 'name' else '版本'}无效"
         )
     return name
+
+
+def validate_ref(ref: str) -> tuple[str, str]:
+    """``name`` or ``name@version`` → (name, version or ""), both validated."""
+    name, sep, version = ref.partition("@")
+    validate_name(name)
+    if sep:
+        validate_name(version, what="version")
+    return name, version
 
 
 def write_manifest(bundle_dir: Path, manifest: Manifest) -> Manifest:

@@ -3,8 +3,9 @@
 Thin on purpose: every nats-py exception is translated at this edge (``Conflict`` for a lost
 compare-and-set, ``NotFound``, ``BusUnavailable`` for anything a retry may fix, including a
 permission violation, which the server reports asynchronously). Known pitfalls handled here:
-``kv.update`` is always given ``last``; ``object_store.get`` always streams into a file
-(``writeinto=``), since without it nats-py concatenates chunks quadratically; watchers end
+``kv.update`` is always given ``last``; objects are read by a consumer bound to their
+stream, streamed into a file (nats-py's ``ObjectStore.get`` looks the stream up with
+``STREAM.NAMES``, which a node may not call, and concatenates chunks quadratically); watchers end
 with ``BusUnavailable`` after a reconnect so their owners re-create them (with backoff).
 """
 
@@ -314,14 +315,43 @@ class NatsBus:
         return ObjectInfo(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
     async def obj_get(self, bucket: str, name: str, dest: Path) -> ObjectInfo:
+        """Stream an object into ``dest`` and check its SHA-256.
+
+        Not ``ObjectStore.get``: nats-py (2.16) subscribes to the chunks without naming the
+        stream, so it first asks ``$JS.API.STREAM.NAMES`` which stream holds the subject — a
+        list-everything call a node's least-privilege user may not make. Here the consumer is
+        bound to ``OBJ_<bucket>`` directly; the node needs only that stream's read subjects."""
         obs = await self._store(bucket)
 
         async def go() -> ObjectInfo:
+            info = await obs.get_info(name)
+            if not info.nuid or info.is_link():
+                raise BusUnavailable(f"object {bucket}/{name} is a link or has no chunks")
+            want = _obj_info(info)
+            h = hashlib.sha256()
             with dest.open("wb") as fh:
-                res = await obs.get(name, writeinto=fh)
-            return _obj_info(res.info)
+                if info.size:
+                    await self._read_chunks(bucket, info.nuid, fh, h)
+            if h.hexdigest() != want.sha256:
+                raise BusUnavailable(f"object {bucket}/{name}: SHA-256 mismatch while reading")
+            return want
 
         return await self._call(f"get object {bucket}/{name}", go)
+
+    async def _read_chunks(self, bucket: str, nuid: str, fh: Any, h: Any) -> None:
+        sub = await self.js.subscribe(
+            f"$O.{bucket}.C.{nuid}", stream=f"OBJ_{bucket}", ordered_consumer=True
+        )
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=self.options.timeout_s)
+                await asyncio.to_thread(fh.write, msg.data)
+                h.update(msg.data)
+                if msg.metadata.num_pending == 0:
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def obj_info(self, bucket: str, name: str) -> ObjectInfo | None:
         obs = await self._store(bucket)

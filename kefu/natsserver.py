@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "NatsServer",
     "NatsUser",
     "control_plane_user",
+    "deployment_users",
     "find_nats_server",
     "free_port",
     "inbox_prefix",
@@ -132,6 +134,22 @@ def node_user(node_id: str, region: str, password: str | None = None) -> NatsUse
     if password:
         user.password = password
     return user
+
+
+def deployment_users(
+    nodes: Sequence[tuple[str, str]],
+    passwords: Mapping[str, str] | None = None,
+    *,
+    control_plane: str = "control-plane",
+) -> list[NatsUser]:
+    """The NATS users of a deployment: the control plane's first, then one least-privilege
+    user per ``(node_id, region)``. ``kefu up`` and the integration tests both take their
+    users from here, so a test exercises exactly the permissions a real node gets.
+    ``passwords`` (user → password) keeps known passwords; the others are generated."""
+    saved = passwords or {}
+    users = [control_plane_user(control_plane, password=saved.get(control_plane))]
+    users += [node_user(n, region, password=saved.get(n)) for n, region in nodes]
+    return users
 
 
 def render_config(

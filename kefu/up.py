@@ -46,15 +46,14 @@ def _write_secret(path: Path, text: str) -> None:
 
 def _users(nats_dir: Path) -> tuple[Any, Any]:
     """The control-plane and node NATS users; passwords kept (0600) so restarts reuse them."""
-    from kefu.natsserver import control_plane_user, node_user
+    from kefu.natsserver import deployment_users
 
     path = nats_dir / "users.json"
     saved: dict[str, str] = {}
     if path.exists():
         with contextlib.suppress(OSError, ValueError):
             saved = json.loads(path.read_text(encoding="utf-8"))
-    cp = control_plane_user(password=saved.get("control-plane") or secrets.token_urlsafe(18))
-    node = node_user(NODE_ID, REGION, password=saved.get(NODE_ID) or secrets.token_urlsafe(18))
+    cp, node = deployment_users([(NODE_ID, REGION)], saved)
     _write_secret(path, json.dumps({"control-plane": cp.password, NODE_ID: node.password}))
     return cp, node
 
@@ -89,10 +88,36 @@ async def seed_demo_tenant(cp: Any, data_dir: Path, *, actor: str = "kefu-up") -
     return key_file
 
 
+def _check_ports(args: argparse.Namespace) -> None:
+    """Every fixed address `kefu up` will bind, checked up front: a busy one is a clear error
+    naming the flag that moves it (not a failure half-way through the start)."""
+    from kefu.node.serving.server import PortInUse
+    from kefu.node.serving.workers import reserve_port
+
+    wanted = [
+        ("--listen", args.listen),
+        ("--metrics-listen", args.metrics_listen),
+        ("--cp-listen", args.cp_listen),
+        ("--order-center-listen", args.order_center_listen),
+    ]
+    if args.nats_port:
+        wanted.append(("--nats-port", f"127.0.0.1:{args.nats_port}"))
+    for flag, address in wanted:
+        if not address or address.endswith(":0"):
+            continue  # off, or a free port chosen at bind time
+        try:
+            reserve_port(address)
+        except PortInUse as exc:
+            raise PermanentError(
+                f"kefu up: {exc}; choose another address with {flag} HOST:PORT / "
+                f"请用 {flag} 指定其他地址"
+            ) from exc
+
+
 @contextlib.asynccontextmanager
-async def _order_center(data_dir: Path) -> AsyncIterator[str]:
+async def _order_center(data_dir: Path, listen: str) -> AsyncIterator[str]:
     """The demo order center (issue 4's module) when installed; yields its URL or ''."""
-    if importlib.util.find_spec("kefu.demo") is None:
+    if importlib.util.find_spec("kefu.demo") is None or not listen:
         yield ""
         return
     try:
@@ -101,11 +126,12 @@ async def _order_center(data_dir: Path) -> AsyncIterator[str]:
         if not token_file.exists():
             _write_secret(token_file, secrets.token_urlsafe(24) + "\n")
         token = token_file.read_text(encoding="utf-8").strip()
+        host, _, port = listen.rpartition(":")
         oc = mod.OrderCenter(
-            data_dir / "order-center.db", host="127.0.0.1", port=7480, token=token, seed_orders=600
+            data_dir / "order-center.db", host=host, port=int(port), token=token, seed_orders=600
         )
         async with oc:
-            yield str(getattr(oc, "url", "http://127.0.0.1:7480"))
+            yield str(getattr(oc, "url", f"http://{listen}"))
     except (ImportError, AttributeError, TypeError, OSError) as exc:
         print(f"kefu up: demo order center not started: {exc}", file=sys.stderr)
         yield ""
@@ -124,6 +150,7 @@ async def _up(args: argparse.Namespace) -> int:
     from kefu.node.sessions.files import private_dir
 
     configure_logging(fmt=args.log_format)
+    _check_ports(args)
     data = private_dir(resolve_data_dir(args.data_dir).resolve())  # conversations: 0700
     nats_dir = data / "nats"
     cp_user, node_user = _users(nats_dir)
@@ -147,7 +174,10 @@ async def _up(args: argparse.Namespace) -> int:
             regions=[REGION],
             admin_token_file=data / TOKEN_FILE,
         )
-        async with ControlPlaneApp(cp_opts) as app, _order_center(data) as oc_url:
+        async with (
+            ControlPlaneApp(cp_opts) as app,
+            _order_center(data, args.order_center_listen) as oc_url,
+        ):
             assert app.cp is not None
             assert app.tokens is not None
             print(f"control plane on 127.0.0.1:{app.port}")
@@ -228,6 +258,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-listen", default="127.0.0.1:7401", help="node /metrics ('' = off)")
     p.add_argument("--cp-listen", default="127.0.0.1:7500", help="control-plane gRPC address")
     p.add_argument("--nats-port", type=int, default=0, help="NATS port (default: a free one)")
+    p.add_argument(
+        "--order-center-listen",
+        default="127.0.0.1:7480",
+        help="demo order center HTTP address ('' = off; default %(default)s)",
+    )
     p.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds")
     p.add_argument("--log-format", choices=("json", "text"), default="text")
     p.set_defaults(handler=cmd_up)

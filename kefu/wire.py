@@ -222,6 +222,9 @@ class ModelVersion(_Doc):
     size: int
     #: SHA-256 (hex) of the packed bundle in the object store.
     sha256: str
+    #: SHA-256 of the canonical manifest (which lists every file's hash): the identity of the
+    #: verified content, so a re-tarred identical bundle is the same version ("" = older record).
+    content_sha256: str = ""
     signer: str = ""
     created_at: str = ""
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -306,6 +309,10 @@ class NodeStatus(_Doc):
     models_loaded: list[str] = Field(default_factory=list)
     telemetry_dropped: int = 0
     telemetry_buffered: int = 0
+    #: Why the node's last reconcile could not finish (e.g. a bundle it may not download);
+    #: "" when it applied its whole desired state. ``reconcile_error_at`` = when (epoch s).
+    reconcile_error: str = ""
+    reconcile_error_at: float = 0.0
 
 
 class Lease(_Doc):

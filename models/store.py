@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kefu.bundle import MANIFEST, Manifest, verify_bundle
+from kefu.bundle import MANIFEST, Manifest, validate_name, verify_bundle
 from kefu.errors import BundleError, KefuError
 from kefu.keys import TrustStore
 
@@ -84,6 +84,21 @@ class ModelStore:
         self.root = Path(root)
         self.trust = trust
 
+    def bundle_path(self, name: str, version: str) -> Path:
+        """``<root>/<name>/<version>`` for a valid name and version; refuses (BundleError) any
+        path that would resolve outside the store (an absolute name, ``..``, a symlink)."""
+        validate_name(name)
+        validate_name(version, what="version")
+        root = self.root.resolve()
+        path = (root / name / version).resolve()
+        if not path.is_relative_to(root) or path.parent.parent != root:
+            raise BundleError(
+                f"model {name}@{version} would be stored outside the model store / "
+                "模型存储路径越界",
+                path=self.root,
+            )
+        return self.root / name / version
+
     def entries(self) -> list[StoreEntry]:
         out: list[StoreEntry] = []
         if not self.root.is_dir():
@@ -109,8 +124,9 @@ class ModelStore:
         if (p / MANIFEST).is_file():
             return p
         name, _, version = ref.partition("@")
+        validate_name(name)
         if version:
-            path = self.root / name / version
+            path = self.bundle_path(name, version)
             if not path.is_dir():
                 raise BundleError(
                     f"no version {version!r} of model {name!r} in the store", path=self.root
@@ -123,7 +139,7 @@ class ModelStore:
 
     def add(self, bundle_dir: Path, *, replace: bool = False) -> Path:
         manifest = verify_bundle(bundle_dir, self.trust)
-        dest = self.root / manifest.name / manifest.version
+        dest = self.bundle_path(manifest.name, manifest.version)
         if dest.exists() and not replace:
             same = (dest / MANIFEST).is_file() and (
                 (dest / MANIFEST).read_bytes() == (bundle_dir / MANIFEST).read_bytes()
@@ -158,7 +174,7 @@ class ModelStore:
             return added
         for b in sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()):
             m = Manifest.from_bytes((b / MANIFEST).read_bytes(), source=b / MANIFEST)
-            if not (self.root / m.name / m.version).exists():
+            if not self.bundle_path(m.name, m.version).exists():
                 added.append(self.add(b))
             else:
                 self.add(b)  # refuses a different bundle squatting on the shipped version

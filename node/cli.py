@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kefu.errors import PermanentError
+from kefu.errors import ConfigError, PermanentError
 from kefu.node.bootstrap import NodePlan, Started, serve
 from kefu.node.chat import DEFAULT_TARGET, add_chat_arguments, run_chat
 
@@ -95,11 +95,11 @@ def _announce(
 def _is_tenant_config(path: Path) -> bool:
     """Tenant YAMLs have a top-level ``tenant:``; anything else given to --config is a node.yaml.
     Unreadable files count as tenant configs, whose loader reports them with file and line."""
-    import yaml
+    from kefu.config.yamlsource import load_yaml
 
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    try:  # the bounded loader: a too-deep file is a ConfigError, not a RecursionError
+        data = load_yaml(path).data
+    except ConfigError:
         return True
     return not isinstance(data, dict) or "tenant" in data
 

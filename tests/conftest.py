@@ -14,6 +14,8 @@ import pytest
 from kefu.keys import SigningKey, TrustStore, generate_keypair
 
 if TYPE_CHECKING:
+    from cp_support import SecuredNats
+
     from kefu.natsserver import NatsServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +107,7 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A real nats-server (JetStream) on a free port, for the control-plane tests."""
+
     from kefu.natsserver import NatsServer
 
     with NatsServer(tmp_path / "nats") as srv:
@@ -115,3 +118,13 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 def ops_key(tmp_path: Path) -> SigningKey:
     """The operators' signing key (bundles the control plane publishes)."""
     return generate_keypair(tmp_path / "keys", "ops")
+
+
+@pytest.fixture
+def secured_nats(tmp_path: Path) -> Iterator[SecuredNats]:
+    """A nats-server with exactly the users ``kefu up`` creates (least-privilege node users)."""
+    from cp_support import start_secured_nats
+
+    srv, secured = start_secured_nats(tmp_path / "nats-secured")
+    with srv:
+        yield secured

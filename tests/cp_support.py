@@ -16,10 +16,36 @@ from kefu.control_plane.service import ControlPlane, ensure_layout
 from kefu.keys import SigningKey, TrustStore, load_public_key
 from kefu.models.store import shipped_dir
 from kefu.natsbus import NatsBus, NatsOptions
+from kefu.natsserver import NatsServer, NatsUser, deployment_users
 from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
 
 DEMO_YAML = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
 ACTOR = "tester"
+
+
+#: The nodes of :func:`secured_nats`: (node_id, region) as in the tests' assignments.
+SECURED_NODES = [("n1", "r1"), ("n2", "r1")]
+
+
+@dataclass
+class SecuredNats:
+    """A nats-server with the deployment's users (the control plane's and each node's least-
+    privilege user), built by the same function ``kefu up`` uses."""
+
+    server: NatsServer
+    cp: NatsUser
+    nodes: dict[str, NatsUser]
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+def start_secured_nats(root: Path) -> tuple[NatsServer, SecuredNats]:
+    """A started server with :data:`SECURED_NODES`' users; the caller stops it."""
+    cp, *nodes = deployment_users(SECURED_NODES)
+    srv = NatsServer(root, users=[cp, *nodes])
+    return srv, SecuredNats(server=srv, cp=cp, nodes={n.user: n for n in nodes})
 
 
 def trust_with(key: SigningKey) -> TrustStore:
@@ -73,9 +99,15 @@ class CpStack:
 
 @asynccontextmanager
 async def control_plane(
-    url: str, trust: TrustStore, *, replica: str = "cp-1", lease_ttl_s: float = 3.0
+    url: str,
+    trust: TrustStore,
+    *,
+    replica: str = "cp-1",
+    lease_ttl_s: float = 3.0,
+    user: NatsUser | None = None,
 ) -> AsyncIterator[CpStack]:
-    bus = await NatsBus.connect(NatsOptions(servers=[url], name=replica))
+    creds = {"user": user.user, "password": user.password} if user else {}
+    bus = await NatsBus.connect(NatsOptions(servers=[url], name=replica, **creds))
     await ensure_layout(bus)
     cp = ControlPlane(bus, trust=trust, replica=replica)
     rec = DesiredReconciler(bus, period_s=2.0)

@@ -165,7 +165,11 @@ async def test_models_are_verified_and_immutable(
     stranger = generate_keypair(tmp_path / "k2", "stranger")
     with pytest.raises(BundleError, match="not among"):
         await mem_cp.publish_model(new_version(tmp_path, stranger, "evil"), actor=ACTOR)
-    other = new_version(tmp_path, ops_key, version)  # same version, different signature bytes
+    # The same verified content, re-signed (other tar bytes): the same version, idempotent.
+    resigned = new_version(tmp_path, ops_key, version)
+    assert resigned != packed
+    assert (await mem_cp.publish_model(resigned, actor=ACTOR)).sha256 == mv.sha256
+    other = new_version(tmp_path / "o", ops_key, version, pad=10)  # different file content
     with pytest.raises(Conflict, match="immutable"):
         await mem_cp.publish_model(other, actor=ACTOR)
 

@@ -13,6 +13,7 @@ import pytest
 from cp_support import (
     ACTOR,
     DEMO_YAML,
+    SecuredNats,
     control_plane,
     new_version,
     seed_demo,
@@ -22,7 +23,7 @@ from cp_support import (
 
 from kefu.errors import ConfigError
 from kefu.keys import SigningKey
-from kefu.natsserver import NatsServer
+from kefu.natsserver import NatsServer, NatsUser
 from kefu.node.agent.agent import NodeAgent
 from kefu.node.agent.cp_link import attach_agent
 from kefu.node.serving.server import Node, NodeOptions
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.slow
 
 @asynccontextmanager
 async def cp_node(
-    tmp_path: Path, url: str, key: SigningKey, region: str = "r1"
+    tmp_path: Path, url: str, key: SigningKey, region: str = "r1", user: NatsUser | None = None
 ) -> AsyncIterator[tuple[Node, NodeAgent]]:
     data = tmp_path / "node"
     trust_on_node(data, key)
@@ -49,7 +50,14 @@ async def cp_node(
     )
     async with Node(opts) as node:
         agent = attach_agent(
-            node, url=url, node_id="n1", region=region, heartbeat_s=0.5, telemetry_s=0.3
+            node,
+            url=url,
+            node_id=user.user if user else "n1",
+            region=region,
+            user=user.user if user else None,
+            password=user.password if user else None,
+            heartbeat_s=0.5,
+            telemetry_s=0.3,
         )
         agent.options.reconnect_min_s = 0.2
         agent.options.reconnect_max_s = 1.0
@@ -63,11 +71,14 @@ def serving(agent: NodeAgent, tenant: str, ref: str) -> bool:
 
 
 async def test_new_model_version_hot_swaps_under_load_with_zero_failed_rpcs(
-    tmp_path: Path, nats_server: NatsServer, ops_key: SigningKey
+    tmp_path: Path, secured_nats: SecuredNats, ops_key: SigningKey
 ) -> None:
-    async with control_plane(nats_server.url, trust_with(ops_key)) as stack:
+    # The deployment's NATS users (issue 10 C1: with anonymous access this test could not see
+    # that the node's user may not download a new bundle).
+    nats, n1 = secured_nats, secured_nats.nodes["n1"]
+    async with control_plane(nats.url, trust_with(ops_key), user=nats.cp) as stack:
         api_key = await seed_demo(stack.cp)
-        async with cp_node(tmp_path, nats_server.url, ops_key) as (node, agent):
+        async with cp_node(tmp_path, nats.url, ops_key, user=n1) as (node, agent):
             await agent.wait_for(lambda: "demo-shop" in agent.applied)
             assert node.service is not None
             from kefu.node.serving.admission import RateLimit, RateLimiter

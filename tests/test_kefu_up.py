@@ -32,6 +32,8 @@ def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> N
             "",
             "--cp-listen",
             "127.0.0.1:0",
+            "--order-center-listen",
+            "127.0.0.1:0",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -116,3 +118,31 @@ def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> N
     assert m is not None
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", int(m[1])), timeout=1):
         pass
+
+
+@pytest.mark.parametrize(
+    "flag", ["--order-center-listen", "--cp-listen", "--listen", "--metrics-listen"]
+)
+def test_kefu_up_names_the_flag_when_a_port_is_busy(tmp_path: Path, flag: str) -> None:
+    """Every port `kefu up` binds is settable; a busy one is a clear error naming its flag."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = f"127.0.0.1:{held.getsockname()[1]}"
+        ports = {
+            "--listen": "127.0.0.1:0",
+            "--metrics-listen": "",
+            "--cp-listen": "127.0.0.1:0",
+            "--order-center-listen": "127.0.0.1:0",
+        }
+        ports[flag] = busy
+        args = [a for kv in ports.items() for a in kv]
+        proc = subprocess.run(
+            [sys.executable, "-m", "kefu.cli", "up", "--data-dir", str(tmp_path / "d"), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode != 0
+    assert busy in proc.stderr and f"choose another address with {flag}" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

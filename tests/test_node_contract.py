@@ -19,8 +19,8 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from test_node_grpc import node, stub  # noqa: F401  (fixtures)
 
+from kefu.auth_guard import FailedAuthGuard, peer_address
 from kefu.node.dialog.tenant import demo_key_path
-from kefu.node.serving.auth_guard import FailedAuthGuard, peer_address
 from kefu.node.serving.limits import FIELD_CHARS, MAX_METADATA_ENTRIES, check_fields
 from kefu.node.serving.server import Node, NodeOptions
 from kefu.node.sessions.store import SessionStatus

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cp_support import (
+    SecuredNats,
     control_plane,
     seed_demo,
     trust_on_node,
@@ -29,7 +30,7 @@ from kefu.config.node import load_node_config, parse_node_config
 from kefu.errors import ConfigError
 from kefu.keys import SigningKey
 from kefu.natsbus import NatsBus, NatsOptions
-from kefu.natsserver import NatsServer
+from kefu.natsserver import NatsUser
 from kefu.node.agent.telemetry import TelemetryRecorder, TurnSample, load_pending, save_pending
 from kefu.node.main import main
 from kefu.v1 import bearer_metadata
@@ -43,11 +44,14 @@ PENDING = Path("agent") / "telemetry-pending.jsonl"
 # --------------------------------------------------------------------------- helpers
 
 
-def write_node_yaml(tmp: Path, url: str, *, extra: str = "") -> tuple[Path, int, Path]:
-    """node.yaml + credentials file (url only: the test server has no users)."""
+def write_node_yaml(
+    tmp: Path, url: str, *, extra: str = "", user: NatsUser | None = None
+) -> tuple[Path, int, Path]:
+    """node.yaml + credentials file (the node's deployment user when given, else url only)."""
     etc = tmp / "etc"
     etc.mkdir(parents=True, exist_ok=True)
-    (etc / "nats.json").write_text(json.dumps({"url": url}), encoding="utf-8")
+    creds = user.to_credentials(url) if user else {"url": url}
+    (etc / "nats.json").write_text(json.dumps(creds), encoding="utf-8")
     port = free_port()
     path = etc / "node.yaml"
     path.write_text(
@@ -105,9 +109,10 @@ def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
     return proc.returncode, err
 
 
-async def telemetry_turns(url: str, want: int) -> int:
+async def telemetry_turns(url: str, want: int, user: NatsUser | None = None) -> int:
     """demo-shop turns in the telemetry stream (waits a little for ``want``)."""
-    reader = await NatsBus.connect(NatsOptions(servers=[url]))
+    creds = {"user": user.user, "password": user.password} if user else {}
+    reader = await NatsBus.connect(NatsOptions(servers=[url], **creds))
     try:
         turns = 0
         for _ in range(50):
@@ -130,11 +135,13 @@ TEXTS = ["我的订单什么时候到", "refund please", "发票怎么开", "hel
 
 @pytest.mark.slow
 async def test_kefu_node_joins_serves_and_flushes_telemetry_on_sigterm(
-    tmp_path: Path, nats_server: NatsServer, ops_key: SigningKey
+    tmp_path: Path, secured_nats: SecuredNats, ops_key: SigningKey
 ) -> None:
-    async with control_plane(nats_server.url, trust_with(ops_key)) as stack:
+    # The deployment's NATS users: the node has only its least-privilege permissions.
+    nats, cp_user = secured_nats, secured_nats.cp
+    async with control_plane(nats.url, trust_with(ops_key), user=cp_user) as stack:
         key = await seed_demo(stack.cp)
-        config, port, data = write_node_yaml(tmp_path, nats_server.url)
+        config, port, data = write_node_yaml(tmp_path, nats.url, user=nats.nodes["n1"])
         trust_on_node(data, ops_key)
         proc = run_node(config)
         try:
@@ -152,18 +159,19 @@ async def test_kefu_node_joins_serves_and_flushes_telemetry_on_sigterm(
             code, err = await asyncio.to_thread(stop, proc)
         assert code == 0, err
         assert "1 batch(es) sent, 0 saved" in err and "Traceback" not in err
-        assert await telemetry_turns(nats_server.url, len(TEXTS)) == len(TEXTS)
+        assert await telemetry_turns(nats.url, len(TEXTS), cp_user) == len(TEXTS)
         assert not (data / PENDING).exists()
 
 
 @pytest.mark.slow
 async def test_nats_down_at_sigterm_saves_telemetry_sent_after_restart(
-    tmp_path: Path, nats_server: NatsServer, ops_key: SigningKey
+    tmp_path: Path, secured_nats: SecuredNats, ops_key: SigningKey
 ) -> None:
-    async with control_plane(nats_server.url, trust_with(ops_key)) as stack:
+    nats_server, cp_user = secured_nats.server, secured_nats.cp
+    async with control_plane(nats_server.url, trust_with(ops_key), user=cp_user) as stack:
         key = await seed_demo(stack.cp)
         await stack.reconciler.run_once()
-    config, port, data = write_node_yaml(tmp_path, nats_server.url)
+    config, port, data = write_node_yaml(tmp_path, nats_server.url, user=secured_nats.nodes["n1"])
     trust_on_node(data, ops_key)
     proc = run_node(config)
     try:
@@ -180,7 +188,7 @@ async def test_nats_down_at_sigterm_saves_telemetry_sent_after_restart(
     nats_server.start()
     proc = run_node(config)  # serves its last-known-good, sends the saved batch first
     try:
-        assert await telemetry_turns(nats_server.url, 5) == 5
+        assert await telemetry_turns(nats_server.url, 5, cp_user) == 5
     finally:
         code, err = await asyncio.to_thread(stop, proc)
     assert code == 0, err

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kefu.auth_guard import FailedAuthGuard
 from kefu.node.dialog.tenant import demo_key_path
 from kefu.node.serving.admission import RateLimit, RateLimiter
-from kefu.node.serving.auth_guard import FailedAuthGuard
 from kefu.node.serving.server import Node, NodeOptions
 from kefu.v1 import SERVICE_NAME, bearer_metadata
 from kefu.v1 import node_pb2 as pb

@@ -69,6 +69,11 @@ def _nodes(s: Snapshot, now: float) -> Rows:
                 runs.append(label, style=OK)
             else:
                 runs.append(label, style=WARN)
+        if n.reconcile_error:
+            runs.append(
+                f"{'; ' if n.tenants else ''}RECONCILE FAILING/同步失败 ({n.reconcile_error[:80]})",
+                style=REFUSED,
+            )
         online = Text("yes/是", style=OK) if n.online else Text("NO/离线", style=REFUSED)
         out.append(
             (

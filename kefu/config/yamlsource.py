@@ -33,6 +33,7 @@ from pydantic import BaseModel, ValidationError
 from kefu.errors import ConfigError
 
 __all__ = [
+    "MAX_DEPTH",
     "Loc",
     "Problem",
     "YamlDocument",
@@ -47,6 +48,9 @@ M = TypeVar("M", bound=BaseModel)
 
 # A config file is small; anything beyond this many nodes is an alias bomb, not a config.
 _MAX_NODES = 1_000_000
+# Nesting deeper than this is an attack or a mistake, never a config (PyYAML composes
+# recursively: unbounded depth would end in a RecursionError instead of a located error).
+MAX_DEPTH = 64
 # How many problems one error message lists before it says "and N more".
 _MAX_LISTED = 30
 _PLAIN_KEY = re.compile(r"^[^\s.\[\]\"']+$")
@@ -252,7 +256,7 @@ def parse_yaml(text: str | bytes, *, source: str = "<string>") -> YamlDocument:
             ) from exc
     text = text.removeprefix("\ufeff")
     try:
-        loader = yaml.SafeLoader(text)  # the reader checks for forbidden characters here
+        loader = _DepthLimitedLoader(text, source)  # the reader checks forbidden characters
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         raise _syntax_error(exc, source) from exc
@@ -271,6 +275,29 @@ def parse_yaml(text: str | bytes, *, source: str = "<string>") -> YamlDocument:
         return YamlDocument(path=source, data=data, lines=builder.lines)
     finally:
         loader.dispose()
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """The safe loader, refusing nesting deeper than :data:`MAX_DEPTH` with a located error."""
+
+    def __init__(self, text: str, source: str) -> None:
+        super().__init__(text)
+        self._source = source
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError(
+                    f"nested more than {MAX_DEPTH} levels deep / 嵌套层级超过 {MAX_DEPTH}",
+                    path=self._source,
+                    line=mark.line + 1,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _syntax_error(exc: yaml.MarkedYAMLError, source: str) -> ConfigError:
@@ -301,6 +328,8 @@ class _Builder:
         self._count += 1
         if self._count > _MAX_NODES:
             raise self._fail("document too large (alias expansion?)", node)
+        if len(loc) > MAX_DEPTH:  # aliases can nest composed nodes deeper still
+            raise self._fail(f"nested more than {MAX_DEPTH} levels deep (through aliases)", node)
         self.lines.setdefault(loc, node.start_mark.line + 1)
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node)

@@ -348,7 +348,7 @@ class ObservedTenant(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., state: _Optional[str] = ..., config_version: _Optional[int] = ..., models: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("node_id", "region", "software_version", "providers", "gpu", "listen", "started_at", "heartbeat_at", "online", "tenants", "models_loaded", "telemetry_dropped", "telemetry_buffered")
+    __slots__ = ("node_id", "region", "software_version", "providers", "gpu", "listen", "started_at", "heartbeat_at", "online", "tenants", "models_loaded", "telemetry_dropped", "telemetry_buffered", "reconcile_error", "reconcile_error_at")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -362,6 +362,8 @@ class Node(_message.Message):
     MODELS_LOADED_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_DROPPED_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_BUFFERED_FIELD_NUMBER: _ClassVar[int]
+    RECONCILE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    RECONCILE_ERROR_AT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     region: str
     software_version: str
@@ -375,7 +377,9 @@ class Node(_message.Message):
     models_loaded: _containers.RepeatedScalarFieldContainer[str]
     telemetry_dropped: int
     telemetry_buffered: int
-    def __init__(self, node_id: _Optional[str] = ..., region: _Optional[str] = ..., software_version: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., gpu: _Optional[bool] = ..., listen: _Optional[str] = ..., started_at: _Optional[float] = ..., heartbeat_at: _Optional[float] = ..., online: _Optional[bool] = ..., tenants: _Optional[_Iterable[_Union[ObservedTenant, _Mapping]]] = ..., models_loaded: _Optional[_Iterable[str]] = ..., telemetry_dropped: _Optional[int] = ..., telemetry_buffered: _Optional[int] = ...) -> None: ...
+    reconcile_error: str
+    reconcile_error_at: float
+    def __init__(self, node_id: _Optional[str] = ..., region: _Optional[str] = ..., software_version: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., gpu: _Optional[bool] = ..., listen: _Optional[str] = ..., started_at: _Optional[float] = ..., heartbeat_at: _Optional[float] = ..., online: _Optional[bool] = ..., tenants: _Optional[_Iterable[_Union[ObservedTenant, _Mapping]]] = ..., models_loaded: _Optional[_Iterable[str]] = ..., telemetry_dropped: _Optional[int] = ..., telemetry_buffered: _Optional[int] = ..., reconcile_error: _Optional[str] = ..., reconcile_error_at: _Optional[float] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ("region",)
@@ -498,20 +502,22 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ControlPlaneStatus(_message.Message):
-    __slots__ = ("replica", "leader", "is_leader", "software_version", "caller", "caller_role")
+    __slots__ = ("replica", "leader", "is_leader", "software_version", "caller", "caller_role", "auth_failures")
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
     IS_LEADER_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
     CALLER_FIELD_NUMBER: _ClassVar[int]
     CALLER_ROLE_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FAILURES_FIELD_NUMBER: _ClassVar[int]
     replica: str
     leader: str
     is_leader: bool
     software_version: str
     caller: str
     caller_role: str
-    def __init__(self, replica: _Optional[str] = ..., leader: _Optional[str] = ..., is_leader: _Optional[bool] = ..., software_version: _Optional[str] = ..., caller: _Optional[str] = ..., caller_role: _Optional[str] = ...) -> None: ...
+    auth_failures: int
+    def __init__(self, replica: _Optional[str] = ..., leader: _Optional[str] = ..., is_leader: _Optional[bool] = ..., software_version: _Optional[str] = ..., caller: _Optional[str] = ..., caller_role: _Optional[str] = ..., auth_failures: _Optional[int] = ...) -> None: ...
 
 class OperatorToken(_message.Message):
     __slots__ = ("name", "role", "created_at", "created_by", "revoked", "revoked_at", "revoked_by")

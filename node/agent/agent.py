@@ -76,7 +76,7 @@ from kefu.wire import (
 
 __all__ = ["AgentOptions", "NodeAgent", "NodeTarget", "TelemetryShutdown"]
 
-log = logging.getLogger("kefu.node.agent")
+log = logging.getLogger("kefu.node.agent.agent")
 
 
 class NodeTarget(Protocol):
@@ -162,6 +162,9 @@ class NodeAgent:
         self.refused: dict[str, str] = {}
         self.started_at = time.time()
         self.reconciles = 0
+        #: Why the last reconcile could not finish ("" once one finishes); in the status.
+        self.reconcile_error = ""
+        self.reconcile_error_at = 0.0
         self._flags = _Flags()
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -347,7 +350,7 @@ class NodeAgent:
 
     def local_state(self) -> LocalState:
         needed = {b.ref: b for d in self.desired.values() for b in d.bundles()}
-        stored = frozenset(r for r, b in needed.items() if self._bundle_path(b).is_dir())
+        stored = frozenset(r for r, b in needed.items() if self._stored(b))
         return LocalState(
             applied=dict(self.applied),
             refused=dict(self.refused),
@@ -363,12 +366,16 @@ class NodeAgent:
             *(self._run_tenant(t, a) for t, a in actions.items()), return_exceptions=True
         )
         self.reconciles += 1
+        failed = [r for r in results if isinstance(r, BaseException)]
+        # A node that cannot apply its desired state says so in its status, not only its log.
+        self.reconcile_error = "; ".join(str(r) or type(r).__name__ for r in failed)[:2000]
+        if failed:
+            self.reconcile_error_at = time.time()
         await self._report()
         async with self.changed:
             self.changed.notify_all()
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r  # a temporary failure: the loop retries the whole plan
+        for r in failed:
+            raise r  # a temporary failure: the loop retries the whole plan
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -381,8 +388,14 @@ class NodeAgent:
                 await asyncio.sleep(self.options.reconnect_min_s)
                 self._kick.set()
 
+    def _stored(self, b: BundleRef) -> bool:
+        try:
+            return self._bundle_path(b).is_dir()
+        except BundleError:  # an invalid name: its fetch refuses the tenant, naming why
+            return False
+
     def _bundle_path(self, b: BundleRef) -> Path:
-        return self.store.root / b.name / b.version
+        return self.store.bundle_path(b.name, b.version)  # refuses a path outside the store
 
     async def _run_tenant(
         self, tenant: str, actions: list[NodeAction], *, offline: bool = False
@@ -541,6 +554,8 @@ class NodeAgent:
             models_loaded=sorted(self.target.loaded()),
             telemetry_dropped=self.telemetry.dropped,
             telemetry_buffered=self.telemetry.buffered,
+            reconcile_error=self.reconcile_error,
+            reconcile_error_at=self.reconcile_error_at if self.reconcile_error else 0.0,
         )
 
     async def _report(self) -> None:

@@ -33,6 +33,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from kefu.auth_guard import FailedAuthGuard, peer_address
 from kefu.errors import KefuError, TemporaryError
 from kefu.node.dialog.conversation import (
     ConversationService,
@@ -47,7 +48,6 @@ from kefu.node.dialog.tenant import Tenant
 from kefu.node.nlu.inference import ModelBusy
 from kefu.node.nlu.predictions import ModelNotLoaded
 from kefu.node.serving.admission import Overloaded
-from kefu.node.serving.auth_guard import FailedAuthGuard, peer_address
 from kefu.node.serving.limits import check_fields
 from kefu.node.serving.metrics import NodeMetrics
 from kefu.node.sessions.store import (

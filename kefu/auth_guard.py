@@ -1,7 +1,7 @@
-"""Failed authentication on the node: count it per peer, slow down a peer that keeps failing,
-and say so in the log without flooding it.
+"""Failed authentication: count it per peer, slow down a peer that keeps failing, and say so
+in the log without flooding it. Shared by the node's and the control plane's gRPC APIs.
 
-:class:`FailedAuthGuard` is pure bookkeeping (an injectable clock, no I/O, no sleeping): the
+:class:`FailedAuthGuard` is pure bookkeeping (an injectable clock, no I/O, no sleeping): a
 gRPC adapter asks it how long to wait before answering UNAUTHENTICATED and awaits that delay
 with ``asyncio.sleep`` (the event loop keeps serving everyone else). A peer is an address
 without its port (one client opens many connections). Memory is bounded: the least recently
@@ -62,6 +62,7 @@ class FailedAuthGuard:
         self._last_log: float | None = None
         #: Failures since the last log line (what that line reports).
         self.unlogged = 0
+        #: Failures ever counted (forgotten peers included): reported by the status RPCs.
         self.total = 0
 
     def failed(self, peer: str) -> float:
@@ -79,6 +80,10 @@ class FailedAuthGuard:
         if over <= 0:
             return 0.0
         return min(self.max_delay_s, self.base_delay_s * 2.0 ** min(over - 1, 32))
+
+    def remembered(self) -> int:
+        """Peers currently remembered (at most ``max_peers``)."""
+        return len(self._peers)
 
     def failures(self, peer: str) -> int:
         entry = self._peers.get(peer)
