@@ -17,7 +17,10 @@ from kefu.keys import SigningKey, TrustStore, load_public_key
 from kefu.models.store import shipped_dir
 from kefu.natsbus import NatsBus, NatsOptions
 from kefu.natsserver import NatsServer, NatsUser, deployment_users
+from kefu.node.agent.agent import NodeAgent
+from kefu.node.agent.cp_link import attach_agent
 from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
+from kefu.node.serving.server import Node, NodeOptions
 
 DEMO_YAML = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
 ACTOR = "tester"
@@ -144,3 +147,42 @@ async def seed_demo(cp: ControlPlane, region: str = "r1") -> str:
         actor=ACTOR,
     )
     return key
+
+
+@asynccontextmanager
+async def cp_node(
+    tmp_path: Path,
+    url: str,
+    key: SigningKey,
+    region: str = "r1",
+    user: NatsUser | None = None,
+    *,
+    node_id: str | None = None,
+    telemetry_s: float = 0.3,
+) -> AsyncIterator[tuple[Node, NodeAgent]]:
+    """A node with no local tenants (data in ``tmp_path/node``, trusting ``key``) and its
+    started control-plane agent: fast heartbeats and reconnects for tests."""
+    data = tmp_path / "node"
+    trust_on_node(data, key)
+    opts = NodeOptions(
+        data_dir=data,
+        listen="127.0.0.1:0",
+        metrics_listen=None,
+        tenant_configs=[],
+        require_tenants=False,
+    )
+    async with Node(opts) as node:
+        agent = attach_agent(
+            node,
+            url=url,
+            node_id=node_id or (user.user if user else "n1"),
+            region=region,
+            user=user.user if user else None,
+            password=user.password if user else None,
+            heartbeat_s=0.5,
+            telemetry_s=telemetry_s,
+        )
+        agent.options.reconnect_min_s = 0.2
+        agent.options.reconnect_max_s = 1.0
+        async with agent:
+            yield node, agent

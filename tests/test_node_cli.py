@@ -8,38 +8,22 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from packaging_helpers import free_port
+from support.processes import free_port, start_process
 
 KEFU = str(Path(sys.executable).parent / "kefu")
 
 
 def start_node(data: Path, port: int, *, metrics: str = "") -> tuple[subprocess.Popen[str], str]:
     """``kefu node run`` as a child process; returns it and its stdout up to "serving"."""
-    proc = subprocess.Popen(
+    return start_process(
         [KEFU, "node", "run", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
          "--metrics-listen", metrics],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        until="serving tenants",
+        timeout_s=60,
     )  # fmt: skip
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "serving tenants" in line:
-            break
-    out = "".join(lines)
-    if "serving tenants" not in out:
-        proc.kill()
-        assert proc.stderr is not None
-        pytest.fail(f"node did not start:\n{out}{proc.stderr.read()}")
-    return proc, out
 
 
 @pytest.mark.slow
