@@ -9,7 +9,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 from kefu.bundle import Manifest, pack, sign_bundle, write_manifest
+from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
 from kefu.control_plane.leader import LeaderLease
 from kefu.control_plane.reconciler import DesiredReconciler
 from kefu.control_plane.service import ControlPlane, ensure_layout
@@ -21,6 +24,8 @@ from kefu.node.agent.agent import NodeAgent
 from kefu.node.agent.cp_link import attach_agent
 from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
 from kefu.node.serving.server import Node, NodeOptions
+from kefu.v1 import bearer_metadata
+from kefu.v1 import control_plane_pb2_grpc as cpg
 
 DEMO_YAML = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
 ACTOR = "tester"
@@ -186,3 +191,22 @@ async def cp_node(
         agent.options.reconnect_max_s = 1.0
         async with agent:
             yield node, agent
+
+
+@asynccontextmanager
+async def cp_app(
+    nats_url: str, key: SigningKey
+) -> AsyncIterator[tuple[ControlPlaneApp, cpg.ControlPlaneStub, grpc.aio.Channel, tuple]]:
+    """The control-plane process (API on a loopback port 0, region r1) on ``nats_url``, a stub
+    on a channel that may send 64 MiB (model uploads), and the first admin token's metadata."""
+    opts = ControlPlaneOptions(
+        nats_url=nats_url, trust=trust_with(key), listen="127.0.0.1:0", regions=["r1"]
+    )
+    async with (
+        ControlPlaneApp(opts) as app,
+        grpc.aio.insecure_channel(
+            f"127.0.0.1:{app.port}", options=[("grpc.max_send_message_length", 64 << 20)]
+        ) as ch,
+    ):
+        assert app.first_token  # empty store: the first admin token
+        yield app, cpg.ControlPlaneStub(ch), ch, bearer_metadata(app.first_token)

@@ -20,6 +20,7 @@ import pytest
 from cp_support import (
     ACTOR,
     control_plane,
+    cp_app,
     cp_node,
     new_version,
     seed_demo,
@@ -28,7 +29,7 @@ from cp_support import (
 )
 
 from kefu.bundle import Manifest, pack
-from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
+from kefu.control_plane.app import ControlPlaneApp
 from kefu.control_plane.auth import parse_role
 from kefu.control_plane.service import ControlPlane
 from kefu.errors import BundleError
@@ -149,17 +150,8 @@ async def cp_api(
     tmp_path: Path, key: SigningKey
 ) -> AsyncIterator[tuple[ControlPlaneApp, pbg.ControlPlaneStub, grpc.aio.Channel, tuple]]:
     with NatsServer(tmp_path / "nats") as srv:
-        opts = ControlPlaneOptions(
-            nats_url=srv.url, trust=trust_with(key), listen="127.0.0.1:0", regions=["r1"]
-        )
-        async with (
-            ControlPlaneApp(opts) as app,
-            grpc.aio.insecure_channel(
-                f"127.0.0.1:{app.port}", options=[("grpc.max_send_message_length", 64 << 20)]
-            ) as ch,
-        ):
-            assert app.first_token
-            yield app, pbg.ControlPlaneStub(ch), ch, bearer_metadata(app.first_token)
+        async with cp_app(srv.url, key) as api:
+            yield api
 
 
 async def _code(call: object) -> tuple[grpc.StatusCode, str]:

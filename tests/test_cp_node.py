@@ -18,6 +18,7 @@ from cp_support import (
     trust_with,
 )
 from support.grpc_node import stub_to, talk_through
+from support.polling import eventually
 
 from kefu.errors import ConfigError
 from kefu.keys import SigningKey
@@ -68,9 +69,13 @@ async def test_new_model_version_hot_swaps_under_load_with_zero_failed_rpcs(
             assert run.failures == []
             assert seen[-1] == "demo-shop-intent@cp-2"
             assert any(v != "demo-shop-intent@cp-2" for v in seen)  # swapped mid-run
-            nodes = await stack.cp.list_nodes()
-            await asyncio.sleep(0.6)  # one heartbeat
-            nodes = await stack.cp.list_nodes()
+            nodes = await eventually(  # the next heartbeat reports it
+                stack.cp.list_nodes,
+                lambda ns: (
+                    bool(ns)
+                    and ns[0].tenants["demo-shop"].models.get("intent") == "demo-shop-intent@cp-2"
+                ),
+            )
             assert nodes[0].tenants["demo-shop"].models["intent"] == "demo-shop-intent@cp-2"
             # The old version is unloaded once no tenant has used it for the grace period.
             old = {r for r in agent.target.loaded() if r.startswith("demo-shop-intent@")}
@@ -117,8 +122,14 @@ async def test_invalid_config_refused_by_cp_and_by_node_which_keeps_last_known_g
                     metadata=bearer_metadata(api_key),
                 )
             assert r.intent == "delivery_tracking"  # still serving last-known-good
-            await asyncio.sleep(0.7)
-            status = {n.node_id: n for n in await stack.cp.list_nodes()}["n1"]
+            nodes = await eventually(
+                stack.cp.list_nodes,
+                lambda ns: any(
+                    "demo-shop" in n.tenants and n.tenants["demo-shop"].state == "refused"
+                    for n in ns
+                ),
+            )
+            status = {n.node_id: n for n in nodes}["n1"]
             assert status.tenants["demo-shop"].state == "refused"
             assert "bogus_field" in status.tenants["demo-shop"].error
 

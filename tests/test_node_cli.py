@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from support.processes import free_port, start_process
+from support.processes import free_port, start_process, stop_process
 
 KEFU = str(Path(sys.executable).parent / "kefu")
 
@@ -70,11 +69,8 @@ def test_node_run_chat_and_sigterm(tmp_path: Path) -> None:
             and "Traceback" not in bad.stderr
         )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=30)
+        rc, logs = stop_process(proc, timeout_s=30)
     assert rc == 0
-    assert proc.stderr is not None
-    logs = proc.stderr.read()
     turns = [json.loads(line) for line in logs.splitlines() if '"msg": "turn"' in line]
     assert {t["intent"] for t in turns} >= {"delivery_tracking", "return_refund"}
     assert "我的订单什么时候到" not in logs and "return my shoes" not in logs  # residency

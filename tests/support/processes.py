@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -49,3 +50,11 @@ def start_process(
     proc.kill()
     _, err = proc.communicate(timeout=30)
     pytest.fail(f"process did not start ({until!r} not seen): {cmd}\n{''.join(lines)}{err}")
+
+
+def stop_process(proc: subprocess.Popen[str], *, timeout_s: float = 60.0) -> tuple[int, str]:
+    """SIGTERM ``proc``, wait for it to exit and return its exit code and the rest of its
+    stderr (stdout is drained too, so a chatty child cannot block on a full pipe)."""
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=timeout_s)
+    return proc.returncode, err or ""
