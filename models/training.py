@@ -56,7 +56,7 @@ class TrainConfig:
     dropout: float = 0.2
     dev_fraction: float = 0.1  # used when no dev set is given
     label_smoothing: float = 0.0
-    latency_rounds: int = 200
+    latency_rounds: int = 200  # 0: no latency measurement (accuracy only)
     # Hold this fraction of the training data out to fit a softmax temperature (0 = off), so
     # that confidence thresholds downstream mean something.
     calibration_fraction: float = 0.1
@@ -402,7 +402,7 @@ def train_bundle(
         fp32_dir = work / "fp32"
         _write_payload(fp32_dir, work / "fp32.onnx", tok, labels)
         fp32: TextClassifier = open_unverified(fp32_dir, manifest, options=eval_opts)
-        fp32_report = evaluate(fp32, dev, rounds=cfg.latency_rounds)
+        fp32_report = evaluate(fp32, dev, latency=cfg.latency_rounds > 0, rounds=cfg.latency_rounds)
         timings["export_s"] = time.perf_counter() - t2
         final_src = work / "fp32.onnx"
         if cfg.quantize:
@@ -413,13 +413,13 @@ def train_bundle(
         _write_payload(out_dir, final_src, tok, labels)
     report_progress("evaluate", 0.0)
     final = open_unverified(out_dir, manifest, options=eval_opts)
-    report = evaluate(final, dev, rounds=cfg.latency_rounds)
+    report = evaluate(final, dev, latency=cfg.latency_rounds > 0, rounds=cfg.latency_rounds)
     manifest.metrics = {
         "dev": _headline(report),
         "precision": "int8" if cfg.quantize else "fp32",
         "fp32_accuracy": fp32_report["accuracy"],
         "fp32_macro_f1": fp32_report["macro_f1"],
-        "fp32_latency": fp32_report["latency"],
+        "fp32_latency": fp32_report.get("latency"),
         "quantization_accuracy_change": report["accuracy"] - fp32_report["accuracy"],
         "train_seconds": round(timings["train_s"], 2),
         "size_bytes": (out_dir / "model.onnx").stat().st_size,

@@ -16,4 +16,5 @@ python -m kefu.dev.layers
 # The kefu-node executable (its own build venv, no torch; ~1 min, reused when the sources did
 # not change): prints size, cold start and RSS; tests/test_packaging.py smoke-tests it.
 ./packaging/build.sh --runs 2
-pytest -q "$@"
+# Two workers, whole files each (module fixtures such as the unpacked binary stay one per file).
+pytest -q -n 2 --dist loadfile "$@"

@@ -1,11 +1,12 @@
-"""Shared fixtures: a tiny real dataset, a signing key, and a tiny bundle trained once per run."""
+"""Shared fixtures: a tiny real dataset, a signing key, a tiny bundle trained once per run,
+real nats-servers, and a real node over gRPC (helpers: the ``support`` package)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from cp_support import SecuredNats
 
     from kefu.natsserver import NatsServer
+    from kefu.node.serving.server import Node
+    from kefu.v1.node_pb2_grpc import KefuNodeStub
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "models" / "data"
@@ -128,3 +131,31 @@ def secured_nats(tmp_path: Path) -> Iterator[SecuredNats]:
     srv, secured = start_secured_nats(tmp_path / "nats-secured")
     with srv:
         yield secured
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    """A real node on loopback port 0 with metrics: the demo tenant and ``acme`` (key
+    ``acme-key``), SQLite sessions under ``tmp_path/data``."""
+    from support.grpc_node import node_options, second_tenant
+
+    from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
+    from kefu.node.serving.server import Node
+
+    acme = second_tenant(tmp_path, "acme", "acme-key")
+    opts = node_options(
+        tmp_path / "data",
+        metrics_listen="127.0.0.1:0",
+        tenant_configs=[DEMO_TENANT_CONFIG, acme],
+    )
+    async with Node(opts) as n:
+        yield n
+
+
+@pytest.fixture
+async def stub(node: Node) -> AsyncIterator[KefuNodeStub]:
+    """A gRPC stub to :func:`node`."""
+    from support.grpc_node import stub_to
+
+    async with stub_to(node) as s:
+        yield s

@@ -9,7 +9,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 from kefu.bundle import Manifest, pack, sign_bundle, write_manifest
+from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
 from kefu.control_plane.leader import LeaderLease
 from kefu.control_plane.reconciler import DesiredReconciler
 from kefu.control_plane.service import ControlPlane, ensure_layout
@@ -17,7 +20,12 @@ from kefu.keys import SigningKey, TrustStore, load_public_key
 from kefu.models.store import shipped_dir
 from kefu.natsbus import NatsBus, NatsOptions
 from kefu.natsserver import NatsServer, NatsUser, deployment_users
+from kefu.node.agent.agent import NodeAgent
+from kefu.node.agent.cp_link import attach_agent
 from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
+from kefu.node.serving.server import Node, NodeOptions
+from kefu.v1 import bearer_metadata
+from kefu.v1 import control_plane_pb2_grpc as cpg
 
 DEMO_YAML = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
 ACTOR = "tester"
@@ -144,3 +152,61 @@ async def seed_demo(cp: ControlPlane, region: str = "r1") -> str:
         actor=ACTOR,
     )
     return key
+
+
+@asynccontextmanager
+async def cp_node(
+    tmp_path: Path,
+    url: str,
+    key: SigningKey,
+    region: str = "r1",
+    user: NatsUser | None = None,
+    *,
+    node_id: str | None = None,
+    telemetry_s: float = 0.3,
+) -> AsyncIterator[tuple[Node, NodeAgent]]:
+    """A node with no local tenants (data in ``tmp_path/node``, trusting ``key``) and its
+    started control-plane agent: fast heartbeats and reconnects for tests."""
+    data = tmp_path / "node"
+    trust_on_node(data, key)
+    opts = NodeOptions(
+        data_dir=data,
+        listen="127.0.0.1:0",
+        metrics_listen=None,
+        tenant_configs=[],
+        require_tenants=False,
+    )
+    async with Node(opts) as node:
+        agent = attach_agent(
+            node,
+            url=url,
+            node_id=node_id or (user.user if user else "n1"),
+            region=region,
+            user=user.user if user else None,
+            password=user.password if user else None,
+            heartbeat_s=0.5,
+            telemetry_s=telemetry_s,
+        )
+        agent.options.reconnect_min_s = 0.2
+        agent.options.reconnect_max_s = 1.0
+        async with agent:
+            yield node, agent
+
+
+@asynccontextmanager
+async def cp_app(
+    nats_url: str, key: SigningKey
+) -> AsyncIterator[tuple[ControlPlaneApp, cpg.ControlPlaneStub, grpc.aio.Channel, tuple]]:
+    """The control-plane process (API on a loopback port 0, region r1) on ``nats_url``, a stub
+    on a channel that may send 64 MiB (model uploads), and the first admin token's metadata."""
+    opts = ControlPlaneOptions(
+        nats_url=nats_url, trust=trust_with(key), listen="127.0.0.1:0", regions=["r1"]
+    )
+    async with (
+        ControlPlaneApp(opts) as app,
+        grpc.aio.insecure_channel(
+            f"127.0.0.1:{app.port}", options=[("grpc.max_send_message_length", 64 << 20)]
+        ) as ch,
+    ):
+        assert app.first_token  # empty store: the first admin token
+        yield app, cpg.ControlPlaneStub(ch), ch, bearer_metadata(app.first_token)

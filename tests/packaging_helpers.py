@@ -1,24 +1,19 @@
-"""Helpers shared by the packaging tests: free ports, starting a node process, a gRPC turn."""
+"""Helpers shared by the packaging tests: a node.yaml on free ports and /metrics reads.
+
+``free_port`` and ``start`` (a node process, read until it serves) are re-exported from
+``support.processes``, where they live."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import time
 import urllib.request
-from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
+from support.processes import free_port
+from support.processes import start_process as start
+
+__all__ = ["ROOT", "free_port", "metric_value", "metrics_text", "node_yaml", "start"]
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def node_yaml(tmp: Path, *, drain_timeout_s: float = 10.0) -> tuple[Path, int, int]:
@@ -32,32 +27,6 @@ def node_yaml(tmp: Path, *, drain_timeout_s: float = 10.0) -> tuple[Path, int, i
         encoding="utf-8",
     )
     return path, port, metrics
-
-
-def start(
-    cmd: Sequence[str], *, env: dict[str, str] | None = None, until: str = "serving tenants"
-) -> tuple[subprocess.Popen[str], str]:
-    """Start a node; return it and its stdout up to the first line containing ``until``."""
-    proc = subprocess.Popen(
-        list(cmd),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if until in line:
-            return proc, "".join(lines)
-    proc.kill()
-    _, err = proc.communicate(timeout=30)
-    pytest.fail(f"node did not start: {cmd}\n{''.join(lines)}{err}")
 
 
 def metrics_text(port: int) -> str:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from test_tenant_registry import second_tenant
+from support.grpc_node import second_tenant
 
 from kefu.models.store import ModelStore, trust_for
 from kefu.node.dialog.conversation import (

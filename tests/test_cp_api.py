@@ -10,33 +10,20 @@ import grpc
 import pytest
 from cp_support import (
     DEMO_YAML,
+    cp_app,
     shipped_packed,
-    trust_with,
 )
 
-from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
 from kefu.keys import SigningKey
 from kefu.natsserver import NatsServer
-from kefu.v1 import bearer_metadata
 from kefu.v1 import control_plane_pb2 as pb
-from kefu.v1 import control_plane_pb2_grpc as pbg
 
 
 async def test_api_validates_audits_and_maps_errors(
     nats_server: NatsServer, ops_key: SigningKey, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    opts = ControlPlaneOptions(
-        nats_url=nats_server.url, trust=trust_with(ops_key), listen="127.0.0.1:0", regions=["r1"]
-    )
-    async with (
-        ControlPlaneApp(opts) as app,
-        grpc.aio.insecure_channel(
-            f"127.0.0.1:{app.port}", options=[("grpc.max_send_message_length", 64 << 20)]
-        ) as ch,
-    ):
-        stub = pbg.ControlPlaneStub(ch)
-        assert app.first_token  # empty store: the first admin token
-        MD = (*bearer_metadata(app.first_token), ("x-kefu-actor", "alice"))
+    async with cp_app(nats_server.url, ops_key) as (app, stub, _, admin):
+        MD = (*admin, ("x-kefu-actor", "alice"))
         await stub.CreateRegion(pb.CreateRegionRequest(region="r1"), metadata=MD)
         await stub.CreateTenant(pb.CreateTenantRequest(tenant="demo-shop"), metadata=MD)
         with pytest.raises(grpc.aio.AioRpcError) as ei:
@@ -78,7 +65,7 @@ async def test_api_validates_audits_and_maps_errors(
                 break
             await asyncio.sleep(0.1)
             status = await stub.GetStatus(pb.GetStatusRequest(), metadata=MD)
-        assert status.is_leader and status.leader == opts.replica
+        assert status.is_leader and status.leader == app.options.replica
 
         # The CLI is a client of the same API (run in a thread: it has its own event loop).
         from kefu.cli import main

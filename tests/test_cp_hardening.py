@@ -1,4 +1,3 @@
-
 """Issue 10, control-plane side: a model update through `kefu up`'s own NATS users, a node
 that cannot apply its desired state says so, hostile names and inputs get the documented
 codes (never UNKNOWN and a traceback), big configs are refused up front and parsed off the
@@ -21,23 +20,22 @@ import pytest
 from cp_support import (
     ACTOR,
     control_plane,
+    cp_app,
+    cp_node,
     new_version,
     seed_demo,
     shipped_packed,
-    trust_on_node,
     trust_with,
 )
 
 from kefu.bundle import Manifest, pack
-from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
+from kefu.control_plane.app import ControlPlaneApp
 from kefu.control_plane.auth import parse_role
 from kefu.control_plane.service import ControlPlane
 from kefu.errors import BundleError
 from kefu.keys import SigningKey
 from kefu.models.store import ModelStore, shipped_dir
 from kefu.natsserver import NatsServer
-from kefu.node.agent.cp_link import attach_agent
-from kefu.node.serving.server import Node, NodeOptions
 from kefu.up import NODE_ID, REGION, _users
 from kefu.v1 import bearer_metadata
 from kefu.v1 import control_plane_pb2 as pb
@@ -67,51 +65,35 @@ async def test_model_update_reaches_a_node_through_kefu_up_nats_users(
     with NatsServer(tmp_path / "nats", users=[cp_user, node_user]) as srv:
         async with control_plane(srv.url, trust_with(ops_key), user=cp_user) as stack:
             await seed_demo(stack.cp, region=REGION)
-            data = tmp_path / "node"
-            trust_on_node(data, ops_key)
-            opts = NodeOptions(
-                data_dir=data, listen="127.0.0.1:0", metrics_listen=None, tenant_configs=[]
-            )
-            opts.require_tenants = False
-            async with Node(opts) as node:
-                agent = attach_agent(
-                    node,
-                    url=srv.url,
-                    node_id=NODE_ID,
-                    region=REGION,
-                    user=node_user.user,
-                    password=node_user.password,
-                    heartbeat_s=0.5,
-                    telemetry_s=5.0,
-                )
-                agent.options.reconnect_min_s = 0.2
-                async with agent:
-                    await agent.wait_for(lambda: "demo-shop" in agent.applied, timeout_s=60)
-                    await _roll_out(stack.cp, new_version(tmp_path, ops_key, "up-2"), "up-2")
-                    ref = "demo-shop-intent@up-2"
-                    await agent.wait_for(lambda: _served(agent, ref), timeout_s=30)
-                    assert ref in agent.target.loaded()
-                    assert agent.reconcile_error == ""
+            async with cp_node(
+                tmp_path, srv.url, ops_key, REGION, node_user, node_id=NODE_ID, telemetry_s=5.0
+            ) as (_, agent):
+                await agent.wait_for(lambda: "demo-shop" in agent.applied, timeout_s=60)
+                await _roll_out(stack.cp, new_version(tmp_path, ops_key, "up-2"), "up-2")
+                ref = "demo-shop-intent@up-2"
+                await agent.wait_for(lambda: _served(agent, ref), timeout_s=30)
+                assert ref in agent.target.loaded()
+                assert agent.reconcile_error == ""
 
-                    # Take the bundle read away from the node's user (as nats-py 2.16 did to
-                    # every `kefu up` node): it cannot apply the next version and says so.
-                    full = list(node_user.publish)
-                    node_user.publish = [s for s in full if "OBJ_" not in s]
-                    srv.reload()
-                    await _roll_out(stack.cp, new_version(tmp_path, ops_key, "up-3"), "up-3")
-                    for _ in range(150):
-                        nodes = await stack.cp.list_nodes(REGION)
-                        if nodes and nodes[0].reconcile_error:
-                            break
-                        await asyncio.sleep(0.2)
-                    assert "demo-shop-intent@up-3" in nodes[0].reconcile_error
-                    assert nodes[0].reconcile_error_at > 0
-                    assert _served(agent, ref)  # still serving the last good version
-                    node_user.publish = full  # permissions restored: it converges, error gone
-                    srv.reload()
-                    new = "demo-shop-intent@up-3"
-                    await agent.wait_for(lambda: _served(agent, new), timeout_s=30)
-                    assert agent.reconcile_error == ""
+                # Take the bundle read away from the node's user (as nats-py 2.16 did to
+                # every `kefu up` node): it cannot apply the next version and says so.
+                full = list(node_user.publish)
+                node_user.publish = [s for s in full if "OBJ_" not in s]
+                srv.reload()
+                await _roll_out(stack.cp, new_version(tmp_path, ops_key, "up-3"), "up-3")
+                for _ in range(150):
+                    nodes = await stack.cp.list_nodes(REGION)
+                    if nodes and nodes[0].reconcile_error:
+                        break
+                    await asyncio.sleep(0.2)
+                assert "demo-shop-intent@up-3" in nodes[0].reconcile_error
+                assert nodes[0].reconcile_error_at > 0
+                assert _served(agent, ref)  # still serving the last good version
+                node_user.publish = full  # permissions restored: it converges, error gone
+                srv.reload()
+                new = "demo-shop-intent@up-3"
+                await agent.wait_for(lambda: _served(agent, new), timeout_s=30)
+                assert agent.reconcile_error == ""
 
 
 # --------------------------------------------------------------------------- C3: names
@@ -168,17 +150,8 @@ async def cp_api(
     tmp_path: Path, key: SigningKey
 ) -> AsyncIterator[tuple[ControlPlaneApp, pbg.ControlPlaneStub, grpc.aio.Channel, tuple]]:
     with NatsServer(tmp_path / "nats") as srv:
-        opts = ControlPlaneOptions(
-            nats_url=srv.url, trust=trust_with(key), listen="127.0.0.1:0", regions=["r1"]
-        )
-        async with (
-            ControlPlaneApp(opts) as app,
-            grpc.aio.insecure_channel(
-                f"127.0.0.1:{app.port}", options=[("grpc.max_send_message_length", 64 << 20)]
-            ) as ch,
-        ):
-            assert app.first_token
-            yield app, pbg.ControlPlaneStub(ch), ch, bearer_metadata(app.first_token)
+        async with cp_app(srv.url, key) as api:
+            yield api
 
 
 async def _code(call: object) -> tuple[grpc.StatusCode, str]:

@@ -4,65 +4,31 @@ by the control plane and by the node, offline operation and the telemetry backlo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import grpc
 import pytest
 from cp_support import (
     ACTOR,
     DEMO_YAML,
     SecuredNats,
     control_plane,
+    cp_node,
     new_version,
     seed_demo,
-    trust_on_node,
     trust_with,
 )
+from support.grpc_node import stub_to, talk_through
+from support.polling import eventually
 
 from kefu.errors import ConfigError
 from kefu.keys import SigningKey
-from kefu.natsserver import NatsServer, NatsUser
+from kefu.natsserver import NatsServer
 from kefu.node.agent.agent import NodeAgent
-from kefu.node.agent.cp_link import attach_agent
-from kefu.node.serving.server import Node, NodeOptions
 from kefu.v1 import bearer_metadata
 from kefu.v1 import node_pb2 as pb
-from kefu.v1 import node_pb2_grpc as pbg
 from kefu.wire import STREAM_TELEMETRY, TelemetryBatch, decode, desired_bucket, encode
 
 pytestmark = pytest.mark.slow
-
-
-@asynccontextmanager
-async def cp_node(
-    tmp_path: Path, url: str, key: SigningKey, region: str = "r1", user: NatsUser | None = None
-) -> AsyncIterator[tuple[Node, NodeAgent]]:
-    data = tmp_path / "node"
-    trust_on_node(data, key)
-    opts = NodeOptions(
-        data_dir=data,
-        listen="127.0.0.1:0",
-        metrics_listen=None,
-        tenant_configs=[],
-        require_tenants=False,
-    )
-    async with Node(opts) as node:
-        agent = attach_agent(
-            node,
-            url=url,
-            node_id=user.user if user else "n1",
-            region=region,
-            user=user.user if user else None,
-            password=user.password if user else None,
-            heartbeat_s=0.5,
-            telemetry_s=0.3,
-        )
-        agent.options.reconnect_min_s = 0.2
-        agent.options.reconnect_max_s = 1.0
-        async with agent:
-            yield node, agent
 
 
 def serving(agent: NodeAgent, tenant: str, ref: str) -> bool:
@@ -85,26 +51,7 @@ async def test_new_model_version_hot_swaps_under_load_with_zero_failed_rpcs(
 
             node.service.limiter = RateLimiter(RateLimit(rate=1e6, burst=1e6))
             md = bearer_metadata(api_key)
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
-                stub = pbg.KefuNodeStub(ch)
-                seen: list[str] = []
-                failures: list[BaseException] = []
-                swapped = asyncio.Event()
-
-                async def client(i: int) -> None:
-                    texts = ["我的订单什么时候到", "refund please", "发票", "hello"]
-                    after = n = 0
-                    while after < 5 and n < 20000:
-                        try:
-                            r = await stub.Converse(
-                                pb.ConverseRequest(channel=pb.CHANNEL_WEB, text=texts[(i + n) % 4]),
-                                metadata=md,
-                            )
-                            seen.append(r.model_versions["intent"])
-                        except grpc.aio.AioRpcError as exc:
-                            failures.append(exc)
-                        n += 1
-                        after += swapped.is_set()
+            async with stub_to(node) as stub:
 
                 async def rollout() -> None:
                     await asyncio.sleep(0.1)
@@ -116,15 +63,19 @@ async def test_new_model_version_hot_swaps_under_load_with_zero_failed_rpcs(
                     await agent.wait_for(
                         lambda: serving(agent, "demo-shop", "demo-shop-intent@cp-2")
                     )
-                    swapped.set()
 
-                await asyncio.gather(*(client(i) for i in range(6)), rollout())
-            assert failures == []
+                run = await talk_through(stub, md, rollout, clients=6, max_turns=20000)
+            seen = run.seen
+            assert run.failures == []
             assert seen[-1] == "demo-shop-intent@cp-2"
             assert any(v != "demo-shop-intent@cp-2" for v in seen)  # swapped mid-run
-            nodes = await stack.cp.list_nodes()
-            await asyncio.sleep(0.6)  # one heartbeat
-            nodes = await stack.cp.list_nodes()
+            nodes = await eventually(  # the next heartbeat reports it
+                stack.cp.list_nodes,
+                lambda ns: (
+                    bool(ns)
+                    and ns[0].tenants["demo-shop"].models.get("intent") == "demo-shop-intent@cp-2"
+                ),
+            )
             assert nodes[0].tenants["demo-shop"].models["intent"] == "demo-shop-intent@cp-2"
             # The old version is unloaded once no tenant has used it for the grace period.
             old = {r for r in agent.target.loaded() if r.startswith("demo-shop-intent@")}
@@ -165,14 +116,20 @@ async def test_invalid_config_refused_by_cp_and_by_node_which_keeps_last_known_g
             obs = agent.observed["demo-shop"]
             assert "bogus_field" in obs.error and obs.fingerprint == good_fp
             assert agent.applied["demo-shop"] == good_fp
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
-                r = await pbg.KefuNodeStub(ch).Converse(
+            async with stub_to(node) as stub:
+                r = await stub.Converse(
                     pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="我的订单什么时候到"),
                     metadata=bearer_metadata(api_key),
                 )
             assert r.intent == "delivery_tracking"  # still serving last-known-good
-            await asyncio.sleep(0.7)
-            status = {n.node_id: n for n in await stack.cp.list_nodes()}["n1"]
+            nodes = await eventually(
+                stack.cp.list_nodes,
+                lambda ns: any(
+                    "demo-shop" in n.tenants and n.tenants["demo-shop"].state == "refused"
+                    for n in ns
+                ),
+            )
+            status = {n.node_id: n for n in nodes}["n1"]
             assert status.tenants["demo-shop"].state == "refused"
             assert "bogus_field" in status.tenants["demo-shop"].error
 
@@ -187,8 +144,7 @@ async def test_nats_down_node_serves_then_telemetry_backlog_arrives(
         await agent.wait_for(lambda: "demo-shop" in agent.applied)
         nats_server.kill()
         md = bearer_metadata(api_key)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
-            stub = pbg.KefuNodeStub(ch)
+        async with stub_to(node) as stub:
             for text in ["我的订单什么时候到", "refund please", "hello"] * 3:
                 r = await stub.Converse(
                     pb.ConverseRequest(channel=pb.CHANNEL_WEB, text=text), metadata=md
@@ -245,8 +201,8 @@ async def test_node_restart_offline_serves_last_known_good(
     nats_server.stop()
     async with cp_node(tmp_path, nats_server.url, ops_key) as (node, agent):
         assert agent.bus is None  # nothing reachable
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
-            r = await pbg.KefuNodeStub(ch).Converse(
+        async with stub_to(node) as stub:
+            r = await stub.Converse(
                 pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="how do i get a VAT invoice?"),
                 metadata=bearer_metadata(api_key),
             )

@@ -8,17 +8,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from support.processes import start_process
 
 pytestmark = pytest.mark.slow
 
 
 def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    proc = subprocess.Popen(
+    proc, out = start_process(
         [
             sys.executable,
             "-m",
@@ -35,22 +35,10 @@ def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> N
             "--order-center-listen",
             "127.0.0.1:0",
         ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        until="Ctrl-C",
+        env={"PYTHONUNBUFFERED": "1"},
+        timeout_s=120,
     )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "Ctrl-C" in line:
-            break
-    out = "".join(lines)
     try:
         chat = re.search(r"kefu chat --target (\S+) --key-file (\S+)", out)
         cp = re.search(r"control plane on (\S+)", out)

@@ -32,8 +32,14 @@ def test_minilm_bundle_trains_exports_and_answers_english(
 ) -> None:
     train = english(load_dataset(tiny_data[0]))
     dev = english(load_dataset(tiny_data[1]))
+    # latency_rounds=0: the latency figures (1,300 MiniLM runs on one thread, most of this
+    # test's time) are the benchmarks' business; accuracy and the answers are checked here.
     cfg = tiny_config(
-        family="minilm", freeze=freeze, epochs=40 if freeze else 2, lr=3e-3 if freeze else 1e-4
+        family="minilm",
+        freeze=freeze,
+        epochs=40 if freeze else 2,
+        lr=3e-3 if freeze else 1e-4,
+        latency_rounds=0,
     )
     out = tmp_path / "b"
     result = train_bundle(
@@ -47,6 +53,7 @@ def test_minilm_bundle_trains_exports_and_answers_english(
         signing_key=signing_key,
     )
     assert result.manifest.family == "minilm"
+    assert "latency" not in result.manifest.metrics["dev"]
     assert result.manifest.training["arch"].endswith("frozen" if freeze else "fine-tuned")
     graph = onnx.load(str(out / "model.onnx"))
     assert sum(n.op_type == "MatMulInteger" for n in graph.graph.node) >= 36  # 6 layers x 6

@@ -4,42 +4,25 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from packaging_helpers import free_port
+from support.processes import free_port, start_process, stop_process
 
 KEFU = str(Path(sys.executable).parent / "kefu")
 
 
 def start_node(data: Path, port: int, *, metrics: str = "") -> tuple[subprocess.Popen[str], str]:
     """``kefu node run`` as a child process; returns it and its stdout up to "serving"."""
-    proc = subprocess.Popen(
+    return start_process(
         [KEFU, "node", "run", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
          "--metrics-listen", metrics],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        until="serving tenants",
+        timeout_s=60,
     )  # fmt: skip
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "serving tenants" in line:
-            break
-    out = "".join(lines)
-    if "serving tenants" not in out:
-        proc.kill()
-        assert proc.stderr is not None
-        pytest.fail(f"node did not start:\n{out}{proc.stderr.read()}")
-    return proc, out
 
 
 @pytest.mark.slow
@@ -86,11 +69,8 @@ def test_node_run_chat_and_sigterm(tmp_path: Path) -> None:
             and "Traceback" not in bad.stderr
         )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=30)
+        rc, logs = stop_process(proc, timeout_s=30)
     assert rc == 0
-    assert proc.stderr is not None
-    logs = proc.stderr.read()
     turns = [json.loads(line) for line in logs.splitlines() if '"msg": "turn"' in line]
     assert {t["intent"] for t in turns} >= {"delivery_tracking", "return_refund"}
     assert "我的订单什么时候到" not in logs and "return my shoes" not in logs  # residency

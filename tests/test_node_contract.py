@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from test_node_grpc)
 """The node API's documented contract at its edges (issue 10): forged page tokens, channels,
 corrected intents, ending an expired session, the stream's first event, field limits, failed
 authentication and the files that hold conversations. Real node, real gRPC, real SQLite."""
@@ -17,10 +16,9 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
-from test_node_grpc import node, stub  # noqa: F401  (fixtures)
+from support.grpc_node import demo_key, serving
 
 from kefu.auth_guard import FailedAuthGuard, peer_address
-from kefu.node.dialog.tenant import demo_key_path
 from kefu.node.serving.limits import FIELD_CHARS, MAX_METADATA_ENTRIES, check_fields
 from kefu.node.serving.server import Node, NodeOptions
 from kefu.node.sessions.store import SessionStatus
@@ -29,10 +27,6 @@ from kefu.v1 import node_pb2 as pb
 from kefu.v1 import node_pb2_grpc as pbg
 
 Code = grpc.StatusCode
-
-
-def key(node: Node) -> tuple[tuple[str, str], ...]:
-    return bearer_metadata(demo_key_path(node.options.data_dir, "demo-shop").read_text().strip())
 
 
 async def code_of(call: object) -> tuple[Code, str]:
@@ -52,7 +46,7 @@ async def new_session(stub: pbg.KefuNodeStub, md: object, channel: int = pb.CHAN
 
 
 async def test_forged_page_token_is_invalid_argument(node: Node, stub: pbg.KefuNodeStub) -> None:
-    md = key(node)
+    md = demo_key(node)
     for stamp in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"):
         token = base64.urlsafe_b64encode(f"{stamp}|x".encode()).decode()
         for call in (
@@ -69,7 +63,7 @@ async def test_forged_page_token_is_invalid_argument(node: Node, stub: pbg.KefuN
 async def test_channel_is_required_for_a_new_session_and_fixed_after(
     node: Node, stub: pbg.KefuNodeStub
 ) -> None:
-    md = key(node)
+    md = demo_key(node)
     code, details = await code_of(stub.Converse(pb.ConverseRequest(text="你好"), metadata=md))
     assert code is Code.INVALID_ARGUMENT and "channel" in details
     code, _ = await code_of(
@@ -94,7 +88,7 @@ async def test_channel_is_required_for_a_new_session_and_fixed_after(
 async def test_corrected_intent_must_be_one_of_the_tenants(
     node: Node, stub: pbg.KefuNodeStub
 ) -> None:
-    md = key(node)
+    md = demo_key(node)
     sid = await new_session(stub, md)
     bad = pb.SubmitFeedbackRequest(session_id=sid, corrected_intent="no_such_intent")
     code, _ = await code_of(stub.SubmitFeedback(bad, metadata=md))
@@ -113,7 +107,7 @@ async def test_corrected_intent_must_be_one_of_the_tenants(
 async def test_ending_an_expired_or_ended_session_succeeds(
     node: Node, stub: pbg.KefuNodeStub
 ) -> None:
-    md = key(node)
+    md = demo_key(node)
     assert node.registry is not None
     store = node.registry.tenants["demo-shop"].store
     expired = await new_session(stub, md)
@@ -132,7 +126,7 @@ async def test_stream_announces_the_new_sessions_id_first(
     events = [
         e
         async for e in stub.ConverseStream(
-            pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="你好"), metadata=key(node)
+            pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="你好"), metadata=demo_key(node)
         )
     ]
     assert events[0].WhichOneof("event") == "typing"
@@ -159,7 +153,7 @@ def test_every_string_and_map_field_of_every_request_has_a_limit() -> None:
 async def test_oversize_fields_are_invalid_argument_and_never_echoed(
     node: Node, stub: pbg.KefuNodeStub
 ) -> None:
-    md = key(node)
+    md = demo_key(node)
     sid = await new_session(stub, md)
     big, mb = "x" * 65_536, "y" * 1_000_000
     web = pb.CHANNEL_WEB
@@ -240,7 +234,7 @@ async def test_wrong_keys_are_counted_logged_and_slowed_without_blocking_others(
         code_of(stub.Converse(pb.ConverseRequest(text="hi"), metadata=wrong))
     )
     await asyncio.sleep(0.05)
-    sid = await new_session(stub, key(node))  # served while the failing peer waits
+    sid = await new_session(stub, demo_key(node))  # served while the failing peer waits
     assert sid and not slow.done()
     assert (await slow)[0] is Code.UNAUTHENTICATED and time.monotonic() - t0 >= 0.3
     await code_of(stub.Converse(pb.ConverseRequest(text="hi")))  # no key at all
@@ -263,8 +257,8 @@ async def test_conversation_files_are_private(tmp_path: Path) -> None:
     try:
         data = tmp_path / "fresh" / "data"
         opts = NodeOptions(data_dir=data, listen="127.0.0.1:0", metrics_listen=None)
-        async with Node(opts) as node, grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
-            await new_session(pbg.KefuNodeStub(ch), key(node))
+        async with serving(opts) as (node, stub):
+            await new_session(stub, demo_key(node))
             db = data / "tenants" / "demo-shop" / "sessions.db"
             wal, shm = db.with_name("sessions.db-wal"), db.with_name("sessions.db-shm")
             assert wal.exists() and shm.exists()

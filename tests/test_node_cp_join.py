@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from cp_support import (
     trust_with,
 )
 from packaging_helpers import ROOT, free_port, start
+from support.processes import stop_process
 
 from kefu.config.node import load_node_config, parse_node_config
 from kefu.errors import ConfigError
@@ -103,12 +103,6 @@ def converse_when_assigned(port: int, key: str, texts: list[str]) -> list[pb.Con
     return replies
 
 
-def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    return proc.returncode, err
-
-
 async def telemetry_turns(url: str, want: int, user: NatsUser | None = None) -> int:
     """demo-shop turns in the telemetry stream (waits a little for ``want``)."""
     creds = {"user": user.user, "password": user.password} if user else {}
@@ -156,7 +150,7 @@ async def test_kefu_node_joins_serves_and_flushes_telemetry_on_sigterm(
                 await asyncio.sleep(0.1)
             assert state == "serving"
         finally:
-            code, err = await asyncio.to_thread(stop, proc)
+            code, err = await asyncio.to_thread(stop_process, proc)
         assert code == 0, err
         assert "1 batch(es) sent, 0 saved" in err and "Traceback" not in err
         assert await telemetry_turns(nats.url, len(TEXTS), cp_user) == len(TEXTS)
@@ -179,7 +173,7 @@ async def test_nats_down_at_sigterm_saves_telemetry_sent_after_restart(
         nats_server.kill()
         await asyncio.to_thread(converse_when_assigned, port, key, TEXTS)
     finally:
-        code, err = await asyncio.to_thread(stop, proc)
+        code, err = await asyncio.to_thread(stop_process, proc)
     assert code == 0, err
     assert "0 batch(es) sent, 1 saved for after the restart, 0 dropped" in err
     saved, bad = load_pending(data / PENDING)
@@ -190,7 +184,7 @@ async def test_nats_down_at_sigterm_saves_telemetry_sent_after_restart(
     try:
         assert await telemetry_turns(nats_server.url, 5, cp_user) == 5
     finally:
-        code, err = await asyncio.to_thread(stop, proc)
+        code, err = await asyncio.to_thread(stop_process, proc)
     assert code == 0, err
     assert not (data / PENDING).exists()
 

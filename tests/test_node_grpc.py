@@ -3,44 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_tenant_registry import second_tenant
+from support.grpc_node import demo_key, serving, talk_through
 
 from kefu.errors import PermanentError
-from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
 from kefu.node.serving.server import Node, NodeOptions, PortInUse
 from kefu.v1 import bearer_metadata
 from kefu.v1 import node_pb2 as pb
 from kefu.v1 import node_pb2_grpc as pbg
-
-
-@pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    acme = second_tenant(tmp_path, "acme", "acme-key")
-    opts = NodeOptions(
-        data_dir=tmp_path / "data",
-        listen="127.0.0.1:0",
-        metrics_listen="127.0.0.1:0",
-        tenant_configs=[DEMO_TENANT_CONFIG, acme],
-    )
-    async with Node(opts) as n:
-        yield n
-
-
-@pytest.fixture
-async def stub(node: Node) -> AsyncIterator[pbg.KefuNodeStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
-        yield pbg.KefuNodeStub(channel)
-
-
-def demo_key(node: Node) -> tuple[tuple[str, str], ...]:
-    assert node.registry is not None
-    return bearer_metadata(node.registry.new_keys["demo-shop"])
 
 
 async def test_converse_in_chinese_and_english(node: Node, stub: pbg.KefuNodeStub) -> None:
@@ -240,40 +214,19 @@ async def test_hot_swap_under_load_fails_no_request(tmp_path: Path) -> None:
     write_manifest(v2, m)
     sign_bundle(v2, key)
     opts = NodeOptions(data_dir=data, listen="127.0.0.1:0", metrics_listen=None)
-    async with Node(opts) as node, grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
-        stub = pbg.KefuNodeStub(ch)
-        md = demo_key(node)
+    async with serving(opts) as (node, stub):
         assert node.service is not None  # the demo tenant's own rate limit is not under test here
         node.service.limiter = RateLimiter(RateLimit(rate=1e6, burst=1e6))
-        seen: list[str] = []
-        failures: list[BaseException] = []
-        swapped = asyncio.Event()
-
-        async def client(i: int) -> None:
-            texts = ["我的订单什么时候到", "refund please", "发票", "hello"]
-            after = n = 0
-            while after < 5 and n < 5000:  # talk until a few turns have run after the swap
-                try:
-                    r = await stub.Converse(
-                        pb.ConverseRequest(channel=pb.CHANNEL_WEB, text=texts[(i + n) % 4]),
-                        metadata=md,
-                    )
-                    seen.append(r.model_versions["intent"])
-                except grpc.aio.AioRpcError as exc:
-                    failures.append(exc)
-                n += 1
-                after += swapped.is_set()
 
         async def swap() -> None:
             await asyncio.sleep(0.05)
             assert node.runtime is not None
             await node.runtime.load("demo-shop-intent", v2)
-            swapped.set()
 
-        await asyncio.gather(*(client(i) for i in range(8)), swap())
-        assert failures == []
-        assert seen[-1] == "demo-shop-intent@hot-swap-2"
-        assert any(v != "demo-shop-intent@hot-swap-2" for v in seen)  # it really swapped mid-run
+        run = await talk_through(stub, demo_key(node), swap, clients=8, max_turns=5000)
+    assert run.failures == []
+    assert run.seen[-1] == "demo-shop-intent@hot-swap-2"
+    assert any(v != "demo-shop-intent@hot-swap-2" for v in run.seen)  # it really swapped mid-run
 
 
 async def test_disk_full_is_unavailable_over_grpc_and_never_corrupts(tmp_path: Path) -> None:
@@ -288,8 +241,8 @@ async def test_disk_full_is_unavailable_over_grpc_and_never_corrupts(tmp_path: P
         store=SQLiteStoreOptions(max_db_bytes=200 * 1024),  # the tenant's disk quota
         max_loop_lag_s=math.inf,  # about storage: a busy CI machine must not shed these turns
     )
-    async with Node(opts) as node, grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
-        stub, md = pbg.KefuNodeStub(ch), demo_key(node)
+    async with serving(opts) as (node, stub):
+        md = demo_key(node)
         first = await stub.Converse(
             pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="我的订单什么时候到"), metadata=md
         )

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from support.grpc_node import node_options, stub_to
 
 from kefu.config import load_tenant_config
 from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
 from kefu.node.serving.admission import RateLimit
-from kefu.node.serving.server import Node, NodeOptions
+from kefu.node.serving.server import Node
 from kefu.v1 import bearer_metadata
 from kefu.v1 import node_pb2 as pb
 from kefu.v1 import node_pb2_grpc as pbg
@@ -26,12 +27,8 @@ WEB_LIMIT = "web: {rate_per_second: 20, burst: 80}"
 
 @pytest.fixture
 async def empty_node(tmp_path: Path) -> AsyncIterator[Node]:
-    opts = NodeOptions(
-        data_dir=tmp_path / "data",
-        listen="127.0.0.1:0",
-        metrics_listen="127.0.0.1:0",
-        tenant_configs=[],
-        require_tenants=False,
+    opts = node_options(
+        tmp_path / "data", metrics_listen="127.0.0.1:0", tenant_configs=[], require_tenants=False
     )
     async with Node(opts) as node:
         yield node
@@ -77,8 +74,7 @@ async def test_tenant_applied_after_start_is_rate_limited_and_follows_changes(
     assert node.registry is not None and node.service is not None and node.metrics is not None
     await apply(node, DEMO_TENANT_CONFIG)
     md = bearer_metadata(node.registry.new_keys["demo-shop"])
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
-        stub = pbg.KefuNodeStub(ch)
+    async with stub_to(node) as stub:
         ok, limited, seconds = await burst(stub, md, 150)
         # web: 20/s with a burst of 80 — the issue saw 150 of 150 pass on a managed node.
         assert limited > 0
@@ -118,9 +114,9 @@ async def test_a_tenant_whose_model_has_not_arrived_yet_is_unavailable_not_inter
         await node.runtime.unload(m.name, m.version)
     await node.registry.apply(config, source=Path("control-plane:demo-shop@v1"))
     md = bearer_metadata(node.registry.new_keys["demo-shop"])
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
+    async with stub_to(node) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as ei:
-            await pbg.KefuNodeStub(ch).Converse(
+            await stub.Converse(
                 pb.ConverseRequest(text="hello", channel=pb.CHANNEL_WEB), metadata=md
             )
     assert ei.value.code() is grpc.StatusCode.UNAVAILABLE, ei.value.details()

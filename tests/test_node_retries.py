@@ -9,11 +9,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
+from support.grpc_node import demo_key, serving
 
-from kefu.node.dialog.tenant import demo_key_path
-from kefu.node.serving.server import Node, NodeOptions
+from kefu.node.serving.server import NodeOptions
 from kefu.node.sessions.memory_store import InMemorySessionStore
 from kefu.node.sessions.sqlite_store import SQLiteSessionStore
 from kefu.node.sessions.store import (
@@ -24,9 +23,7 @@ from kefu.node.sessions.store import (
     TurnRecord,
     TurnRole,
 )
-from kefu.v1 import bearer_metadata
 from kefu.v1 import node_pb2 as pb
-from kefu.v1 import node_pb2_grpc as pbg
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -70,12 +67,8 @@ def _options(data: Path) -> NodeOptions:
 
 async def test_retry_returns_the_stored_reply_even_across_a_restart(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    async with (
-        Node(_options(data)) as node,
-        grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch,
-    ):
-        stub = pbg.KefuNodeStub(ch)
-        md = bearer_metadata(demo_key_path(data, "demo-shop").read_text().strip())
+    async with serving(_options(data)) as (node, stub):
+        md = demo_key(node)
         first = await stub.Converse(
             pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="我的订单什么时候到"), metadata=md
         )
@@ -104,11 +97,7 @@ async def test_retry_returns_the_stored_reply_even_across_a_restart(tmp_path: Pa
         assert sorted(t.request_id for t in view.turns).count("req-1") == 2  # customer + bot
 
     # The reply to req-1 was "lost"; the client retries against the restarted node.
-    async with (
-        Node(_options(data)) as node,
-        grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch,
-    ):
-        stub = pbg.KefuNodeStub(ch)
+    async with serving(_options(data)) as (node, stub):
         retry = await stub.Converse(ask("req-1"), metadata=md)
         assert (retry.turn_seq, retry.text) == (r1.turn_seq, r1.text)
         view = await stub.GetSession(pb.GetSessionRequest(session_id=sid), metadata=md)

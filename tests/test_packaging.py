@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import tarfile
@@ -21,6 +20,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from packaging_helpers import ROOT, metric_value, metrics_text, node_yaml, start
+from support.processes import stop_process
 
 from kefu.v1 import SERVICE_NAME, bearer_metadata
 from kefu.v1 import node_pb2 as pb
@@ -128,10 +128,7 @@ def test_serves_zh_and_en_then_stops_cleanly_on_sigterm(binary: Path, tmp_path: 
         assert turns == 3
         assert metric_value(text, "kefu_admission_in_flight") == 0
     finally:
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=60)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
+        rc, err = stop_process(proc)
     assert rc == 0, err
     assert "stopped cleanly" in err and "Traceback" not in err
     assert "我的订单什么时候到" not in err  # conversation text never reaches the log
@@ -218,10 +215,7 @@ def test_worker_processes_of_the_binary_share_the_port(binary: Path, tmp_path: P
                 assert reply.intent in ("delivery_tracking", "return_refund")
         assert 'worker="' in metrics_text(metrics_port)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=60)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
+        rc, err = stop_process(proc)
     assert rc == 0 and "Traceback" not in err, err
     db = sqlite3.connect(data / "tenants" / "demo-shop" / "sessions.db")
     assert db.execute("select count(*) from turns").fetchone()[0] == 16
@@ -277,9 +271,6 @@ def test_the_binary_joins_a_control_plane_over_nats(binary: Path, tmp_path: Path
             status = asyncio.run(_node_status(srv.url, "n1"))
             assert status.region == "r1" and "CPUExecutionProvider" in status.providers
         finally:
-            proc.send_signal(signal.SIGTERM)
-            rc = proc.wait(timeout=60)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
+            rc, err = stop_process(proc)
     assert rc == 0, err
     assert "telemetry: 0 batch(es) sent, 0 saved" in err and "Traceback" not in err

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from support.grpc_node import serving
 
 from kefu.dev.stack import DemoStack
 
@@ -102,10 +103,9 @@ async def test_key_roles_guard_the_console(tmp_path: Path) -> None:
 
     from kefu.config.tenant import hash_api_key
     from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
-    from kefu.node.serving.server import Node, NodeOptions
+    from kefu.node.serving.server import NodeOptions
     from kefu.v1 import bearer_metadata
     from kefu.v1 import node_pb2 as pb
-    from kefu.v1 import node_pb2_grpc as pbg
 
     keys = "".join(
         f"  - id: {name}\n    sha256: {hash_api_key(name + '-key')}\n"
@@ -124,8 +124,7 @@ async def test_key_roles_guard_the_console(tmp_path: Path) -> None:
         tenant_configs=[cfg],
     )  # fmt: skip
     channel, agent = bearer_metadata("channel-key"), bearer_metadata("agent-key")
-    async with Node(opts) as node, grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
-        stub = pbg.KefuNodeStub(ch)
+    async with serving(opts) as (_, stub):
         r = await stub.Converse(
             pb.ConverseRequest(channel=pb.CHANNEL_WEB, text="转人工"), metadata=channel
         )

@@ -5,25 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kefu.config.tenant import hash_api_key
+from support.grpc_node import second_tenant
+
 from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG, TenantRegistry, demo_key_path
 from kefu.node.sessions.sqlite_store import sqlite_store_opener
 from kefu.node.sessions.store import NewSession
-
-
-def second_tenant(tmp_path: Path, tenant_id: str, key: str) -> Path:
-    """A copy of the demo config under another tenant id with one configured key."""
-    text = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
-    text = text.replace("id: demo-shop", f"id: {tenant_id}", 1)
-    text = text.replace(
-        "api_keys: []",
-        f"api_keys:\n  - id: main\n    sha256: {hash_api_key(key)}\n"
-        "    created_at: 2026-11-25T00:00:00Z",
-        1,
-    )
-    p = tmp_path / f"{tenant_id}.yaml"
-    p.write_text(text, encoding="utf-8")
-    return p
 
 
 async def test_demo_tenant_key_is_generated_once_and_reused(tmp_path: Path) -> None:

@@ -8,11 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cp_support import (
-    seed_demo,
-    trust_on_node,
-    trust_with,
-)
+from cp_support import cp_node, seed_demo, trust_with
 from packaging_helpers import free_port
 from rich.text import Text
 from tui_support import NOW, MemoryClient, until
@@ -21,8 +17,6 @@ from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
 from kefu.control_plane.tokens import read_token_file
 from kefu.keys import SigningKey
 from kefu.natsserver import NatsServer
-from kefu.node.agent.cp_link import attach_agent
-from kefu.node.serving.server import Node, NodeOptions
 from kefu.tui.app import KefuConsole
 from kefu.tui.client import (
     ConsoleAuthError,
@@ -77,77 +71,62 @@ async def test_console_retries_until_the_control_plane_is_up_then_shows_real_sta
             assert cp.port == port and cp.first_token
             assert token_file.read_text(encoding="utf-8").strip() == cp.first_token
             await seed_demo(cp.cp, region="r1")
-            data = tmp_path / "node"
-            trust_on_node(data, ops_key)
-            node_opts = NodeOptions(
-                data_dir=data,
-                listen="127.0.0.1:0",
-                metrics_listen=None,
-                tenant_configs=[],
-                require_tenants=False,
-            )
-            async with Node(node_opts) as node:
-                agent = attach_agent(
-                    node, url=nats_server.url, node_id="n1", region="r1", heartbeat_s=0.5
-                )
-                async with agent:
-                    await agent.wait_for(lambda: "demo-shop" in agent.applied)
+            async with cp_node(tmp_path, nats_server.url, ops_key, telemetry_s=10.0) as (_, agent):
+                await agent.wait_for(lambda: "demo-shop" in agent.applied)
 
-                    def node_serving() -> bool:
-                        rows = _cells(console, "nodes")
-                        return any(r[0] == "n1" and "demo-shop:serving" in r[5] for r in rows)
+                def node_serving() -> bool:
+                    rows = _cells(console, "nodes")
+                    return any(r[0] == "n1" and "demo-shop:serving" in r[5] for r in rows)
 
-                    await until(node_serving, pilot)
-                    assert _banner(console) == ""
-                    (n1,) = _cells(console, "nodes")
-                    assert n1[1] == "r1" and n1[3].startswith("yes")
-                    assert any(m.startswith("demo-shop-intent@") for m in n1[6].split(", "))
-                    tenants = _cells(console, "tenants")
-                    assert [r[0] for r in tenants] == ["demo-shop"]
-                    assert tenants[0][2].startswith("yes") and "r1: config" in tenants[0][5]
-                    models = {r[0] for r in _cells(console, "models")}
-                    assert {"demo-shop-intent", "sentiment"} <= models
-                    audit_actions = {r[3] for r in _cells(console, "audit")}
-                    assert {"tenant.create", "config.put", "assign"} <= audit_actions
-                    overview = str(console.query_one("#overview-text").render())
-                    assert "admin (admin)" in overview and "1/1 online" in overview
+                await until(node_serving, pilot)
+                assert _banner(console) == ""
+                (n1,) = _cells(console, "nodes")
+                assert n1[1] == "r1" and n1[3].startswith("yes")
+                assert any(m.startswith("demo-shop-intent@") for m in n1[6].split(", "))
+                tenants = _cells(console, "tenants")
+                assert [r[0] for r in tenants] == ["demo-shop"]
+                assert tenants[0][2].startswith("yes") and "r1: config" in tenants[0][5]
+                models = {r[0] for r in _cells(console, "models")}
+                assert {"demo-shop-intent", "sentiment"} <= models
+                audit_actions = {r[3] for r in _cells(console, "audit")}
+                assert {"tenant.create", "config.put", "assign"} <= audit_actions
+                overview = str(console.query_one("#overview-text").render())
+                assert "admin (admin)" in overview and "1/1 online" in overview
 
-                    # An action: disable the tenant from the tenants tab, then enable it again.
-                    await pilot.press("2")
-                    assert console.query_one("#tenants-table").has_focus
-                    await pilot.press("e")
+                # An action: disable the tenant from the tenants tab, then enable it again.
+                await pilot.press("2")
+                assert console.query_one("#tenants-table").has_focus
+                await pilot.press("e")
 
-                    async def enabled() -> bool:
-                        return {t.id: t.enabled for t in await cp.cp.list_tenants()}["demo-shop"]
+                async def enabled() -> bool:
+                    return {t.id: t.enabled for t in await cp.cp.list_tenants()}["demo-shop"]
 
-                    flags: list[bool] = []
+                flags: list[bool] = []
 
-                    async def record() -> None:
-                        flags.append(await enabled())
+                async def record() -> None:
+                    flags.append(await enabled())
 
-                    await until(
-                        lambda: _cells(console, "tenants")[0][2].startswith("disabled"), pilot
-                    )
-                    await record()
-                    await pilot.press("e")
-                    await until(lambda: _cells(console, "tenants")[0][2].startswith("yes"), pilot)
-                    await record()
-                    assert flags == [False, True]
+                await until(lambda: _cells(console, "tenants")[0][2].startswith("disabled"), pilot)
+                await record()
+                await pilot.press("e")
+                await until(lambda: _cells(console, "tenants")[0][2].startswith("yes"), pilot)
+                await record()
+                assert flags == [False, True]
 
-                    # A viewer token may look but not act: refused, and nothing changes.
-                    _, viewer_token = await cp.tokens.issue("watcher", "viewer", actor="test")
-                    viewer = GrpcControlPlaneClient(target, lambda: (viewer_token, "test"))
-                    assert [t.id for t in (await viewer.tenants()).tenants] == ["demo-shop"]
-                    with pytest.raises(ConsoleAuthError, match="PERMISSION_DENIED"):
-                        await viewer.set_tenant_enabled("demo-shop", False)
-                    await viewer.close()
-                    assert await enabled()
+                # A viewer token may look but not act: refused, and nothing changes.
+                _, viewer_token = await cp.tokens.issue("watcher", "viewer", actor="test")
+                viewer = GrpcControlPlaneClient(target, lambda: (viewer_token, "test"))
+                assert [t.id for t in (await viewer.tenants()).tenants] == ["demo-shop"]
+                with pytest.raises(ConsoleAuthError, match="PERMISSION_DENIED"):
+                    await viewer.set_tenant_enabled("demo-shop", False)
+                await viewer.close()
+                assert await enabled()
 
-                    events = await cp.cp.audit_log(tenant="demo-shop", limit=50)
-                    assert [e.actor for e in events if e.action.startswith("tenant.")][-2:] == [
-                        "admin",
-                        "admin",
-                    ]
+                events = await cp.cp.audit_log(tenant="demo-shop", limit=50)
+                assert [e.actor for e in events if e.action.startswith("tenant.")][-2:] == [
+                    "admin",
+                    "admin",
+                ]
         # The control plane went away: the banner returns, the last data stays on screen.
         await until(lambda: "unreachable" in _banner(console), pilot)
         assert _cells(console, "nodes")[0][0] == "n1" and "showing data of" in _banner(console)

@@ -23,6 +23,10 @@ conditions alone select). Stronger evidence wins first (a confident intent beats
 then the higher ``priority``; the ``fallback`` scenario answers when none matches. Entry paths
 are triggers, not conditions, so a customer asking 我的订单什么时候到 from the home page still
 reaches logistics.
+
+The sections live by concept: field types and texts in :mod:`kefu.config.fields`; the
+knowledge base, session policies, rate limits and soothing in :mod:`kefu.config.policies`;
+flows and plugins in :mod:`kefu.config.flows`. Every name stays importable from here.
 """
 
 from __future__ import annotations
@@ -31,23 +35,40 @@ import hashlib
 import hmac
 import re
 import secrets
-import string
-from collections.abc import Iterable, Mapping
 from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from kefu.config.fields import (
+    CHANNELS,
+    LANGUAGES,
+    Channel,
+    ConfigModel,
+    Ident,
+    Language,
+    LocalizedList,
+    LocalizedText,
+    Template,
+    Text,
+    check_bundle_name,
+    check_sha256_hex,
+    check_tenant_id,
+)
 from kefu.config.flows import FlowSpec, Integration, PluginSpec
+from kefu.config.policies import (
+    HandoffConditions,
+    HandoffOverride,
+    KbEntry,
+    KnowledgeBase,
+    RateLimits,
+    SessionPolicies,
+    SessionPolicy,
+    SessionPolicyOverride,
+    Soothing,
+    TokenBucket,
+)
 
 __all__ = [
     "BUILTIN_ENTITY_TYPES",
@@ -82,149 +103,14 @@ __all__ = [
     "hash_api_key",
 ]
 
-Language = Literal["zh", "en"]
-Channel = Literal["web", "app", "mini_program", "social"]
-
-LANGUAGES: tuple[Language, ...] = ("zh", "en")
-CHANNELS: tuple[Channel, ...] = ("web", "app", "mini_program", "social")
 BUILTIN_ENTITY_TYPES = ("order_number", "tracking_number", "phone", "amount", "date", "email")
-
-_IDENT = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
-# Tenant ids become directory names and NATS subject tokens: no dots, no underscores.
-_TENANT_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_BUNDLE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # as kefu.bundle
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-def _ident(v: str) -> str:
-    if not _IDENT.fullmatch(v):
-        raise ValueError(
-            f"{v!r} is not a valid id: use lowercase letters, digits, '_', '-' or '.', "
-            "starting with a letter (at most 64 characters)"
-        )
-    return v
-
-
-def _tenant_id(v: str) -> str:
-    if not _TENANT_ID.fullmatch(v):
-        raise ValueError(
-            f"{v!r} is not a valid tenant id: use lowercase letters, digits and '-' "
-            "(a slug like 'demo-shop', at most 63 characters)"
-        )
-    return v
-
-
-def _bundle_name(v: str) -> str:
-    if not _BUNDLE_NAME.fullmatch(v):
-        raise ValueError(f"{v!r} is not a valid model name (lowercase, digits, '.', '_', '-')")
-    return v
-
-
-def _sha256_hex(v: str) -> str:
-    if not _SHA256_HEX.fullmatch(v):
-        raise ValueError("must be the SHA-256 of the key: 64 lowercase hex digits")
-    return v
-
-
-def _non_blank(v: str) -> str:
-    if not v.strip():
-        raise ValueError("must not be empty")
-    return v
-
-
-Ident = Annotated[str, AfterValidator(_ident)]
-Text = Annotated[str, AfterValidator(_non_blank)]
-
-
-class _Model(BaseModel):
-    # Unknown fields are typos until proven otherwise; configs are values, not mutable state.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# ---------------------------------------------------------------------------------- text
-
-
-class LocalizedText(_Model):
-    """One text in each language."""
-
-    zh: Text
-    en: Text
-
-    def get(self, lang: str) -> str:
-        return self.en if lang == "en" else self.zh
-
-
-class LocalizedList(_Model):
-    """Lists of texts per language (keywords, question variants, prefixes)."""
-
-    zh: tuple[Text, ...] = ()
-    en: tuple[Text, ...] = ()
-
-    def get(self, lang: str) -> tuple[str, ...]:
-        return self.en if lang == "en" else self.zh
-
-    def all(self) -> tuple[str, ...]:
-        return self.zh + self.en
-
-
-class Template(_Model):
-    """A reply text per language; ``{name}`` fields are filled in at answer time."""
-
-    zh: Text
-    en: Text
-
-    @field_validator("zh", "en")
-    @classmethod
-    def _placeholders_are_identifiers(cls, v: str) -> str:
-        _placeholders(v)
-        return v
-
-    @model_validator(mode="after")
-    def _same_placeholders(self) -> Template:
-        zh, en = _placeholders(self.zh), _placeholders(self.en)
-        if zh != en:
-            raise ValueError(
-                "zh and en use different placeholders: "
-                f"zh {sorted(zh)}, en {sorted(en)} (both languages need the same fields)"
-            )
-        return self
-
-    @property
-    def placeholders(self) -> frozenset[str]:
-        return _placeholders(self.zh)
-
-    def render(self, lang: str, values: Mapping[str, object]) -> str:
-        """Fill the placeholders; a missing value raises KeyError naming it."""
-        return (self.en if lang == "en" else self.zh).format_map(values)
-
-
-def _placeholders(text: str) -> frozenset[str]:
-    names = set()
-    try:
-        parsed = list(string.Formatter().parse(text))
-    except ValueError as exc:
-        raise ValueError(
-            f"malformed placeholder in {text!r}: {exc} (write '{{{{' for a literal '{{')"
-        ) from exc
-    for _, name, _, conversion in parsed:
-        if name is None:
-            continue
-        if not (name.isidentifier() and name.isascii()):
-            raise ValueError(
-                f"placeholder {{{name}}} in {text!r} is not an identifier "
-                "(use names like {order_number})"
-            )
-        if conversion:
-            raise ValueError(f"placeholder {{{name}!{conversion}}}: conversions are not allowed")
-        names.add(name)
-    return frozenset(names)
 
 
 # -------------------------------------------------------------------------- tenant, keys
 
 
-class TenantInfo(_Model):
-    id: Annotated[str, AfterValidator(_tenant_id)]
+class TenantInfo(ConfigModel):
+    id: Annotated[str, AfterValidator(check_tenant_id)]
     name: LocalizedText
     enabled: bool = True
 
@@ -232,11 +118,11 @@ class TenantInfo(_Model):
 KeyRole = Literal["channel", "admin", "agent"]
 
 
-class ApiKeyRecord(_Model):
+class ApiKeyRecord(ConfigModel):
     """An API key as stored: only its SHA-256, never the key itself."""
 
     id: Ident
-    sha256: Annotated[str, AfterValidator(_sha256_hex)]
+    sha256: Annotated[str, AfterValidator(check_sha256_hex)]
     created_at: datetime
     revoked: bool = False
     note: str = ""
@@ -258,14 +144,14 @@ def generate_api_key(prefix: str = "kefu_") -> str:
 # -------------------------------------------------------------------------------- models
 
 
-class ModelRef(_Model):
+class ModelRef(ConfigModel):
     """A model bundle by name; no version = the newest verified version in the store.
 
     Written as a mapping or as a string ``name`` / ``name@version``. ``labels``, when
     listed, are the classes the model predicts; scenarios are checked against them.
     """
 
-    name: Annotated[str, AfterValidator(_bundle_name)]
+    name: Annotated[str, AfterValidator(check_bundle_name)]
     version: Text | None = None
     labels: tuple[Ident, ...] = ()
 
@@ -282,13 +168,13 @@ class ModelRef(_Model):
         return f"{self.name}@{self.version}" if self.version else self.name
 
 
-class ModelAssignments(_Model):
+class ModelAssignments(ConfigModel):
     intent: ModelRef
     sentiment: ModelRef
     encoder: ModelRef | None = None  # sentence encoder for dense KB retrieval
 
 
-class ScenarioModels(_Model):
+class ScenarioModels(ConfigModel):
     """Per-scenario model pins (a canary, a specialised classifier); unset = the tenant's."""
 
     intent: ModelRef | None = None
@@ -296,7 +182,7 @@ class ScenarioModels(_Model):
     encoder: ModelRef | None = None
 
 
-class LanguageSettings(_Model):
+class LanguageSettings(ConfigModel):
     supported: tuple[Language, ...] = Field(default=LANGUAGES, min_length=1)
     default: Language = "zh"
 
@@ -309,7 +195,7 @@ def _compile(regex: str, ignore_case: bool) -> re.Pattern[str]:
     return re.compile(regex, re.IGNORECASE if ignore_case else 0)
 
 
-class EntityPattern(_Model):
+class EntityPattern(ConfigModel):
     """A regular expression (Python ``re``) that finds one entity type.
 
     The entity's text is the ``(?P<value>...)`` group when the regex has one (so a cue such
@@ -348,7 +234,7 @@ class EntityPattern(_Model):
         return [m.group(group) for m in rx.finditer(text)]
 
 
-class EntityLookup(_Model):
+class EntityLookup(ConfigModel):
     """Known values of one type: canonical value → aliases (the canonical one matches too)."""
 
     id: Ident
@@ -358,7 +244,7 @@ class EntityLookup(_Model):
     values: dict[Text, tuple[Text, ...]] = Field(min_length=1)
 
 
-class EntitySettings(_Model):
+class EntitySettings(ConfigModel):
     custom_types: tuple[Ident, ...] = ()  # tenant types beyond BUILTIN_ENTITY_TYPES
     patterns: tuple[EntityPattern, ...] = ()
     lookups: tuple[EntityLookup, ...] = ()
@@ -384,7 +270,7 @@ def _user_conditions(v: dict[str, Any]) -> dict[str, Any]:
     return v
 
 
-class ScenarioMatch(_Model):
+class ScenarioMatch(ConfigModel):
     intents: tuple[Ident, ...] = ()
     keywords: LocalizedList = LocalizedList()
     recent_intents: tuple[Ident, ...] = ()  # intents seen earlier in this session
@@ -405,7 +291,7 @@ class ScenarioMatch(_Model):
         )
 
 
-class Scenario(_Model):
+class Scenario(ConfigModel):
     id: Ident
     names: LocalizedText
     match: ScenarioMatch = ScenarioMatch()
@@ -417,146 +303,10 @@ class Scenario(_Model):
     models: ScenarioModels = ScenarioModels()
 
 
-# ------------------------------------------------------------------------ knowledge base
-
-
-def _scope_ref(v: str) -> str:
-    return v if v == "*" else _ident(v)
-
-
-class KbEntry(_Model):
-    """A question/answer pair; ``scopes: ["*"]`` makes it visible in every scope."""
-
-    id: Ident
-    scopes: tuple[Annotated[str, AfterValidator(_scope_ref)], ...] = Field(min_length=1)
-    questions: LocalizedList
-    answers: LocalizedText
-    tags: tuple[Text, ...] = ()
-
-    @field_validator("questions")
-    @classmethod
-    def _has_question(cls, v: LocalizedList) -> LocalizedList:
-        if not v.all():
-            raise ValueError("an entry needs at least one question")
-        return v
-
-
-class KnowledgeBase(_Model):
-    scopes: dict[Ident, LocalizedText] = Field(default_factory=dict)  # scope → display name
-    entries: tuple[KbEntry, ...] = ()
-
-    def entries_in(self, scopes: Iterable[str]) -> tuple[KbEntry, ...]:
-        wanted = set(scopes)
-        return tuple(e for e in self.entries if "*" in e.scopes or wanted.intersection(e.scopes))
-
-
-# ------------------------------------------------------------------------ session policy
-
-NonNegInt = Annotated[int, Field(ge=0)]
-PosInt = Annotated[int, Field(gt=0)]
-Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
-
-
-class HandoffConditions(_Model):
-    """When to hand the conversation to a human (turn counts: 0 = never)."""
-
-    explicit_request: bool = True
-    complaint: bool = True
-    negative_sentiment_turns: NonNegInt = 2
-    low_confidence_turns: NonNegInt = 2
-    vip: bool = False
-    plugin_failure: bool = True
-
-
-class SessionPolicy(_Model):
-    inactivity_timeout_seconds: PosInt = 1800
-    max_turns: PosInt = 50
-    retention_days: PosInt = 30
-    handoff: HandoffConditions = HandoffConditions()
-    kb_confidence_threshold: Ratio = 0.55
-    # Below this intent confidence a turn neither switches scenario nor counts as understood.
-    intent_confidence_threshold: Ratio = 0.6
-    clarify_attempts: NonNegInt = 1  # clarifying questions before offering a human
-    offer_human: bool = True  # ask before transferring (False = transfer at once)
-
-
-class HandoffOverride(_Model):
-    explicit_request: bool | None = None
-    complaint: bool | None = None
-    negative_sentiment_turns: NonNegInt | None = None
-    low_confidence_turns: NonNegInt | None = None
-    vip: bool | None = None
-    plugin_failure: bool | None = None
-
-
-class SessionPolicyOverride(_Model):
-    """The fields a business line changes; everything unset comes from ``default``."""
-
-    inactivity_timeout_seconds: PosInt | None = None
-    max_turns: PosInt | None = None
-    retention_days: PosInt | None = None
-    handoff: HandoffOverride | None = None
-    kb_confidence_threshold: Ratio | None = None
-    intent_confidence_threshold: Ratio | None = None
-    clarify_attempts: NonNegInt | None = None
-    offer_human: bool | None = None
-
-
-class SessionPolicies(_Model):
-    default: SessionPolicy = SessionPolicy()
-    overrides: dict[Ident, SessionPolicyOverride] = Field(default_factory=dict)  # scenario →
-
-    #: Merged policies by scenario: the config is frozen, and a turn asks several times.
-    _merged: dict[str, SessionPolicy] = PrivateAttr(default_factory=dict)
-
-    def for_scenario(self, scenario_id: str | None) -> SessionPolicy:
-        key = scenario_id or ""
-        merged = self._merged.get(key)
-        if merged is None:
-            merged = self._merged[key] = self._merge(key)
-        return merged
-
-    def _merge(self, scenario_id: str) -> SessionPolicy:
-        over = self.overrides.get(scenario_id)
-        if over is None:
-            return self.default
-        update = over.model_dump(exclude_none=True, exclude={"handoff"})
-        if over.handoff is not None:
-            update["handoff"] = self.default.handoff.model_copy(
-                update=over.handoff.model_dump(exclude_none=True)
-            )
-        return self.default.model_copy(update=update)
-
-
-# ------------------------------------------------------------------- limits and soothing
-
-
-class TokenBucket(_Model):
-    rate_per_second: Annotated[float, Field(gt=0)]
-    burst: PosInt
-
-
-class RateLimits(_Model):
-    tenant: TokenBucket
-    channels: dict[Channel, TokenBucket] = Field(default_factory=dict)  # replace `tenant`
-
-    def for_channel(self, channel: str | None) -> TokenBucket:
-        for name, bucket in self.channels.items():
-            if name == channel:
-                return bucket
-        return self.tenant
-
-
-class Soothing(_Model):
-    prefixes: LocalizedList  # empathetic openers, one picked per soothed reply
-    handoff_offer: LocalizedText
-    negative_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.6
-
-
 # -------------------------------------------------------------------------- the config
 
 
-class TenantConfig(_Model):
+class TenantConfig(ConfigModel):
     """One tenant's whole configuration.
 
     ``TenantConfig.model_validate`` checks structure only; build it with

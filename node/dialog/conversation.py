@@ -4,7 +4,9 @@
 admission control → load or create the session → language → intent and sentiment (ONNX
 bundles through the batching runtime, concurrently) → entities → scenario → knowledge base →
 reply decision → persist both turns (the customer's and the bot's) → result. The adapters
-(gRPC, CLI) translate its exceptions; nothing here knows about status codes.
+(gRPC, CLI) translate its exceptions; nothing here knows about status codes. What happened is
+emitted as typed events (:mod:`kefu.node.dialog.events`) on :attr:`ConversationService.events`
+for metrics and telemetry to subscribe to.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kefu.errors import PermanentError, TemporaryError
+from kefu.node.dialog.events import EventHub, FeedbackGiven, HandoffStarted, TurnServed
 from kefu.node.dialog.handoff import build_summary, renew_if_idle
 from kefu.node.dialog.plugin_api import PluginCall
 from kefu.node.dialog.reply import TurnHistory, decide_reply, kb_answer_for
@@ -173,8 +176,11 @@ class ConversationService:
         runtime: ModelRuntime,
         admission: AdmissionController,
         limiter: RateLimiter | None = None,
+        events: EventHub | None = None,
     ):
         self.registry = registry
+        #: Where turns, hand-offs and feedback are announced (metrics, telemetry subscribe).
+        self.events = events or EventHub()
         self.runtime = runtime
         self.admission = admission
         self.limiter = limiter or RateLimiter(RateLimit(rate=100.0, burst=200.0))
@@ -191,6 +197,52 @@ class ConversationService:
             self.limiter.set_tenant(tenant_id, tenant_rate_limits(tenant))
 
     async def converse(self, tenant: Tenant, req: TurnRequest) -> TurnResult:
+        result = await self._converse(tenant, req)
+        if not result.replayed:  # a retry answered from the stored reply ran no turn
+            self.events.emit(TurnServed(tenant=tenant.id, result=result))
+            if result.handoff:
+                self.events.emit(
+                    HandoffStarted(
+                        tenant=tenant.id,
+                        session_id=result.session_id,
+                        handoff_id=result.handoff_id,
+                        reason=result.handoff_reason,
+                    )
+                )
+        return result
+
+    async def feedback_given(
+        self,
+        tenant: Tenant,
+        *,
+        session_id: str,
+        turn_seq: int | None,
+        rating: int,
+        corrected_intent: str,
+    ) -> None:
+        """Announce stored feedback, attributed to the rated turn's scenario and model version
+        (the rated turn, else the session's latest turn that has an intent). Reads the turns
+        only when someone subscribed."""
+        if not self.events.wants(FeedbackGiven):
+            return
+        turns = await tenant.store.get_turns(
+            session_id, after_seq=max(0, turn_seq - 2) if turn_seq else 0,
+            tail=None if turn_seq else 20,
+        )  # fmt: skip
+        rated = [t for t in turns if t.intent and (turn_seq is None or t.seq <= turn_seq)]
+        turn = rated[-1] if rated else None
+        self.events.emit(
+            FeedbackGiven(
+                tenant=tenant.id,
+                rating=rating,
+                corrected_intent=corrected_intent,
+                predicted_intent=(turn.intent or "") if turn else "",
+                scenario=(turn.scenario or "") if turn else "",
+                model_version=turn.model_versions.get("intent", "") if turn else "",
+            )
+        )
+
+    async def _converse(self, tenant: Tenant, req: TurnRequest) -> TurnResult:
         started = time.perf_counter()
         text = validate_text(req.text)
         retry = bool(req.request_id and req.session_id)

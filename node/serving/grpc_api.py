@@ -43,13 +43,13 @@ from kefu.node.dialog.conversation import (
     TurnRequest,
     TurnResult,
 )
+from kefu.node.dialog.events import AccessRefused, RequestFailed, SessionEnded
 from kefu.node.dialog.handoff import HandoffConsole, HandoffResolution, HandoffView
 from kefu.node.dialog.tenant import Tenant
 from kefu.node.nlu.inference import ModelBusy
 from kefu.node.nlu.predictions import ModelNotLoaded
 from kefu.node.serving.admission import Overloaded
 from kefu.node.serving.limits import check_fields
-from kefu.node.serving.metrics import NodeMetrics
 from kefu.node.sessions.store import (
     HandoffStatus,
     InvalidRecord,
@@ -237,9 +237,10 @@ Handler = Callable[[Tenant, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 class KefuNodeService:
     """One instance per node; holds no per-request state."""
 
-    def __init__(self, service: ConversationService, metrics: NodeMetrics | None = None):
+    def __init__(self, service: ConversationService):
         self.service = service
-        self.metrics = metrics
+        #: Failed requests, refused keys and ended sessions are announced here too.
+        self.events = service.events
         self.auth_guard = FailedAuthGuard()
 
     # ------------------------------------------------------------------ plumbing
@@ -263,8 +264,7 @@ class KefuNodeService:
         self, context: grpc.aio.ServicerContext, exc: BaseException, tenant: str = ""
     ) -> None:
         code = self._status(exc)
-        if self.metrics is not None:
-            self.metrics.observe_error(tenant, code.name)
+        self.events.emit(RequestFailed(tenant=tenant, code=code.name))
         retry = getattr(exc, "retry_after", None)
         if isinstance(retry, int | float):
             context.set_trailing_metadata(((RETRY_AFTER_METADATA_KEY, str(int(retry * 1000))),))
@@ -302,8 +302,7 @@ class KefuNodeService:
         peer = peer_address(context.peer() or "")
         guard = self.auth_guard
         delay = guard.failed(peer)
-        if self.metrics is not None:
-            self.metrics.observe_auth_failure(tenant, reason)
+        self.events.emit(AccessRefused(tenant=tenant, reason=reason))
         if guard.log_due():
             log.warning(
                 "authentication refused (%s) for peer %s: %d failures from it in the last "
@@ -364,10 +363,7 @@ class KefuNodeService:
     async def _converse(
         self, tenant: Tenant, req: pb.ConverseRequest, new_session_id: str | None = None
     ) -> TurnResult:
-        result = await self.service.converse(tenant, self._turn_request(req, new_session_id))
-        if self.metrics is not None and not result.replayed:
-            self.metrics.observe_turn(tenant.id, result)
-        return result
+        return await self.service.converse(tenant, self._turn_request(req, new_session_id))
 
     async def converse(self, tenant: Tenant, req: pb.ConverseRequest, _: Any) -> pb.ConverseReply:
         return _reply(await self._converse(tenant, req))
@@ -431,6 +427,7 @@ class KefuNodeService:
             raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
         if s.status not in (SessionStatus.ENDED, SessionStatus.EXPIRED):  # else: already over
             s = await tenant.store.update_session(req.session_id, status=SessionStatus.ENDED)
+            self.events.emit(SessionEnded(tenant=tenant.id, session_id=s.id))
         return pb.EndSessionReply(session_id=s.id, status=_STATUS[s.status])
 
     async def submit_feedback(
@@ -455,28 +452,14 @@ class KefuNodeService:
                 comment=req.comment or None,
             )
         )
-        if self.metrics is not None and self.metrics.feedback_observers:
-            await self._observe_feedback(tenant, req)
-        return pb.SubmitFeedbackReply(feedback_id=str(fb.id))
-
-    async def _observe_feedback(self, tenant: Tenant, req: pb.SubmitFeedbackRequest) -> None:
-        """Feedback for telemetry, attributed to the rated turn's scenario and model version
-        (the rated turn, else the session's latest turn that has an intent)."""
-        assert self.metrics is not None
-        seq = req.turn_seq if req.HasField("turn_seq") else None
-        turns = await tenant.store.get_turns(
-            req.session_id, after_seq=max(0, seq - 2) if seq else 0, tail=None if seq else 20
-        )
-        rated = [t for t in turns if t.intent and (seq is None or t.seq <= seq)]
-        turn = rated[-1] if rated else None
-        self.metrics.observe_feedback(
-            tenant.id,
+        await self.service.feedback_given(
+            tenant,
+            session_id=req.session_id,
+            turn_seq=req.turn_seq if req.HasField("turn_seq") else None,
             rating=req.rating,
             corrected_intent=req.corrected_intent if req.HasField("corrected_intent") else "",
-            predicted_intent=(turn.intent or "") if turn else "",
-            scenario=(turn.scenario or "") if turn else "",
-            model_version=turn.model_versions.get("intent", "") if turn else "",
         )
+        return pb.SubmitFeedbackReply(feedback_id=str(fb.id))
 
     async def list_sessions(
         self, tenant: Tenant, req: pb.ListSessionsRequest, _: Any

@@ -5,6 +5,10 @@ fallbacks (clarifications), hand-offs by reason, errors by status code. Per mode
 read from the batching runtime at scrape time: batches and texts, batch-size buckets, queue
 depth, in-flight batches, cache hits and misses. Node-wide: admission in-flight / queued /
 shed. No conversation text ever becomes a label.
+
+The per-tenant series follow the conversation service's events (:meth:`NodeMetrics.subscribe`
+to its :class:`~kefu.node.dialog.events.EventHub`); the per-model and admission series are
+read at scrape time.
 """
 
 from __future__ import annotations
@@ -18,6 +22,14 @@ from prometheus_client.registry import Collector
 
 from kefu.errors import PermanentError
 from kefu.node.dialog.conversation import TurnResult
+from kefu.node.dialog.events import (
+    AccessRefused,
+    ConversationEvent,
+    EventHub,
+    FeedbackGiven,
+    RequestFailed,
+    TurnServed,
+)
 from kefu.node.nlu.inference import RuntimeStats
 from kefu.node.serving.admission import AdmissionStats
 
@@ -76,6 +88,23 @@ class _RuntimeCollector(Collector):
             yield CounterMetricFamily(
                 "kefu_admission_shed", "Turns shed (overload)", value=adm.shed_total
             )
+
+
+class _LegacyObservers:
+    """``append(f)`` subscribes ``f`` (old signature) to one event type of the hub."""
+
+    def __init__(
+        self,
+        events: EventHub | None,
+        kind: type[Any],
+        call: Callable[[Callable[..., None], Any], None],
+    ):
+        self._events, self._kind, self._call = events, kind, call
+
+    def append(self, observer: Callable[..., None]) -> None:
+        if self._events is None:
+            raise RuntimeError("NodeMetrics.subscribe(events) first")
+        self._events.subscribe(lambda e: self._call(observer, e), self._kind)
 
 
 class NodeMetrics:
@@ -137,10 +166,45 @@ class NodeMetrics:
         )
         r.register(_RuntimeCollector(runtime_stats, admission_stats))
         self._server: Any = None
-        #: Extra consumers of every turn (the control-plane agent's telemetry aggregates).
-        self.turn_observers: list[Callable[[str, TurnResult], None]] = []
-        self.error_observers: list[Callable[[str, str], None]] = []
-        self.feedback_observers: list[Callable[..., None]] = []
+        self._events: EventHub | None = None
+
+    def subscribe(self, events: EventHub) -> None:
+        """Count what ``events`` announces: turns, failed requests, refused keys."""
+        self._events = events
+        events.subscribe(self._on_event, TurnServed, RequestFailed, AccessRefused)
+
+    def _on_event(self, event: ConversationEvent) -> None:
+        if isinstance(event, TurnServed):
+            self.observe_turn(event.tenant, event.result)
+        elif isinstance(event, RequestFailed):
+            self.errors.labels(event.tenant or "-", event.code).inc()
+        elif isinstance(event, AccessRefused):
+            self.auth_failures.labels(event.tenant or "-", event.reason).inc()
+
+    # The observer lists of the old hook API, kept only until node/agent/cp_link.py subscribes
+    # to the node's EventHub itself: ``append`` subscribes the function to the hub.
+
+    @property
+    def turn_observers(self) -> _LegacyObservers:
+        return _LegacyObservers(self._events, TurnServed, lambda f, e: f(e.tenant, e.result))
+
+    @property
+    def error_observers(self) -> _LegacyObservers:
+        return _LegacyObservers(self._events, RequestFailed, lambda f, e: f(e.tenant, e.code))
+
+    @property
+    def feedback_observers(self) -> _LegacyObservers:
+        def call(f: Callable[..., None], e: FeedbackGiven) -> None:
+            f(
+                e.tenant,
+                rating=e.rating,
+                corrected_intent=e.corrected_intent,
+                predicted_intent=e.predicted_intent,
+                scenario=e.scenario,
+                model_version=e.model_version,
+            )
+
+        return _LegacyObservers(self._events, FeedbackGiven, call)
 
     def observe_turn(self, tenant: str, result: TurnResult) -> None:
         self.turns.labels(
@@ -156,20 +220,6 @@ class NodeMetrics:
             self.plugin_latency.labels(tenant, call.plugin).observe(call.latency_ms / 1000.0)
         if result.flow and result.flow_event:
             self.flow_events.labels(tenant, result.flow, result.flow_event).inc()
-        for observe in self.turn_observers:
-            observe(tenant, result)
-
-    def observe_feedback(self, tenant: str, **feedback: Any) -> None:
-        for observe in self.feedback_observers:
-            observe(tenant, **feedback)
-
-    def observe_error(self, tenant: str, code: str) -> None:
-        self.errors.labels(tenant or "-", code).inc()
-        for observe in self.error_observers:
-            observe(tenant, code)
-
-    def observe_auth_failure(self, tenant: str, reason: str) -> None:
-        self.auth_failures.labels(tenant or "-", reason).inc()
 
     def forget_tenant(self, tenant: str) -> None:
         """Drop a removed tenant's series, so /metrics lists only the tenants served."""

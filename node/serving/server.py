@@ -142,13 +142,14 @@ class Node:
         self.metrics = NodeMetrics(
             runtime_stats=self.runtime.stats, admission_stats=admission.stats
         )
+        self.metrics.subscribe(self.service.events)
         metrics = self.metrics
         self.registry.listeners.append(
             lambda tid, tenant: metrics.forget_tenant(tid) if tenant is None else None
         )
         if opts.metrics_listen:
             self.metrics_port = self.metrics.serve(opts.metrics_listen)
-        self.api = KefuNodeService(self.service, self.metrics)
+        self.api = KefuNodeService(self.service)
         server.add_generic_rpc_handlers((generic_handler(self.api),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
