@@ -303,16 +303,10 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
         if operator is None:
             guard = self.auth_guard
             delay = guard.failed(peer)
-            if guard.log_due():
+            if (summary := guard.report(peer)) is not None:
                 log.warning(
-                    "control plane: operator token refused for peer %s: %d failures from it in "
-                    "the last %.0f s, %d refused since the last report / 操作员令牌认证失败",
-                    peer,
-                    guard.failures(peer),
-                    guard.window_s,
-                    guard.unlogged,
+                    "control plane: operator token refused for %s / 操作员令牌认证失败", summary
                 )
-                guard.unlogged = 0
             else:
                 log.debug("control-plane %s refused: no valid operator token", method)
             if delay:

@@ -91,6 +91,18 @@ class FailedAuthGuard:
             return 0
         return entry.failures
 
+    def report(self, peer: str) -> str | None:
+        """The log line's summary for ``peer`` when one is due (see :meth:`log_due`), else None;
+        the failures it reports are then no longer ``unlogged``."""
+        if not self.log_due():
+            return None
+        text = (
+            f"peer {peer}: {self.failures(peer)} failures from it in the last "
+            f"{self.window_s:.0f} s, {self.unlogged} refused since the last report"
+        )
+        self.unlogged = 0
+        return text
+
     def log_due(self) -> bool:
         """True at most once per ``log_every_s``; the caller logs and ``unlogged`` restarts."""
         now = self._clock()

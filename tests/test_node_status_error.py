@@ -48,3 +48,17 @@ def test_failed_auth_guard_memory_is_bounded_and_total_counts_forgotten_peers() 
     for i in range(1000):
         g.failed(f"ipv4:10.0.{i // 256}.{i % 256}")
     assert g.remembered() == 100 and g.total == 1000
+
+
+def test_failed_auth_guard_report_summarises_once_per_interval() -> None:
+    now = [0.0]
+    g = FailedAuthGuard(log_every_s=10, clock=lambda: now[0])
+    g.failed("ipv4:10.0.0.1")
+    g.failed("ipv4:10.0.0.1")
+    assert g.report("ipv4:10.0.0.1") == (
+        "peer ipv4:10.0.0.1: 2 failures from it in the last 60 s, 2 refused since the last report"
+    )
+    g.failed("ipv4:10.0.0.1")
+    assert g.report("ipv4:10.0.0.1") is None and g.unlogged == 1  # not due yet: kept
+    now[0] = 10.0
+    assert "1 refused since the last report" in (g.report("ipv4:10.0.0.1") or "")

@@ -303,17 +303,8 @@ class KefuNodeService:
         guard = self.auth_guard
         delay = guard.failed(peer)
         self.events.emit(AccessRefused(tenant=tenant, reason=reason))
-        if guard.log_due():
-            log.warning(
-                "authentication refused (%s) for peer %s: %d failures from it in the last "
-                "%.0f s, %d refused since the last report",
-                reason,
-                peer,
-                guard.failures(peer),
-                guard.window_s,
-                guard.unlogged,
-            )
-            guard.unlogged = 0
+        if (summary := guard.report(peer)) is not None:
+            log.warning("authentication refused (%s) for %s", reason, summary)
         if delay > 0:
             await asyncio.sleep(delay)
 
