@@ -126,10 +126,10 @@ def ops_key(tmp_path: Path) -> SigningKey:
 @pytest.fixture
 def secured_nats(tmp_path: Path) -> Iterator[SecuredNats]:
     """A nats-server with exactly the users ``kefu up`` creates (least-privilege node users)."""
-    from cp_support import start_secured_nats
+    from cp_support import secured_nats_at
 
-    srv, secured = start_secured_nats(tmp_path / "nats-secured")
-    with srv:
+    secured = secured_nats_at(tmp_path / "nats-secured")
+    with secured.server:
         yield secured
 
 

@@ -49,11 +49,11 @@ class SecuredNats:
         return self.server.url
 
 
-def start_secured_nats(root: Path) -> tuple[NatsServer, SecuredNats]:
-    """A started server with :data:`SECURED_NODES`' users; the caller stops it."""
+def secured_nats_at(root: Path) -> SecuredNats:
+    """A server (not yet started: enter ``.server``) with :data:`SECURED_NODES`' users."""
     cp, *nodes = deployment_users(SECURED_NODES)
     srv = NatsServer(root, users=[cp, *nodes])
-    return srv, SecuredNats(server=srv, cp=cp, nodes={n.user: n for n in nodes})
+    return SecuredNats(server=srv, cp=cp, nodes={n.user: n for n in nodes})
 
 
 def trust_with(key: SigningKey) -> TrustStore:
