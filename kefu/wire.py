@@ -36,6 +36,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from kefu.errors import PermanentError
+from kefu.model_ref import VersionRef, format_ref
 
 __all__ = [
     "BUCKET_ASSIGNMENTS",
@@ -239,8 +240,12 @@ class BundleRef(_Doc):
     size: int = 0
 
     @property
+    def version_ref(self) -> VersionRef:
+        return VersionRef(self.name, self.version)
+
+    @property
     def ref(self) -> str:
-        return f"{self.name}@{self.version}"
+        return format_ref(self.name, self.version)
 
 
 class Assignment(_Doc):

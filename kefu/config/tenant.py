@@ -48,6 +48,7 @@ from pydantic import (
 )
 
 from kefu.config.flows import FlowSpec, Integration, PluginSpec
+from kefu.model_ref import VersionRef, format_ref
 
 __all__ = [
     "BUILTIN_ENTITY_TYPES",
@@ -278,8 +279,12 @@ class ModelRef(_Model):
         return data
 
     @property
+    def version_ref(self) -> VersionRef:
+        return VersionRef(self.name, self.version or "")
+
+    @property
     def ref(self) -> str:
-        return f"{self.name}@{self.version}" if self.version else self.name
+        return format_ref(self.name, self.version)
 
 
 class ModelAssignments(_Model):
