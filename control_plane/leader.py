@@ -20,11 +20,16 @@ from collections.abc import Callable
 
 from kefu.bus import Bus, BusUnavailable, Conflict, NotFound, cancel_and_wait
 from kefu.control_plane.lease import decide_lease
+from kefu.errors import PermanentError
 from kefu.wire import BUCKET_LEADER, LEASE_KEY, Lease, WireError, decode, encode
 
-__all__ = ["LeaderLease", "decide_lease"]
+__all__ = ["LeaderLease", "StaleLeader", "decide_lease"]
 
 log = logging.getLogger("kefu.control_plane.leader")
+
+
+class StaleLeader(PermanentError):
+    """This replica is no longer the leader of the term it acts for: it must not write."""
 
 
 class LeaderLease:
@@ -89,6 +94,25 @@ class LeaderLease:
             if self.on_change is not None:
                 self.on_change(now_leader)
         return now_leader
+
+    async def confirm(self) -> None:
+        """Raise :class:`StaleLeader` unless the lease in the bus is
+        still ours, of our term and unexpired: checked right before every leader-only write, so
+        a replica that lost the lease (paused, partitioned) writes nothing."""
+        entry = await self.bus.kv_get(BUCKET_LEADER, LEASE_KEY)
+        lease = decode(Lease, entry.value, what="leader lease") if entry is not None else None
+        if (
+            lease is None
+            or lease.holder != self.me
+            or lease.term != self.term
+            or lease.expires_at <= self.clock()
+            or not self.is_leader
+        ):
+            shown = f"{lease.holder} (term {lease.term})" if lease is not None else "nobody"
+            raise StaleLeader(
+                f"{self.me} acts for term {self.term} but the lease is held by {shown} / "
+                "本副本已不是主节点"
+            )
 
     async def run(self) -> None:
         while True:

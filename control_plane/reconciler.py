@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from kefu.bus import Bus, BusUnavailable, NotFound, cancel_and_wait, snapshot
 from kefu.control_plane.desired import (
@@ -19,7 +20,9 @@ from kefu.control_plane.desired import (
     PutDesired,
     plan_desired,
 )
+from kefu.control_plane.leader import StaleLeader
 from kefu.errors import KefuError
+from kefu.rollout import BUCKET_ROLLOUTS, Rollout
 from kefu.wire import (
     BUCKET_ASSIGNMENTS,
     BUCKET_CONFIGS,
@@ -71,14 +74,41 @@ async def gather_inputs(bus: Bus) -> tuple[DesiredInputs, list[str]]:
     for e in (await snapshot(bus, BUCKET_MODELS)).values():
         mv = decode(ModelVersion, e.value)
         models[f"{mv.name}@{mv.version}"] = mv
-    inputs = DesiredInputs(tenants=tenants, assignments=assignments, configs=configs, models=models)
+    rollouts: dict[str, Rollout] = {}
+    for key, e in (await snapshot(bus, BUCKET_ROLLOUTS, "r.>")).items():
+        try:
+            ro = decode(Rollout, e.value, what=f"rollout {key}")
+        except KefuError as exc:
+            log.error("%s", exc)
+            continue
+        if not ro.finalized and ro.phase != "pending":
+            rollouts[ro.tenant] = ro  # at most one unfinished rollout per tenant
+    inputs = DesiredInputs(
+        tenants=tenants,
+        assignments=assignments,
+        configs=configs,
+        models=models,
+        rollouts=rollouts,
+    )
     return inputs, sorted(regions)
 
 
+async def _always() -> None:
+    return None
+
+
 class DesiredReconciler:
-    def __init__(self, bus: Bus, *, period_s: float = 10.0):
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        period_s: float = 10.0,
+        confirm: Callable[[], Awaitable[None]] = _always,
+    ):
         self.bus = bus
         self.period_s = period_s
+        #: Raises StaleLeader unless this replica still holds the lease: checked before writes.
+        self.confirm = confirm
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.runs = 0
@@ -100,6 +130,8 @@ class DesiredReconciler:
                 except KefuError:
                     current[(region, tenant)] = ""  # unreadable: rewrite it
         actions = plan_desired(inputs, current)
+        if actions:
+            await self.confirm()  # a replica that lost the lease meanwhile writes nothing
         for action in actions:
             bucket = desired_bucket(action.region)
             if isinstance(action, PutDesired):
@@ -130,6 +162,9 @@ class DesiredReconciler:
             try:
                 await self.run_once()
                 backoff = 0.5
+            except StaleLeader as exc:
+                log.warning("reconciler stands down: %s", exc)
+                await asyncio.sleep(self.period_s)
             except (BusUnavailable, KefuError) as exc:
                 log.warning("reconcile failed, retrying in %.1fs: %s", backoff, exc)
                 await asyncio.sleep(backoff)
@@ -157,6 +192,7 @@ class DesiredReconciler:
             asyncio.create_task(self._loop(), name="kefu-reconcile"),
             asyncio.create_task(self._watch(BUCKET_ASSIGNMENTS), name="kefu-watch-assign"),
             asyncio.create_task(self._watch(BUCKET_REGISTRY), name="kefu-watch-registry"),
+            asyncio.create_task(self._watch(BUCKET_ROLLOUTS), name="kefu-watch-rollout-docs"),
         ]
 
     async def stop(self) -> None:

@@ -1,7 +1,8 @@
 """The control plane's operations over its state in the bus (JetStream in production).
 
 The operations are split by job: :mod:`.state` (layout, typed reads, compare-and-set, audit),
-:mod:`.catalog` (config versions, model versions) and this module (tenants, regions,
+:mod:`.catalog` (config versions, model versions), :mod:`.rollouts` (staged rollouts) and this
+module (tenants, regions,
 assignments, what nodes report); :class:`ControlPlane` is all of them.
 
 :class:`ControlPlane` holds no state of its own that matters: every resource lives in a
@@ -22,7 +23,7 @@ import time
 
 from kefu.bus import Conflict, snapshot
 from kefu.config.tenant import generate_api_key, hash_api_key
-from kefu.control_plane.catalog import Catalog
+from kefu.control_plane.rollouts import RolloutOps
 from kefu.control_plane.state import (
     AUDIT_NOTE,
     MAX_AUDIT_LIMIT,
@@ -57,8 +58,9 @@ __all__ = ["AUDIT_NOTE", "MAX_AUDIT_LIMIT", "MAX_CONFIG_TEXT", "ControlPlane", "
 __all__ += ["ensure_layout"]
 
 
-class ControlPlane(Catalog):
-    """Every operation of the central team: tenants, regions, configs, models, assignments."""
+class ControlPlane(RolloutOps):
+    """Every operation of the central team: tenants, regions, configs, models, assignments,
+    rollouts."""
 
     # ------------------------------------------------------------------ tenants
 

@@ -8,6 +8,7 @@ the audit stream (who, what, when, digests before and after).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TypeVar
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 from kefu.bus import Bus, Conflict
 from kefu.errors import PermanentError
 from kefu.keys import TrustStore
+from kefu.rollout import BUCKET_ROLLOUTS
 from kefu.wire import (
     BUCKET_ASSIGNMENTS,
     BUCKET_CONFIGS,
@@ -71,6 +73,7 @@ async def ensure_layout(bus: Bus, regions: list[str] = ()) -> None:  # type: ign
     await bus.ensure_kv(BUCKET_NODES, history=1)
     await bus.ensure_kv(BUCKET_LEADER, history=1)
     await bus.ensure_kv(BUCKET_OPERATORS, history=8)
+    await bus.ensure_kv(BUCKET_ROLLOUTS, history=64)
     await bus.ensure_objects(OBJECT_BUNDLES)
     await bus.ensure_stream(STREAM_AUDIT, ["kefu.audit.>"])
     await bus.ensure_stream(
@@ -129,7 +132,11 @@ class StateStore:
         before: BaseModel | str | None = None,
         after: BaseModel | str | None = None,
         detail: str = "",
+        msg_id: str = "",
     ) -> None:
+        """Append one event to the audit stream. ``msg_id`` (``Nats-Msg-Id``) makes a repeated
+        publish of the same decision one event (rollout transitions name their revision);
+        without one, each call gets its own id, so a transport retry is still stored once."""
         ev = AuditEvent(
             actor=actor or "unknown",
             action=action,
@@ -140,7 +147,10 @@ class StateStore:
             detail=detail,
             actor_note=AUDIT_NOTE.get(),
         )
-        await self.bus.publish(audit_subject(tenant or None), encode(ev))
+        msg_id = msg_id or f"audit:{secrets.token_hex(12)}"
+        await self.bus.publish(audit_subject(tenant or None), encode(ev), msg_id=msg_id)
+
+    audit = _audit
 
     async def audit_denied(self, actor: str, method: str) -> None:
         """Record a refused call (an authenticated token without the role for ``method``)."""

@@ -58,6 +58,7 @@ PURE = (
     "kefu.errors",
     "kefu.wire",
     "kefu.model_ref",
+    "kefu.rollout",
     "kefu.node.nlu.language",
     "kefu.node.nlu.entities",
     "kefu.node.nlu.entity_patterns",
@@ -81,6 +82,7 @@ PURE = (
     "kefu.node.agent.reconcile",
     "kefu.control_plane.desired",
     "kefu.control_plane.lease",
+    "kefu.control_plane.rollout_plan",
     "kefu.models.gate",
 )
 
@@ -116,6 +118,7 @@ SHARED = (
     "kefu.errors",
     "kefu.wire",
     "kefu.model_ref",
+    "kefu.rollout",
     "kefu.bus",
     "kefu.natsbus",
     "kefu.natsserver",
