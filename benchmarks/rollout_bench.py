@@ -53,6 +53,7 @@ from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
 from kefu.wire import (
     BUCKET_NODES,
     BundleRef,
+    CanarySplit,
     DesiredTenant,
     NodeStatus,
     ObservedTenant,
@@ -73,12 +74,21 @@ class LightTarget:
         self.trust = trust
         self._loaded: set[str] = set()
 
-    async def load_bundle(self, bundle: BundleRef, path: Path) -> None:
+    async def load_bundle(self, bundle: BundleRef, path: Path, *, activate: bool) -> None:
         await asyncio.to_thread(verify_bundle, path, self.trust)
         self._loaded.add(bundle.ref)
 
     async def apply_tenant(self, doc: DesiredTenant, config: TenantConfig) -> None:
         return None
+
+    def apply_split(self, tenant: str, split: CanarySplit | None) -> None:
+        return None
+
+    def split_report(self, tenant: str) -> tuple[int, int, int]:
+        return 0, 0, 0
+
+    def capabilities(self) -> list[str]:
+        return []
 
     async def remove_tenant(self, tenant: str) -> None:
         return None

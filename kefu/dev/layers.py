@@ -76,6 +76,7 @@ PURE = (
     "kefu.node.dialog.plugin_api",
     "kefu.node.dialog.handoff",
     "kefu.node.dialog.events",
+    "kefu.node.dialog.split",
     "kefu.node.sessions.store",
     "kefu.node.sessions.session_rules",
     "kefu.node.serving.admission",

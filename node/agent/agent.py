@@ -41,6 +41,7 @@ from kefu.config import TenantConfig, parse_tenant_config
 from kefu.errors import KefuError, PermanentError, TemporaryError
 from kefu.models.store import ModelStore
 from kefu.node.agent.reconcile import (
+    ApplySplit,
     ApplyTenant,
     FetchBundle,
     LoadBundle,
@@ -126,6 +127,7 @@ class NodeAgent:
         self.desired: dict[str, DesiredTenant] = {}
         self.observed: dict[str, ObservedTenant] = {}
         self.applied: dict[str, str] = {}
+        self.applied_base: dict[str, str] = {}
         self.refused: dict[str, str] = {}
         self.started_at = time.time()
         self.reconciles = 0
@@ -207,7 +209,10 @@ class NodeAgent:
             try:
                 if not isinstance(doc, DesiredTenant):
                     raise doc
-                actions: list[NodeAction] = [LoadBundle(bundle=b) for b in doc.bundles()]
+                defaults = {b.ref for b in doc.models.values()}
+                actions: list[NodeAction] = [
+                    LoadBundle(bundle=b, activate=b.ref in defaults) for b in doc.bundles()
+                ]
                 actions.append(ApplyTenant(doc=doc))
                 await self._run_tenant(doc.tenant, actions, offline=True)
                 log.info(
@@ -277,6 +282,7 @@ class NodeAgent:
         stored = frozenset(r for r, b in needed.items() if self.fetcher.stored(b))
         return LocalState(
             applied=dict(self.applied),
+            applied_base=dict(self.applied_base),
             refused=dict(self.refused),
             stored=stored,
             loaded=self.target.loaded(),
@@ -323,18 +329,25 @@ class NodeAgent:
                     if isinstance(action, FetchBundle):
                         await self.fetcher.fetch(action.bundle)
                     elif isinstance(action, LoadBundle):
-                        await self.fetcher.load(action.bundle)
+                        await self.fetcher.load(action.bundle, activate=action.activate)
                     elif isinstance(action, ApplyTenant):
                         doc = action.doc
                         await self._apply(doc, persist=not offline)
+                    elif isinstance(action, ApplySplit):
+                        doc = action.doc
+                        await self._apply_split(doc, persist=not offline)
                     elif isinstance(action, RemoveTenant):
                         await self.target.remove_tenant(action.tenant)
                         self.applied.pop(tenant, None)
+                        self.applied_base.pop(tenant, None)
+                        self.target.apply_split(tenant, None)
                         self.observed.pop(tenant, None)
                         self.lkg.remove(tenant)
                         log.info("tenant %s removed from this node", tenant)
             except PermanentError as exc:
-                doc = doc or next((a.doc for a in actions if isinstance(a, ApplyTenant)), None)
+                doc = doc or next(
+                    (a.doc for a in actions if isinstance(a, ApplyTenant | ApplySplit)), None
+                )
                 if doc is None or offline:
                     raise
                 self._refuse(doc, exc)
@@ -374,15 +387,7 @@ class NodeAgent:
     async def _apply(self, doc: DesiredTenant, *, persist: bool) -> None:
         config = pin_models(await self._parse(doc), doc)
         await self.target.apply_tenant(doc, config)
-        fp = doc.fingerprint()
-        self.applied[doc.tenant] = fp
-        self.refused.pop(doc.tenant, None)
-        self.observed[doc.tenant] = ObservedTenant(
-            state="serving",
-            fingerprint=fp,
-            config_version=doc.config_version,
-            models={slot: b.ref for slot, b in doc.models.items()},
-        )
+        await self._apply_split(doc, persist=False)
         if persist:
             await asyncio.to_thread(self.lkg.save, doc)
         log.info(
@@ -391,6 +396,51 @@ class NodeAgent:
             doc.config_version,
             ", ".join(b.ref for b in doc.models.values()) or "its configured models",
         )
+
+    async def _apply_split(self, doc: DesiredTenant, *, persist: bool) -> None:
+        """The rollout split alone: a weight change is one assignment in the node, no
+        re-parse, no tenant swap."""
+        self.target.apply_split(doc.tenant, doc.split)
+        fp = doc.fingerprint()
+        self.applied[doc.tenant] = fp
+        self.applied_base[doc.tenant] = doc.base_fingerprint()
+        self.refused.pop(doc.tenant, None)
+        split = doc.split
+        self.observed[doc.tenant] = ObservedTenant(
+            state="serving",
+            fingerprint=fp,
+            config_version=doc.config_version,
+            models={slot: b.ref for slot, b in doc.models.items()}
+            | {
+                f"{scenario}/{slot}": b.ref
+                for scenario, pins in doc.scenario_models.items()
+                for slot, b in pins.items()
+            },
+            rollout_id=split.rollout_id if split is not None else "",
+            canary_weight=split.weight_for(self.options.node_id) if split is not None else 0.0,
+        )
+        if persist:
+            await asyncio.to_thread(self.lkg.save, doc)
+            log.info(
+                "tenant %s rollout split %s at %.0f%% on this node",
+                doc.tenant,
+                split.rollout_id if split is not None else "(none)",
+                100 * (split.weight_for(self.options.node_id) if split is not None else 0.0),
+            )
+
+    def _observed_now(self) -> dict[str, ObservedTenant]:
+        """The observed tenants with the live sessions per arm and rollback switches."""
+        out = {}
+        for tenant, seen in self.observed.items():
+            canary, baseline, switched = self.target.split_report(tenant)
+            out[tenant] = seen.model_copy(
+                update={
+                    "sessions_canary": canary if seen.rollout_id else 0,
+                    "sessions_baseline": baseline if seen.rollout_id else 0,
+                    "switched": switched,
+                }
+            )
+        return out
 
     # ------------------------------------------------------------------ reporting
 
@@ -407,7 +457,8 @@ class NodeAgent:
             listen=self.options.listen,
             started_at=self.started_at,
             heartbeat_at=time.time(),
-            tenants=dict(self.observed),
+            capabilities=self.target.capabilities(),
+            tenants=self._observed_now(),
             models_loaded=sorted(self.target.loaded()),
             telemetry_dropped=self.telemetry.dropped,
             telemetry_buffered=self.telemetry.buffered,

@@ -31,7 +31,15 @@ from kefu.bus import Bus, BusUnavailable
 from kefu.config import TenantConfig
 from kefu.errors import BundleError, KefuError
 from kefu.models.store import ModelStore
-from kefu.wire import OBJECT_BUNDLES, BundleRef, DesiredTenant, bundle_object, decode, encode
+from kefu.wire import (
+    OBJECT_BUNDLES,
+    BundleRef,
+    CanarySplit,
+    DesiredTenant,
+    bundle_object,
+    decode,
+    encode,
+)
 
 __all__ = ["BundleFetcher", "LastKnownGood", "NodeTarget"]
 
@@ -41,8 +49,11 @@ log = logging.getLogger("kefu.node.agent.storage")
 class NodeTarget(Protocol):
     """What the agent drives: the serving node (or a lightweight stand-in in benchmarks)."""
 
-    async def load_bundle(self, bundle: BundleRef, path: Path) -> None: ...
+    async def load_bundle(self, bundle: BundleRef, path: Path, *, activate: bool) -> None: ...
     async def apply_tenant(self, doc: DesiredTenant, config: TenantConfig) -> None: ...
+    def apply_split(self, tenant: str, split: CanarySplit | None) -> None: ...
+    def split_report(self, tenant: str) -> tuple[int, int, int]: ...
+    def capabilities(self) -> list[str]: ...
     async def remove_tenant(self, tenant: str) -> None: ...
     def loaded(self) -> frozenset[str]: ...
     def providers(self) -> list[str]: ...
@@ -121,7 +132,7 @@ class BundleFetcher:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    async def load(self, b: BundleRef) -> None:
+    async def load(self, b: BundleRef, *, activate: bool = True) -> None:
         lock = self._locks.setdefault(b.ref, asyncio.Lock())
         async with lock:
             if b.ref in self.target.loaded():
@@ -129,7 +140,7 @@ class BundleFetcher:
             path = self.path(b)
             if not (path / MANIFEST).is_file():
                 raise BundleError(f"bundle {b.ref} is not in the local store", path=path)
-            await self.target.load_bundle(b, path)
+            await self.target.load_bundle(b, path, activate=activate)
 
 
 class LastKnownGood:
