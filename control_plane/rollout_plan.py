@@ -225,9 +225,12 @@ def _choose_members(
     for region in w.regions:
         here = sorted((n for n in nodes if n.region == region), key=lambda n: n.node_id)
         excluded += [n.node_id for n in here if not n.capable]
-        capable = [n for n in here if n.capable and n.fresh and n.node_id not in already]
-        take = math.ceil(w.node_share * len(capable) - 1e-9) if capable else 0
-        members += [Member(node_id=n.node_id, region=region, wave=wave) for n in capable[:take]]
+        capable = [n for n in here if n.capable and n.fresh]
+        # The share counts every capable node of the region, members of earlier waves too.
+        have = sum(n.node_id in already for n in capable)
+        take = max(0, math.ceil(w.node_share * len(capable) - 1e-9) - have)
+        new = [n for n in capable if n.node_id not in already][:take]
+        members += [Member(node_id=n.node_id, region=region, wave=wave) for n in new]
     return members, excluded
 
 

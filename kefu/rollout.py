@@ -4,7 +4,8 @@ A :class:`Rollout` lives in the ``kefu_rollouts`` key-value bucket (key
 ``r.<tenant>.<rollout id>``, every transition a new revision kept by the bucket's history; the
 key ``active.<tenant>`` names the one rollout of a tenant that is not finished). It says what
 to roll out (:class:`RolloutTarget`: model versions per slot), where and how fast
-(:class:`Wave`: regions and the share of each region's nodes; :class:`Step`: in-node traffic
+(:class:`Wave`: regions and the share of each region's nodes — a region may come back in a
+later wave with a larger share; :class:`Step`: in-node traffic
 weights with a minimum bake time), the **baseline captured at start** (per region, so a
 rollback never depends on key-value history), and where it stands (``phase``, ``wave``,
 ``step``, ``step_started_at``).
@@ -228,14 +229,15 @@ class Rollout(_Doc):
 
     @model_validator(mode="after")
     def _shape(self) -> Rollout:
-        seen: set[str] = set()
-        for w in self.waves:
-            again = seen & set(w.regions)
-            if again:
-                raise ValueError(
-                    f"region {sorted(again)[0]!r} is in two waves / 区域出现在两个批次中"
-                )
-            seen |= set(w.regions)
+        share: dict[str, float] = {}
+        for i, w in enumerate(self.waves):
+            for r in w.regions:
+                if w.node_share <= share.get(r, 0.0):
+                    raise ValueError(
+                        f"wave {i + 1} takes no more of region {r!r} than an earlier wave / "
+                        "后续批次须扩大区域节点比例"
+                    )
+                share[r] = w.node_share
         if not 0 <= self.wave < len(self.waves) or not 0 <= self.step < len(self.steps):
             raise ValueError("wave or step out of range / 批次或步骤超出范围")
         return self
@@ -248,7 +250,8 @@ class Rollout(_Doc):
 
     @property
     def regions(self) -> list[str]:
-        return [r for w in self.waves for r in w.regions]
+        """Every region of the rollout, once each, in wave order."""
+        return list(dict.fromkeys(r for w in self.waves for r in w.regions))
 
     @property
     def weight(self) -> float:

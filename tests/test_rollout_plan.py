@@ -104,7 +104,7 @@ def test_start_captures_the_baseline_per_region() -> None:
         ({"target": {"intent": "intent-zh"}}, "version"),  # a bare name is not concrete
         ({"target": {"mood": NEW}}, "slot"),
         ({"steps": [Step(weight=0.5), Step(weight=0.1)]}, "increase"),
-        ({"waves": [Wave(regions=["east"]), Wave(regions=["east"])]}, "two waves"),
+        ({"waves": [Wave(regions=["east"]), Wave(regions=["east"])]}, "no more of region"),
         ({"waves": []}, "waves"),
         ({"assignments": _assignments("east")}, "west"),
         ({"target": {"intent": OLD}}, "nothing to roll out"),
@@ -245,6 +245,22 @@ def test_full_run_through_waves_then_promote_writes_the_target_everywhere() -> N
     assert sorted(m.node_id for m in ro.members) == ["east-1", "west-1", "west-2"]
     assert (1, 0) in seen_waves
     assert "promoting" in p.reasons[0]
+
+
+def test_a_region_returns_in_a_later_wave_with_a_larger_share() -> None:
+    ro = _start(waves=[Wave(regions=["east"], node_share=0.5), Wave(regions=["east", "west"])])
+    ro = plan(ro, _nodes(), 1000.0).next
+    assert [m.node_id for m in ro.members] == ["east-1"]
+    for now in (1001.0, 1062.0, 1063.0, 1124.0):
+        ro = plan(ro, _converge(ro), now).next
+    assert ro.wave == 1
+    assert sorted((m.node_id, m.wave) for m in ro.members) == [
+        ("east-1", 0),
+        ("east-2", 1),
+        ("west-1", 1),
+        ("west-2", 1),
+    ]
+    assert ro.regions == ["east", "west"]
 
 
 def test_earlier_waves_hold_the_last_weight_while_the_next_wave_starts_small() -> None:
