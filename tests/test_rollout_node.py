@@ -10,6 +10,7 @@ import math
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from cp_support import ACTOR, control_plane, new_version, seed_demo, trust_with
 from test_cp_node import cp_node
@@ -21,6 +22,9 @@ from kefu.node.dialog.conversation import TurnRequest
 from kefu.node.dialog.split import NodeSplit, SessionPin, SplitBoard, resolve_ref
 from kefu.node.serving.admission import RateLimit, RateLimiter
 from kefu.rollout import Step, Wave, arm_for
+from kefu.v1 import bearer_metadata
+from kefu.v1 import node_pb2 as pb
+from kefu.v1 import node_pb2_grpc as pbg
 
 # ------------------------------------------------------------------------------ pure rules
 
@@ -164,3 +168,75 @@ async def test_a_node_splits_sessions_stickily_through_a_rollout(
                 assert (await turn("hello", sid))[1] == baseline
             assert agent.status().tenants["demo-shop"].switched == hits
             assert tenant_before is not None
+
+
+@pytest.mark.slow
+async def test_rollback_under_load_reaches_the_baseline_fast_with_zero_failed_rpcs(
+    tmp_path: Path, nats_server: NatsServer, ops_key: SigningKey
+) -> None:
+    url = nats_server.url
+    async with control_plane(url, trust_with(ops_key)) as stack:
+        api_key = await seed_demo(stack.cp)
+        await stack.cp.publish_model(new_version(tmp_path, ops_key, "cp-3"), actor=ACTOR)
+        ctl = RolloutController(
+            stack.cp, term=lambda: stack.lease.term, confirm=stack.lease.confirm
+        )
+        async with cp_node(tmp_path, url, ops_key) as (node, agent):
+            await agent.wait_for(lambda: "demo-shop" in agent.applied)
+            assert node.service is not None
+            node.service.limiter = RateLimiter(RateLimit(rate=1e6, burst=1e6))
+            ro = await stack.cp.start_rollout(
+                "demo-shop",
+                models={"intent": "demo-shop-intent@cp-3"},
+                waves=[Wave(regions=["r1"])],
+                steps=[Step(weight=0.5, bake_s=3600)],
+                actor=ACTOR,
+            )
+            deadline = time.monotonic() + 20
+            while agent.observed["demo-shop"].rollout_id != ro.id:
+                assert time.monotonic() < deadline
+                await ctl.run_once()
+                stack.reconciler.kick()
+                await asyncio.sleep(0.1)
+            md = bearer_metadata(api_key)
+            failures: list[BaseException] = []
+            served: list[tuple[float, str]] = []  # (when the turn began, intent version)
+            stop = asyncio.Event()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
+                stub = pbg.KefuNodeStub(ch)
+
+                async def client() -> None:
+                    sid = ""
+                    while not stop.is_set():
+                        began = time.monotonic()
+                        try:
+                            r = await stub.Converse(
+                                pb.ConverseRequest(
+                                    channel=pb.CHANNEL_WEB, text="hello", session_id=sid
+                                ),
+                                metadata=md,
+                                timeout=10,
+                            )
+                            served.append((began, r.model_versions["intent"]))
+                            sid = "" if len(served) % 3 == 0 else r.session_id
+                        except grpc.aio.AioRpcError as exc:
+                            failures.append(exc)
+
+                clients = [asyncio.create_task(client()) for _ in range(8)]
+                await asyncio.sleep(1.0)
+                t0 = time.monotonic()
+                await stack.cp.command_rollout(ro.id, "rollback", actor=ACTOR)
+                while agent.observed["demo-shop"].rollout_id:
+                    assert time.monotonic() - t0 < 10, "rollback never reached the node"
+                    await asyncio.sleep(0.02)
+                elapsed = time.monotonic() - t0
+                await asyncio.sleep(1.0)
+                stop.set()
+                await asyncio.gather(*clients)
+            assert not failures, failures[:3]
+            assert elapsed < 5.0, elapsed
+            # Turns that began once the node had the rollback: never the canary.
+            after = [v for at, v in served if at > t0 + elapsed]
+            assert after and all(v != "demo-shop-intent@cp-3" for v in after)
+            assert any(v == "demo-shop-intent@cp-3" for at, v in served if at < t0)
+            print(f"rollback to baseline on the node in {elapsed:.2f} s")

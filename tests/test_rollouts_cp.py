@@ -205,17 +205,31 @@ async def test_rollback_restores_the_captured_baseline_at_once(cp: ControlPlane)
     assert "rollout.pause" in actions and "rollout.rollback" in actions
 
 
-async def test_a_stale_leader_can_change_nothing(cp: ControlPlane) -> None:
+async def test_failover_resumes_at_the_same_step_and_a_stale_leader_changes_nothing(
+    cp: ControlPlane,
+) -> None:
     clock = [1000.0]
     old = LeaderLease(cp.bus, "cp-old", ttl_s=6.0, clock=lambda: clock[0])
     assert await old.step()
+    first = RolloutController(
+        cp, term=lambda: old.term, confirm=old.confirm, clock=lambda: clock[0]
+    )
+    rec = DesiredReconciler(cp.bus, confirm=old.confirm)
+    for node, region in NODES:
+        await _report(cp, node, region)
     ro = await cp.start_rollout(
         TENANT,
         models={"intent": "demo-shop-intent@9.0.0"},
         waves=[Wave(regions=["r1"])],
-        steps=_steps(),
+        steps=[Step(weight=0.1, bake_s=3600), Step(weight=1.0, bake_s=0)],
         actor=ACTOR,
     )
+    assert await first.run_once() == 1  # wave 1 begins at 10 % under the old leader
+    await rec.run_once()
+    for node, region in NODES:
+        await _report(cp, node, region)
+    before = await cp.get_rollout(ro.id)
+    assert (before.phase, before.wave, before.step, before.term) == ("running", 0, 0, old.term)
     # The old leader is paused past its lease; another replica takes over (term + 1).
     clock[0] += 60
     new = LeaderLease(cp.bus, "cp-new", ttl_s=6.0, clock=lambda: clock[0])
@@ -223,11 +237,10 @@ async def test_a_stale_leader_can_change_nothing(cp: ControlPlane) -> None:
     fresh = RolloutController(
         cp, term=lambda: new.term, confirm=new.confirm, clock=lambda: clock[0]
     )
-    for node, region in NODES:
-        await _report(cp, node, region)
-    assert await fresh.run_once() == 1
+    assert await fresh.run_once() == 1  # sees the nodes serving 10 %: the bake starts
     after_new = await cp.get_rollout(ro.id)
-    assert after_new.term == new.term
+    assert (after_new.wave, after_new.step, after_new.members) == (0, 0, before.members)
+    assert after_new.term == new.term and after_new.converged_at == clock[0]
     # An operator rolls back; the stale leader (still believing its term) tries to finish it.
     after_new = await cp.command_rollout(ro.id, "rollback", actor="bob")
     stale = RolloutController(
