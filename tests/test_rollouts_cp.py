@@ -61,7 +61,7 @@ def _steps() -> list[Step]:
     return [Step(weight=0.1, bake_s=0), Step(weight=1.0, bake_s=0)]
 
 
-async def _report(cp: ControlPlane, node: str, region: str, *, capable: bool = True) -> None:
+async def report_as_node(cp: ControlPlane, node: str, region: str, *, capable: bool = True) -> None:
     """A simulated node: reports the weight its region's desired document gives it."""
     e = await cp.bus.kv_get(desired_bucket(region), TENANT)
     seen = ObservedTenant(state="serving")
@@ -91,7 +91,7 @@ async def _pass(cp: ControlPlane, ctl: RolloutController, rec: DesiredReconciler
     await ctl.run_once()
     await rec.run_once()
     for node, region in NODES:
-        await _report(cp, node, region, capable=node != "a2")
+        await report_as_node(cp, node, region, capable=node != "a2")
 
 
 async def test_start_captures_baseline_and_allows_one_active_rollout(cp: ControlPlane) -> None:
@@ -132,7 +132,7 @@ async def test_controller_steps_through_waves_and_promotes(cp: ControlPlane) -> 
     ctl = RolloutController(cp, term=lambda: lease.term, confirm=lease.confirm)
     rec = DesiredReconciler(cp.bus, confirm=lease.confirm)
     for node, region in NODES:
-        await _report(cp, node, region, capable=node != "a2")
+        await report_as_node(cp, node, region, capable=node != "a2")
     ro = await cp.start_rollout(
         TENANT,
         models={"intent": "demo-shop-intent@9.0.0"},
@@ -176,7 +176,7 @@ async def test_rollback_restores_the_captured_baseline_at_once(cp: ControlPlane)
     rec = DesiredReconciler(cp.bus, confirm=lease.confirm)
     before = {a.region: a.models for a in await cp.list_assignments(TENANT)}
     for node, region in NODES:
-        await _report(cp, node, region)
+        await report_as_node(cp, node, region)
     ro = await cp.start_rollout(
         TENANT,
         models={"intent": "demo-shop-intent@9.0.0"},
@@ -216,7 +216,7 @@ async def test_failover_resumes_at_the_same_step_and_a_stale_leader_changes_noth
     )
     rec = DesiredReconciler(cp.bus, confirm=old.confirm)
     for node, region in NODES:
-        await _report(cp, node, region)
+        await report_as_node(cp, node, region)
     ro = await cp.start_rollout(
         TENANT,
         models={"intent": "demo-shop-intent@9.0.0"},
@@ -227,7 +227,7 @@ async def test_failover_resumes_at_the_same_step_and_a_stale_leader_changes_noth
     assert await first.run_once() == 1  # wave 1 begins at 10 % under the old leader
     await rec.run_once()
     for node, region in NODES:
-        await _report(cp, node, region)
+        await report_as_node(cp, node, region)
     before = await cp.get_rollout(ro.id)
     assert (before.phase, before.wave, before.step, before.term) == ("running", 0, 0, old.term)
     # The old leader is paused past its lease; another replica takes over (term + 1).
