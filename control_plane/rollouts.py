@@ -342,8 +342,9 @@ class RolloutController:
         self._kick.set()
         self._tasks = [
             asyncio.create_task(self._loop(), name="kefu-rollouts"),
+            # Node reports are read every period_s (not watched: a fleet's heartbeats would
+            # re-run the planner many times a second for nothing).
             asyncio.create_task(self._watch(BUCKET_ROLLOUTS), name="kefu-watch-rollouts"),
-            asyncio.create_task(self._watch(BUCKET_NODES), name="kefu-watch-nodes"),
         ]
 
     async def stop(self) -> None:
