@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,26 @@ class LightTarget:
         return []
 
 
+async def start_agents(
+    url: str, work: Path, n: int, target: Callable[[], Any], trust: TrustStore
+) -> list[NodeAgent]:
+    """``n`` started lightweight agents of region ``bench``, each with its own NATS connection
+    and data directory, driving ``target()``."""
+    agents: list[NodeAgent] = []
+    for i in range(n):
+        data = work / f"n{n}-{i}"
+
+        async def connect(name: str = f"bench-n{n}-{i}") -> NatsBus:
+            return await NatsBus.connect(NatsOptions(servers=[url], name=name))
+
+        opts = AgentOptions(
+            node_id=f"n{n}-{i}", region=REGION, data_dir=data, heartbeat_s=5.0, telemetry_s=60.0
+        )
+        agent = NodeAgent(opts, target(), ModelStore(data / "models", trust), connect=connect)
+        agents.append(await agent.start())
+    return agents
+
+
 def make_version(work: Path, key: Any, version: str, size_mb: float) -> bytes:
     """The shipped intent bundle re-signed as ``version``, padded so the packed bundle is
     about ``size_mb`` MB (the padding is listed, with its hash, in the signed manifest)."""
@@ -150,20 +171,7 @@ async def rollout(
     )
     results = []
     for n in counts:
-        agents: list[NodeAgent] = []
-        for i in range(n):
-            data = work / f"n{n}-{i}"
-
-            async def connect(name: str = f"bench-n{n}-{i}") -> NatsBus:
-                return await NatsBus.connect(NatsOptions(servers=[url], name=name))
-
-            opts = AgentOptions(
-                node_id=f"n{n}-{i}", region=REGION, data_dir=data, heartbeat_s=5.0, telemetry_s=60.0
-            )
-            agent = NodeAgent(
-                opts, LightTarget(trust), ModelStore(data / "models", trust), connect=connect
-            )
-            agents.append(await agent.start())
+        agents = await start_agents(url, work, n, lambda: LightTarget(trust), trust)
 
         def serving(version: str, agents: list[NodeAgent] = agents) -> bool:
             for a in agents:

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rollout_bench import ACTOR, REGION, LightTarget, make_version
+from rollout_bench import ACTOR, REGION, LightTarget, make_version, start_agents
 
 from kefu.bundle import Manifest, pack
 from kefu.control_plane.leader import LeaderLease
@@ -42,10 +42,10 @@ from kefu.control_plane.reconciler import DesiredReconciler
 from kefu.control_plane.rollouts import RolloutController
 from kefu.control_plane.service import ControlPlane, ensure_layout
 from kefu.keys import TrustStore, generate_keypair, load_public_key
-from kefu.models.store import ModelStore, shipped_dir
+from kefu.models.store import shipped_dir
 from kefu.natsbus import NatsBus, NatsOptions
 from kefu.natsserver import NatsServer
-from kefu.node.agent.agent import AgentOptions, NodeAgent
+from kefu.node.agent.agent import NodeAgent
 from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
 from kefu.rollout import CAPABILITY_SPLIT, Step, Wave
 
@@ -96,20 +96,7 @@ async def run(url: str, work: Path, counts: list[int], bundle_mb: float) -> list
     )
     results = []
     for n in counts:
-        agents: list[NodeAgent] = []
-        for i in range(n):
-            data = work / f"n{n}-{i}"
-
-            async def connect(name: str = f"bench-n{n}-{i}") -> NatsBus:
-                return await NatsBus.connect(NatsOptions(servers=[url], name=name))
-
-            opts = AgentOptions(
-                node_id=f"n{n}-{i}", region=REGION, data_dir=data, heartbeat_s=5.0, telemetry_s=60.0
-            )
-            agent = NodeAgent(
-                opts, SplitTarget(trust), ModelStore(data / "models", trust), connect=connect
-            )
-            agents.append(await agent.start())
+        agents = await start_agents(url, work, n, lambda: SplitTarget(trust), trust)
 
         def split_everywhere(rollout_id: str, agents: list[NodeAgent] = agents) -> bool:
             for a in agents:

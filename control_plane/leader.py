@@ -16,14 +16,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from kefu.bus import Bus, BusUnavailable, Conflict, NotFound, cancel_and_wait
 from kefu.control_plane.lease import decide_lease
-from kefu.errors import PermanentError
+from kefu.errors import KefuError, PermanentError
 from kefu.wire import BUCKET_LEADER, LEASE_KEY, Lease, WireError, decode, encode
 
-__all__ = ["LeaderLease", "StaleLeader", "decide_lease"]
+__all__ = ["LeaderLease", "StaleLeader", "decide_lease", "kick_on_change", "run_on_kick"]
 
 log = logging.getLogger("kefu.control_plane.leader")
 
@@ -138,3 +138,50 @@ class LeaderLease:
                     )
         self.holder = ""
         self._valid_until = 0.0
+
+
+# ---------------------------------------------------------------------------- leader-only loops
+
+
+async def run_on_kick(
+    kick: asyncio.Event, period_s: float, run_once: Callable[[], Awaitable[object]], *, what: str
+) -> None:
+    """The loop of a leader-only job (the reconciler, the rollout controller): run it on every
+    kick and at least every ``period_s``. A :class:`StaleLeader` stands down for a period; a
+    :class:`~kefu.bus.Conflict` (someone else wrote first) plans again at once; other bus
+    errors retry with a capped backoff."""
+    backoff = 0.5
+    while True:
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+        # races with the kick, and stop() would then wait forever.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(period_s):
+                await kick.wait()
+        kick.clear()
+        try:
+            await run_once()
+            backoff = 0.5
+        except StaleLeader as exc:
+            log.warning("%s stands down: %s", what, exc)
+            await asyncio.sleep(period_s)
+        except Conflict:
+            kick.set()
+        except (BusUnavailable, KefuError) as exc:
+            log.warning("%s failed, retrying in %.1fs: %s", what, backoff, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+            kick.set()
+
+
+async def kick_on_change(bus: Bus, bucket: str, kick: asyncio.Event) -> None:
+    """Set ``kick`` on every change of ``bucket``; re-create the watcher with backoff."""
+    backoff = 0.5
+    while True:
+        try:
+            async for _ in bus.kv_watch(bucket):
+                kick.set()
+                backoff = 0.5
+        except (BusUnavailable, NotFound) as exc:
+            log.info("watch %s ended (%s); re-creating in %.1fs", bucket, exc, backoff)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 10.0)

@@ -13,14 +13,14 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from kefu.bus import Bus, BusUnavailable, NotFound, cancel_and_wait, snapshot
+from kefu.bus import Bus, NotFound, cancel_and_wait, snapshot
 from kefu.control_plane.desired import (
     DeleteDesired,
     DesiredInputs,
     PutDesired,
     plan_desired,
 )
-from kefu.control_plane.leader import StaleLeader
+from kefu.control_plane.leader import kick_on_change, run_on_kick
 from kefu.errors import KefuError
 from kefu.rollout import BUCKET_ROLLOUTS, Rollout
 from kefu.wire import (
@@ -150,49 +150,19 @@ class DesiredReconciler:
         self.writes += len(actions)
         return len(actions)
 
-    async def _loop(self) -> None:
-        backoff = 0.5
-        while True:
-            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
-            # races with the kick, and stop() would then wait forever.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.period_s):
-                    await self._kick.wait()
-            self._kick.clear()
-            try:
-                await self.run_once()
-                backoff = 0.5
-            except StaleLeader as exc:
-                log.warning("reconciler stands down: %s", exc)
-                await asyncio.sleep(self.period_s)
-            except (BusUnavailable, KefuError) as exc:
-                log.warning("reconcile failed, retrying in %.1fs: %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                self._kick.set()
-
-    async def _watch(self, bucket: str) -> None:
-        """Kick on every change of ``bucket``; re-create the watcher with backoff on errors."""
-        backoff = 0.5
-        while True:
-            try:
-                async for _ in self.bus.kv_watch(bucket):
-                    self._kick.set()
-                    backoff = 0.5
-            except (BusUnavailable, NotFound) as exc:
-                log.info("watch %s ended (%s); re-creating in %.1fs", bucket, exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
-
     def start(self) -> None:
         if self._tasks:
             return
         self._kick.set()
         self._tasks = [
-            asyncio.create_task(self._loop(), name="kefu-reconcile"),
-            asyncio.create_task(self._watch(BUCKET_ASSIGNMENTS), name="kefu-watch-assign"),
-            asyncio.create_task(self._watch(BUCKET_REGISTRY), name="kefu-watch-registry"),
-            asyncio.create_task(self._watch(BUCKET_ROLLOUTS), name="kefu-watch-rollout-docs"),
+            asyncio.create_task(
+                run_on_kick(self._kick, self.period_s, self.run_once, what="reconcile"),
+                name="kefu-reconcile",
+            ),
+            *(
+                asyncio.create_task(kick_on_change(self.bus, b, self._kick), name=f"kefu-watch-{b}")
+                for b in (BUCKET_ASSIGNMENTS, BUCKET_REGISTRY, BUCKET_ROLLOUTS)
+            ),
         ]
 
     async def stop(self) -> None:

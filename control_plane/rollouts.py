@@ -23,9 +23,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from kefu.bus import Bus, BusUnavailable, Conflict, NotFound, cancel_and_wait, snapshot
+from kefu.bus import Bus, Conflict, NotFound, cancel_and_wait, snapshot
 from kefu.control_plane.catalog import Catalog
-from kefu.control_plane.leader import StaleLeader
+from kefu.control_plane.leader import StaleLeader, kick_on_change, run_on_kick
 from kefu.control_plane.rollout_plan import (
     NodeFacts,
     Plan,
@@ -309,42 +309,20 @@ class RolloutController:
             return
         raise Conflict(f"{key}: too many concurrent writers / 并发写入过多")
 
-    async def _loop(self) -> None:
-        backoff = 0.5
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.period_s):
-                    await self._kick.wait()
-            self._kick.clear()
-            try:
-                await self.run_once()
-                backoff = 0.5
-            except StaleLeader as exc:
-                log.warning("rollout controller stands down: %s", exc)
-                await asyncio.sleep(self.period_s)
-            except Conflict:
-                self._kick.set()  # an operator's command got in first: plan again
-            except (BusUnavailable, KefuError) as exc:
-                log.warning("rollout pass failed, retrying in %.1fs: %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-
-    async def _watch(self, bucket: str) -> None:
-        while True:
-            with contextlib.suppress(BusUnavailable, NotFound):
-                async for _ in self.bus.kv_watch(bucket):
-                    self._kick.set()
-            await asyncio.sleep(1.0)
-
     def start(self) -> None:
         if self._tasks:
             return
         self._kick.set()
         self._tasks = [
-            asyncio.create_task(self._loop(), name="kefu-rollouts"),
+            asyncio.create_task(
+                run_on_kick(self._kick, self.period_s, self.run_once, what="rollout controller"),
+                name="kefu-rollouts",
+            ),
             # Node reports are read every period_s (not watched: a fleet's heartbeats would
             # re-run the planner many times a second for nothing).
-            asyncio.create_task(self._watch(BUCKET_ROLLOUTS), name="kefu-watch-rollouts"),
+            asyncio.create_task(
+                kick_on_change(self.bus, BUCKET_ROLLOUTS, self._kick), name="kefu-watch-rollouts"
+            ),
         ]
 
     async def stop(self) -> None:
