@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
 from kefu.wire import (
     BUCKET_NODES,
     BundleRef,
+    CanarySplit,
     DesiredTenant,
     NodeStatus,
     ObservedTenant,
@@ -73,12 +75,21 @@ class LightTarget:
         self.trust = trust
         self._loaded: set[str] = set()
 
-    async def load_bundle(self, bundle: BundleRef, path: Path) -> None:
+    async def load_bundle(self, bundle: BundleRef, path: Path, *, activate: bool) -> None:
         await asyncio.to_thread(verify_bundle, path, self.trust)
         self._loaded.add(bundle.ref)
 
     async def apply_tenant(self, doc: DesiredTenant, config: TenantConfig) -> None:
         return None
+
+    def apply_split(self, tenant: str, split: CanarySplit | None) -> None:
+        return None
+
+    def split_report(self, tenant: str) -> tuple[int, int, int]:
+        return 0, 0, 0
+
+    def capabilities(self) -> list[str]:
+        return []
 
     async def remove_tenant(self, tenant: str) -> None:
         return None
@@ -91,6 +102,26 @@ class LightTarget:
 
     async def release_unused(self, grace_s: float) -> list[str]:
         return []
+
+
+async def start_agents(
+    url: str, work: Path, n: int, target: Callable[[], Any], trust: TrustStore
+) -> list[NodeAgent]:
+    """``n`` started lightweight agents of region ``bench``, each with its own NATS connection
+    and data directory, driving ``target()``."""
+    agents: list[NodeAgent] = []
+    for i in range(n):
+        data = work / f"n{n}-{i}"
+
+        async def connect(name: str = f"bench-n{n}-{i}") -> NatsBus:
+            return await NatsBus.connect(NatsOptions(servers=[url], name=name))
+
+        opts = AgentOptions(
+            node_id=f"n{n}-{i}", region=REGION, data_dir=data, heartbeat_s=5.0, telemetry_s=60.0
+        )
+        agent = NodeAgent(opts, target(), ModelStore(data / "models", trust), connect=connect)
+        agents.append(await agent.start())
+    return agents
 
 
 def make_version(work: Path, key: Any, version: str, size_mb: float) -> bytes:
@@ -140,20 +171,7 @@ async def rollout(
     )
     results = []
     for n in counts:
-        agents: list[NodeAgent] = []
-        for i in range(n):
-            data = work / f"n{n}-{i}"
-
-            async def connect(name: str = f"bench-n{n}-{i}") -> NatsBus:
-                return await NatsBus.connect(NatsOptions(servers=[url], name=name))
-
-            opts = AgentOptions(
-                node_id=f"n{n}-{i}", region=REGION, data_dir=data, heartbeat_s=5.0, telemetry_s=60.0
-            )
-            agent = NodeAgent(
-                opts, LightTarget(trust), ModelStore(data / "models", trust), connect=connect
-            )
-            agents.append(await agent.start())
+        agents = await start_agents(url, work, n, lambda: LightTarget(trust), trust)
 
         def serving(version: str, agents: list[NodeAgent] = agents) -> bool:
             for a in agents:

@@ -27,6 +27,8 @@ from grpc_reflection.v1alpha import reflection
 from kefu import __version__
 from kefu.auth_guard import FailedAuthGuard, peer_address
 from kefu.bus import BusUnavailable, Conflict, NotFound
+from kefu.control_plane import api_fleet as fleet
+from kefu.control_plane.api_fleet import node_msg
 from kefu.control_plane.auth import Operator, decide, parse_role
 from kefu.control_plane.leader import LeaderLease
 from kefu.control_plane.service import (
@@ -51,7 +53,6 @@ from kefu.wire import (
     Assignment,
     ConfigVersion,
     ModelVersion,
-    NodeStatus,
     TelemetryBatch,
     TenantRecord,
     check_id,
@@ -85,8 +86,6 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_CONFIG_BYTES = MAX_CONFIG_TEXT
 #: Free-text fields (comments, descriptions, names in requests) are refused beyond this.
 MAX_TEXT_CHARS = 1000
-#: A node whose last heartbeat is older than this is shown offline.
-ONLINE_WINDOW_S = 30.0
 
 _R = TypeVar("_R")
 
@@ -243,35 +242,6 @@ def assignment_msg(a: Assignment) -> pb.Assignment:
     )
 
 
-def node_msg(n: NodeStatus, now: float) -> pb.Node:
-    return pb.Node(
-        node_id=n.node_id,
-        region=n.region,
-        software_version=n.software_version,
-        providers=n.providers,
-        gpu=n.gpu,
-        listen=n.listen,
-        started_at=n.started_at,
-        heartbeat_at=n.heartbeat_at,
-        online=now - n.heartbeat_at < ONLINE_WINDOW_S,
-        tenants=[
-            pb.ObservedTenant(
-                tenant=t,
-                state=o.state,
-                config_version=o.config_version,
-                models=o.models,
-                error=o.error,
-            )
-            for t, o in sorted(n.tenants.items())
-        ],
-        models_loaded=n.models_loaded,
-        telemetry_dropped=n.telemetry_dropped,
-        telemetry_buffered=n.telemetry_buffered,
-        reconcile_error=n.reconcile_error,
-        reconcile_error_at=n.reconcile_error_at,
-    )
-
-
 class ControlPlaneApi(pbg.ControlPlaneServicer):
     def __init__(
         self,
@@ -288,6 +258,17 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
         self.tokens = tokens or OperatorTokens(cp.bus)
         #: Refused tokens per peer: counted, logged (rate-limited), answered ever more slowly.
         self.auth_guard = auth_guard or FailedAuthGuard()
+
+    def _actor_name(self) -> str:
+        operator = _CALLER.get()
+        assert operator is not None, "RPC served without _rpc"
+        return operator.name
+
+    # Rollouts (handlers in api_fleet.py): authenticated, authorized and error-mapped here.
+    StartRollout = _rpc(fleet.StartRollout)
+    ListRollouts = _rpc(fleet.ListRollouts)
+    GetRollout = _rpc(fleet.GetRollout)
+    CommandRollout = _rpc(fleet.CommandRollout)
 
     async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> Operator:
         token = api_key_from_metadata(context.invocation_metadata())

@@ -2,8 +2,9 @@
 
 :class:`ControlPlaneApp` is an async context manager. Every replica serves the API (reads and
 validated writes go straight to JetStream); only the lease holder runs the desired-state
-reconciler, and it stops the moment the lease is lost. Nothing is kept in memory that a
-restart would miss: the telemetry index is rebuilt from the stream, the reconciler re-plans.
+reconciler and the rollout controller, and they stop the moment the lease is lost. Nothing is
+kept in memory that a restart would miss: the telemetry index is rebuilt from the stream, the
+reconciler and the controller re-plan.
 
 On the first start against an empty operator-token bucket the replica creates the ``admin``
 token (:meth:`OperatorTokens.bootstrap`), writes it to ``admin_token_file`` (mode 0600) and
@@ -23,6 +24,7 @@ import grpc
 from kefu.control_plane.api import ControlPlaneApi, serve_api
 from kefu.control_plane.leader import LeaderLease
 from kefu.control_plane.reconciler import DesiredReconciler
+from kefu.control_plane.rollouts import RolloutController
 from kefu.control_plane.service import ControlPlane, ensure_layout
 from kefu.control_plane.telemetry import TelemetryIndex
 from kefu.control_plane.tokens import OperatorTokens, write_token_file
@@ -49,6 +51,9 @@ class ControlPlaneOptions:
     listen: str = "127.0.0.1:7500"
     lease_ttl_s: float = 6.0
     reconcile_period_s: float = 10.0
+    #: How often the leader's rollout controller plans at the latest (it also runs on every
+    #: rollout or node-status change).
+    rollout_period_s: float = 1.0
     regions: list[str] = field(default_factory=list)
     #: Where the first-start admin token is written (0600); None = kept in memory only.
     admin_token_file: Path | None = None
@@ -60,6 +65,7 @@ class ControlPlaneApp:
         self.bus: NatsBus | None = None
         self.cp: ControlPlane | None = None
         self.reconciler: DesiredReconciler | None = None
+        self.rollouts: RolloutController | None = None
         self.lease: LeaderLease | None = None
         self.telemetry: TelemetryIndex | None = None
         self.tokens: OperatorTokens | None = None
@@ -90,9 +96,21 @@ class ControlPlaneApp:
                 log.info("created the first admin operator token in %s", o.admin_token_file)
             except OSError as exc:  # the caller still prints first_token once
                 log.error("cannot write the admin token to %s: %s", o.admin_token_file, exc)
-        self.reconciler = DesiredReconciler(self.bus, period_s=o.reconcile_period_s)
-        self.cp.on_change = self.reconciler.kick
         self.lease = LeaderLease(self.bus, o.replica, ttl_s=o.lease_ttl_s, on_change=self._leader)
+        lease = self.lease
+        self.reconciler = DesiredReconciler(
+            self.bus, period_s=o.reconcile_period_s, confirm=lease.confirm
+        )
+        self.rollouts = RolloutController(
+            self.cp, term=lambda: lease.term, confirm=lease.confirm, period_s=o.rollout_period_s
+        )
+        reconciler, rollouts = self.reconciler, self.rollouts
+
+        def changed() -> None:
+            reconciler.kick()
+            rollouts.kick()
+
+        self.cp.on_change = changed
         self.lease.start()
         self.telemetry = TelemetryIndex(self.bus)
         self.telemetry.start()
@@ -105,13 +123,15 @@ class ControlPlaneApp:
         return self
 
     def _leader(self, leading: bool) -> None:
-        assert self.reconciler is not None
+        assert self.reconciler is not None and self.rollouts is not None
         if leading:
             self.reconciler.start()
+            self.rollouts.start()
         else:
-            task = asyncio.create_task(self.reconciler.stop())
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            for stop in (self.reconciler.stop(), self.rollouts.stop()):
+                task = asyncio.create_task(stop)
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -121,6 +141,8 @@ class ControlPlaneApp:
             await self.telemetry.stop()
         if self.reconciler is not None:
             await self.reconciler.stop()
+        if self.rollouts is not None:
+            await self.rollouts.stop()
         if self.lease is not None:
             await self.lease.stop()  # hands the lease over at once
         if self._pending:

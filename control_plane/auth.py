@@ -65,6 +65,8 @@ READ_METHODS = frozenset(
         "QueryAudit",
         "QueryTelemetry",
         "GetStatus",
+        "ListRollouts",
+        "GetRollout",
     }
 )
 

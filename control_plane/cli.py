@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kefu.control_plane.cli_rollout import ROLLOUT_VERBS, add_rollout_args
 from kefu.control_plane.client import (
     DEFAULT_CP,
     DEFAULT_NATS,
@@ -478,6 +479,8 @@ VERBS: dict[tuple[str, ...], dict[str, Any]] = {
 
 
 def _add_args(path: tuple[str, ...], p: argparse.ArgumentParser) -> None:
+    if path[0] == "rollout":
+        return add_rollout_args(path, p)
     if path in (
         ("tenants", "create"),
         ("tenants", "disable"),
@@ -576,7 +579,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cp.add_argument("--timeout", type=float, default=30.0)
     verbs = cp.add_subparsers(dest="cp_verb", required=True, metavar="VERB")
     groups: dict[str, argparse._SubParsersAction] = {}
-    for path, spec in VERBS.items():
+    for path, spec in {**VERBS, **ROLLOUT_VERBS}.items():
         if len(path) == 1:
             p = verbs.add_parser(path[0])
         else:

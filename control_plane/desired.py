@@ -1,10 +1,13 @@
 """Pure core of the control plane: compile desired state and plan what to write.
 
-The leader gathers the registry (tenants), assignments, config versions and model versions,
-then :func:`plan_desired` decides which ``kefu_desired_<region>/<tenant>`` documents to put or
-delete so that what nodes watch matches what the central team asked for. No I/O here (no NATS,
-no gRPC): the leader's reconciler executes the plan, and a plan run twice writes nothing the
-second time (documents are compared by fingerprint).
+The leader gathers the registry (tenants), assignments, config versions, model versions and
+the rollouts in progress, then :func:`plan_desired` decides which
+``kefu_desired_<region>/<tenant>`` documents to put or delete so that what nodes watch matches
+what the central team asked for. A running rollout adds a :class:`~kefu.wire.CanarySplit` to
+the documents of its regions; a promoted or rolled-back rollout whose assignments are not yet
+written overlays the target or the captured baseline, so nodes switch the moment the rollout's
+phase changes. No I/O here (no NATS, no gRPC): the leader's reconciler executes the plan, and a
+plan run twice writes nothing the second time (documents are compared by fingerprint).
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from kefu.rollout import Rollout
 from kefu.wire import (
     Assignment,
     BundleRef,
+    CanarySplit,
     ConfigVersion,
     DesiredTenant,
     ModelVersion,
@@ -52,6 +57,8 @@ class DesiredInputs:
     configs: Mapping[tuple[str, int], ConfigVersion] = field(default_factory=dict)
     #: ``name@version`` → model version.
     models: Mapping[str, ModelVersion] = field(default_factory=dict)
+    #: tenant → its rollout that is active or not yet finalized.
+    rollouts: Mapping[str, Rollout] = field(default_factory=dict)
 
 
 def resolve_bundle(ref: str, models: Mapping[str, ModelVersion]) -> BundleRef | None:
@@ -72,7 +79,25 @@ def compile_desired(a: Assignment, inputs: DesiredInputs) -> DesiredTenant | Non
     if cfg is None:
         return None
     models: dict[str, BundleRef] = {}
-    for slot, ref in sorted(a.models.items()):
+    split: CanarySplit | None = None
+    slots = dict(a.models)
+    ro = inputs.rollouts.get(a.tenant)
+    if ro is not None and a.region in ro.regions and not ro.finalized:
+        if ro.phase == "promoted":  # until the controller writes the target into assignments
+            slots.update(ro.target.models)
+        elif ro.phase == "rolled_back" and a.region in ro.baseline:
+            slots.update(ro.baseline[a.region].models)
+        elif ro.phase in ("running", "paused"):
+            canary: dict[str, BundleRef] = {}
+            for slot, ref in sorted(ro.target.models.items()):
+                b = resolve_bundle(ref, inputs.models)
+                if b is None:
+                    return None
+                canary[slot] = b
+            split = CanarySplit(
+                rollout_id=ro.id, salt=ro.salt, canary=canary, weights=ro.weights(a.region)
+            )
+    for slot, ref in sorted(slots.items()):
         b = resolve_bundle(ref, inputs.models)
         if b is None:
             return None
@@ -95,6 +120,7 @@ def compile_desired(a: Assignment, inputs: DesiredInputs) -> DesiredTenant | Non
         models=models,
         scenario_models=scenario_models,
         api_key_hashes=tenant.active_key_hashes(),
+        split=split,
     )
 
 

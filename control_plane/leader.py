@@ -16,15 +16,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from kefu.bus import Bus, BusUnavailable, Conflict, NotFound, cancel_and_wait
 from kefu.control_plane.lease import decide_lease
+from kefu.errors import KefuError, PermanentError
 from kefu.wire import BUCKET_LEADER, LEASE_KEY, Lease, WireError, decode, encode
 
-__all__ = ["LeaderLease", "decide_lease"]
+__all__ = ["LeaderLease", "StaleLeader", "decide_lease", "kick_on_change", "run_on_kick"]
 
 log = logging.getLogger("kefu.control_plane.leader")
+
+
+class StaleLeader(PermanentError):
+    """This replica is no longer the leader of the term it acts for: it must not write."""
 
 
 class LeaderLease:
@@ -90,6 +95,25 @@ class LeaderLease:
                 self.on_change(now_leader)
         return now_leader
 
+    async def confirm(self) -> None:
+        """Raise :class:`StaleLeader` unless the lease in the bus is
+        still ours, of our term and unexpired: checked right before every leader-only write, so
+        a replica that lost the lease (paused, partitioned) writes nothing."""
+        entry = await self.bus.kv_get(BUCKET_LEADER, LEASE_KEY)
+        lease = decode(Lease, entry.value, what="leader lease") if entry is not None else None
+        if (
+            lease is None
+            or lease.holder != self.me
+            or lease.term != self.term
+            or lease.expires_at <= self.clock()
+            or not self.is_leader
+        ):
+            shown = f"{lease.holder} (term {lease.term})" if lease is not None else "nobody"
+            raise StaleLeader(
+                f"{self.me} acts for term {self.term} but the lease is held by {shown} / "
+                "本副本已不是主节点"
+            )
+
     async def run(self) -> None:
         while True:
             await self.step()
@@ -114,3 +138,50 @@ class LeaderLease:
                     )
         self.holder = ""
         self._valid_until = 0.0
+
+
+# ---------------------------------------------------------------------------- leader-only loops
+
+
+async def run_on_kick(
+    kick: asyncio.Event, period_s: float, run_once: Callable[[], Awaitable[object]], *, what: str
+) -> None:
+    """The loop of a leader-only job (the reconciler, the rollout controller): run it on every
+    kick and at least every ``period_s``. A :class:`StaleLeader` stands down for a period; a
+    :class:`~kefu.bus.Conflict` (someone else wrote first) plans again at once; other bus
+    errors retry with a capped backoff."""
+    backoff = 0.5
+    while True:
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+        # races with the kick, and stop() would then wait forever.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(period_s):
+                await kick.wait()
+        kick.clear()
+        try:
+            await run_once()
+            backoff = 0.5
+        except StaleLeader as exc:
+            log.warning("%s stands down: %s", what, exc)
+            await asyncio.sleep(period_s)
+        except Conflict:
+            kick.set()
+        except (BusUnavailable, KefuError) as exc:
+            log.warning("%s failed, retrying in %.1fs: %s", what, backoff, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+            kick.set()
+
+
+async def kick_on_change(bus: Bus, bucket: str, kick: asyncio.Event) -> None:
+    """Set ``kick`` on every change of ``bucket``; re-create the watcher with backoff."""
+    backoff = 0.5
+    while True:
+        try:
+            async for _ in bus.kv_watch(bucket):
+                kick.set()
+                backoff = 0.5
+        except (BusUnavailable, NotFound) as exc:
+            log.info("watch %s ended (%s); re-creating in %.1fs", bucket, exc, backoff)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 10.0)

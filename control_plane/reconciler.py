@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
-from kefu.bus import Bus, BusUnavailable, NotFound, cancel_and_wait, snapshot
+from kefu.bus import Bus, NotFound, cancel_and_wait, snapshot
 from kefu.control_plane.desired import (
     DeleteDesired,
     DesiredInputs,
     PutDesired,
     plan_desired,
 )
+from kefu.control_plane.leader import kick_on_change, run_on_kick
 from kefu.errors import KefuError
+from kefu.rollout import BUCKET_ROLLOUTS, Rollout
 from kefu.wire import (
     BUCKET_ASSIGNMENTS,
     BUCKET_CONFIGS,
@@ -71,14 +74,41 @@ async def gather_inputs(bus: Bus) -> tuple[DesiredInputs, list[str]]:
     for e in (await snapshot(bus, BUCKET_MODELS)).values():
         mv = decode(ModelVersion, e.value)
         models[f"{mv.name}@{mv.version}"] = mv
-    inputs = DesiredInputs(tenants=tenants, assignments=assignments, configs=configs, models=models)
+    rollouts: dict[str, Rollout] = {}
+    for key, e in (await snapshot(bus, BUCKET_ROLLOUTS, "r.>")).items():
+        try:
+            ro = decode(Rollout, e.value, what=f"rollout {key}")
+        except KefuError as exc:
+            log.error("%s", exc)
+            continue
+        if not ro.finalized and ro.phase != "pending":
+            rollouts[ro.tenant] = ro  # at most one unfinished rollout per tenant
+    inputs = DesiredInputs(
+        tenants=tenants,
+        assignments=assignments,
+        configs=configs,
+        models=models,
+        rollouts=rollouts,
+    )
     return inputs, sorted(regions)
 
 
+async def _always() -> None:
+    return None
+
+
 class DesiredReconciler:
-    def __init__(self, bus: Bus, *, period_s: float = 10.0):
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        period_s: float = 10.0,
+        confirm: Callable[[], Awaitable[None]] = _always,
+    ):
         self.bus = bus
         self.period_s = period_s
+        #: Raises StaleLeader unless this replica still holds the lease: checked before writes.
+        self.confirm = confirm
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.runs = 0
@@ -100,6 +130,8 @@ class DesiredReconciler:
                 except KefuError:
                     current[(region, tenant)] = ""  # unreadable: rewrite it
         actions = plan_desired(inputs, current)
+        if actions:
+            await self.confirm()  # a replica that lost the lease meanwhile writes nothing
         for action in actions:
             bucket = desired_bucket(action.region)
             if isinstance(action, PutDesired):
@@ -118,45 +150,19 @@ class DesiredReconciler:
         self.writes += len(actions)
         return len(actions)
 
-    async def _loop(self) -> None:
-        backoff = 0.5
-        while True:
-            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
-            # races with the kick, and stop() would then wait forever.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.period_s):
-                    await self._kick.wait()
-            self._kick.clear()
-            try:
-                await self.run_once()
-                backoff = 0.5
-            except (BusUnavailable, KefuError) as exc:
-                log.warning("reconcile failed, retrying in %.1fs: %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                self._kick.set()
-
-    async def _watch(self, bucket: str) -> None:
-        """Kick on every change of ``bucket``; re-create the watcher with backoff on errors."""
-        backoff = 0.5
-        while True:
-            try:
-                async for _ in self.bus.kv_watch(bucket):
-                    self._kick.set()
-                    backoff = 0.5
-            except (BusUnavailable, NotFound) as exc:
-                log.info("watch %s ended (%s); re-creating in %.1fs", bucket, exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
-
     def start(self) -> None:
         if self._tasks:
             return
         self._kick.set()
         self._tasks = [
-            asyncio.create_task(self._loop(), name="kefu-reconcile"),
-            asyncio.create_task(self._watch(BUCKET_ASSIGNMENTS), name="kefu-watch-assign"),
-            asyncio.create_task(self._watch(BUCKET_REGISTRY), name="kefu-watch-registry"),
+            asyncio.create_task(
+                run_on_kick(self._kick, self.period_s, self.run_once, what="reconcile"),
+                name="kefu-reconcile",
+            ),
+            *(
+                asyncio.create_task(kick_on_change(self.bus, b, self._kick), name=f"kefu-watch-{b}")
+                for b in (BUCKET_ASSIGNMENTS, BUCKET_REGISTRY, BUCKET_ROLLOUTS)
+            ),
         ]
 
     async def stop(self) -> None:

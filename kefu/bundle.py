@@ -20,7 +20,6 @@ import base64
 import hashlib
 import io
 import json
-import re
 import tarfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from typing import Any
 
 from kefu.errors import BundleError, SignatureError
 from kefu.keys import SigningKey, TrustStore
+from kefu.model_ref import validate_name, validate_ref
 
 __all__ = [
     "MANIFEST",
@@ -49,7 +49,6 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 PAYLOAD_FILES = ("model.onnx", "tokenizer.json", "labels.json")
 FORMAT_VERSION = 1
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 def sha256_file(path: Path) -> str:
@@ -153,27 +152,6 @@ _FIELD_TYPES: dict[str, type] = {
     "files": dict,
 }
 _KIND_WORDS: dict[type, str] = {str: "string", list: "list", dict: "mapping"}
-
-
-def validate_name(name: object, *, what: str = "name") -> str:
-    """A model name or version: 1-64 chars of a-z, 0-9, '.', '_', '-', starting with a letter
-    or digit (so never a path, ``..`` or hidden file). Raises :class:`BundleError`."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        shown = repr(name)[:80] if isinstance(name, str) else type(name).__name__
-        raise BundleError(
-            f"invalid model {what} {shown}: use 1-64 chars of a-z, 0-9, '.', '_', '-' "
-            f"starting with a letter or digit / 模型{'名称' if what == 'name' else '版本'}无效"
-        )
-    return name
-
-
-def validate_ref(ref: str) -> tuple[str, str]:
-    """``name`` or ``name@version`` → (name, version or ""), both validated."""
-    name, sep, version = ref.partition("@")
-    validate_name(name)
-    if sep:
-        validate_name(version, what="version")
-    return name, version
 
 
 def write_manifest(bundle_dir: Path, manifest: Manifest) -> Manifest:

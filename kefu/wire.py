@@ -36,6 +36,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from kefu.errors import PermanentError
+from kefu.model_ref import VersionRef, format_ref
 
 __all__ = [
     "BUCKET_ASSIGNMENTS",
@@ -54,6 +55,7 @@ __all__ = [
     "Assignment",
     "AuditEvent",
     "BundleRef",
+    "CanarySplit",
     "ConfigVersion",
     "DesiredTenant",
     "Lease",
@@ -239,8 +241,12 @@ class BundleRef(_Doc):
     size: int = 0
 
     @property
+    def version_ref(self) -> VersionRef:
+        return VersionRef(self.name, self.version)
+
+    @property
     def ref(self) -> str:
-        return f"{self.name}@{self.version}"
+        return format_ref(self.name, self.version)
 
 
 class Assignment(_Doc):
@@ -258,6 +264,24 @@ class Assignment(_Doc):
     updated_by: str = ""
 
 
+class CanarySplit(_Doc):
+    """The sticky in-node split a region's desired document carries while a rollout runs.
+
+    ``weights`` lists the region's nodes in the rollout's waves so far (node id → share of new
+    sessions on the canary); a node not listed serves only the baseline. ``canary`` are the
+    bundles the canary arm runs (a slot not named keeps the baseline's). See
+    :mod:`kefu.rollout`.
+    """
+
+    rollout_id: str
+    salt: str
+    canary: dict[str, BundleRef] = Field(default_factory=dict)
+    weights: dict[str, float] = Field(default_factory=dict)
+
+    def weight_for(self, node_id: str) -> float:
+        return self.weights.get(node_id, 0.0)
+
+
 class DesiredTenant(_Doc):
     """Everything a node needs to serve one tenant, compiled by the leader per region."""
 
@@ -270,15 +294,29 @@ class DesiredTenant(_Doc):
     models: dict[str, BundleRef] = Field(default_factory=dict)
     scenario_models: dict[str, dict[str, BundleRef]] = Field(default_factory=dict)
     api_key_hashes: list[str] = Field(default_factory=list)
+    #: Set while a rollout runs in this region (a node without the ``split-v1`` capability
+    #: ignores it: the control plane never puts such a node in a wave).
+    split: CanarySplit | None = None
 
     def fingerprint(self) -> str:
-        """Identifies this desired state; a node reports it back once it serves it."""
-        return digest(json.dumps(self.model_dump(), sort_keys=True))
+        """Identifies this desired state; a node reports it back once it serves it. Without a
+        split it is what it was before splits existed (older nodes agree on it)."""
+        data = self.model_dump()
+        if data["split"] is None:
+            del data["split"]
+        return digest(json.dumps(data, sort_keys=True))
+
+    def base_fingerprint(self) -> str:
+        """The fingerprint without the split: equal when only rollout weights changed, which
+        a node applies without re-applying the tenant."""
+        return digest(json.dumps(self.model_dump(exclude={"split"}), sort_keys=True))
 
     def bundles(self) -> list[BundleRef]:
         refs = {b.ref: b for b in self.models.values()}
         for pins in self.scenario_models.values():
             refs.update({b.ref: b for b in pins.values()})
+        if self.split is not None:
+            refs.update({b.ref: b for b in self.split.canary.values()})
         return [refs[k] for k in sorted(refs)]
 
 
@@ -294,6 +332,13 @@ class ObservedTenant(_Doc):
     models: dict[str, str] = Field(default_factory=dict)
     refused_fingerprint: str = ""
     error: str = ""
+    #: The rollout split this node applied ("" = none) and its weight on this node.
+    rollout_id: str = ""
+    canary_weight: float = 0.0
+    #: Live sessions per arm of that rollout, and sessions a rollback moved off the canary.
+    sessions_canary: int = 0
+    sessions_baseline: int = 0
+    switched: int = 0
 
 
 class NodeStatus(_Doc):
@@ -302,6 +347,8 @@ class NodeStatus(_Doc):
     software_version: str = ""
     providers: list[str] = Field(default_factory=list)
     gpu: bool = False
+    #: What this node's software can apply (``split-v1``: the sticky rollout split).
+    capabilities: list[str] = Field(default_factory=list)
     listen: str = ""
     started_at: float = Field(default_factory=now)
     heartbeat_at: float = Field(default_factory=now)

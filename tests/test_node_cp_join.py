@@ -45,7 +45,13 @@ PENDING = Path("agent") / "telemetry-pending.jsonl"
 
 
 def write_node_yaml(
-    tmp: Path, url: str, *, extra: str = "", user: NatsUser | None = None
+    tmp: Path,
+    url: str,
+    *,
+    extra: str = "",
+    user: NatsUser | None = None,
+    region: str = "r1",
+    node_id: str = "n1",
 ) -> tuple[Path, int, Path]:
     """node.yaml + credentials file (the node's deployment user when given, else url only)."""
     etc = tmp / "etc"
@@ -57,7 +63,7 @@ def write_node_yaml(
     path.write_text(
         f"data_dir: ../data\nlisten: 127.0.0.1:{port}\nmetrics_listen: ''\n"
         "logging:\n  format: text\n"
-        "control_plane:\n  credentials: nats.json\n  region: r1\n  node_id: n1\n"
+        f"control_plane:\n  credentials: nats.json\n  region: {region}\n  node_id: {node_id}\n"
         # Long interval: only the shutdown flush can deliver this run's telemetry.
         "  telemetry_interval_s: 600\n  heartbeat_s: 0.5\n  flush_timeout_s: 3\n" + extra,
         encoding="utf-8",
@@ -65,12 +71,12 @@ def write_node_yaml(
     return path, port, tmp / "data"
 
 
-def run_node(config: Path) -> subprocess.Popen[str]:
+def run_node(config: Path, *, region: str = "r1", node_id: str = "n1") -> subprocess.Popen[str]:
     """From source; ``KEFU_NODE_BINARY=dist/onedir/kefu-node/kefu-node`` runs a build instead."""
     binary = os.environ.get("KEFU_NODE_BINARY")
     cmd = [binary] if binary else [sys.executable, "-m", "kefu.node.main"]
     proc, out = start([*cmd, "run", "--config", str(config)], env={"PYTHONPATH": str(ROOT)})
-    assert "control plane: node n1 following region r1" in out
+    assert f"control plane: node {node_id} following region {region}" in out
     return proc
 
 

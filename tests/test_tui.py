@@ -196,3 +196,29 @@ def test_cli_registers_the_tui_area() -> None:
     assert args.handler is cmd_tui and args.control_plane == "10.0.0.5:7500"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["tui", "--token", "a", "--token-file", "t"])
+
+
+async def test_rollouts_tab_commands_after_a_confirm_and_only_for_admins() -> None:
+    client = MemoryClient()
+    console = KefuConsole(client, refresh_s=0.2, clock=lambda: NOW)
+    async with console.run_test(size=(200, 40)) as pilot:
+        await until(lambda: console.generation > 0, pilot)
+        (row,) = _cells(console, "rollouts")
+        assert row[0] == "ro-0a1b2c3d4e" and row[2].startswith("running") and row[5] == "5%"
+        assert row[6] == "1/1" and row[7] == "12/230"
+        await pilot.press("6")
+        assert console.query_one("#rollouts-table").has_focus
+        await pilot.press("b", "n")  # asked, declined: nothing sent
+        await pilot.press("p", "y")
+        await until(lambda: client.commands == [("ro-0a1b2c3d4e", "pause")], pilot)
+        await pilot.press("b", "y")
+        await until(lambda: client.commands[-1] == ("ro-0a1b2c3d4e", "rollback"), pilot)
+        assert len(client.commands) == 2
+    viewer = MemoryClient(role="viewer")
+    console = KefuConsole(viewer, refresh_s=0.2, clock=lambda: NOW)
+    async with console.run_test(size=(200, 40)) as pilot:
+        await until(lambda: console.generation > 0, pilot)
+        await pilot.press("6", "b")
+        await pilot.press("y")
+        await pilot.pause(0.3)
+        assert viewer.commands == []

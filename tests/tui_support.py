@@ -18,9 +18,11 @@ NOW = 1_790_000_000.0  # a fixed "now" (2026-09-21 UTC): heartbeat ages are dete
 class MemoryClient:
     """Fixed replies; ``fail`` makes every call raise it (to show the banner)."""
 
-    def __init__(self, *, fail: KefuError | None = None) -> None:
+    def __init__(self, *, fail: KefuError | None = None, role: str = "admin") -> None:
         self.fail = fail
+        self.role = role
         self.toggled: list[tuple[str, bool]] = []
+        self.commands: list[tuple[str, str]] = []
         self._tenants = {
             "demo-shop": pb.Tenant(
                 id="demo-shop",
@@ -49,8 +51,8 @@ class MemoryClient:
                 leader="cp-1",
                 is_leader=True,
                 software_version="0.1.0",
-                caller="admin",
-                caller_role="admin",
+                caller=self.role,
+                caller_role=self.role,
             )
         )
 
@@ -179,6 +181,35 @@ class MemoryClient:
         t.enabled = enabled
         self.toggled.append((tenant, enabled))
         return await self._reply(t)
+
+    async def rollouts(self) -> pb.ListRolloutsReply:
+        return await self._reply(
+            pb.ListRolloutsReply(
+                rollouts=[
+                    pb.Rollout(
+                        id="ro-0a1b2c3d4e",
+                        tenant="demo-shop",
+                        phase="running",
+                        wave=0,
+                        step=1,
+                        weight=0.05,
+                        target={"intent": "demo-shop-intent@2026.12.01"},
+                        waves=[pb.RolloutWave(regions=["cn-east"], node_share=0.5)],
+                        steps=[pb.RolloutStep(weight=w, bake_s=300) for w in (0.01, 0.05, 1.0)],
+                        nodes_converged=1,
+                        nodes_total=1,
+                        sessions_canary=12,
+                        sessions_baseline=230,
+                        updated_at=NOW - 90,
+                        reason="wave 1 step 2 (5%) serving on 1 node(s)",
+                    )
+                ]
+            )
+        )
+
+    async def command_rollout(self, rollout_id: str, command: str) -> pb.Rollout:
+        self.commands.append((rollout_id, command))
+        return await self._reply(pb.Rollout(id=rollout_id))
 
     async def close(self) -> None:
         pass

@@ -27,7 +27,7 @@ from kefu.tui.client import (
     fetch_snapshot,
 )
 from kefu.tui.views import VIEWS, when
-from kefu.tui.widgets import Banner, Overview, ViewTable
+from kefu.tui.widgets import Banner, Confirm, Overview, ViewTable
 
 __all__ = ["DEFAULT_REFRESH_S", "KefuConsole"]
 
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 
 class KefuConsole(App[None]):
-    """The central operator's console: overview, nodes, tenants, models, telemetry, audit."""
+    """The central operator's console: overview, nodes, tenants, models, telemetry, audit,
+    rollouts."""
 
     TITLE = "Kefu operator console / 客服运维控制台"
     CSS = """
@@ -151,6 +152,32 @@ class KefuConsole(App[None]):
         self.run_worker(
             self._toggle(message.tenant, message.enable), group="action", exit_on_error=False
         )
+
+    def on_view_table_rollout_command(self, message: ViewTable.RolloutCommand) -> None:
+        """Pause / resume / roll back: admin tokens only, after a confirm dialog."""
+        if self.snapshot.status.caller_role != "admin":
+            self.notify(
+                "needs an admin token / 需要管理员令牌", title="Not done / 未执行", severity="error"
+            )
+            return
+        rid, command = message.rollout_id, message.command
+        question = f"{command} rollout {rid}? / 确认对灰度发布 {rid} 执行 {command}？"
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_worker(self._command(rid, command), group="action", exit_on_error=False)
+
+        self.push_screen(Confirm(question), answered)
+
+    async def _command(self, rollout_id: str, command: str) -> None:
+        try:
+            await self.client.command_rollout(rollout_id, command)
+        except KefuError as exc:
+            self.notify(f"{rollout_id}: {exc}", title="Not done / 未执行", severity="error")
+            return
+        self.notify(f"{rollout_id}: {command} done / 已执行")
+        await asyncio.sleep(0)
+        self.action_refresh_now()
 
     async def _toggle(self, tenant: str, enable: bool) -> None:
         verb = "enabled / 已启用" if enable else "disabled / 已停用"

@@ -68,6 +68,10 @@ class ControlPlaneClient(Protocol):
 
     async def set_tenant_enabled(self, tenant: str, enabled: bool) -> pb.Tenant: ...
 
+    async def rollouts(self) -> pb.ListRolloutsReply: ...
+
+    async def command_rollout(self, rollout_id: str, command: str) -> pb.Rollout: ...
+
     async def close(self) -> None: ...
 
 
@@ -82,6 +86,7 @@ class Snapshot:
     models: list[pb.ModelVersion] = field(default_factory=list)
     telemetry: pb.QueryTelemetryReply = field(default_factory=pb.QueryTelemetryReply)
     audit: list[pb.AuditEvent] = field(default_factory=list)
+    rollouts: list[pb.Rollout] = field(default_factory=list)
     fetched_at: float = 0.0
 
 
@@ -96,8 +101,9 @@ async def fetch_snapshot(client: ControlPlaneClient, *, now: float) -> Snapshot:
         client.models(),
         client.telemetry(),
         client.audit(),
+        client.rollouts(),
     )
-    status, nodes, tenants, assignments, models, telemetry, audit = replies
+    status, nodes, tenants, assignments, models, telemetry, audit, rollouts = replies
     return Snapshot(
         status=status,
         nodes=list(nodes.nodes),
@@ -106,6 +112,7 @@ async def fetch_snapshot(client: ControlPlaneClient, *, now: float) -> Snapshot:
         models=list(models.models),
         telemetry=telemetry,
         audit=list(audit.events),
+        rollouts=list(rollouts.rollouts),
         fetched_at=now,
     )
 
@@ -217,6 +224,17 @@ class GrpcControlPlaneClient:
     async def set_tenant_enabled(self, tenant: str, enabled: bool) -> pb.Tenant:
         return await self._call(
             "SetTenantEnabled", pb.SetTenantEnabledRequest(tenant=tenant, enabled=enabled)
+        )
+
+    async def rollouts(self) -> pb.ListRolloutsReply:
+        return await self._call("ListRollouts", pb.ListRolloutsRequest())
+
+    async def command_rollout(self, rollout_id: str, command: str) -> pb.Rollout:
+        return await self._call(
+            "CommandRollout",
+            pb.CommandRolloutRequest(
+                rollout_id=rollout_id, command=command, reason="from the operator console"
+            ),
         )
 
     async def close(self) -> None:

@@ -1,20 +1,24 @@
 """The console's widgets: the problem banner, the overview, and one table per view.
 
 Data flows down (the app calls :meth:`show` with each new snapshot); requests flow up as
-messages (:class:`ViewTable.ToggleTenant`), so no widget talks to the control plane itself.
+messages (:class:`ViewTable.ToggleTenant`, :class:`ViewTable.RolloutCommand`), so no widget
+talks to the control plane itself. :class:`Confirm` asks yes / no before a rollout command.
 """
 
 from __future__ import annotations
 
 from rich.text import Text
+from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import DataTable, Static
+from textual.screen import ModalScreen
+from textual.widgets import Button, DataTable, Label, Static
 
 from kefu.tui.client import Snapshot
 from kefu.tui.views import View, overview_lines
 
-__all__ = ["Banner", "Overview", "ViewTable"]
+__all__ = ["Banner", "Confirm", "Overview", "ViewTable"]
 
 
 class Banner(Static):
@@ -52,7 +56,17 @@ class ViewTable(DataTable[str | Text]):
 
     BINDINGS = [  # noqa: RUF012  (Textual's declared class attribute)
         Binding("e", "toggle_tenant", "Enable/disable / 启停租户", show=True),
+        Binding("p", "rollout('pause')", "Pause/resume / 暂停/继续", show=True),
+        Binding("b", "rollout('rollback')", "Roll back / 回滚", show=True),
     ]
+
+    class RolloutCommand(Message):
+        """The operator asked to pause, resume or roll back the rollout under the cursor."""
+
+        def __init__(self, rollout_id: str, command: str) -> None:
+            self.rollout_id = rollout_id
+            self.command = command
+            super().__init__()
 
     class ToggleTenant(Message):
         """The operator asked to enable or disable the tenant under the cursor."""
@@ -66,6 +80,7 @@ class ViewTable(DataTable[str | Text]):
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self.view = view
         self._enabled: dict[str, bool] = {}
+        self._phases: dict[str, str] = {}
 
     def on_mount(self) -> None:
         self.add_columns(*self.view.columns)
@@ -76,6 +91,7 @@ class ViewTable(DataTable[str | Text]):
         for key, cells in self.view.rows(snapshot, now):
             self.add_row(*cells, key=key)
         self._enabled = {t.id: t.enabled for t in snapshot.tenants}
+        self._phases = {r.id: r.phase for r in snapshot.rollouts}
         if self.row_count:
             self.move_cursor(row=min(keep, self.row_count - 1))
 
@@ -89,9 +105,50 @@ class ViewTable(DataTable[str | Text]):
         # Only the tenants table offers the toggle (and shows it in the footer).
         if action == "toggle_tenant":
             return self.view.id == "tenants"
+        if action == "rollout":
+            return self.view.id == "rollouts"
         return True
 
     def action_toggle_tenant(self) -> None:
         tenant = self.selected_key()
         if tenant is not None:
             self.post_message(self.ToggleTenant(tenant, not self._enabled.get(tenant, True)))
+
+    def action_rollout(self, command: str) -> None:
+        rollout_id = self.selected_key()
+        if rollout_id is None:
+            return
+        if command == "pause" and self._phases.get(rollout_id) == "paused":
+            command = "resume"
+        self.post_message(self.RolloutCommand(rollout_id, command))
+
+
+class Confirm(ModalScreen[bool]):
+    """Yes / no before a rollout command (y / n, or the buttons)."""
+
+    DEFAULT_CSS = """
+    Confirm { align: center middle; }
+    Confirm > Vertical { width: 70; height: auto; border: thick $warning; padding: 1 2; }
+    Confirm Horizontal { height: auto; margin-top: 1; }
+    """
+    BINDINGS = [  # noqa: RUF012  (Textual's declared class attribute)
+        Binding("y", "answer(True)", "Yes / 是"),
+        Binding("n,escape", "answer(False)", "No / 否"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.question)
+            with Horizontal():
+                yield Button("Yes / 是 (y)", variant="warning", id="yes")
+                yield Button("No / 否 (n)", id="no")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)

@@ -69,6 +69,7 @@ from kefu.config.policies import (
     Soothing,
     TokenBucket,
 )
+from kefu.model_ref import VersionRef, format_ref
 
 __all__ = [
     "BUILTIN_ENTITY_TYPES",
@@ -164,8 +165,12 @@ class ModelRef(ConfigModel):
         return data
 
     @property
+    def version_ref(self) -> VersionRef:
+        return VersionRef(self.name, self.version or "")
+
+    @property
     def ref(self) -> str:
-        return f"{self.name}@{self.version}" if self.version else self.name
+        return format_ref(self.name, self.version)
 
 
 class ModelAssignments(ConfigModel):

@@ -327,7 +327,7 @@ class ListAssignmentsReply(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class ObservedTenant(_message.Message):
-    __slots__ = ("tenant", "state", "config_version", "models", "error")
+    __slots__ = ("tenant", "state", "config_version", "models", "error", "rollout_id", "canary_weight", "sessions_canary", "sessions_baseline", "switched")
     class ModelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -340,15 +340,25 @@ class ObservedTenant(_message.Message):
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    CANARY_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_CANARY_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    SWITCHED_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     state: str
     config_version: int
     models: _containers.ScalarMap[str, str]
     error: str
-    def __init__(self, tenant: _Optional[str] = ..., state: _Optional[str] = ..., config_version: _Optional[int] = ..., models: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ...) -> None: ...
+    rollout_id: str
+    canary_weight: float
+    sessions_canary: int
+    sessions_baseline: int
+    switched: int
+    def __init__(self, tenant: _Optional[str] = ..., state: _Optional[str] = ..., config_version: _Optional[int] = ..., models: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., rollout_id: _Optional[str] = ..., canary_weight: _Optional[float] = ..., sessions_canary: _Optional[int] = ..., sessions_baseline: _Optional[int] = ..., switched: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("node_id", "region", "software_version", "providers", "gpu", "listen", "started_at", "heartbeat_at", "online", "tenants", "models_loaded", "telemetry_dropped", "telemetry_buffered", "reconcile_error", "reconcile_error_at")
+    __slots__ = ("node_id", "region", "software_version", "providers", "gpu", "listen", "started_at", "heartbeat_at", "online", "tenants", "models_loaded", "telemetry_dropped", "telemetry_buffered", "reconcile_error", "reconcile_error_at", "capabilities")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -364,6 +374,7 @@ class Node(_message.Message):
     TELEMETRY_BUFFERED_FIELD_NUMBER: _ClassVar[int]
     RECONCILE_ERROR_FIELD_NUMBER: _ClassVar[int]
     RECONCILE_ERROR_AT_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     region: str
     software_version: str
@@ -379,7 +390,8 @@ class Node(_message.Message):
     telemetry_buffered: int
     reconcile_error: str
     reconcile_error_at: float
-    def __init__(self, node_id: _Optional[str] = ..., region: _Optional[str] = ..., software_version: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., gpu: _Optional[bool] = ..., listen: _Optional[str] = ..., started_at: _Optional[float] = ..., heartbeat_at: _Optional[float] = ..., online: _Optional[bool] = ..., tenants: _Optional[_Iterable[_Union[ObservedTenant, _Mapping]]] = ..., models_loaded: _Optional[_Iterable[str]] = ..., telemetry_dropped: _Optional[int] = ..., telemetry_buffered: _Optional[int] = ..., reconcile_error: _Optional[str] = ..., reconcile_error_at: _Optional[float] = ...) -> None: ...
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., region: _Optional[str] = ..., software_version: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., gpu: _Optional[bool] = ..., listen: _Optional[str] = ..., started_at: _Optional[float] = ..., heartbeat_at: _Optional[float] = ..., online: _Optional[bool] = ..., tenants: _Optional[_Iterable[_Union[ObservedTenant, _Mapping]]] = ..., models_loaded: _Optional[_Iterable[str]] = ..., telemetry_dropped: _Optional[int] = ..., telemetry_buffered: _Optional[int] = ..., reconcile_error: _Optional[str] = ..., reconcile_error_at: _Optional[float] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ("region",)
@@ -570,3 +582,156 @@ class RevokeOperatorTokenRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RolloutWave(_message.Message):
+    __slots__ = ("regions", "node_share")
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    NODE_SHARE_FIELD_NUMBER: _ClassVar[int]
+    regions: _containers.RepeatedScalarFieldContainer[str]
+    node_share: float
+    def __init__(self, regions: _Optional[_Iterable[str]] = ..., node_share: _Optional[float] = ...) -> None: ...
+
+class RolloutStep(_message.Message):
+    __slots__ = ("weight", "bake_s")
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    BAKE_S_FIELD_NUMBER: _ClassVar[int]
+    weight: float
+    bake_s: float
+    def __init__(self, weight: _Optional[float] = ..., bake_s: _Optional[float] = ...) -> None: ...
+
+class RolloutMember(_message.Message):
+    __slots__ = ("node_id", "region", "wave", "weight", "converged")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    WAVE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    region: str
+    wave: int
+    weight: float
+    converged: bool
+    def __init__(self, node_id: _Optional[str] = ..., region: _Optional[str] = ..., wave: _Optional[int] = ..., weight: _Optional[float] = ..., converged: _Optional[bool] = ...) -> None: ...
+
+class Rollout(_message.Message):
+    __slots__ = ("id", "tenant", "phase", "wave", "step", "weight", "target", "waves", "steps", "baseline", "step_started_at", "converged_at", "created_at", "created_by", "updated_at", "updated_by", "reason", "term", "finalized", "members", "excluded_nodes", "nodes_converged", "nodes_total", "sessions_canary", "sessions_baseline", "switched", "history")
+    class TargetEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class BaselineEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ScenarioModels
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ScenarioModels, _Mapping]] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    WAVE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    WAVES_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    STEP_STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    CONVERGED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    FINALIZED_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_NODES_FIELD_NUMBER: _ClassVar[int]
+    NODES_CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    NODES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_CANARY_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    SWITCHED_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    tenant: str
+    phase: str
+    wave: int
+    step: int
+    weight: float
+    target: _containers.ScalarMap[str, str]
+    waves: _containers.RepeatedCompositeFieldContainer[RolloutWave]
+    steps: _containers.RepeatedCompositeFieldContainer[RolloutStep]
+    baseline: _containers.MessageMap[str, ScenarioModels]
+    step_started_at: float
+    converged_at: float
+    created_at: float
+    created_by: str
+    updated_at: float
+    updated_by: str
+    reason: str
+    term: int
+    finalized: bool
+    members: _containers.RepeatedCompositeFieldContainer[RolloutMember]
+    excluded_nodes: _containers.RepeatedScalarFieldContainer[str]
+    nodes_converged: int
+    nodes_total: int
+    sessions_canary: int
+    sessions_baseline: int
+    switched: int
+    history: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., phase: _Optional[str] = ..., wave: _Optional[int] = ..., step: _Optional[int] = ..., weight: _Optional[float] = ..., target: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., baseline: _Optional[_Mapping[str, ScenarioModels]] = ..., step_started_at: _Optional[float] = ..., converged_at: _Optional[float] = ..., created_at: _Optional[float] = ..., created_by: _Optional[str] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ..., reason: _Optional[str] = ..., term: _Optional[int] = ..., finalized: _Optional[bool] = ..., members: _Optional[_Iterable[_Union[RolloutMember, _Mapping]]] = ..., excluded_nodes: _Optional[_Iterable[str]] = ..., nodes_converged: _Optional[int] = ..., nodes_total: _Optional[int] = ..., sessions_canary: _Optional[int] = ..., sessions_baseline: _Optional[int] = ..., switched: _Optional[int] = ..., history: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StartRolloutRequest(_message.Message):
+    __slots__ = ("tenant", "models", "waves", "steps", "reason")
+    class ModelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    WAVES_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    models: _containers.ScalarMap[str, str]
+    waves: _containers.RepeatedCompositeFieldContainer[RolloutWave]
+    steps: _containers.RepeatedCompositeFieldContainer[RolloutStep]
+    reason: str
+    def __init__(self, tenant: _Optional[str] = ..., models: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ListRolloutsRequest(_message.Message):
+    __slots__ = ("tenant", "active_only")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    active_only: bool
+    def __init__(self, tenant: _Optional[str] = ..., active_only: _Optional[bool] = ...) -> None: ...
+
+class ListRolloutsReply(_message.Message):
+    __slots__ = ("rollouts",)
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    rollouts: _containers.RepeatedCompositeFieldContainer[Rollout]
+    def __init__(self, rollouts: _Optional[_Iterable[_Union[Rollout, _Mapping]]] = ...) -> None: ...
+
+class GetRolloutRequest(_message.Message):
+    __slots__ = ("rollout_id",)
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    def __init__(self, rollout_id: _Optional[str] = ...) -> None: ...
+
+class CommandRolloutRequest(_message.Message):
+    __slots__ = ("rollout_id", "command", "reason")
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    command: str
+    reason: str
+    def __init__(self, rollout_id: _Optional[str] = ..., command: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -154,6 +154,26 @@ class ControlPlaneStub:
                 request_serializer=kefu_dot_v1_dot_control__plane__pb2.RevokeOperatorTokenRequest.SerializeToString,
                 response_deserializer=kefu_dot_v1_dot_control__plane__pb2.OperatorToken.FromString,
                 _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/kefu.v1.ControlPlane/StartRollout',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/kefu.v1.ControlPlane/ListRollouts',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.ListRolloutsRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListRolloutsReply.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/kefu.v1.ControlPlane/GetRollout',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.CommandRollout = channel.unary_unary(
+                '/kefu.v1.ControlPlane/CommandRollout',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.CommandRolloutRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.Rollout.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -309,6 +329,33 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRollout(self, request, context):
+        """Staged rollouts (docs/control-plane.md, "Rollouts"): waves across regions and nodes,
+        a sticky in-node traffic split per conversation, promote / pause / roll back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRollouts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommandRollout(self, request, context):
+        """pause | resume | promote | rollback | abort
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -431,6 +478,26 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.RevokeOperatorToken,
                     request_deserializer=kefu_dot_v1_dot_control__plane__pb2.RevokeOperatorTokenRequest.FromString,
                     response_serializer=kefu_dot_v1_dot_control__plane__pb2.OperatorToken.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.StartRolloutRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.Rollout.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListRolloutsRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.ListRolloutsReply.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.GetRolloutRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.Rollout.SerializeToString,
+            ),
+            'CommandRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommandRollout,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.CommandRolloutRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.Rollout.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1081,6 +1148,114 @@ class ControlPlane:
             '/kefu.v1.ControlPlane/RevokeOperatorToken',
             kefu_dot_v1_dot_control__plane__pb2.RevokeOperatorTokenRequest.SerializeToString,
             kefu_dot_v1_dot_control__plane__pb2.OperatorToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/StartRollout',
+            kefu_dot_v1_dot_control__plane__pb2.StartRolloutRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/ListRollouts',
+            kefu_dot_v1_dot_control__plane__pb2.ListRolloutsRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.ListRolloutsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/GetRollout',
+            kefu_dot_v1_dot_control__plane__pb2.GetRolloutRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommandRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/CommandRollout',
+            kefu_dot_v1_dot_control__plane__pb2.CommandRolloutRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.Rollout.FromString,
             options,
             channel_credentials,
             insecure,

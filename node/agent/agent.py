@@ -28,25 +28,20 @@ Lifecycle (:class:`NodeAgent` is an async context manager):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from kefu import __version__
-from kefu.bundle import MANIFEST, unpack, verify_bundle
 from kefu.bus import Bus, BusUnavailable, NotFound, cancel_and_wait
 from kefu.config import TenantConfig, parse_tenant_config
-from kefu.errors import BundleError, KefuError, PermanentError, TemporaryError
+from kefu.errors import KefuError, PermanentError, TemporaryError
 from kefu.models.store import ModelStore
 from kefu.node.agent.reconcile import (
+    ApplySplit,
     ApplyTenant,
     FetchBundle,
     LoadBundle,
@@ -56,38 +51,24 @@ from kefu.node.agent.reconcile import (
     pin_models,
     plan,
 )
-from kefu.node.agent.telemetry import TelemetryRecorder, load_pending, save_pending
+from kefu.node.agent.storage import BundleFetcher, LastKnownGood, NodeTarget
+from kefu.node.agent.telemetry import TelemetryRecorder, TelemetryShipper, TelemetryShutdown
 from kefu.wire import (
     BUCKET_NODES,
-    OBJECT_BUNDLES,
-    BundleRef,
     DesiredTenant,
     NodeStatus,
     ObservedTenant,
     WireError,
-    bundle_object,
     check_id,
     decode,
     desired_bucket,
     digest,
     encode,
-    telemetry_subject,
 )
 
 __all__ = ["AgentOptions", "NodeAgent", "NodeTarget", "TelemetryShutdown"]
 
 log = logging.getLogger("kefu.node.agent.agent")
-
-
-class NodeTarget(Protocol):
-    """What the agent drives: the serving node (or a lightweight stand-in in benchmarks)."""
-
-    async def load_bundle(self, bundle: BundleRef, path: Path) -> None: ...
-    async def apply_tenant(self, doc: DesiredTenant, config: TenantConfig) -> None: ...
-    async def remove_tenant(self, tenant: str) -> None: ...
-    def loaded(self) -> frozenset[str]: ...
-    def providers(self) -> list[str]: ...
-    async def release_unused(self, grace_s: float) -> list[str]: ...
 
 
 @dataclass(kw_only=True)
@@ -115,19 +96,6 @@ class AgentOptions:
 
 def _backoff(attempt: int, lo: float, hi: float) -> float:
     return min(hi, lo * 2**attempt) * random.uniform(0.8, 1.2)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TelemetryShutdown:
-    """What became of the telemetry when the agent closed (batches, not turns)."""
-
-    sent: int = 0
-    #: Saved to ``telemetry-pending.jsonl``: sent after the restart.
-    saved: int = 0
-    #: Lost over this run's lifetime (buffer overflow while offline, or the save failed).
-    dropped: int = 0
-    #: Why the save failed, if it did (the node then exits with EXIT_SHUTDOWN_FAILED).
-    save_error: str = ""
 
 
 @dataclass
@@ -159,6 +127,7 @@ class NodeAgent:
         self.desired: dict[str, DesiredTenant] = {}
         self.observed: dict[str, ObservedTenant] = {}
         self.applied: dict[str, str] = {}
+        self.applied_base: dict[str, str] = {}
         self.refused: dict[str, str] = {}
         self.started_at = time.time()
         self.reconciles = 0
@@ -169,11 +138,20 @@ class NodeAgent:
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._tenant_locks: dict[str, asyncio.Lock] = {}
-        self._bundle_locks: dict[str, asyncio.Lock] = {}
-        self._lkg_dir = options.data_dir / "agent" / "lkg"
+        self.lkg = LastKnownGood(options.data_dir / "agent" / "lkg")
+        self.fetcher = BundleFetcher(
+            store, target, bus=lambda: self.bus, fetch_timeout_s=options.fetch_timeout_s
+        )
+        self.shipper = TelemetryShipper(
+            self.telemetry,
+            bus=lambda: self.bus,
+            region=options.region,
+            node_id=options.node_id,
+            pending_path=options.data_dir / "agent" / "telemetry-pending.jsonl",
+            interval_s=options.telemetry_s,
+            flush_timeout_s=options.flush_timeout_s,
+        )
         self._report_failed = False
-        self._sent = 0  # batches delivered
-        self._pending_path = options.data_dir / "agent" / "telemetry-pending.jsonl"
         #: Set by :meth:`close`.
         self.shutdown: TelemetryShutdown | None = None
         self._parsed: dict[tuple[str, str], TenantConfig] = {}
@@ -184,13 +162,15 @@ class NodeAgent:
 
     async def start(self) -> NodeAgent:
         await self._restore_lkg()
-        self._restore_telemetry()
+        self.shipper.restore()
         self._tasks = [
             asyncio.create_task(self._connect_loop(), name="kefu-agent-connect"),
             asyncio.create_task(self._watch_loop(), name="kefu-agent-watch"),
             asyncio.create_task(self._reconcile_loop(), name="kefu-agent-reconcile"),
             asyncio.create_task(self._heartbeat_loop(), name="kefu-agent-heartbeat"),
-            asyncio.create_task(self._telemetry_loop(), name="kefu-agent-telemetry"),
+            asyncio.create_task(
+                self.shipper.run(self._flags.connected), name="kefu-agent-telemetry"
+            ),
         ]
         return self
 
@@ -206,29 +186,7 @@ class NodeAgent:
         await self.stop()
         if self.shutdown is not None:
             return self.shutdown
-        self.telemetry.close_window()
-        self._sent = 0
-        if self.bus is not None:
-            try:
-                async with asyncio.timeout(self.options.flush_timeout_s):
-                    await self._flush_telemetry()
-            except (KefuError, TimeoutError) as exc:
-                log.warning("final telemetry not delivered: %s", exc or "timeout")
-        sent = self._sent  # counted per batch: survives a timeout in the middle
-        pending = self.telemetry.pending()
-        error = ""
-        try:
-            await asyncio.to_thread(save_pending, self._pending_path, pending)
-        except OSError as exc:
-            error = f"{self._pending_path}: {exc.strerror or exc}"
-            log.error("could not save %d telemetry batches: %s", len(pending), error)
-            self.telemetry.dropped += len(pending)
-        self.shutdown = TelemetryShutdown(
-            sent=sent,
-            saved=0 if error else len(pending),
-            dropped=self.telemetry.dropped,
-            save_error=error,
-        )
+        self.shutdown = await self.shipper.close()
         if self.bus is not None:
             bus, self.bus = self.bus, None
             try:
@@ -238,24 +196,6 @@ class NodeAgent:
                 log.warning("closing the NATS connection: %s", exc or "timeout")
         return self.shutdown
 
-    def _restore_telemetry(self) -> None:
-        """Batches an earlier run could not deliver go first (the file stays until the next
-        close rewrites it, so a crash cannot lose them; resending is deduplicated)."""
-        try:
-            batches, bad = load_pending(self._pending_path)
-        except OSError as exc:
-            log.error("cannot read saved telemetry %s: %s", self._pending_path, exc)
-            return
-        if bad:
-            log.warning("skipped %d unreadable lines of %s", bad, self._pending_path)
-        if batches:
-            dropped = self.telemetry.restore(batches)
-            log.info(
-                "%d telemetry batches from an earlier run queued (%d over the bound dropped)",
-                len(batches),
-                dropped,
-            )
-
     async def __aenter__(self) -> NodeAgent:
         return await self.start()
 
@@ -264,26 +204,15 @@ class NodeAgent:
 
     # ------------------------------------------------------------------ last-known-good
 
-    def _lkg_path(self, tenant: str) -> Path:
-        return self._lkg_dir / f"{tenant}.json"
-
-    def _save_lkg(self, doc: DesiredTenant) -> None:
-        self._lkg_dir.mkdir(parents=True, exist_ok=True)
-        path = self._lkg_path(doc.tenant)
-        fd, tmp = tempfile.mkstemp(dir=self._lkg_dir, prefix=f".{doc.tenant}.")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(encode(doc))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)  # atomic: a crash leaves the old or the new, never half
-
     async def _restore_lkg(self) -> None:
-        if not self._lkg_dir.is_dir():
-            return
-        for path in sorted(self._lkg_dir.glob("*.json")):
+        for path, doc in self.lkg.documents():
             try:
-                doc = decode(DesiredTenant, path.read_bytes(), what=str(path))
-                actions: list[NodeAction] = [LoadBundle(bundle=b) for b in doc.bundles()]
+                if not isinstance(doc, DesiredTenant):
+                    raise doc
+                defaults = {b.ref for b in doc.models.values()}
+                actions: list[NodeAction] = [
+                    LoadBundle(bundle=b, activate=b.ref in defaults) for b in doc.bundles()
+                ]
                 actions.append(ApplyTenant(doc=doc))
                 await self._run_tenant(doc.tenant, actions, offline=True)
                 log.info(
@@ -350,9 +279,10 @@ class NodeAgent:
 
     def local_state(self) -> LocalState:
         needed = {b.ref: b for d in self.desired.values() for b in d.bundles()}
-        stored = frozenset(r for r, b in needed.items() if self._stored(b))
+        stored = frozenset(r for r, b in needed.items() if self.fetcher.stored(b))
         return LocalState(
             applied=dict(self.applied),
+            applied_base=dict(self.applied_base),
             refused=dict(self.refused),
             stored=stored,
             loaded=self.target.loaded(),
@@ -388,15 +318,6 @@ class NodeAgent:
                 await asyncio.sleep(self.options.reconnect_min_s)
                 self._kick.set()
 
-    def _stored(self, b: BundleRef) -> bool:
-        try:
-            return self._bundle_path(b).is_dir()
-        except BundleError:  # an invalid name: its fetch refuses the tenant, naming why
-            return False
-
-    def _bundle_path(self, b: BundleRef) -> Path:
-        return self.store.bundle_path(b.name, b.version)  # refuses a path outside the store
-
     async def _run_tenant(
         self, tenant: str, actions: list[NodeAction], *, offline: bool = False
     ) -> None:
@@ -406,21 +327,27 @@ class NodeAgent:
             try:
                 for action in actions:
                     if isinstance(action, FetchBundle):
-                        await self._fetch(action.bundle)
+                        await self.fetcher.fetch(action.bundle)
                     elif isinstance(action, LoadBundle):
-                        await self._load(action.bundle)
+                        await self.fetcher.load(action.bundle, activate=action.activate)
                     elif isinstance(action, ApplyTenant):
                         doc = action.doc
                         await self._apply(doc, persist=not offline)
+                    elif isinstance(action, ApplySplit):
+                        doc = action.doc
+                        await self._apply_split(doc, persist=not offline)
                     elif isinstance(action, RemoveTenant):
                         await self.target.remove_tenant(action.tenant)
                         self.applied.pop(tenant, None)
+                        self.applied_base.pop(tenant, None)
+                        self.target.apply_split(tenant, None)
                         self.observed.pop(tenant, None)
-                        with contextlib.suppress(FileNotFoundError):
-                            self._lkg_path(tenant).unlink()
+                        self.lkg.remove(tenant)
                         log.info("tenant %s removed from this node", tenant)
             except PermanentError as exc:
-                doc = doc or next((a.doc for a in actions if isinstance(a, ApplyTenant)), None)
+                doc = doc or next(
+                    (a.doc for a in actions if isinstance(a, ApplyTenant | ApplySplit)), None
+                )
                 if doc is None or offline:
                     raise
                 self._refuse(doc, exc)
@@ -444,63 +371,6 @@ class NodeAgent:
             exc,
         )
 
-    async def _fetch(self, b: BundleRef) -> None:
-        lock = self._bundle_locks.setdefault(b.ref, asyncio.Lock())
-        async with lock:
-            if (self._bundle_path(b) / MANIFEST).is_file():
-                return
-            if self.bus is None:
-                raise BusUnavailable("not connected: cannot download " + b.ref)
-            parent = self._bundle_path(b).parent
-            parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{b.version}.", suffix=".tar")
-            os.close(fd)
-            packed = Path(tmp)
-            try:
-                # nats-py checks the object's own SHA-256 while streaming it to disk; comparing
-                # that digest with the desired state's binds the download to what was assigned.
-                info = await asyncio.wait_for(
-                    self.bus.obj_get(OBJECT_BUNDLES, bundle_object(b.name, b.version), packed),
-                    self.options.fetch_timeout_s,
-                )
-                if b.sha256 and info.sha256 != b.sha256:
-                    raise BundleError(
-                        f"downloaded {b.ref} has SHA-256 {info.sha256[:16]}…, desired state says "
-                        f"{b.sha256[:16]}… / 下载的模型包校验和不符",
-                        path=packed,
-                    )
-                await asyncio.to_thread(self._unpack_into_store, b, packed)
-            finally:
-                packed.unlink(missing_ok=True)
-            log.info("fetched bundle %s (%d bytes)", b.ref, b.size)
-
-    def _unpack_into_store(self, b: BundleRef, packed: Path) -> None:
-        """Unpack beside its final place, verify signature and every file hash once, then
-        rename into the store: a reader never sees a partial or unverified bundle."""
-        dest = self._bundle_path(b)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{b.version}."))
-        try:
-            unpack(packed.read_bytes(), tmp)
-            manifest = verify_bundle(tmp, self.store.trust)
-            if manifest.ref != b.ref:
-                raise BundleError(
-                    f"object {b.ref} holds bundle {manifest.ref} / 模型包内容与名称不符", path=tmp
-                )
-            os.replace(tmp, dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-
-    async def _load(self, b: BundleRef) -> None:
-        lock = self._bundle_locks.setdefault(b.ref, asyncio.Lock())
-        async with lock:
-            if b.ref in self.target.loaded():
-                return
-            path = self._bundle_path(b)
-            if not (path / MANIFEST).is_file():
-                raise BundleError(f"bundle {b.ref} is not in the local store", path=path)
-            await self.target.load_bundle(b, path)
-
     async def _parse(self, doc: DesiredTenant) -> TenantConfig:
         """Validate the config text, off the event loop (the YAML parser takes ~0.3 s on the
         demo config). A model-only rollout leaves the text unchanged, so the validated config
@@ -517,23 +387,60 @@ class NodeAgent:
     async def _apply(self, doc: DesiredTenant, *, persist: bool) -> None:
         config = pin_models(await self._parse(doc), doc)
         await self.target.apply_tenant(doc, config)
-        fp = doc.fingerprint()
-        self.applied[doc.tenant] = fp
-        self.refused.pop(doc.tenant, None)
-        self.observed[doc.tenant] = ObservedTenant(
-            state="serving",
-            fingerprint=fp,
-            config_version=doc.config_version,
-            models={slot: b.ref for slot, b in doc.models.items()},
-        )
+        await self._apply_split(doc, persist=False)
         if persist:
-            await asyncio.to_thread(self._save_lkg, doc)
+            await asyncio.to_thread(self.lkg.save, doc)
         log.info(
             "tenant %s serving config v%d with %s",
             doc.tenant,
             doc.config_version,
             ", ".join(b.ref for b in doc.models.values()) or "its configured models",
         )
+
+    async def _apply_split(self, doc: DesiredTenant, *, persist: bool) -> None:
+        """The rollout split alone: a weight change is one assignment in the node, no
+        re-parse, no tenant swap."""
+        self.target.apply_split(doc.tenant, doc.split)
+        fp = doc.fingerprint()
+        self.applied[doc.tenant] = fp
+        self.applied_base[doc.tenant] = doc.base_fingerprint()
+        self.refused.pop(doc.tenant, None)
+        split = doc.split
+        self.observed[doc.tenant] = ObservedTenant(
+            state="serving",
+            fingerprint=fp,
+            config_version=doc.config_version,
+            models={slot: b.ref for slot, b in doc.models.items()}
+            | {
+                f"{scenario}/{slot}": b.ref
+                for scenario, pins in doc.scenario_models.items()
+                for slot, b in pins.items()
+            },
+            rollout_id=split.rollout_id if split is not None else "",
+            canary_weight=split.weight_for(self.options.node_id) if split is not None else 0.0,
+        )
+        if persist:
+            await asyncio.to_thread(self.lkg.save, doc)
+            log.info(
+                "tenant %s rollout split %s at %.0f%% on this node",
+                doc.tenant,
+                split.rollout_id if split is not None else "(none)",
+                100 * (split.weight_for(self.options.node_id) if split is not None else 0.0),
+            )
+
+    def _observed_now(self) -> dict[str, ObservedTenant]:
+        """The observed tenants with the live sessions per arm and rollback switches."""
+        out = {}
+        for tenant, seen in self.observed.items():
+            canary, baseline, switched = self.target.split_report(tenant)
+            out[tenant] = seen.model_copy(
+                update={
+                    "sessions_canary": canary if seen.rollout_id else 0,
+                    "sessions_baseline": baseline if seen.rollout_id else 0,
+                    "switched": switched,
+                }
+            )
+        return out
 
     # ------------------------------------------------------------------ reporting
 
@@ -550,7 +457,8 @@ class NodeAgent:
             listen=self.options.listen,
             started_at=self.started_at,
             heartbeat_at=time.time(),
-            tenants=dict(self.observed),
+            capabilities=self.target.capabilities(),
+            tenants=self._observed_now(),
             models_loaded=sorted(self.target.loaded()),
             telemetry_dropped=self.telemetry.dropped,
             telemetry_buffered=self.telemetry.buffered,
@@ -583,34 +491,6 @@ class NodeAgent:
                 log.info("unloaded %s: no tenant uses it any more", ref)
         except KefuError as exc:
             log.warning("could not unload unused models: %s", exc)
-
-    async def _flush_telemetry(self) -> None:
-        subject = telemetry_subject(self.options.region, self.options.node_id)
-        while self.bus is not None and (batch := self.telemetry.peek()) is not None:
-            # A batch whose acknowledgement was lost is sent again: the message id makes
-            # JetStream store it once (and the control plane also dedupes by node and seq).
-            await self.bus.publish(
-                subject,
-                encode(batch),
-                msg_id=f"{self.options.node_id}:{batch.started_at}:{batch.seq}",
-            )
-            self.telemetry.pop()
-            self._sent += 1
-
-    async def _telemetry_loop(self) -> None:
-        if self.telemetry.buffered:  # saved by an earlier run: sent as soon as connected
-            await self._flags.connected.wait()
-            await self._try_flush()
-        while True:
-            await asyncio.sleep(self.options.telemetry_s)
-            self.telemetry.close_window()
-            await self._try_flush()
-
-    async def _try_flush(self) -> None:
-        try:
-            await self._flush_telemetry()
-        except KefuError as exc:
-            log.debug("telemetry buffered (%d batches): %s", self.telemetry.buffered, exc)
 
     # ------------------------------------------------------------------ test helpers
 

@@ -30,8 +30,10 @@ from kefu.natscreds import NatsCredentials, load_credentials
 from kefu.node.agent.agent import AgentOptions, NodeAgent, TelemetryShutdown
 from kefu.node.agent.telemetry import TelemetryRecorder, TurnSample
 from kefu.node.dialog.conversation import TurnResult
+from kefu.node.dialog.split import NodeSplit
 from kefu.node.serving.server import Node
-from kefu.wire import BundleRef, DesiredTenant
+from kefu.rollout import CAPABILITY_SPLIT
+from kefu.wire import BundleRef, CanarySplit, DesiredTenant
 
 if TYPE_CHECKING:
     from kefu.config.node import ResolvedNodeConfig
@@ -49,17 +51,47 @@ __all__ = [
 
 
 class ServingTarget:
-    def __init__(self, node: Node):
+    def __init__(self, node: Node, *, node_id: str = ""):
         assert node.runtime is not None and node.registry is not None
         self.node = node
+        self.node_id = node_id
         self.runtime = node.runtime
         self.registry = node.registry
+        self.splits = node.splits
         self._unused_since: dict[str, float] = {}
 
-    async def load_bundle(self, bundle: BundleRef, path: Path) -> None:
+    async def load_bundle(self, bundle: BundleRef, path: Path, *, activate: bool) -> None:
         # Verifies signature and hashes again, loads and warms off the event loop, then
-        # activates with one assignment; the old version keeps serving its in-flight turns.
-        await self.runtime.load(bundle.name, path, activate=True)
+        # (for a tenant-level assignment only) activates with one assignment; the old version
+        # keeps serving its in-flight turns. A scenario pin or a rollout canary is loaded
+        # without activation: it must never become another tenant's default version.
+        await self.runtime.load(bundle.name, path, activate=activate)
+
+    def apply_split(self, tenant: str, split: CanarySplit | None) -> None:
+        """This node's share of the rollout (one assignment: turns read it per new session)."""
+        if split is None:
+            self.splits.set_split(tenant, None)
+            return
+        self.splits.set_split(
+            tenant,
+            NodeSplit(
+                rollout_id=split.rollout_id,
+                salt=split.salt,
+                weight=split.weight_for(self.node_id),
+                canary={b.name: b.version for b in split.canary.values()},
+            ),
+        )
+
+    def split_report(self, tenant: str) -> tuple[int, int, int]:
+        """(live canary sessions, live baseline sessions, sessions switched by a rollback)."""
+        split = self.splits.splits.get(tenant)
+        arms = self.splits.sessions_per_arm(
+            tenant, split.rollout_id if split else "", time.monotonic()
+        )
+        return arms["canary"], arms["baseline"], self.splits.switched.get(tenant, 0)
+
+    def capabilities(self) -> list[str]:
+        return [CAPABILITY_SPLIT]
 
     async def apply_tenant(self, doc: DesiredTenant, config: TenantConfig) -> None:
         await self.registry.apply(
@@ -75,7 +107,8 @@ class ServingTarget:
         return frozenset(m.ref for m in self.runtime.models())
 
     def in_use(self) -> set[str]:
-        """Model versions some tenant's config pins (``name@version``) or routes to (``name``)."""
+        """Model versions some tenant's config pins (``name@version``) or routes to (``name``),
+        a rollout's canary, or a live session still pins."""
         refs: set[str] = set()
         for tenant in self.registry.tenants.values():
             cfg = tenant.config
@@ -83,11 +116,14 @@ class ServingTarget:
             for s in cfg.scenarios:
                 slots += [s.models.intent, s.models.sentiment, s.models.encoder]
             refs |= {r.ref for r in slots if r is not None}
-        return refs
+        for split in self.splits.splits.values():
+            refs |= {f"{name}@{version}" for name, version in split.canary.items()}
+        return refs | self.splits.live_refs(time.monotonic())
 
     async def release_unused(self, grace_s: float) -> list[str]:
-        """Unload versions no tenant has used for ``grace_s`` (after a swap, turns already
-        routed to the old version finish well within it). Active versions always stay."""
+        """Unload versions no tenant and no live session has used for ``grace_s`` (after a
+        swap, turns already routed to the old version finish well within it; a session pinned
+        to a version keeps it loaded while it lives). Active versions always stay."""
         now = time.monotonic()
         in_use = self.in_use()
         released: list[str] = []
@@ -171,7 +207,8 @@ def attach_agent(
 
     recorder = TelemetryRecorder(node_id=node_id, region=region)
     _observe_turns(node, recorder)
-    return NodeAgent(options, ServingTarget(node), store, connect=connect, telemetry=recorder)
+    target = ServingTarget(node, node_id=node_id)
+    return NodeAgent(options, target, store, connect=connect, telemetry=recorder)
 
 
 def default_node_id() -> str:

@@ -20,6 +20,7 @@ from kefu.model_ref import MODEL_SLOTS
 from kefu.wire import BundleRef, DesiredTenant
 
 __all__ = [
+    "ApplySplit",
     "ApplyTenant",
     "FetchBundle",
     "LoadBundle",
@@ -39,6 +40,9 @@ class FetchBundle:
 @dataclass(frozen=True, kw_only=True)
 class LoadBundle:
     bundle: BundleRef
+    #: Make it the active version of its name (only the tenant-level assignment does; a
+    #: scenario's pin or a rollout's canary must never become another tenant's default).
+    activate: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,17 +51,26 @@ class ApplyTenant:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ApplySplit:
+    """Only the rollout split changed (a weight, a pause): no tenant re-apply."""
+
+    doc: DesiredTenant
+
+
+@dataclass(frozen=True, kw_only=True)
 class RemoveTenant:
     tenant: str
 
 
-NodeAction = FetchBundle | LoadBundle | ApplyTenant | RemoveTenant
+NodeAction = FetchBundle | LoadBundle | ApplyTenant | ApplySplit | RemoveTenant
 
 
 @dataclass(kw_only=True)
 class LocalState:
     #: tenant → fingerprint of the desired document it serves (its last-known-good).
     applied: Mapping[str, str] = field(default_factory=dict)
+    #: tenant → base fingerprint (without the split) of the document it serves.
+    applied_base: Mapping[str, str] = field(default_factory=dict)
     #: tenant → fingerprint of a document the node refused (not retried until it changes).
     refused: Mapping[str, str] = field(default_factory=dict)
     #: ``name@version`` present and verified in the local model store.
@@ -83,12 +96,16 @@ def plan(desired: Mapping[str, DesiredTenant], local: LocalState) -> dict[str, l
         if local.applied.get(tenant) == fp or local.refused.get(tenant) == fp:
             continue
         actions: list[NodeAction] = []
+        defaults = {b.ref for b in doc.models.values()}
         for b in doc.bundles():
             if b.ref not in local.stored:
                 actions.append(FetchBundle(bundle=b))
             if b.ref not in local.loaded:
-                actions.append(LoadBundle(bundle=b))
-        actions.append(ApplyTenant(doc=doc))
+                actions.append(LoadBundle(bundle=b, activate=b.ref in defaults))
+        if tenant in local.applied and local.applied_base.get(tenant) == doc.base_fingerprint():
+            actions.append(ApplySplit(doc=doc))
+        else:
+            actions.append(ApplyTenant(doc=doc))
         out[tenant] = actions
     for tenant in sorted(set(local.applied) - set(desired)):
         out[tenant] = [RemoveTenant(tenant=tenant)]

@@ -11,19 +11,29 @@ On shutdown the agent saves the batches it could not deliver (:meth:`pending` â†
 :func:`save_pending`) and the next run puts them back in front of its own
 (:func:`load_pending` â†’ :meth:`restore`); each keeps its original (node, run, seq), so a batch
 that did arrive before the save is still stored once.
+
+:class:`TelemetryShipper` is the agent's side: every ``telemetry_s`` it closes the open window
+and flushes the buffer to the telemetry stream, each batch with a message id
+(``node:started_at:seq``) so a resend after a lost acknowledgement is stored once; on close it
+flushes the last window within ``flush_timeout_s`` and saves what is still undelivered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
+import logging
 import os
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kefu.bus import Bus
+from kefu.errors import KefuError
 from kefu.wire import (
     LATENCY_BOUNDS_MS,
     TelemetryAggregate,
@@ -31,9 +41,19 @@ from kefu.wire import (
     WireError,
     decode,
     encode,
+    telemetry_subject,
 )
 
-__all__ = ["TelemetryRecorder", "TurnSample", "load_pending", "save_pending"]
+__all__ = [
+    "TelemetryRecorder",
+    "TelemetryShipper",
+    "TelemetryShutdown",
+    "TurnSample",
+    "load_pending",
+    "save_pending",
+]
+
+log = logging.getLogger("kefu.node.agent.telemetry")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,3 +210,109 @@ def load_pending(path: Path) -> tuple[list[TelemetryBatch], int]:
         except WireError:
             bad += 1  # a torn or foreign line costs that batch, not the others
     return batches, bad
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemetryShutdown:
+    """What became of the telemetry when the agent closed (batches, not turns)."""
+
+    sent: int = 0
+    #: Saved to ``telemetry-pending.jsonl``: sent after the restart.
+    saved: int = 0
+    #: Lost over this run's lifetime (buffer overflow while offline, or the save failed).
+    dropped: int = 0
+    #: Why the save failed, if it did (the node then exits with EXIT_SHUTDOWN_FAILED).
+    save_error: str = ""
+
+
+class TelemetryShipper:
+    def __init__(
+        self,
+        recorder: TelemetryRecorder,
+        *,
+        bus: Callable[[], Bus | None],
+        region: str,
+        node_id: str,
+        pending_path: Path,
+        interval_s: float,
+        flush_timeout_s: float,
+    ):
+        self.recorder = recorder
+        self._bus = bus
+        self.subject = telemetry_subject(region, node_id)
+        self.node_id = node_id
+        self.pending_path = pending_path
+        self.interval_s = interval_s
+        self.flush_timeout_s = flush_timeout_s
+        self.sent = 0  # batches delivered
+
+    def restore(self) -> None:
+        """Batches an earlier run could not deliver go first (the file stays until the next
+        close rewrites it, so a crash cannot lose them; resending is deduplicated)."""
+        try:
+            batches, bad = load_pending(self.pending_path)
+        except OSError as exc:
+            log.error("cannot read saved telemetry %s: %s", self.pending_path, exc)
+            return
+        if bad:
+            log.warning("skipped %d unreadable lines of %s", bad, self.pending_path)
+        if batches:
+            dropped = self.recorder.restore(batches)
+            log.info(
+                "%d telemetry batches from an earlier run queued (%d over the bound dropped)",
+                len(batches),
+                dropped,
+            )
+
+    async def flush(self) -> None:
+        while (bus := self._bus()) is not None and (batch := self.recorder.peek()) is not None:
+            # A batch whose acknowledgement was lost is sent again: the message id makes
+            # JetStream store it once (and the control plane also dedupes by node and seq).
+            await bus.publish(
+                self.subject,
+                encode(batch),
+                msg_id=f"{self.node_id}:{batch.started_at}:{batch.seq}",
+            )
+            self.recorder.pop()
+            self.sent += 1
+
+    async def try_flush(self) -> None:
+        try:
+            await self.flush()
+        except KefuError as exc:
+            log.debug("telemetry buffered (%d batches): %s", self.recorder.buffered, exc)
+
+    async def run(self, connected: asyncio.Event) -> None:
+        if self.recorder.buffered:  # saved by an earlier run: sent as soon as connected
+            await connected.wait()
+            await self.try_flush()
+        while True:
+            await asyncio.sleep(self.interval_s)
+            self.recorder.close_window()
+            await self.try_flush()
+
+    async def close(self) -> TelemetryShutdown:
+        """Close the open window, flush within ``flush_timeout_s``, save what is left."""
+        self.recorder.close_window()
+        self.sent = 0
+        if self._bus() is not None:
+            try:
+                async with asyncio.timeout(self.flush_timeout_s):
+                    await self.flush()
+            except (KefuError, TimeoutError) as exc:
+                log.warning("final telemetry not delivered: %s", exc or "timeout")
+        sent = self.sent  # counted per batch: survives a timeout in the middle
+        pending = self.recorder.pending()
+        error = ""
+        try:
+            await asyncio.to_thread(save_pending, self.pending_path, pending)
+        except OSError as exc:
+            error = f"{self.pending_path}: {exc.strerror or exc}"
+            log.error("could not save %d telemetry batches: %s", len(pending), error)
+            self.recorder.dropped += len(pending)
+        return TelemetryShutdown(
+            sent=sent,
+            saved=0 if error else len(pending),
+            dropped=self.recorder.dropped,
+            save_error=error,
+        )

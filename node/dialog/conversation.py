@@ -25,6 +25,7 @@ from kefu.node.dialog.handoff import build_summary, renew_if_idle
 from kefu.node.dialog.plugin_api import PluginCall
 from kefu.node.dialog.reply import TurnHistory, decide_reply, kb_answer_for
 from kefu.node.dialog.scenario import select_scenario
+from kefu.node.dialog.split import PIN_SLOT, NodeSplit, SessionPin, SplitBoard, resolve_ref
 from kefu.node.dialog.tasks import (
     flow_slot_writes,
     flow_step,
@@ -37,7 +38,7 @@ from kefu.node.dialog.tasks import (
 from kefu.node.dialog.tenant import Tenant, TenantRegistry
 from kefu.node.nlu.entities import Entity
 from kefu.node.nlu.language import detect_language
-from kefu.node.nlu.predictions import ModelRuntime
+from kefu.node.nlu.predictions import Classification, ModelNotLoaded, ModelRuntime
 from kefu.node.serving.admission import AdmissionController, RateLimit, RateLimiter
 from kefu.node.serving.limits import MAX_TEXT_BYTES
 from kefu.node.sessions.store import (
@@ -177,6 +178,7 @@ class ConversationService:
         admission: AdmissionController,
         limiter: RateLimiter | None = None,
         events: EventHub | None = None,
+        splits: SplitBoard | None = None,
     ):
         self.registry = registry
         #: Where turns, hand-offs and feedback are announced (metrics, telemetry subscribe).
@@ -184,6 +186,8 @@ class ConversationService:
         self.runtime = runtime
         self.admission = admission
         self.limiter = limiter or RateLimiter(RateLimit(rate=100.0, burst=200.0))
+        #: Rollout splits and the sessions pinned to versions (see node/dialog/split.py).
+        self.splits = splits or SplitBoard()
         if limiter is None:
             for t in registry.tenants.values():
                 self.limiter.set_tenant(t.id, tenant_rate_limits(t))
@@ -376,12 +380,16 @@ class ConversationService:
 
         # The scenario is chosen from the intent, so a scenario's pinned models serve the
         # session's turns once it is in that scenario (from its second turn there on).
+        # While a rollout splits the tenant, a session keeps the versions it started with.
         intent_model, sentiment_model = cfg.models_for(session.scenario)
-        intent_ref, sentiment_ref = intent_model.ref, sentiment_model.ref
-        intent_res, sentiment_res = await asyncio.gather(
-            self.runtime.classify(intent_ref, [text]), self.runtime.classify(sentiment_ref, [text])
+        split = self.splits.splits.get(tenant.id)
+        pin = SessionPin.from_slot(slots[PIN_SLOT].value) if PIN_SLOT in slots else None
+        if pin is None and is_new and split is not None:
+            pin = SessionPin.new(split, session.id)
+        intent, sentiment = await asyncio.gather(
+            self._classify(tenant.id, intent_model.name, intent_model.ref, pin, split, text),
+            self._classify(tenant.id, sentiment_model.name, sentiment_model.ref, pin, split, text),
         )
-        intent, sentiment = intent_res[0], sentiment_res[0]
         entities = tenant.entities.extract(text, lang=lang)
         attributes = {**session.attributes, **req.metadata}
         choice = select_scenario(
@@ -453,6 +461,12 @@ class ConversationService:
             if e.type in REMEMBERED_ENTITIES
             and (e.type not in slots or slots[e.type].value != e.value)
         }
+        if pin is not None:
+            before = dict(pin.versions)
+            pin.versions.update({intent.model: intent.version, sentiment.model: sentiment.version})
+            if pin.versions != before or PIN_SLOT not in slots:
+                slot_writes[PIN_SLOT] = pin.to_slot()
+            self.splits.note(tenant.id, session.id, pin, time.monotonic())
         slot_writes[HISTORY_SLOT] = history.advance(
             decision, intent=intent.label, sentiment=sentiment.label
         ).to_dict()
@@ -550,6 +564,30 @@ class ConversationService:
             flow=flow.flow or "",
             flow_event=flow.event,
         )
+
+    async def _classify(
+        self,
+        tenant: str,
+        name: str,
+        configured: str,
+        pin: SessionPin | None,
+        split: NodeSplit | None,
+        text: str,
+    ) -> Classification:
+        """Classify with the session's pinned version; a version no longer loaded (or a
+        rolled-back canary) switches the session to the configured one, counted."""
+        ref, switched = resolve_ref(name, configured, pin, split, lambda _ref: True)
+        try:
+            result = (await self.runtime.classify(ref, [text]))[0]
+        except ModelNotLoaded:
+            if ref == configured:
+                raise
+            switched = True
+            result = (await self.runtime.classify(configured, [text]))[0]
+        if switched and pin is not None:
+            self.splits.count_switch(tenant)
+            pin.arm = "baseline" if pin.arm == "canary" else pin.arm
+        return result
 
     async def _human_owned(
         self, tenant: Tenant, req: TurnRequest, session: Session, text: str, started: float

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from kefu.errors import PermanentError, TemporaryError
 from kefu.models.store import ModelStore, trust_for
 from kefu.node.dialog.conversation import ConversationService
+from kefu.node.dialog.split import SplitBoard
 from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG, TenantRegistry
 from kefu.node.nlu.inference import BatchingModelRuntime, InferenceOptions
 from kefu.node.serving.admission import AdmissionController, LoopLag
@@ -84,6 +85,8 @@ class Node:
         self.status = NodeStatus.NEW
         self.port = 0
         self.registry: TenantRegistry | None = None
+        #: Rollout splits and version-pinned sessions (set by the agent, used by every turn).
+        self.splits = SplitBoard()
         self.runtime: BatchingModelRuntime | None = None
         self.server: grpc.aio.Server | None = None
         self.service: ConversationService | None = None
@@ -136,7 +139,7 @@ class Node:
             max_loop_lag=opts.max_loop_lag_s,
         )
         self.service = ConversationService(
-            registry=self.registry, runtime=self.runtime, admission=admission
+            registry=self.registry, runtime=self.runtime, admission=admission, splits=self.splits
         )
         server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if opts.reuse_port else 0)])
         self.metrics = NodeMetrics(

@@ -1,0 +1,195 @@
+"""The fleet view of ``kefu.v1.ControlPlane``: what runs where. Node and rollout messages, and
+the rollout RPCs StartRollout, ListRollouts, GetRollout and CommandRollout.
+
+The handlers are named as their RPCs; :class:`~kefu.control_plane.api.ControlPlaneApi`
+wraps each with its authentication, authorization (reads for viewers, the rest for
+admins) and error mapping. A rollout's message adds the live view the document does not hold:
+per member node the weight it should run and whether it reports it (``nodes_converged`` of
+``nodes_total``), and the live sessions per arm summed over the nodes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from kefu.errors import PermanentError
+from kefu.rollout import DEFAULT_STEPS, Rollout, Step, Wave
+from kefu.v1 import control_plane_pb2 as pb
+from kefu.wire import NodeStatus
+
+if TYPE_CHECKING:
+    from kefu.control_plane.service import ControlPlane
+
+__all__ = [
+    "FRESH_S",
+    "CommandRollout",
+    "GetRollout",
+    "ListRollouts",
+    "StartRollout",
+    "node_msg",
+    "rollout_msg",
+]
+
+#: Heartbeats older than this do not count as a node's report (the node is shown offline).
+FRESH_S = 30.0
+ONLINE_WINDOW_S = FRESH_S
+
+
+def node_msg(n: NodeStatus, now: float) -> pb.Node:
+    return pb.Node(
+        node_id=n.node_id,
+        region=n.region,
+        software_version=n.software_version,
+        providers=n.providers,
+        gpu=n.gpu,
+        listen=n.listen,
+        started_at=n.started_at,
+        heartbeat_at=n.heartbeat_at,
+        online=now - n.heartbeat_at < ONLINE_WINDOW_S,
+        tenants=[
+            pb.ObservedTenant(
+                tenant=t,
+                state=o.state,
+                config_version=o.config_version,
+                models=o.models,
+                error=o.error,
+                rollout_id=o.rollout_id,
+                canary_weight=o.canary_weight,
+                sessions_canary=o.sessions_canary,
+                sessions_baseline=o.sessions_baseline,
+                switched=o.switched,
+            )
+            for t, o in sorted(n.tenants.items())
+        ],
+        models_loaded=n.models_loaded,
+        telemetry_dropped=n.telemetry_dropped,
+        telemetry_buffered=n.telemetry_buffered,
+        reconcile_error=n.reconcile_error,
+        reconcile_error_at=n.reconcile_error_at,
+        capabilities=n.capabilities,
+    )
+
+
+def rollout_msg(ro: Rollout, nodes: list[NodeStatus], now: float) -> pb.Rollout:
+    by_id = {n.node_id: n for n in nodes}
+    members = []
+    converged = 0
+    canary = baseline = switched = 0
+    for n in nodes:
+        seen = n.tenants.get(ro.tenant)
+        if seen is not None and seen.rollout_id == ro.id:
+            canary += seen.sessions_canary
+            baseline += seen.sessions_baseline
+        if seen is not None:
+            switched += seen.switched
+    for m in ro.members:
+        want = ro.node_weight(m)
+        status = by_id.get(m.node_id)
+        seen = status.tenants.get(ro.tenant) if status is not None else None
+        ok = (
+            status is not None
+            and now - status.heartbeat_at <= FRESH_S
+            and seen is not None
+            and seen.rollout_id == ro.id
+            and abs(seen.canary_weight - want) < 1e-9
+        )
+        converged += ok
+        members.append(
+            pb.RolloutMember(
+                node_id=m.node_id, region=m.region, wave=m.wave, weight=want, converged=ok
+            )
+        )
+    return pb.Rollout(
+        id=ro.id,
+        tenant=ro.tenant,
+        phase=ro.phase,
+        wave=ro.wave,
+        step=ro.step,
+        weight=ro.weight,
+        target=ro.target.models,
+        waves=[pb.RolloutWave(regions=w.regions, node_share=w.node_share) for w in ro.waves],
+        steps=[pb.RolloutStep(weight=s.weight, bake_s=s.bake_s) for s in ro.steps],
+        baseline={r: pb.ScenarioModels(models=b.models) for r, b in ro.baseline.items()},
+        step_started_at=ro.step_started_at,
+        converged_at=ro.converged_at,
+        created_at=ro.created_at,
+        created_by=ro.created_by,
+        updated_at=ro.updated_at,
+        updated_by=ro.updated_by,
+        reason=ro.reason,
+        term=ro.term,
+        finalized=ro.finalized,
+        members=members,
+        excluded_nodes=ro.excluded_nodes,
+        nodes_converged=converged,
+        nodes_total=len(ro.members),
+        sessions_canary=canary,
+        sessions_baseline=baseline,
+        switched=switched,
+        history=ro.history,
+    )
+
+
+def _waves(request: Any) -> list[Wave]:
+    try:
+        return [
+            Wave(regions=list(w.regions), node_share=w.node_share or 1.0) for w in request.waves
+        ]
+    except ValueError as exc:
+        raise PermanentError(f"invalid wave: {exc} / 批次参数无效") from exc
+
+
+def _steps(request: Any) -> list[Step]:
+    if not request.steps:
+        return list(DEFAULT_STEPS)
+    try:
+        return [Step(weight=s.weight, bake_s=s.bake_s) for s in request.steps]
+    except ValueError as exc:
+        raise PermanentError(f"invalid step: {exc} / 步骤参数无效") from exc
+
+
+class _Api(Protocol):
+    cp: ControlPlane
+
+    def _actor_name(self) -> str: ...
+
+
+async def _msg(api: _Api, ro: Rollout) -> pb.Rollout:
+    return rollout_msg(ro, await api.cp.list_nodes(), time.time())
+
+
+# The handlers, named as their RPCs: ControlPlaneApi wraps each with authentication,
+# authorization and error mapping (``StartRollout = _rpc(api_fleet.StartRollout)``).
+
+
+async def StartRollout(api: _Api, request: Any, context: Any) -> pb.Rollout:
+    if not request.waves:
+        raise PermanentError("name at least one wave (regions) / 请至少指定一个批次")
+    ro = await api.cp.start_rollout(
+        request.tenant,
+        models=dict(request.models),
+        waves=_waves(request),
+        steps=_steps(request),
+        actor=api._actor_name(),
+        reason=request.reason,
+    )
+    return await _msg(api, ro)
+
+
+async def ListRollouts(api: _Api, request: Any, context: Any) -> pb.ListRolloutsReply:
+    rollouts = await api.cp.list_rollouts(request.tenant, active_only=request.active_only)
+    nodes = await api.cp.list_nodes()
+    now = time.time()
+    return pb.ListRolloutsReply(rollouts=[rollout_msg(r, nodes, now) for r in rollouts])
+
+
+async def GetRollout(api: _Api, request: Any, context: Any) -> pb.Rollout:
+    return await _msg(api, await api.cp.get_rollout(request.rollout_id))
+
+
+async def CommandRollout(api: _Api, request: Any, context: Any) -> pb.Rollout:
+    ro = await api.cp.command_rollout(
+        request.rollout_id, request.command, actor=api._actor_name(), why=request.reason
+    )
+    return await _msg(api, ro)
