@@ -56,6 +56,7 @@ IO_LIBRARIES = (
 #: The pure core of each package: decisions and domain records, no I/O.
 PURE = (
     "kefu.errors",
+    "kefu.pki",
     "kefu.wire",
     "kefu.model_ref",
     "kefu.node.nlu.language",
@@ -122,6 +123,9 @@ SHARED = (
     "kefu.bundle",
     "kefu.keys",
     "kefu.lazy",
+    "kefu.pki",
+    "kefu.certstore",
+    "kefu.tls",
     "kefu.config.*",
     "kefu.v1.*",
 )
