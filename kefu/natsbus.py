@@ -31,7 +31,7 @@ import nats.js.errors
 from nats.js import api
 
 from kefu.bus import BusUnavailable, Conflict, KvEntry, NotFound, ObjectInfo, StreamMessage
-from kefu.certstore import TlsFiles
+from kefu.certstore import TlsFiles, check_pair
 from kefu.tls import client_ssl_context, refresh_context
 
 __all__ = ["NatsBus", "NatsOptions"]
@@ -113,7 +113,10 @@ class NatsBus:
                 bus.generation += 1
                 log.info("nats: reconnected")
 
-        ssl_ctx = client_ssl_context(options.tls) if options.tls is not None else None
+        ssl_ctx = None
+        if options.tls is not None:
+            check_pair(options.tls)  # missing, expired, mismatched: a clear ConfigError
+            ssl_ctx = client_ssl_context(options.tls)
 
         async def on_disconnect() -> None:
             bus = holder.get("bus")
