@@ -79,9 +79,9 @@ def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> N
         )
         assert reply.returncode == 0 and "intent=invoice" in reply.stdout, reply.stderr
         # TLS by default: the node refuses a plaintext client, with a hint that says why.
+        plain_cmd = ["kefu.cli", "chat", "--target", chat[1], "--key-file", chat[2]]
         plain = subprocess.run(
-            [sys.executable, "-m", "kefu.cli", "chat", "--target", chat[1], "--key-file"]
-            + [chat[2], "--plaintext", "--text", "hi"],
+            [sys.executable, "-m", *plain_cmd, "--plaintext", "--text", "hi"],
             capture_output=True,
             text=True,
             timeout=60,

@@ -118,3 +118,21 @@ def test_clients_find_the_ca_kefu_up_made(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("KEFU_CA_FILE", "/elsewhere/ca.crt")
     assert find_ca(None) == Path("/elsewhere/ca.crt")
     assert find_ca("given.crt") == Path("given.crt")
+
+
+def test_kefu_certs_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kefu.cli import main
+
+    d = str(tmp_path / "pki")
+    assert main(["certs", "init-ca", "--dir", d]) == 0
+    assert (
+        main(["certs", "issue", "gw-1", "--role", "gateway", "--san", "gw.example", "--dir", d])
+        == 0
+    )
+    assert main(["certs", "show", "gw-1", "--dir", d]) == 0
+    assert "gw.example" in capsys.readouterr().out
+    assert main(["certs", "issue", "old", "--role", "node", "--days", "-1", "--dir", d]) == 0
+    assert main(["certs", "show", "old", "--dir", d]) == 1
+    assert "expired on" in capsys.readouterr().out
+    assert main(["certs", "init-ca", "--dir", d]) != 0  # refused, not replaced
+    assert "exists" in capsys.readouterr().err
