@@ -1,3 +1,4 @@
+
 """Issue 10, control-plane side: a model update through `kefu up`'s own NATS users, a node
 that cannot apply its desired state says so, hostile names and inputs get the documented
 codes (never UNKNOWN and a traceback), big configs are refused up front and parsed off the
