@@ -136,3 +136,20 @@ def test_kefu_certs_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "expired on" in capsys.readouterr().out
     assert main(["certs", "init-ca", "--dir", d]) != 0  # refused, not replaced
     assert "exists" in capsys.readouterr().err
+
+
+def test_node_yaml_tls_section_gives_the_node_its_pair(tmp_path: Path) -> None:
+    from kefu.config.node import parse_node_config
+    from kefu.node.bootstrap import node_options
+
+    store = CertStore(tmp_path / "pki")
+    store.init_ca()
+    store.issue("node-1", role=Role.NODE, sans=["127.0.0.1"])
+    text = (
+        "tls: {cert_file: pki/node-1.crt, key_file: pki/node-1.key, ca_file: pki/ca.crt, "
+        "client_auth: true}\n"
+    )
+    opts = node_options(parse_node_config(text, base=tmp_path))
+    assert opts.tls == store.files("node-1") and opts.client_auth
+    with pytest.raises(ConfigError, match=r"tls.*no such file"):
+        parse_node_config(text.replace("node-1.key", "gone.key"), base=tmp_path)
