@@ -78,6 +78,7 @@ PURE = (
     "kefu.node.dialog.events",
     "kefu.node.sessions.store",
     "kefu.node.sessions.session_rules",
+    "kefu.node.sessions.sealing",
     "kefu.node.serving.admission",
     "kefu.node.agent.reconcile",
     "kefu.control_plane.desired",
