@@ -210,6 +210,7 @@ async def _up(args: argparse.Namespace) -> int:
     from kefu.node.serving.logs import configure_logging
     from kefu.node.serving.server import Node, NodeOptions
     from kefu.node.sessions.files import private_dir
+    from kefu.node.sessions.tenant_keys import EncryptionOptions
 
     configure_logging(fmt=args.log_format)
     _check_ports(args)
@@ -281,6 +282,9 @@ async def _up(args: argparse.Namespace) -> int:
                 tenant_configs=[],
                 require_tenants=False,
                 tls=certs.get(NODE_ID),
+                # Conversation text and slots encrypted at rest; the master key in
+                # <data>/keys/master.key (0600) unless $KEFU_MASTER_KEY gives one.
+                encryption=None if args.plaintext else EncryptionOptions(),
             )
             async with Node(node_opts) as node:
                 agent = attach_agent(

@@ -31,6 +31,7 @@ from kefu.node.serving.metrics import NodeMetrics
 from kefu.node.sessions.files import private_dir
 from kefu.node.sessions.session_db import SQLiteStoreOptions
 from kefu.node.sessions.sqlite_store import sqlite_store_opener
+from kefu.node.sessions.tenant_keys import EncryptionOptions
 from kefu.tls import bind
 from kefu.v1 import SERVICE_NAME
 
@@ -83,6 +84,8 @@ class NodeOptions:
     tls: TlsFiles | None = None
     #: Mutual TLS: clients (gateways, channels) must present a certificate of the CA.
     client_auth: bool = False
+    #: Encryption at rest of conversation text and slots (per-tenant keys); None = off.
+    encryption: EncryptionOptions | None = None
 
 
 class Node:
@@ -113,7 +116,9 @@ class Node:
         store = ModelStore(opts.data_dir / "models", trust_for(opts.data_dir))
         store.seed_shipped()
         self.registry = await TenantRegistry.open(
-            opts.data_dir, opts.tenant_configs, open_store=sqlite_store_opener(opts.store)
+            opts.data_dir,
+            opts.tenant_configs,
+            open_store=sqlite_store_opener(opts.store, opts.encryption),
         )
         if not self.registry.tenants and opts.require_tenants:
             errors = "; ".join(e.error for e in self.registry.errors) or "no tenant configs"
