@@ -94,3 +94,20 @@ def test_master_key_from_the_environment_wins(
     assert load_master_key(tmp_path, hook) == b"h" * 32
     with pytest.raises(KeyUnavailable, match="32 bytes"):
         load_master_key(tmp_path, EncryptionOptions(kms=lambda: b"short"))
+
+
+def test_kefu_node_rekey_adds_a_key_and_shred_deletes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kefu.cli import main
+
+    monkeypatch.delenv("KEFU_MASTER_KEY", raising=False)
+    keys = TenantKeys(tmp_path, load_master_key(tmp_path, EncryptionOptions()))
+    old = keys.cipher("acme")
+    sealed = old.seal("text", MARKER)
+    assert main(["node", "rekey", "--tenant", "acme", "--data-dir", str(tmp_path)]) == 0
+    new = keys.cipher("acme")
+    assert new.current != old.current and new.open("text", sealed) == MARKER
+    assert main(["node", "rekey", "--tenant", "acme", "--shred", "--data-dir", str(tmp_path)]) == 0
+    with pytest.raises(KeyUnavailable):
+        keys.cipher("acme", create=False)
