@@ -48,7 +48,7 @@ def _write_secret(path: Path, text: str) -> None:
         fh.write(text)
 
 
-def _users(nats_dir: Path, *, certificates: bool) -> tuple[Any, Any]:
+def _users(nats_dir: Path, *, certificates: bool = False) -> tuple[Any, Any]:
     """The control-plane and node NATS users. With ``certificates`` they log in with their TLS
     client certificates; else with passwords kept (0600) so restarts reuse them."""
     from kefu.natsserver import deployment_users
