@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from kefu import __version__
 from kefu.auth_guard import FailedAuthGuard, peer_address
 from kefu.bus import BusUnavailable, Conflict, NotFound
+from kefu.certstore import TlsFiles
 from kefu.control_plane import api_fleet as fleet
 from kefu.control_plane.api_fleet import node_msg
 from kefu.control_plane.auth import Operator, decide, parse_role
@@ -45,6 +46,7 @@ from kefu.control_plane.tokens import (
     TokenNotFoundError,
 )
 from kefu.errors import ConfigError, KefuError, PermanentError, TemporaryError
+from kefu.tls import bind
 from kefu.v1 import api_key_from_metadata
 from kefu.v1 import control_plane_pb2 as pb
 from kefu.v1 import control_plane_pb2_grpc as pbg
@@ -549,7 +551,9 @@ def _add_servicer(api: ControlPlaneApi, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
-async def serve_api(api: ControlPlaneApi, listen: str) -> tuple[grpc.aio.Server, int]:
+async def serve_api(
+    api: ControlPlaneApi, listen: str, tls: TlsFiles | None = None
+) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -565,7 +569,7 @@ async def serve_api(api: ControlPlaneApi, listen: str) -> tuple[grpc.aio.Server,
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(listen)
+        port = bind(server, listen, tls, what="control-plane gRPC API")
     except RuntimeError as exc:
         raise PermanentError(f"cannot listen on {listen}: {exc}") from exc
     if not port:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 
+from kefu.certstore import TlsFiles
 from kefu.control_plane.api import ControlPlaneApi, serve_api
 from kefu.control_plane.leader import LeaderLease
 from kefu.control_plane.reconciler import DesiredReconciler
@@ -57,6 +58,10 @@ class ControlPlaneOptions:
     regions: list[str] = field(default_factory=list)
     #: Where the first-start admin token is written (0600); None = kept in memory only.
     admin_token_file: Path | None = None
+    #: TLS of the gRPC API (re-read on renewal); None = plaintext (loopback development).
+    tls: TlsFiles | None = None
+    #: TLS to NATS: verify the server, present this pair (mapped to the NATS user).
+    nats_tls: TlsFiles | None = None
 
 
 class ControlPlaneApp:
@@ -84,6 +89,7 @@ class ControlPlaneApp:
                 user=o.nats_user,
                 password=o.nats_password,
                 name=f"kefu-{o.replica}",
+                tls=o.nats_tls,
             )
         )
         await ensure_layout(self.bus, o.regions)
@@ -118,7 +124,7 @@ class ControlPlaneApp:
             self.cp, lease=self.lease, telemetry=self.telemetry, tokens=self.tokens
         )
         self.api = api
-        self.server, self.port = await serve_api(api, o.listen)
+        self.server, self.port = await serve_api(api, o.listen, o.tls)
         log.info("control plane %s serving on port %d", o.replica, self.port)
         return self
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kefu.certstore import TlsFiles
 from kefu.control_plane.cli_rollout import ROLLOUT_VERBS, add_rollout_args
 from kefu.control_plane.client import (
     DEFAULT_CP,
@@ -30,6 +31,7 @@ from kefu.control_plane.tables import table as _table
 from kefu.control_plane.tables import when as _when
 from kefu.errors import PermanentError
 from kefu.model_ref import MODEL_SLOTS
+from kefu.tls import add_client_tls_arguments, client_tls
 
 __all__ = [
     "DEFAULT_CP",
@@ -44,13 +46,26 @@ __all__ = [
 ]
 
 
-def _nats_login(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
+def _nats_login(
+    args: argparse.Namespace,
+) -> tuple[str, str | None, str | None, TlsFiles | None]:
     if getattr(args, "nats_creds", None):
         from kefu.natscreds import load_credentials
 
         c = load_credentials(Path(args.nats_creds))
-        return c.url, c.user, c.password
-    return args.nats, None, None
+        return c.url, c.user, c.password, c.tls
+    return args.nats, None, None, None
+
+
+def _server_tls(args: argparse.Namespace) -> TlsFiles | None:
+    given = [args.tls_cert, args.tls_key, args.tls_ca]
+    if not any(given):
+        return None
+    if not all(given):
+        raise PermanentError("give --tls-cert, --tls-key and --tls-ca together / 需同时指定")
+    return TlsFiles(
+        ca_file=Path(args.tls_ca), cert_file=Path(args.tls_cert), key_file=Path(args.tls_key)
+    )
 
 
 # ---------------------------------------------------------------------- control-plane run
@@ -61,12 +76,14 @@ async def _run(args: argparse.Namespace) -> int:
     from kefu.control_plane.auth import TOKEN_FILE
     from kefu.models.store import data_dir, trust_for
 
-    url, user, password = _nats_login(args)
+    url, user, password, nats_tls = _nats_login(args)
     token_file = data_dir(args.data_dir).resolve() / TOKEN_FILE
     opts = ControlPlaneOptions(
         nats_url=url,
         nats_user=user,
         nats_password=password,
+        nats_tls=nats_tls,
+        tls=_server_tls(args),
         trust=trust_for(data_dir(args.data_dir), args.trust),
         replica=args.replica or default_replica_id(),
         listen=args.listen,
@@ -110,6 +127,7 @@ async def _call(args: argparse.Namespace) -> Any:
         token_file=args.token_file,
         actor=args.actor,
         timeout=args.timeout,
+        tls=client_tls(args),
     )
 
 
@@ -558,6 +576,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--replica", help="replica id (default: cp-<hostname>)")
     run.add_argument("--data-dir", help="for trusted keys (default: $KEFU_DATA_DIR or ./kefu-data)")
     run.add_argument("--trust", action="append", default=[], help="extra trusted public key file")
+    run.add_argument("--tls-cert", help="the API's TLS certificate (PEM; re-read on renewal)")
+    run.add_argument("--tls-key", help="its private key (PEM, 0600)")
+    run.add_argument("--tls-ca", help="the CA certificate (PEM); without the three: plaintext")
     run.set_defaults(handler=cmd_run)
 
     cp = sub.add_parser(
@@ -577,6 +598,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--actor", help="a note recorded beside the token's name in the audit log (not identity)"
     )
     cp.add_argument("--timeout", type=float, default=30.0)
+    add_client_tls_arguments(cp)
     verbs = cp.add_subparsers(dest="cp_verb", required=True, metavar="VERB")
     groups: dict[str, argparse._SubParsersAction] = {}
     for path, spec in {**VERBS, **ROLLOUT_VERBS}.items():

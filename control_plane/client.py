@@ -8,7 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kefu.certstore import TlsFiles
 from kefu.errors import PermanentError, TemporaryError
+from kefu.tls import rpc_hint, secure_channel
 
 __all__ = [
     "DEFAULT_CP",
@@ -57,6 +59,7 @@ async def call_control_plane(
     token_file: str | None = None,
     actor: str | None = None,
     timeout: float,
+    tls: TlsFiles | None = None,
 ) -> Any:
     """One unary call: ``build(pb)`` gives (method name, request); the reply message back."""
     import grpc
@@ -74,7 +77,7 @@ async def call_control_plane(
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ]
-    async with grpc.aio.insecure_channel(target, options=options) as ch:
+    async with secure_channel(target, tls, options=options) as ch:
         stub = pbg.ControlPlaneStub(ch)
         method, request = build(pb)
         try:
@@ -85,5 +88,6 @@ async def call_control_plane(
                 hint = f"token from {source}" if token else f"no token found ({source} absent)"
                 raise PermanentError(f"{msg} [{hint}]") from exc
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise TemporaryError(f"control plane at {target}: {msg}") from exc
+                hint = rpc_hint(exc.details() or "", tls)
+                raise TemporaryError(f"control plane at {target}: {msg}{hint}") from exc
             raise PermanentError(msg) from exc

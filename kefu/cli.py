@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_control_plane(sub)
     register_up(sub)
+    from kefu.certs_cli import register as register_certs
+
+    register_certs(sub)
     from kefu.tui.cli import register as register_tui  # Textual is imported only when run
 
     register_tui(sub)

@@ -16,6 +16,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +31,8 @@ import nats.js.errors
 from nats.js import api
 
 from kefu.bus import BusUnavailable, Conflict, KvEntry, NotFound, ObjectInfo, StreamMessage
+from kefu.certstore import TlsFiles, check_pair
+from kefu.tls import client_ssl_context, refresh_context
 
 __all__ = ["NatsBus", "NatsOptions"]
 
@@ -52,6 +55,39 @@ class NatsOptions:
     timeout_s: float = 5.0
     connect_timeout_s: float = 2.0
     reconnect_wait_s: float = 1.0
+    #: Verify the server against this CA and present this pair (NATS maps it to a user);
+    #: None = plaintext (loopback development).
+    tls: TlsFiles | None = None
+    #: Give up after the first failed connect attempt with its error (a wrong CA, TLS
+    #: required, an unknown certificate) instead of retrying in the background.
+    fail_fast: bool = False
+
+
+def tls_hint(exc: BaseException, tls: TlsFiles | None) -> str:
+    """The connect error, with what to do about a TLS mismatch (the bare messages are
+    cryptic: ``CERTIFICATE_VERIFY_FAILED``, ``UNKNOWN_CA``, ``Authorization Violation``)."""
+    text = str(exc) or type(exc).__name__
+    low = text.lower()
+    if tls is None and ("certificate" in low or "ssl" in low or "tls" in low):
+        return f"{text} (the server requires TLS: give its CA and a client certificate)"
+    if "certificate_verify_failed" in low or "certificate verify failed" in low:
+        ca = tls.ca_file if tls else "the CA"
+        return f"{text} (the server's certificate is not signed by {ca}, or it expired)"
+    if "unknown_ca" in low or "unknown ca" in low:
+        return f"{text} (the server does not trust this client's certificate: another CA)"
+    if "certificate_expired" in low or "certificate expired" in low:
+        return f"{text} (this client's certificate has expired: renew it)"
+    if "authorization violation" in low and tls is not None:
+        return f"{text} (no NATS user matches this certificate's subject)"
+    return text
+
+
+def _telling(errors: list[BaseException]) -> BaseException:
+    """The most telling of the errors of a failed connect: a TLS one when there is one."""
+    for exc in errors:
+        if isinstance(exc, ssl.SSLError) or "SSL" in str(exc):
+            return exc
+    return errors[0]
 
 
 class NatsBus:
@@ -72,23 +108,38 @@ class NatsBus:
     async def connect(cls, options: NatsOptions) -> NatsBus:
         holder: dict[str, NatsBus] = {}
 
-        async def on_error(exc: Exception) -> None:
-            if (bus := holder.get("bus")) is not None:
-                bus.last_error = str(exc)
-            log.warning("nats: %s", exc)
-
         async def on_reconnect() -> None:
             if (bus := holder.get("bus")) is not None:
                 bus.generation += 1
                 log.info("nats: reconnected")
 
+        ssl_ctx = None
+        if options.tls is not None:
+            check_pair(options.tls)  # missing, expired, mismatched: a clear ConfigError
+            ssl_ctx = client_ssl_context(options.tls)
+
         async def on_disconnect() -> None:
             bus = holder.get("bus")
             if bus is None or not bus.closing:
                 log.warning("nats: disconnected; reconnecting in the background")
+            if ssl_ctx is not None and options.tls is not None:
+                # A renewed client certificate is used from the next handshake on.
+                refresh_context(ssl_ctx, options.tls)
 
-        try:
-            nc = await nats.connect(
+        first_error: list[BaseException] = []
+        failed = asyncio.Event()
+
+        async def on_error(exc: Exception) -> None:
+            if "bus" not in holder:
+                first_error.append(exc)
+                if options.fail_fast and (len(first_error) >= 2 or "SSL" in str(exc)):
+                    failed.set()
+            if (bus := holder.get("bus")) is not None:
+                bus.last_error = str(exc)
+            log.warning("nats: %s", tls_hint(exc, options.tls))
+
+        connecting = asyncio.ensure_future(
+            nats.connect(
                 servers=options.servers,
                 user=options.user,
                 password=options.password,
@@ -101,14 +152,33 @@ class NatsBus:
                 error_cb=on_error,
                 reconnected_cb=on_reconnect,
                 disconnected_cb=on_disconnect,
+                tls=ssl_ctx,
             )
+        )
+        gave_up = asyncio.ensure_future(failed.wait())
+        where = ", ".join(options.servers)
+        try:
+            await asyncio.wait({connecting, gave_up}, return_when=asyncio.FIRST_COMPLETED)
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.wait({connecting})  # its CancelledError stays in the task
+                exc = _telling(first_error)
+                raise BusUnavailable(
+                    f"cannot connect to NATS at {where}: {tls_hint(exc, options.tls)} / "
+                    f"无法连接 NATS"
+                ) from exc
+            nc = connecting.result()
         except asyncio.CancelledError:
+            connecting.cancel()
+            raise
+        except BusUnavailable:
             raise
         except Exception as exc:
-            where = ", ".join(options.servers)
             raise BusUnavailable(
-                f"cannot connect to NATS at {where}: {exc or type(exc).__name__} / 无法连接 NATS"
+                f"cannot connect to NATS at {where}: {tls_hint(exc, options.tls)} / 无法连接 NATS"
             ) from exc
+        finally:
+            gave_up.cancel()
         bus = cls(nc, options)
         holder["bus"] = bus
         return bus

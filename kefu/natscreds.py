@@ -1,4 +1,8 @@
-"""The NATS credentials file ``kefu up`` writes (JSON, 0600): read by nodes and the CLI."""
+"""The NATS credentials file ``kefu up`` writes (JSON, 0600): read by nodes and the CLI.
+
+``{"url", "user", "password"}`` for a password login, or ``{"url", "user", "ca_file",
+"cert_file", "key_file"}`` for TLS with a client certificate (no secret in the file itself;
+the key file is 0600)."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from kefu.certstore import TlsFiles
 from kefu.errors import PermanentError
 
 __all__ = ["NatsCredentials", "load_credentials"]
@@ -16,6 +21,9 @@ class NatsCredentials:
     url: str
     user: str | None = None
     password: str | None = None
+    #: TLS to NATS (CA, and the client pair NATS maps to the user); relative paths in the
+    #: file are relative to the file.
+    tls: TlsFiles | None = None
 
 
 def load_credentials(path: Path, *, require_url: bool = True) -> NatsCredentials:
@@ -24,6 +32,16 @@ def load_credentials(path: Path, *, require_url: bool = True) -> NatsCredentials
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         url = raw["url"] if require_url else raw.get("url", "")
-        return NatsCredentials(url=url, user=raw.get("user"), password=raw.get("password"))
+        tls = None
+        if raw.get("ca_file"):
+            here = path.parent
+
+            def at(key: str) -> Path | None:
+                return here / raw[key] if raw.get(key) else None
+
+            tls = TlsFiles(
+                ca_file=here / raw["ca_file"], cert_file=at("cert_file"), key_file=at("key_file")
+            )
+        return NatsCredentials(url=url, user=raw.get("user"), password=raw.get("password"), tls=tls)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PermanentError(f"{path}: unreadable NATS credentials ({exc})") from exc

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kefu.certstore import TlsFiles
 from kefu.errors import PermanentError, TemporaryError
+from kefu.pki import nats_user_name
 from kefu.wire import BUCKET_NODES, OBJECT_BUNDLES, desired_bucket, telemetry_subject
 
 __all__ = [
@@ -75,19 +77,32 @@ class NatsUser:
     password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     publish: list[str] = field(default_factory=lambda: [">"])
     subscribe: list[str] = field(default_factory=lambda: [">"])
+    #: Authenticated by its TLS client certificate (``CN=<user>``, ``verify_and_map``)
+    #: instead of a password: no secret in the server's config or the client's files.
+    cert_mapped: bool = False
+
+    @property
+    def nats_name(self) -> str:
+        """The name in the server's user list (a certificate maps to ``CN=<user>``)."""
+        return nats_user_name(self.user) if self.cert_mapped else self.user
 
     def to_config(self) -> dict[str, Any]:
-        return {
-            "user": self.user,
-            "password": self.password,
-            "permissions": {
-                "publish": {"allow": self.publish},
-                "subscribe": {"allow": self.subscribe},
-            },
+        entry: dict[str, Any] = {"user": self.nats_name}
+        if not self.cert_mapped:
+            entry["password"] = self.password
+        entry["permissions"] = {
+            "publish": {"allow": self.publish},
+            "subscribe": {"allow": self.subscribe},
         }
+        return entry
 
-    def to_credentials(self, url: str) -> dict[str, str]:
-        return {"url": url, "user": self.user, "password": self.password}
+    def to_credentials(self, url: str, tls: TlsFiles | None = None) -> dict[str, str]:
+        """The client's credentials file: with ``tls`` the CA and the certificate pair's
+        paths (no password), else the user and password."""
+        if self.cert_mapped and tls is not None:
+            return {"url": url, "user": self.user, **tls.to_dict()}
+        out = {"url": url, "user": self.user, "password": self.password}
+        return out | (tls.to_dict() if tls is not None else {})
 
 
 def control_plane_user(name: str = "control-plane", password: str | None = None) -> NatsUser:
@@ -141,14 +156,18 @@ def deployment_users(
     passwords: Mapping[str, str] | None = None,
     *,
     control_plane: str = "control-plane",
+    certificates: bool = False,
 ) -> list[NatsUser]:
     """The NATS users of a deployment: the control plane's first, then one least-privilege
     user per ``(node_id, region)``. ``kefu up`` and the integration tests both take their
     users from here, so a test exercises exactly the permissions a real node gets.
-    ``passwords`` (user → password) keeps known passwords; the others are generated."""
+    ``passwords`` (user → password) keeps known passwords; the others are generated. With
+    ``certificates`` every user authenticates with its TLS client certificate instead."""
     saved = passwords or {}
     users = [control_plane_user(control_plane, password=saved.get(control_plane))]
     users += [node_user(n, region, password=saved.get(n)) for n, region in nodes]
+    for u in users:
+        u.cert_mapped = certificates
     return users
 
 
@@ -159,13 +178,18 @@ def render_config(
     users: list[NatsUser] | None = None,
     host: str = "127.0.0.1",
     monitor_port: int | None = None,
+    tls: TlsFiles | None = None,
 ) -> str:
-    """A nats-server config (JSON is valid NATS config syntax)."""
+    """A nats-server config (JSON is valid NATS config syntax). With ``tls`` every client
+    connection is TLS (plaintext refused), clients must present a certificate of the CA, and
+    a certificate maps to the user ``CN=<name>`` (``verify_and_map``)."""
     cfg: dict[str, Any] = {
         "listen": f"{host}:{port}",
         "jetstream": {"store_dir": str(store_dir)},
         "max_payload": 8 * 1024 * 1024,
     }
+    if tls is not None:
+        cfg["tls"] = {**tls.to_dict(), "verify_and_map": True, "timeout": 2.0}
     if users:
         cfg["authorization"] = {"users": [u.to_config() for u in users]}
     if monitor_port:  # loopback only: /healthz tells when JetStream has recovered its streams
@@ -183,17 +207,19 @@ class NatsServer:
         port: int = 0,
         users: list[NatsUser] | None = None,
         log_file: Path | None = None,
+        tls: TlsFiles | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.monitor_port = free_port()
         self.users = users
+        self.tls = tls
         self.log_file = log_file or self.data_dir / "nats-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     @property
     def config_path(self) -> Path:
@@ -206,6 +232,7 @@ class NatsServer:
             store_dir=self.data_dir / "jetstream",
             users=self.users,
             monitor_port=self.monitor_port,
+            tls=self.tls,
         )
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -250,7 +277,8 @@ class NatsServer:
             return False
 
     def reload(self) -> None:
-        """Rewrite the config (e.g. new node users) and make the server re-read it."""
+        """Rewrite the config (e.g. new node users) and make the server re-read it (a
+        renewed TLS certificate too: open connections keep theirs)."""
         self.write_config()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGHUP)

@@ -6,7 +6,11 @@ one control-plane replica, the demo order center when the module is installed, a
 in region ``local`` with its agent. The demo tenant, its config and the shipped default models
 are then published and assigned **through the control plane** (idempotent, so a second
 ``kefu up`` reuses everything), the node converges on them, and the command prints how to
-chat. The control plane's admin operator token lives in
+chat. Everything is TLS by default: a private CA and one certificate per component under
+``<data-dir>/pki`` (:mod:`kefu.certstore`), NATS refuses plaintext and maps each client's
+certificate to its user (no passwords), and the certificates are renewed while running
+(``--plaintext`` turns TLS off for loopback development, loudly). The control plane's admin
+operator token lives in
 ``<data-dir>/secrets/control-plane-admin.token`` (0600; created on the first start, re-issued
 when the file is lost), where ``kefu cp`` finds it. Ctrl-C stops everything in reverse order.
 """
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kefu.config.tenant import hash_api_key
-from kefu.errors import PermanentError, TemporaryError
+from kefu.errors import KefuError, PermanentError, TemporaryError
 
 __all__ = ["register", "seed_demo_tenant"]
 
@@ -44,10 +48,15 @@ def _write_secret(path: Path, text: str) -> None:
         fh.write(text)
 
 
-def _users(nats_dir: Path) -> tuple[Any, Any]:
-    """The control-plane and node NATS users; passwords kept (0600) so restarts reuse them."""
+def _users(nats_dir: Path, *, certificates: bool = False) -> tuple[Any, Any]:
+    """The control-plane and node NATS users. With ``certificates`` they log in with their TLS
+    client certificates; else with passwords kept (0600) so restarts reuse them."""
     from kefu.natsserver import deployment_users
 
+    if certificates:
+        (nats_dir / "users.json").unlink(missing_ok=True)  # no password left behind
+        cp, node = deployment_users([(NODE_ID, REGION)], certificates=True)
+        return cp, node
     path = nats_dir / "users.json"
     saved: dict[str, str] = {}
     if path.exists():
@@ -56,6 +65,58 @@ def _users(nats_dir: Path) -> tuple[Any, Any]:
     cp, node = deployment_users([(NODE_ID, REGION)], saved)
     _write_secret(path, json.dumps({"control-plane": cp.password, NODE_ID: node.password}))
     return cp, node
+
+
+#: (certificate name, role, SANs) of the one-machine stack.
+def _pki_plan() -> list[tuple[str, Any, list[str]]]:
+    import socket
+
+    from kefu.pki import Role
+
+    local = ["127.0.0.1", "::1", "localhost"]
+    host = socket.gethostname()
+    here = [*local, host] if host and host != "localhost" else local
+    return [
+        ("nats", Role.NATS, local),
+        ("control-plane", Role.CONTROL_PLANE, here),
+        (NODE_ID, Role.NODE, here),
+    ]
+
+
+def _ensure_certificates(data: Path) -> tuple[Any, dict[str, Any], list[str]]:
+    """The CA and every component's pair under ``<data>/pki`` (created, or renewed when
+    expiring); (store, name → TlsFiles, names renewed)."""
+    from kefu.certstore import CertStore, pki_dir
+
+    store = CertStore(pki_dir(data))
+    store.ensure_ca()
+    files: dict[str, Any] = {}
+    renewed: list[str] = []
+    for name, role, sans in _pki_plan():
+        files[name], fresh = store.ensure(name, role=role, sans=sans)
+        if fresh:
+            renewed.append(name)
+    return store, files, renewed
+
+
+async def _renew_loop(data: Path, nats: Any, every_s: float) -> None:
+    """Renew the stack's certificates before they expire, while it runs: the gRPC servers
+    re-read theirs on the next handshake, NATS is told to reload (SIGHUP), NATS clients pick
+    theirs up on their next reconnect. Open connections are never cut."""
+    import logging
+
+    log = logging.getLogger("kefu.up")
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            _, _, renewed = await asyncio.to_thread(_ensure_certificates, data)
+        except (OSError, KefuError) as exc:
+            log.error("certificate renewal failed, will retry: %s", exc)
+            continue
+        if renewed:
+            log.info("renewed certificates: %s", ", ".join(renewed))
+            if "nats" in renewed:
+                await asyncio.to_thread(nats.reload)
 
 
 async def seed_demo_tenant(cp: Any, data_dir: Path, *, actor: str = "kefu-up") -> Path:
@@ -138,6 +199,7 @@ async def _order_center(data_dir: Path, listen: str) -> AsyncIterator[str]:
 
 
 async def _up(args: argparse.Namespace) -> int:
+    from kefu.certstore import find_ca
     from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
     from kefu.control_plane.auth import TOKEN_FILE
     from kefu.control_plane.cli import default_token_file, print_first_token
@@ -148,26 +210,48 @@ async def _up(args: argparse.Namespace) -> int:
     from kefu.node.serving.logs import configure_logging
     from kefu.node.serving.server import Node, NodeOptions
     from kefu.node.sessions.files import private_dir
+    from kefu.node.sessions.tenant_keys import EncryptionOptions
 
     configure_logging(fmt=args.log_format)
     _check_ports(args)
     data = private_dir(resolve_data_dir(args.data_dir).resolve())  # conversations: 0700
     nats_dir = data / "nats"
-    cp_user, node_user = _users(nats_dir)
-    nats = NatsServer(nats_dir, port=args.nats_port, users=[cp_user, node_user])
-    for u in (cp_user, node_user):
-        _write_secret(nats_dir / "creds" / f"{u.user}.json", json.dumps(u.to_credentials(nats.url)))
+    secure = not args.plaintext
+    certs: dict[str, Any] = {}
+    if secure:
+        _, certs, _ = _ensure_certificates(data)
+        print(f"TLS everywhere; private CA {data / 'pki' / 'ca.crt'} / 已启用 TLS")
+    else:
+        print(
+            "kefu up --plaintext: NATS, the control plane and the node speak PLAINTEXT on "
+            "loopback; for development only / 明文模式，仅供开发",
+            file=sys.stderr,
+        )
+    cp_user, node_user = _users(nats_dir, certificates=secure)
+    nats = NatsServer(
+        nats_dir, port=args.nats_port, users=[cp_user, node_user], tls=certs.get("nats")
+    )
+    for u, name in ((cp_user, "control-plane"), (node_user, NODE_ID)):
+        creds = u.to_credentials(nats.url, tls=certs.get(name))
+        _write_secret(nats_dir / "creds" / f"{u.user}.json", json.dumps(creds))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await asyncio.to_thread(nats.start)
+    renewing = (
+        asyncio.create_task(_renew_loop(data, nats, args.renew_check_s), name="kefu-up-renew")
+        if secure
+        else None
+    )
     try:
         print(f"nats-server (JetStream) on {nats.url}, data in {nats_dir}")
         cp_opts = ControlPlaneOptions(
             nats_url=nats.url,
             nats_user=cp_user.user,
-            nats_password=cp_user.password,
+            nats_password=None if secure else cp_user.password,
+            nats_tls=certs.get("control-plane"),
+            tls=certs.get("control-plane"),
             trust=trust_for(data),
             replica="cp-local",
             listen=args.cp_listen,
@@ -197,6 +281,10 @@ async def _up(args: argparse.Namespace) -> int:
                 metrics_listen=args.metrics_listen or None,
                 tenant_configs=[],
                 require_tenants=False,
+                tls=certs.get(NODE_ID),
+                # Conversation text and slots encrypted at rest; the master key in
+                # <data>/keys/master.key (0600) unless $KEFU_MASTER_KEY gives one.
+                encryption=None if args.plaintext else EncryptionOptions(),
             )
             async with Node(node_opts) as node:
                 agent = attach_agent(
@@ -205,7 +293,8 @@ async def _up(args: argparse.Namespace) -> int:
                     node_id=NODE_ID,
                     region=REGION,
                     user=node_user.user,
-                    password=node_user.password,
+                    password=None if secure else node_user.password,
+                    tls=certs.get(NODE_ID),
                     telemetry_s=args.telemetry_interval,
                 )
                 async with agent:
@@ -219,17 +308,24 @@ async def _up(args: argparse.Namespace) -> int:
                     where = f"127.0.0.1:{node.port}"
                     print(f"node {NODE_ID} (region {REGION}) serving {TENANT} on {where}")
                     print("\nChat / 对话:")
-                    print(f"  kefu chat --target 127.0.0.1:{node.port} --key-file {key_file} -d")
+                    ca_flag = ""
+                    found = find_ca(None)
+                    if secure and (found is None or found.resolve() != data / "pki" / "ca.crt"):
+                        ca_flag = f" --ca-file {data / 'pki' / 'ca.crt'}"
+                    chat = f"kefu chat --target 127.0.0.1:{node.port} --key-file {key_file}"
+                    print(f"  {chat}{ca_flag} -d")
                     print("Control plane / 控制面:")
                     cp_cmd = f"kefu cp --target 127.0.0.1:{app.port}"
                     if token_file != default_token_file().resolve():
                         cp_cmd += f" --token-file {token_file}"
+                    cp_cmd += ca_flag
                     print(f"  {cp_cmd} nodes  |  {cp_cmd} model list  |  {cp_cmd} telemetry")
                     print("Operator console / 运维控制台:")
                     if importlib.util.find_spec("kefu.tui.app") is not None:
                         tui_cmd = f"kefu tui --control-plane 127.0.0.1:{app.port}"
                         if token_file != default_token_file().resolve():
                             tui_cmd += f" --token-file {token_file}"
+                        tui_cmd += ca_flag
                         print(f"  {tui_cmd}")
                     else:
                         print("  (not built yet in this version: use `kefu cp nodes` / 尚未提供)")
@@ -238,6 +334,9 @@ async def _up(args: argparse.Namespace) -> int:
                     await stop.wait()
                     print("kefu up: stopping node, control plane, NATS…", file=sys.stderr)
     finally:
+        if renewing is not None:
+            renewing.cancel()
+            await asyncio.wait({renewing})
         await asyncio.to_thread(nats.stop)
     return 0
 
@@ -265,4 +364,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds")
     p.add_argument("--log-format", choices=("json", "text"), default="text")
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no TLS anywhere (loopback development only; the default is TLS with a private CA)",
+    )
+    p.add_argument(
+        "--renew-check-s",
+        type=float,
+        default=3600.0,
+        help="how often certificates are checked and renewed before expiry (seconds)",
+    )
     p.set_defaults(handler=cmd_up)

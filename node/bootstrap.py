@@ -138,6 +138,12 @@ def node_options(resolved: ResolvedNodeConfig) -> NodeOptions:
         ),
     )
     opts.require_tenants = not managed
+    if resolved.tls_files is not None and cfg.tls is not None:
+        from kefu.certstore import TlsFiles
+
+        cert, key, ca = resolved.tls_files
+        opts.tls = TlsFiles(ca_file=ca, cert_file=cert, key_file=key)
+        opts.client_auth = cfg.tls.client_auth
     return opts
 
 

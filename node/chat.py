@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 
 from kefu.errors import PermanentError, TemporaryError
+from kefu.tls import add_client_tls_arguments, client_tls, rpc_hint, secure_channel
 
 __all__ = ["DEFAULT_TARGET", "add_chat_arguments", "run_chat"]
 
@@ -22,6 +23,7 @@ def add_chat_arguments(p: argparse.ArgumentParser, *, key_dir: str) -> None:
     p.add_argument("--key-file", help=f"file holding the key (default: {key_dir}/<tenant>.key)")
     p.add_argument("--text", action="append", help="send these messages and exit (repeatable)")
     p.add_argument("--timeout", type=float, default=10.0)
+    add_client_tls_arguments(p)
     p.add_argument(
         "-d",
         "--details",
@@ -51,7 +53,8 @@ async def _chat(args: argparse.Namespace, key_dir: Path) -> int:
     session = ""
     interactive = not args.text
     texts = iter(args.text) if args.text else None
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    tls = client_tls(args, data_dir=key_dir)
+    async with secure_channel(args.target, tls) as channel:
         stub = pbg.KefuNodeStub(channel)
         while True:
             text: str | None
@@ -71,7 +74,7 @@ async def _chat(args: argparse.Namespace, key_dir: Path) -> int:
                     timeout=args.timeout,
                 )
             except grpc.aio.AioRpcError as exc:
-                msg = f"{exc.code().name}: {exc.details()}"
+                msg = f"{exc.code().name}: {exc.details()}{rpc_hint(exc.details() or '', tls)}"
                 if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise TemporaryError(
                         f"node at {args.target} unreachable or busy: {msg}"

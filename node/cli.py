@@ -152,6 +152,10 @@ def _options(
         opts.queue_timeout_s = args.queue_timeout
     if args.workers:
         workers = args.workers
+    if args.encrypt_at_rest:
+        from kefu.node.sessions.tenant_keys import EncryptionOptions
+
+        opts.encryption = EncryptionOptions()
     return opts, workers, link
 
 
@@ -180,6 +184,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     return run_chat(args, key_dir=Path("kefu-data"))
+
+
+def cmd_rekey(args: argparse.Namespace) -> int:
+    """New writes use the new key from the tenant store's next open (node restart or tenant
+    reload); rows sealed with older keys stay readable while those keys are kept."""
+    from kefu.models.store import data_dir
+    from kefu.node.sessions.tenant_keys import EncryptionOptions, TenantKeys, load_master_key
+
+    base = data_dir(args.data_dir)
+    keys = TenantKeys(base, load_master_key(base, EncryptionOptions()))
+    if args.shred:
+        gone = keys.shred(args.tenant)
+        print(f"tenant {args.tenant}: data keys {'deleted' if gone else 'were absent'} / 已删除")
+        return 0
+    print(f"tenant {args.tenant}: new data key {keys.rekey(args.tenant)} / 已生成新数据密钥")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -216,6 +236,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--reuse-port", action="store_true", help="share the port with other worker processes"
     )
     r.add_argument(
+        "--encrypt-at-rest",
+        action="store_true",
+        help="encrypt conversation text and slots in SQLite (master key: $KEFU_MASTER_KEY, "
+        "else <data-dir>/keys/master.key, 0600)",
+    )
+    r.add_argument(
         "--control-plane", metavar="NATS_URL", help="follow the control plane over this NATS URL"
     )
     r.add_argument("--nats-creds", help="NATS credentials file (url, user, password; JSON)")
@@ -225,6 +251,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--telemetry-interval", type=float, default=10.0, help="seconds between telemetry batches"
     )
     r.set_defaults(handler=cmd_run)
+
+    k = verbs.add_parser(
+        "rekey",
+        help="give a tenant a new data key for encryption at rest (old rows stay readable)",
+    )
+    k.add_argument("--tenant", required=True)
+    k.add_argument("--data-dir", help="data directory (default: $KEFU_DATA_DIR or ./kefu-data)")
+    k.add_argument(
+        "--shred",
+        action="store_true",
+        help="delete ALL of the tenant's data keys instead: its stored text becomes unreadable",
+    )
+    k.set_defaults(handler=cmd_rekey)
 
     c = sub.add_parser("chat", help="chat with a node from the terminal")
     add_chat_arguments(c, key_dir="kefu-data")

@@ -40,9 +40,11 @@ def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> N
         timeout_s=120,
     )
     try:
-        chat = re.search(r"kefu chat --target (\S+) --key-file (\S+)", out)
+        chat = re.search(r"kefu chat --target (\S+) --key-file (\S+) --ca-file (\S+)", out)
         cp = re.search(r"control plane on (\S+)", out)
         assert chat and cp, out
+        ca = chat[3]
+        assert ca == str(data / "pki" / "ca.crt")
         reply = subprocess.run(
             [
                 sys.executable,
@@ -53,6 +55,8 @@ def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> N
                 chat[1],
                 "--key-file",
                 chat[2],
+                "--ca-file",
+                ca,
                 "-d",
                 "--text",
                 "how do i get a VAT invoice?",
@@ -62,6 +66,19 @@ def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> N
             timeout=60,
         )
         assert reply.returncode == 0 and "intent=invoice" in reply.stdout, reply.stderr
+        # TLS by default: the node refuses a plaintext client, with a hint that says why.
+        plain_cmd = ["kefu.cli", "chat", "--target", chat[1], "--key-file", chat[2]]
+        plain = subprocess.run(
+            [sys.executable, "-m", *plain_cmd, "--plaintext", "--text", "hi"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert plain.returncode != 0 and "require TLS" in plain.stderr, plain.stderr
+        # NATS: TLS with certificate-mapped users, no password in its config or the creds.
+        conf = (data / "nats" / "nats-server.conf").read_text(encoding="utf-8")
+        assert '"verify_and_map": true' in conf and "password" not in conf
+        assert "password" not in (data / "nats" / "creds" / "local-1.json").read_text()
         assert (os.stat(chat[2]).st_mode & 0o777) == 0o600
         # Conversations: the data directory 0700, the tenant's database and its WAL 0600.
         assert data.stat().st_mode & 0o777 == 0o700
@@ -87,7 +104,7 @@ def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> N
         )
         assert '"node_id": "local-1"' in nodes.stdout and '"state": "serving"' in nodes.stdout
         denied = subprocess.run(
-            [sys.executable, "-m", "kefu.cli", "cp", "--target", cp[1], "nodes"],
+            [sys.executable, "-m", "kefu.cli", "cp", "--target", cp[1], "--ca-file", ca, "nodes"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -102,7 +119,7 @@ def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> N
     err = proc.stderr.read() if proc.stderr else ""
     assert rc == 0 and "Traceback" not in err, err
     # NATS went down with it: its port no longer accepts connections.
-    m = re.search(r"nats://127.0.0.1:(\d+)", out)
+    m = re.search(r"tls://127.0.0.1:(\d+)", out)
     assert m is not None
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", int(m[1])), timeout=1):
         pass

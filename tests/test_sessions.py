@@ -68,12 +68,17 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-encrypted"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> AsyncIterator:
     if request.param == "memory":
         s: SessionStore = InMemorySessionStore("acme", clock=clock)
-    else:
+    elif request.param == "sqlite":
         s = await SQLiteSessionStore.open(tmp_path, "acme", clock=clock)
+    else:  # the same contract with encryption at rest (docs/security.md)
+        from kefu.node.sessions.sealing import FieldCipher, new_data_key
+
+        cipher = FieldCipher(tenant="acme", keys={"k1": new_data_key()}, current="k1")
+        s = await SQLiteSessionStore.open(tmp_path, "acme", clock=clock, cipher=cipher)
     yield s
     await s.close()
 

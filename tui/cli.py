@@ -8,6 +8,7 @@ __all__ = ["register"]
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
+    from kefu.tls import client_tls
     from kefu.tui.app import KefuConsole
     from kefu.tui.client import GrpcControlPlaneClient, resolve_operator_token
 
@@ -17,12 +18,14 @@ def cmd_tui(args: argparse.Namespace) -> int:
         args.control_plane,
         lambda: resolve_operator_token(args.token, args.token_file),
         timeout_s=args.timeout,
+        tls=client_tls(args),
     )
     KefuConsole(client, refresh_s=args.refresh).run()
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from kefu.tls import add_client_tls_arguments
     from kefu.tui.client import DEFAULT_CP, TOKEN_ENV
 
     p = sub.add_parser(
@@ -41,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="file holding the operator token (default: $KEFU_DATA_DIR or ./kefu-data, "
         "secrets/control-plane-admin.token, as written by kefu up)",
     )
+    add_client_tls_arguments(p)
     p.add_argument(
         "--refresh", type=float, default=5.0, help="seconds between refreshes (default 5)"
     )

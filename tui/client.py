@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kefu.certstore import TlsFiles
 from kefu.control_plane.client import DEFAULT_CP, TOKEN_ENV, resolve_operator_token
 from kefu.errors import PermanentError, TemporaryError
+from kefu.tls import secure_channel
 from kefu.v1 import control_plane_pb2 as pb
 
 __all__ = [
@@ -129,9 +131,15 @@ class GrpcControlPlaneClient:
     """
 
     def __init__(
-        self, target: str, token_provider: TokenProvider, *, timeout_s: float = DEFAULT_TIMEOUT_S
+        self,
+        target: str,
+        token_provider: TokenProvider,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        tls: TlsFiles | None = None,
     ) -> None:
         self._target = target
+        self._tls = tls
         self._provider = token_provider
         self._token: str | None = None  # None: ask the provider before the next call
         self._token_source = ""
@@ -156,13 +164,12 @@ class GrpcControlPlaneClient:
 
     def _ensure(self) -> Any:
         if self._stub is None:
-            import grpc
-
             from kefu.control_plane.api import MAX_MESSAGE_BYTES
             from kefu.v1 import control_plane_pb2_grpc as pbg
 
-            self._channel = grpc.aio.insecure_channel(
+            self._channel = secure_channel(
                 self._target,
+                self._tls,
                 options=[
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                     # Reconnect about as often as the console refreshes, not up to 2 min later.

@@ -43,6 +43,7 @@ __all__ = [
     "LoggingSettings",
     "NodeConfig",
     "ResolvedNodeConfig",
+    "TlsSettings",
     "load_node_config",
     "parse_host_port",
     "parse_node_config",
@@ -155,6 +156,16 @@ class ControlPlaneSettings(_Section):
     flush_timeout_s: float = Field(default=3.0, ge=0, le=60)
 
 
+class TlsSettings(_Section):
+    """``tls:``: the gRPC API serves TLS with this pair (re-read when renewed); paths relative
+    to node.yaml. ``client_auth`` asks clients (gateways) for a certificate of ``ca_file``."""
+
+    cert_file: Annotated[str, Field(min_length=1)]
+    key_file: Annotated[str, Field(min_length=1)]
+    ca_file: Annotated[str, Field(min_length=1)]
+    client_auth: bool = False
+
+
 class NodeConfig(_Section):
     """The node.yaml schema. Paths are as written; :meth:`resolve` makes them absolute."""
 
@@ -174,6 +185,8 @@ class NodeConfig(_Section):
     logging: LoggingSettings = LoggingSettings()
     #: Absent = a standalone node serving the tenants above.
     control_plane: ControlPlaneSettings | None = None
+    #: Absent = plaintext gRPC (warned at start; keep ``listen`` on loopback then).
+    tls: TlsSettings | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,6 +200,8 @@ class ResolvedNodeConfig:
     tenant_files: tuple[Path, ...] = ()
     #: ``control_plane.credentials`` made absolute (checked readable), if given.
     credentials_file: Path | None = None
+    #: ``tls:`` with absolute paths (cert, key, CA), if given.
+    tls_files: tuple[Path, Path, Path] | None = None
 
 
 def load_node_config(path: str | Path) -> ResolvedNodeConfig:
@@ -255,6 +270,16 @@ def _resolve(doc: YamlDocument, *, base: Path) -> ResolvedNodeConfig:
                     "port) / 受控节点暂不支持多工作进程",
                 )
             )
+    tls_files: tuple[Path, Path, Path] | None = None
+    if cfg.tls is not None:
+        absolute = []
+        for name in ("cert_file", "key_file", "ca_file"):
+            p = Path(getattr(cfg.tls, name))
+            p = p if p.is_absolute() else base / p
+            if not p.is_file():
+                problems.append(Problem(loc=("tls", name), message=f"no such file: {p}"))
+            absolute.append(p)
+        tls_files = (absolute[0], absolute[1], absolute[2])
     if problems:
         raise doc.problems_error(problems)
     data_dir = Path(cfg.data_dir)
@@ -266,6 +291,7 @@ def _resolve(doc: YamlDocument, *, base: Path) -> ResolvedNodeConfig:
         data_dir=data_dir if data_dir.is_absolute() else base / data_dir,
         tenant_files=tuple(files),
         credentials_file=credentials,
+        tls_files=tls_files,
     )
 
 
@@ -303,6 +329,16 @@ listen: 127.0.0.1:7400
 
 # Prometheus /metrics over HTTP; "" turns it off.
 metrics_listen: 127.0.0.1:7401
+
+# TLS for the gRPC API (needed before listening on the network; see docs/security.md).
+# Certificates from `kefu certs issue <node-id> --role node --san <address>`, re-read when
+# renewed. client_auth: true = mutual TLS (gateways present a certificate of ca_file).
+# 启用 TLS（对外监听前必须配置）。
+#tls:
+#  cert_file: pki/node.crt
+#  key_file: pki/node.key      # 0600, readable by the kefu user
+#  ca_file: pki/ca.crt
+#  client_auth: false
 
 # Tenant configs (files or globs, relative to this file). Empty = the built-in demo tenant
 # "demo-shop", whose API key is generated on first start into <data_dir>/demo-shop.key.

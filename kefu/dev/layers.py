@@ -56,6 +56,7 @@ IO_LIBRARIES = (
 #: The pure core of each package: decisions and domain records, no I/O.
 PURE = (
     "kefu.errors",
+    "kefu.pki",
     "kefu.wire",
     "kefu.model_ref",
     "kefu.rollout",
@@ -79,6 +80,7 @@ PURE = (
     "kefu.node.dialog.split",
     "kefu.node.sessions.store",
     "kefu.node.sessions.session_rules",
+    "kefu.node.sessions.sealing",
     "kefu.node.serving.admission",
     "kefu.node.agent.reconcile",
     "kefu.control_plane.desired",
@@ -126,6 +128,9 @@ SHARED = (
     "kefu.bundle",
     "kefu.keys",
     "kefu.lazy",
+    "kefu.pki",
+    "kefu.certstore",
+    "kefu.tls",
     "kefu.config.*",
     "kefu.v1.*",
 )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kefu.bus import Bus
+from kefu.certstore import TlsFiles
 from kefu.config import TenantConfig
 from kefu.errors import PermanentError
 from kefu.model_ref import ModelSlot
@@ -178,8 +179,10 @@ def attach_agent(
     heartbeat_s: float = 5.0,
     telemetry_s: float = 10.0,
     flush_timeout_s: float = 3.0,
+    tls: TlsFiles | None = None,
 ) -> NodeAgent:
-    """An agent (not yet started) that keeps ``node`` on its region's desired state."""
+    """An agent (not yet started) that keeps ``node`` on its region's desired state; ``tls``
+    verifies the NATS server and presents the node's certificate (its NATS identity)."""
     from kefu.natsbus import NatsBus, NatsOptions
     from kefu.natsserver import inbox_prefix
 
@@ -200,6 +203,7 @@ def attach_agent(
         password=password,
         name=f"kefu-node-{node_id}",
         inbox_prefix=inbox_prefix(user) if user else "_INBOX",
+        tls=tls,
     )
 
     async def connect() -> Bus:
@@ -251,10 +255,10 @@ async def follow_control_plane(node: Node, link: ControlPlaneLink) -> AsyncItera
     """Run the agent for a started ``node``. On exit the node is drained too (idempotent, so
     the caller's own ``Node`` context exits harmlessly); ``agent.shutdown`` then tells what
     became of the telemetry."""
-    url, user, password = link.url, None, None
+    url, user, password, tls = link.url, None, None, None
     if link.credentials is not None:
         creds = load_credentials(link.credentials, require_url=not link.url)
-        url, user, password = url or creds.url, creds.user, creds.password
+        url, user, password, tls = url or creds.url, creds.user, creds.password, creds.tls
     if not url:
         raise PermanentError("no NATS URL: give one, or a credentials file holding it")
     agent = attach_agent(
@@ -264,6 +268,7 @@ async def follow_control_plane(node: Node, link: ControlPlaneLink) -> AsyncItera
         region=link.region,
         user=user,
         password=password,
+        tls=tls,
         heartbeat_s=link.heartbeat_s,
         telemetry_s=link.telemetry_s,
         flush_timeout_s=link.flush_timeout_s,

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from kefu.certstore import TlsFiles
 from kefu.errors import PermanentError, TemporaryError
 from kefu.models.store import ModelStore, trust_for
 from kefu.node.dialog.conversation import ConversationService
@@ -31,6 +32,8 @@ from kefu.node.serving.metrics import NodeMetrics
 from kefu.node.sessions.files import private_dir
 from kefu.node.sessions.session_db import SQLiteStoreOptions
 from kefu.node.sessions.sqlite_store import sqlite_store_opener
+from kefu.node.sessions.tenant_keys import EncryptionOptions
+from kefu.tls import bind
 from kefu.v1 import SERVICE_NAME
 
 __all__ = ["Node", "NodeOptions", "NodeStatus", "PortInUse"]
@@ -77,6 +80,13 @@ class NodeOptions:
     reuse_port: bool = False
     #: False when a control-plane agent will bring the tenants (start with none).
     require_tenants: bool = True
+    #: TLS of the gRPC listener (re-read on renewal); None = plaintext, for loopback
+    #: development only (warned loudly at start).
+    tls: TlsFiles | None = None
+    #: Mutual TLS: clients (gateways, channels) must present a certificate of the CA.
+    client_auth: bool = False
+    #: Encryption at rest of conversation text and slots (per-tenant keys); None = off.
+    encryption: EncryptionOptions | None = None
 
 
 class Node:
@@ -109,7 +119,9 @@ class Node:
         store = ModelStore(opts.data_dir / "models", trust_for(opts.data_dir))
         store.seed_shipped()
         self.registry = await TenantRegistry.open(
-            opts.data_dir, opts.tenant_configs, open_store=sqlite_store_opener(opts.store)
+            opts.data_dir,
+            opts.tenant_configs,
+            open_store=sqlite_store_opener(opts.store, opts.encryption),
         )
         if not self.registry.tenants and opts.require_tenants:
             errors = "; ".join(e.error for e in self.registry.errors) or "no tenant configs"
@@ -160,7 +172,9 @@ class Node:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         try:
-            self.port = server.add_insecure_port(opts.listen)
+            self.port = bind(
+                server, opts.listen, opts.tls, what="node gRPC API", mutual=opts.client_auth
+            )
         except RuntimeError as exc:
             raise PortInUse(f"cannot listen on {opts.listen}: {exc}") from exc
         if not self.port:

@@ -17,6 +17,7 @@ truncate after purges make purged conversations leave the disk.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 from sqlite_utils import Database
 
 from kefu.node.sessions.group_commit import GroupCommitDB
+from kefu.node.sessions.sealing import FieldCipher
 from kefu.node.sessions.session_db import (
     PURGE_BATCH,
     SCHEMA_VERSION,
@@ -77,6 +79,7 @@ from kefu.node.sessions.store import (
     to_iso,
     utc_now,
 )
+from kefu.node.sessions.tenant_keys import EncryptionOptions, TenantKeys, load_master_key
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -86,6 +89,10 @@ __all__ = [
     "sqlite_store_opener",
     "tenant_db_path",
 ]
+
+#: Columns holding what customers and agents wrote: encrypted at rest when a cipher is set.
+#: Ids, timestamps, statuses, intents and scores stay clear (indexes and retention need them).
+SEALED_COLUMNS = frozenset({"text", "entities", "value", "summary", "comment"})
 
 _UPSERT_SLOT = (
     "INSERT INTO slots (session_id, key, value, updated_at) VALUES (?, ?, ?, ?) "
@@ -104,10 +111,13 @@ class SQLiteSessionStore:
         tenant: str,
         options: SQLiteStoreOptions,
         clock: Callable[[], datetime],
+        cipher: FieldCipher | None = None,
     ):
         self._path = path
         self._tenant = tenant
         self._clock = clock
+        #: Encryption at rest of the sealed columns (None: stored as text).
+        self._cipher = cipher
         self._db = GroupCommitDB(
             path=path,
             name=tenant,
@@ -129,12 +139,14 @@ class SQLiteSessionStore:
         *,
         options: SQLiteStoreOptions | None = None,
         clock: Callable[[], datetime] = utc_now,
+        cipher: FieldCipher | None = None,
     ) -> SQLiteSessionStore:
         store = cls(
             path=tenant_db_path(data_dir, tenant),
             tenant=tenant,
             options=options or SQLiteStoreOptions(),
             clock=clock,
+            cipher=cipher,
         )
         await store._db.open()
         return store
@@ -155,6 +167,23 @@ class SQLiteSessionStore:
 
     def _now(self) -> datetime:
         return as_utc(self._clock())
+
+    def _seal(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Encrypt the sealed columns of a row about to be written (on the writer thread)."""
+        c = self._cipher
+        if c is not None:
+            for col in SEALED_COLUMNS.intersection(row):
+                if isinstance(row[col], str):
+                    row[col] = c.seal(col, row[col])
+        return row
+
+    def _open(self, row: dict[str, Any]) -> dict[str, Any]:
+        c = self._cipher
+        if c is not None:
+            for col in SEALED_COLUMNS.intersection(row):
+                if isinstance(row[col], str):
+                    row[col] = c.open(col, row[col])
+        return row
 
     def _session(
         self, conn: sqlite3.Connection, session_id: str, *, writable: bool = True
@@ -260,7 +289,7 @@ class SQLiteSessionStore:
             session = self._session(conn, turn.session_id)
             stored = stored_turn(turn, seq=session.turn_count + 1, now=self._now())
             check_new_requests(conn, (stored,))
-            insert(conn, "turns", encode(stored))
+            insert(conn, "turns", self._seal(encode(stored)))
             conn.execute(
                 "UPDATE sessions SET turn_count = ?, last_active_at = ? WHERE id = ?",
                 (stored.seq, to_iso(stored.created_at), session.id),
@@ -276,20 +305,22 @@ class SQLiteSessionStore:
             sql = "SELECT * FROM turns WHERE session_id = ? AND seq > ?"
             if tail is None:
                 return [
-                    decode(Turn, r)
+                    decode(Turn, self._open(r))
                     for r in rows(conn, sql + " ORDER BY seq", (session_id, after_seq))
                 ]
             found = rows(
                 conn, sql + " ORDER BY seq DESC LIMIT ?", (session_id, after_seq, max(tail, 0))
             )
-            return [decode(Turn, r) for r in reversed(found)]
+            return [decode(Turn, self._open(r)) for r in reversed(found)]
 
         return await self._read(op)
 
     async def find_request(self, session_id: str, request_id: str) -> list[Turn]:
         sql = "SELECT * FROM turns WHERE session_id = ? AND request_id = ? ORDER BY seq"
         return await self._read(
-            lambda conn: [decode(Turn, r) for r in rows(conn, sql, (session_id, request_id))]
+            lambda conn: [
+                decode(Turn, self._open(r)) for r in rows(conn, sql, (session_id, request_id))
+            ]
         )
 
     async def set_slot(self, session_id: str, key: str, value: Any) -> Slot:
@@ -301,13 +332,13 @@ class SQLiteSessionStore:
                 updated_at=self._now(),
                 value=json_clone(value, what="slot value"),
             )
-            _upsert_slot(conn, slot)
+            _upsert_slot(conn, slot, self._seal)
             return slot
 
         return await self._write(op)
 
     async def get_slots(self, session_id: str) -> dict[str, Slot]:
-        return await self._read(lambda conn: _slots(conn, session_id))
+        return await self._read(lambda conn: _slots(conn, session_id, self._open))
 
     async def load_context(self, session_id: str) -> SessionContext | None:
         def op(conn: sqlite3.Connection) -> SessionContext | None:
@@ -315,7 +346,7 @@ class SQLiteSessionStore:
             conn.execute("BEGIN")
             try:
                 session = self._session(conn, session_id, writable=False)
-                return SessionContext(session=session, slots=_slots(conn, session_id))
+                return SessionContext(session=session, slots=_slots(conn, session_id, self._open))
             except RecordNotFound:
                 return None
             finally:
@@ -344,7 +375,7 @@ class SQLiteSessionStore:
             else:
                 _update_session_row(conn, after)
             for t in turns:
-                insert(conn, "turns", encode(t))
+                insert(conn, "turns", self._seal(encode(t)))
             for key, value in record.slots.items():
                 _upsert_slot(
                     conn,
@@ -354,9 +385,10 @@ class SQLiteSessionStore:
                         value=json_clone(value, what="slot value"),
                         updated_at=now,
                     ),
+                    self._seal,
                 )
             if handoff is not None:
-                insert(conn, "handoffs", encode(handoff))
+                insert(conn, "handoffs", self._seal(encode(handoff)))
             return RecordedTurn(session=after, turns=turns, handoff=handoff)
 
         return await self._write(op)
@@ -370,7 +402,7 @@ class SQLiteSessionStore:
             self._session(conn, session_id)
             handoff = open_handoff(session_id, reason=reason, summary=summary, now=self._now())
             try:
-                insert(conn, "handoffs", encode(handoff))
+                insert(conn, "handoffs", self._seal(encode(handoff)))
             except sqlite3.IntegrityError as exc:  # handoffs_one_active
                 raise StateConflict(
                     f"session {session_id!r} already has an active hand-off / "
@@ -387,7 +419,7 @@ class SQLiteSessionStore:
     async def get_handoff(self, handoff_id: str) -> Handoff | None:
         def op(conn: sqlite3.Connection) -> Handoff | None:
             found = rows(conn, "SELECT * FROM handoffs WHERE id = ?", (handoff_id,))
-            return to_handoff(found[0]) if found else None
+            return to_handoff(self._open(found[0])) if found else None
 
         return await self._read(op)
 
@@ -398,8 +430,8 @@ class SQLiteSessionStore:
             found = rows(conn, "SELECT * FROM handoffs WHERE id = ?", (handoff_id,))
             if not found:
                 raise RecordNotFound("handoff", handoff_id)
-            updated = move_handoff(to_handoff(found[0]), status, agent_id, self._now())
-            row = encode(updated)
+            updated = move_handoff(to_handoff(self._open(found[0])), status, agent_id, self._now())
+            row = self._seal(encode(updated))
             sets = ", ".join(f"{k} = :{k}" for k in row if k != "id")
             conn.execute(f"UPDATE handoffs SET {sets} WHERE id = :id", row)
             return updated
@@ -416,7 +448,8 @@ class SQLiteSessionStore:
     ) -> Page[Handoff]:
         filters = {"status": status, "session_id": session_id}
         found = await self._page_rows("handoffs", filters, limit, cursor, newest_first=False)
-        return _make_page([to_handoff(r) for r in found[:limit]], more=len(found) > limit)
+        items = [to_handoff(self._open(r)) for r in found[:limit]]
+        return _make_page(items, more=len(found) > limit)
 
     # ------------------------------------------------------------------ feedback
 
@@ -426,7 +459,7 @@ class SQLiteSessionStore:
             if new.turn_seq is not None and new.turn_seq > session.turn_count:
                 raise RecordNotFound("turn", f"{new.session_id}#{new.turn_seq}")
             stored = stored_feedback(new, feedback_id=0, now=self._now())
-            rowid = insert(conn, "feedback", encode(stored, skip=frozenset({"id"})))
+            rowid = insert(conn, "feedback", self._seal(encode(stored, skip=frozenset({"id"}))))
             return replace(stored, id=rowid)
 
         return await self._write(op)
@@ -434,7 +467,7 @@ class SQLiteSessionStore:
     async def list_feedback(self, session_id: str) -> list[Feedback]:
         sql = "SELECT * FROM feedback WHERE session_id = ? ORDER BY id"
         return await self._read(
-            lambda conn: [decode(Feedback, r) for r in rows(conn, sql, (session_id,))]
+            lambda conn: [decode(Feedback, self._open(r)) for r in rows(conn, sql, (session_id,))]
         )
 
     # ------------------------------------------------------------------ retention
@@ -460,13 +493,16 @@ class SQLiteSessionStore:
         await self._db.close()
 
 
-def _slots(conn: sqlite3.Connection, session_id: str) -> dict[str, Slot]:
+_Row = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _slots(conn: sqlite3.Connection, session_id: str, unseal: _Row) -> dict[str, Slot]:
     found = rows(conn, "SELECT * FROM slots WHERE session_id = ? ORDER BY key", (session_id,))
-    return {r["key"]: decode(Slot, r) for r in found}
+    return {r["key"]: decode(Slot, unseal(r)) for r in found}
 
 
-def _upsert_slot(conn: sqlite3.Connection, slot: Slot) -> None:
-    row = encode(slot)
+def _upsert_slot(conn: sqlite3.Connection, slot: Slot, seal: _Row) -> None:
+    row = seal(encode(slot))
     conn.execute(_UPSERT_SLOT, (row["session_id"], row["key"], row["value"], row["updated_at"]))
 
 
@@ -493,10 +529,20 @@ def _make_page(items: list[_Keyed], *, more: bool) -> Page[_Keyed]:
 
 def sqlite_store_opener(
     options: SQLiteStoreOptions | None = None,
+    encryption: EncryptionOptions | None = None,
 ) -> Callable[[Path, str], Awaitable[SQLiteSessionStore]]:
-    """Opens each tenant's SQLite store: what the server gives the tenant registry."""
+    """Opens each tenant's SQLite store: what the server gives the tenant registry. With
+    ``encryption`` the sealed columns are encrypted with the tenant's data key."""
 
     async def open_store(data_dir: Path, tenant: str) -> SQLiteSessionStore:
-        return await SQLiteSessionStore.open(data_dir, tenant, options=options)
+        cipher = None
+        if encryption is not None:
+
+            def load() -> FieldCipher:
+                master = load_master_key(data_dir, encryption)
+                return TenantKeys(data_dir, master).cipher(tenant)
+
+            cipher = await asyncio.to_thread(load)
+        return await SQLiteSessionStore.open(data_dir, tenant, options=options, cipher=cipher)
 
     return open_store
