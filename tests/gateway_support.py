@@ -80,3 +80,21 @@ async def gateway_stack(
     finally:
         for n in started.values():
             await n.drain()
+
+
+async def node_session_count(stack: Stack) -> int:
+    """Sessions stored on all the stack's nodes (asked over their own gRPC API)."""
+    import grpc
+
+    from kefu.v1 import bearer_metadata
+    from kefu.v1 import node_pb2 as pb
+    from kefu.v1 import node_pb2_grpc as pbg
+
+    total = 0
+    for node in stack.nodes.values():
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as ch:
+            reply = await pbg.KefuNodeStub(ch).ListSessions(
+                pb.ListSessionsRequest(page_size=500), metadata=bearer_metadata(DEMO_KEY), timeout=5
+            )
+            total += len(reply.sessions)
+    return total

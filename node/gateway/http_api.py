@@ -17,6 +17,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +27,7 @@ from kefu.node.gateway.conversations import Caller, Conversations
 from kefu.node.gateway.metrics import GatewayMetrics
 from kefu.node.gateway.tracing import Tracer
 
-__all__ = ["CONVERSATIONS", "add_routes", "error_middleware", "read_json"]
+__all__ = ["CONVERSATIONS", "INFO", "RequestInfo", "add_routes", "error_middleware", "read_json"]
 
 log = logging.getLogger("kefu.gateway.access")
 
@@ -34,6 +35,20 @@ CONVERSATIONS: web.AppKey[Conversations] = web.AppKey("conversations", Conversat
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 TRACER: web.AppKey[Tracer] = web.AppKey("tracer", Tracer)
+
+
+@dataclass
+class RequestInfo:
+    """What the middleware and handlers learn about one request (logged, never the text)."""
+
+    request_id: str = ""
+    channel: str = "-"
+    traceparent: str = ""
+    tenant: str = ""
+    cors_ok: bool = False
+
+
+INFO: web.RequestKey[RequestInfo] = web.RequestKey("gateway_request", RequestInfo)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
 IDENTITY_HEADER = "X-Kefu-Identity"
@@ -45,7 +60,8 @@ def _language(request: web.Request) -> str:
 
 
 def json_error(request: web.Request, err: ApiError) -> web.Response:
-    rid = request.get("request_id", "")
+    info = request.get(INFO)
+    rid = info.request_id if info is not None else ""
     return web.json_response(
         err.body(_language(request), rid),
         status=err.status,
@@ -73,11 +89,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     t0 = time.perf_counter()
     rid = request.headers.get("X-Request-Id", "")
-    request["request_id"] = rid if _REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex
-    request["channel"] = "-"
+    info = RequestInfo(request_id=rid if _REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex)
+    request[INFO] = info
     tracer = request.app[TRACER]
     span = tracer.start_request(request.headers.get("traceparent"), request.method, request.path)
-    request["traceparent"] = span.traceparent
+    info.traceparent = span.traceparent
     try:
         resp = await handler(request)
         code = ""
@@ -97,25 +113,25 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     )
     span.end(status=resp.status)
     if not resp.prepared:
-        resp.headers["X-Request-Id"] = request["request_id"]
+        resp.headers["X-Request-Id"] = info.request_id
         resp.headers["traceparent"] = span.traceparent
         origin = request.headers.get("Origin")
-        if origin and request.get("cors_ok"):
+        if origin and info.cors_ok:
             resp.headers["Access-Control-Allow-Origin"] = origin
             resp.headers["Vary"] = "Origin"
-    channel = request["channel"]
+    channel = info.channel
     request.app[METRICS].observe(channel=channel, route=route, status=resp.status, seconds=elapsed)
     log.info(
         "request",
         extra={
             "fields": {
-                "request_id": request["request_id"],
+                "request_id": info.request_id,
                 "trace_id": span.trace_id,
                 "method": request.method,
                 "route": route,
                 "status": resp.status,
                 "code": code,
-                "tenant": request.get("tenant", ""),
+                "tenant": info.tenant,
                 "channel": channel,
                 "latency_ms": round(elapsed * 1000, 2),
             }
@@ -150,19 +166,19 @@ def _ok(data: dict[str, Any], status: int = 200) -> web.Response:
 
 def admit(request: web.Request, *, channel: str | None = None) -> Caller:
     convs = request.app[CONVERSATIONS]
+    info = request[INFO]
     channel = channel or request.query.get("channel", "api")
-    request["channel"] = channel
+    info.channel = channel
     public = request.match_info["public_id"]
     caller = convs.admit(
         public,
         origin=request_origin(request),
         identity_token=request.headers.get(IDENTITY_HEADER) or None,
         channel=channel,
-        request_id=request["request_id"],
-        traceparent=request["traceparent"],
+        request_id=info.request_id,
+        traceparent=info.traceparent,
     )
-    request["tenant"] = caller.tenant.id
-    request["cors_ok"] = True
+    info.tenant, info.cors_ok = caller.tenant.id, True
     return caller
 
 
@@ -206,7 +222,7 @@ async def preflight(request: web.Request) -> web.Response:
 
     if not origin_allowed(origin, tenant.allowed_origins):
         raise ApiError.of("forbidden")
-    request["cors_ok"] = True
+    request[INFO].cors_ok = True
     return web.Response(
         status=204,
         headers={
@@ -221,7 +237,7 @@ async def preflight(request: web.Request) -> web.Response:
 
 
 def _agent_key(request: web.Request) -> str:
-    request["channel"] = "console"
+    request[INFO].channel = "console"
     auth = request.headers.get("Authorization", "")
     scheme, _, key = auth.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():

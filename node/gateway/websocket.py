@@ -39,7 +39,7 @@ from aiohttp import WSMsgType, web
 
 from kefu.node.gateway.answers import ApiError, pick_language
 from kefu.node.gateway.conversations import Caller, Conversations
-from kefu.node.gateway.http_api import CONVERSATIONS, MAX_BODY, METRICS, request_origin
+from kefu.node.gateway.http_api import CONVERSATIONS, INFO, MAX_BODY, METRICS, request_origin
 
 __all__ = ["AGENT_POLL_S", "MAX_SOCKETS", "OPEN_SOCKETS", "chat_socket"]
 
@@ -133,19 +133,20 @@ class _Conversation:
 
 async def chat_socket(request: web.Request) -> web.StreamResponse:
     convs = request.app[CONVERSATIONS]
+    info = request[INFO]
     channel = request.query.get("channel", "web")
-    request["channel"] = channel
+    info.channel = channel
     lang = pick_language(request.query.get("lang"), request.headers.get("Accept-Language"))
     caller = convs.admit(
         request.match_info["public_id"],
         origin=request_origin(request),
         identity_token=request.query.get("identity") or None,
         channel=channel,
-        request_id=request["request_id"],
-        traceparent=request["traceparent"],
+        request_id=info.request_id,
+        traceparent=info.traceparent,
         rate_limited=False,
     )
-    request["tenant"] = caller.tenant.id
+    info.tenant = caller.tenant.id
     open_sockets = request.app[OPEN_SOCKETS]
     if open_sockets[0] >= request.app[MAX_SOCKETS]:
         raise ApiError.of("overloaded", retry_after_s=5.0)

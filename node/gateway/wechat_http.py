@@ -21,7 +21,7 @@ from aiohttp import web
 
 from kefu.node.gateway.answers import ApiError
 from kefu.node.gateway.config import TenantAccess
-from kefu.node.gateway.http_api import CONVERSATIONS, MAX_BODY
+from kefu.node.gateway.http_api import CONVERSATIONS, INFO, MAX_BODY
 from kefu.node.gateway.wechat import (
     TEXT_ONLY,
     Deliveries,
@@ -126,7 +126,7 @@ def _tenant(request: web.Request) -> TenantAccess:
     tenant = request.app[CONVERSATIONS].tenant(request.match_info["public_id"])
     if tenant.wechat is None:
         raise ApiError.of("unknown_tenant")
-    request["tenant"], request["channel"] = tenant.id, "social"
+    request[INFO].tenant, request[INFO].channel = tenant.id, "social"
     return tenant
 
 
@@ -151,8 +151,8 @@ async def _answer(
             origin=None,
             identity_token=None,
             channel="social",
-            request_id=request["request_id"],
-            traceparent=request["traceparent"],
+            request_id=request[INFO].request_id,
+            traceparent=request[INFO].traceparent,
         )
         sid = link.sessions.get(key)
         try:
