@@ -38,7 +38,17 @@ class Stack:
 
 
 def demo_config(tmp: Path) -> Path:
-    return second_tenant(tmp, "demo-shop", DEMO_KEY)
+    """The demo tenant with DEMO_KEY; the node's own rate limit raised out of the way (the
+    gateway's limits are under test)."""
+    path = second_tenant(tmp, "demo-shop", DEMO_KEY)
+    text = path.read_text(encoding="utf-8")
+    old = "  tenant:\n    rate_per_second: 50\n    burst: 200\n"
+    assert old in text
+    path.write_text(
+        text.replace(old, "  tenant:\n    rate_per_second: 100000\n    burst: 100000\n"),
+        encoding="utf-8",
+    )
+    return path
 
 
 async def start_node(tmp: Path, name: str, config: Path, listen: str = "127.0.0.1:0") -> Node:
@@ -98,3 +108,28 @@ async def node_session_count(stack: Stack) -> int:
             )
             total += len(reply.sessions)
     return total
+
+
+def spawn_node(tmp: Path, name: str, port: int) -> Any:
+    """``kefu node run`` as a real child process serving the demo tenant with DEMO_KEY (the
+    caller waits for it through the gateway's health checks)."""
+    import subprocess
+    import sys
+
+    kefu = str(Path(sys.executable).parent / "kefu")
+    return subprocess.Popen(
+        [kefu, "node", "run", "--config", str(demo_config(tmp)), "--data-dir", str(tmp / name),
+         "--listen", f"127.0.0.1:{port}", "--metrics-listen", "", "--log-format", "text"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def wait_until(predicate: Any, timeout: float = 60.0, what: str = "condition") -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
