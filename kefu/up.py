@@ -99,6 +99,7 @@ def _check_ports(args: argparse.Namespace) -> None:
         ("--metrics-listen", args.metrics_listen),
         ("--cp-listen", args.cp_listen),
         ("--order-center-listen", args.order_center_listen),
+        ("--gateway-listen", args.gateway_listen),
     ]
     if args.nats_port:
         wanted.append(("--nats-port", f"127.0.0.1:{args.nats_port}"))
@@ -135,6 +136,23 @@ async def _order_center(data_dir: Path, listen: str) -> AsyncIterator[str]:
     except (ImportError, AttributeError, TypeError, OSError) as exc:
         print(f"kefu up: demo order center not started: {exc}", file=sys.stderr)
         yield ""
+
+
+async def _start_gateway(listen: str, node_port: int, key_file: Path) -> Any:
+    """The access gateway in front of the node (issue 14), or None when ``listen`` is ''."""
+    if not listen:
+        return None
+    from kefu.node.gateway.app import Gateway
+    from kefu.node.gateway.config import GatewayConfig, resolve_gateway
+
+    cfg = GatewayConfig.model_validate(
+        {
+            "listen": listen,
+            "nodes": [{"id": NODE_ID, "address": f"127.0.0.1:{node_port}"}],
+            "tenants": [{"id": TENANT, "api_key_file": str(key_file)}],
+        }
+    )
+    return await Gateway(resolve_gateway(cfg, base=key_file.parent)).start()
 
 
 async def _up(args: argparse.Namespace) -> int:
@@ -218,6 +236,9 @@ async def _up(args: argparse.Namespace) -> int:
                         ) from exc
                     where = f"127.0.0.1:{node.port}"
                     print(f"node {NODE_ID} (region {REGION}) serving {TENANT} on {where}")
+                    gateway = await _start_gateway(args.gateway_listen, node.port, key_file)
+                    if gateway is not None:
+                        print(f"gateway on {gateway.url}; demo page / 演示页面: {gateway.url}/demo")
                     print("\nChat / 对话:")
                     print(f"  kefu chat --target 127.0.0.1:{node.port} --key-file {key_file} -d")
                     print("Control plane / 控制面:")
@@ -235,7 +256,11 @@ async def _up(args: argparse.Namespace) -> int:
                         print("  (not built yet in this version: use `kefu cp nodes` / 尚未提供)")
                     print("Ctrl-C stops everything / 按 Ctrl-C 停止")
                     sys.stdout.flush()
-                    await stop.wait()
+                    try:
+                        await stop.wait()
+                    finally:
+                        if gateway is not None:
+                            await gateway.close()
                     print("kefu up: stopping node, control plane, NATS…", file=sys.stderr)
     finally:
         await asyncio.to_thread(nats.stop)
@@ -262,6 +287,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--order-center-listen",
         default="127.0.0.1:7480",
         help="demo order center HTTP address ('' = off; default %(default)s)",
+    )
+    p.add_argument(
+        "--gateway-listen",
+        default="127.0.0.1:7600",
+        help="access gateway HTTP address: API, WebSocket, /demo ('' = off; default %(default)s)",
     )
     p.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds")
     p.add_argument("--log-format", choices=("json", "text"), default="text")
