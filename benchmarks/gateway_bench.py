@@ -181,6 +181,7 @@ async def throughput(
     make: Callable[[], Paths], name: str, clients: int, seconds: float
 ) -> dict[str, float]:
     done = errors = 0
+    kinds: dict[str, int] = {}
     stop_at = time.monotonic() + seconds
 
     async def client(i: int) -> None:
@@ -192,8 +193,12 @@ async def throughput(
             try:
                 await fn(TEXTS[n % len(TEXTS)])
                 done += 1
-            except (grpc.aio.AioRpcError, RuntimeError, aiohttp.ClientError):
+            except grpc.aio.AioRpcError as exc:
                 errors += 1
+                kinds[exc.code().name] = kinds.get(exc.code().name, 0) + 1
+            except (RuntimeError, aiohttp.ClientError) as exc:
+                errors += 1
+                kinds[str(exc)] = kinds.get(str(exc), 0) + 1
             n += 1
         if p.ws is not None:
             await p.ws.close()
@@ -201,7 +206,7 @@ async def throughput(
     t0 = time.monotonic()
     await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.monotonic() - t0
-    return {"turns_per_s": done / elapsed, "errors": errors, "turns": done}
+    return {"turns_per_s": done / elapsed, "errors": errors, "turns": done, "error_kinds": kinds}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -258,7 +263,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--turns", type=int, default=300)
     p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     res = asyncio.run(run(args))
@@ -275,7 +280,8 @@ def main() -> int:
     clients = f"{args.concurrency} clients × {args.seconds:g} s"
     print(f"throughput, {clients}, node --workers {args.workers}:")
     for name, v in res["throughput"].items():
-        print(f"  {name:12s} {v['turns_per_s']:7.1f} turns/s  ({v['errors']} errors)")
+        kinds = ", ".join(f"{k} {n}" for k, n in v["error_kinds"].items()) or "none"
+        print(f"  {name:12s} {v['turns_per_s']:7.1f} turns/s  ({v['errors']} errors: {kinds})")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2), encoding="utf-8")
     return 0
