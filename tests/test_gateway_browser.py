@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,44 +29,72 @@ pytestmark = [
 ]
 
 
-def drive_widget(url: str, order_number: str, shot: Path) -> list[str]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
+class Browser:
+    """One headless Chromium on the demo page; each method blocks (run it in a thread)."""
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM or "chromium"
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--lang=zh-CN",
-        "--window-size=900,800",
-    ):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(DRIVER or "chromedriver"), options=opts)
-    try:
-        driver.get(f"{url}/demo")
-        wait = WebDriverWait(driver, 30)
-        status = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".kefu-status")))
-        wait.until(lambda d: status.text == "在线")
-        box = driver.find_element(By.CSS_SELECTOR, ".kefu-widget")
+    def __init__(self) -> None:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = CHROMIUM or "chromium"
+        for arg in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--lang=zh-CN",
+            "--window-size=900,800",
+        ):
+            opts.add_argument(arg)
+        self.driver = webdriver.Chrome(service=Service(DRIVER or "chromedriver"), options=opts)
+
+    def _wait(self, cond: Any) -> Any:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        return WebDriverWait(self.driver, 30).until(cond)
+
+    def bubbles(self) -> list[str]:
+        from selenium.webdriver.common.by import By
+
+        return [e.text for e in self.driver.find_elements(By.CSS_SELECTOR, ".kefu-bot")]
+
+    def status(self) -> str:
+        from selenium.webdriver.common.by import By
+
+        return str(self.driver.find_element(By.CSS_SELECTOR, ".kefu-status").text)
+
+    def open_demo(self, url: str) -> None:
+        from selenium.webdriver.common.by import By
+
+        self.driver.get(f"{url}/demo")
+        self._wait(lambda d: d.find_elements(By.CSS_SELECTOR, ".kefu-status"))
+        self._wait(lambda d: self.status() == "在线")
+        box = self.driver.find_element(By.CSS_SELECTOR, ".kefu-widget")
         assert box.get_attribute("role") == "dialog" and box.get_attribute("aria-label")
-        field = driver.find_element(By.CSS_SELECTOR, ".kefu-widget input[name=message]")
+        field = self.driver.find_element(By.CSS_SELECTOR, ".kefu-widget input[name=message]")
         assert field.get_attribute("aria-label") == "消息"
-        assert driver.switch_to.active_element == field  # keyboard focus lands in the input
-        field.send_keys("我的订单什么时候到", Keys.ENTER)
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".kefu-bot")) == 1)
-        field.send_keys(order_number, Keys.ENTER)
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".kefu-bot")) == 2)
-        shot.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(shot))
-        return [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".kefu-bot")]
-    finally:
-        driver.quit()
+        assert self.driver.switch_to.active_element == field  # keyboard focus in the input
+
+    def say(self, text: str) -> str:
+        """Type and press Enter (keyboard only); the new bot bubble."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+
+        n = len(self.bubbles())
+        field = self.driver.find_element(By.CSS_SELECTOR, ".kefu-widget input[name=message]")
+        field.send_keys(text, Keys.ENTER)
+        self._wait(lambda d: len(self.bubbles()) == n + 1)
+        return self.bubbles()[-1]
+
+    def wait_status(self, text: str) -> None:
+        self._wait(lambda d: self.status() == text)
+
+    def screenshot(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.driver.save_screenshot(str(path))
+
+    def quit(self) -> None:
+        self.driver.quit()
 
 
 async def test_demo_page_widget_in_headless_chromium(tmp_path: Path) -> None:
@@ -88,9 +117,29 @@ async def test_demo_page_widget_in_headless_chromium(tmp_path: Path) -> None:
         )
         artifacts = Path(os.environ.get("KEFU_TEST_ARTIFACTS") or ROOT / "test-artifacts")
         shot = artifacts / "gateway-widget.png"
-        async with Gateway(resolve_gateway(cfg, base=tmp_path)) as gw:
-            bubbles = await asyncio.to_thread(drive_widget, gw.url, order, shot)
-    assert "订单号" in bubbles[0]
-    assert order[-4:] in bubbles[1] or "物流" in bubbles[1] or "快递" in bubbles[1], bubbles
-    assert "无法" not in bubbles[1], bubbles  # an answer, not a plugin failure
+        browser = await asyncio.to_thread(Browser)
+        try:
+            gw = await Gateway(resolve_gateway(cfg, base=tmp_path)).start()
+            try:
+                await asyncio.to_thread(browser.open_demo, gw.url)
+                ask = await asyncio.to_thread(browser.say, "我的订单什么时候到")
+                answer = await asyncio.to_thread(browser.say, order)
+                await asyncio.to_thread(browser.screenshot, shot)
+            finally:
+                await gw.close()
+            # The connection drops (gateway restarted); the widget reconnects on its own and
+            # the conversation goes on: the bot still knows the order number.
+            await asyncio.to_thread(browser.wait_status, "连接已断开，正在重连…")
+            restarted = cfg.model_copy(update={"listen": f"127.0.0.1:{gw.port}"})
+            async with Gateway(resolve_gateway(restarted, base=tmp_path)) as gw2:
+                await asyncio.to_thread(browser.wait_status, "在线")
+                again = await asyncio.to_thread(browser.say, "这个订单的物流到哪了")
+                sessions = await stack.tenant_store().list_sessions(limit=10)
+        finally:
+            await asyncio.to_thread(browser.quit)
+    assert "订单号" in ask
+    assert order in answer and "无法" not in answer, answer  # an answer, not a failure
+    assert "订单号" not in again, again  # the order number was remembered
+    assert len(sessions.items) == 1  # one conversation across the reconnect
     assert shot.stat().st_size > 1000
+    assert gw2.port == gw.port

@@ -29,7 +29,13 @@ from kefu.node.gateway.metrics import GatewayMetrics
 from kefu.node.gateway.node_links import NodeLinks
 from kefu.node.gateway.routing import NodePool
 from kefu.node.gateway.tracing import Tracer
-from kefu.node.gateway.websocket import AGENT_POLL_S, MAX_SOCKETS, OPEN_SOCKETS, chat_socket
+from kefu.node.gateway.websocket import (
+    AGENT_POLL_S,
+    MAX_SOCKETS,
+    OPEN_SOCKETS,
+    chat_socket,
+    close_sockets,
+)
 
 __all__ = ["Gateway", "build_app"]
 
@@ -93,7 +99,8 @@ def build_app(
     app[MAX_BODY] = max_body
     app[MAX_SOCKETS] = max_sockets
     app[AGENT_POLL_S] = agent_poll_s
-    app[OPEN_SOCKETS] = [0]
+    app[OPEN_SOCKETS] = set()
+    app.on_shutdown.append(close_sockets)
     add_routes(app)
     app.router.add_get("/v1/chat/{public_id}/ws", chat_socket)
     app.router.add_get("/v1/openapi.json", _openapi)

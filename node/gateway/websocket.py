@@ -35,19 +35,19 @@ import json
 import logging
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from kefu.node.gateway.answers import ApiError, pick_language
 from kefu.node.gateway.conversations import Caller, Conversations
 from kefu.node.gateway.http_api import CONVERSATIONS, INFO, MAX_BODY, METRICS, request_origin
 
-__all__ = ["AGENT_POLL_S", "MAX_SOCKETS", "OPEN_SOCKETS", "chat_socket"]
+__all__ = ["AGENT_POLL_S", "MAX_SOCKETS", "OPEN_SOCKETS", "chat_socket", "close_sockets"]
 
 log = logging.getLogger("kefu.gateway.ws")
 
 AGENT_POLL_S: web.AppKey[float] = web.AppKey("agent_poll_s", float)
 MAX_SOCKETS: web.AppKey[int] = web.AppKey("max_sockets", int)
-OPEN_SOCKETS: web.AppKey[list[int]] = web.AppKey("open_sockets", list)
+OPEN_SOCKETS: web.AppKey[set[Any]] = web.AppKey("open_sockets", set)
 
 
 class _Conversation:
@@ -131,6 +131,13 @@ class _Conversation:
                 await self.send({"type": "status", "status": view["status"]})
 
 
+async def close_sockets(app: web.Application) -> None:
+    """On shutdown: tell every client we are going away (the widget reconnects elsewhere)."""
+    sockets: set[Any] = app[OPEN_SOCKETS]
+    for ws in list(sockets):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway restarting")
+
+
 async def chat_socket(request: web.Request) -> web.StreamResponse:
     convs = request.app[CONVERSATIONS]
     info = request[INFO]
@@ -148,11 +155,11 @@ async def chat_socket(request: web.Request) -> web.StreamResponse:
     )
     info.tenant = caller.tenant.id
     open_sockets = request.app[OPEN_SOCKETS]
-    if open_sockets[0] >= request.app[MAX_SOCKETS]:
+    if len(open_sockets) >= request.app[MAX_SOCKETS]:
         raise ApiError.of("overloaded", retry_after_s=5.0)
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=request.app[MAX_BODY])
     await ws.prepare(request)
-    open_sockets[0] += 1
+    open_sockets.add(ws)
     gauge = request.app[METRICS].websockets.labels(channel)
     gauge.inc()
     conv = _Conversation(ws, convs, caller, lang)
@@ -195,6 +202,6 @@ async def chat_socket(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(asyncio.CancelledError):
             await pusher
         conv.close()
-        open_sockets[0] -= 1
+        open_sockets.discard(ws)
         gauge.dec()
     return ws
