@@ -139,6 +139,7 @@ SHARED = (
     "kefu.bundle",
     "kefu.keys",
     "kefu.lazy",
+    "kefu.logformat",
     "kefu.config.*",
     "kefu.v1.*",
 )
