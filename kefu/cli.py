@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_model(sub)
     register_node(sub)
+    from kefu.node.gateway.cli import register as register_gateway
+
+    register_gateway(sub)
     register_demo(sub)
     from kefu.control_plane.cli import register as register_control_plane
     from kefu.up import register as register_up

@@ -80,6 +80,7 @@ def _pki_plan() -> list[tuple[str, Any, list[str]]]:
         ("nats", Role.NATS, local),
         ("control-plane", Role.CONTROL_PLANE, here),
         (NODE_ID, Role.NODE, here),
+        ("gateway", Role.GATEWAY, here),
     ]
 
 
@@ -160,6 +161,7 @@ def _check_ports(args: argparse.Namespace) -> None:
         ("--metrics-listen", args.metrics_listen),
         ("--cp-listen", args.cp_listen),
         ("--order-center-listen", args.order_center_listen),
+        ("--gateway-listen", args.gateway_listen),
     ]
     if args.nats_port:
         wanted.append(("--nats-port", f"127.0.0.1:{args.nats_port}"))
@@ -196,6 +198,25 @@ async def _order_center(data_dir: Path, listen: str) -> AsyncIterator[str]:
     except (ImportError, AttributeError, TypeError, OSError) as exc:
         print(f"kefu up: demo order center not started: {exc}", file=sys.stderr)
         yield ""
+
+
+async def _start_gateway(listen: str, node_port: int, key_file: Path, tls: Any) -> Any:
+    """The access gateway in front of the node (issue 14), or None when ``listen`` is ''."""
+    if not listen:
+        return None
+    from kefu.node.gateway.app import Gateway
+    from kefu.node.gateway.config import GatewayConfig, resolve_gateway
+
+    cfg = GatewayConfig.model_validate(
+        {
+            "listen": listen,
+            "nodes": [{"id": NODE_ID, "address": f"127.0.0.1:{node_port}"}],
+            "tenants": [{"id": TENANT, "api_key_file": str(key_file)}],
+            # TLS to the node with the gateway's own certificate (mutual-TLS ready).
+            "node_tls": tls.to_dict() if tls is not None else None,
+        }
+    )
+    return await Gateway(resolve_gateway(cfg, base=key_file.parent)).start()
 
 
 async def _up(args: argparse.Namespace) -> int:
@@ -307,6 +328,11 @@ async def _up(args: argparse.Namespace) -> int:
                         ) from exc
                     where = f"127.0.0.1:{node.port}"
                     print(f"node {NODE_ID} (region {REGION}) serving {TENANT} on {where}")
+                    gateway = await _start_gateway(
+                        args.gateway_listen, node.port, key_file, certs.get("gateway")
+                    )
+                    if gateway is not None:
+                        print(f"gateway on {gateway.url}; demo page / 演示页面: {gateway.url}/demo")
                     print("\nChat / 对话:")
                     ca_flag = ""
                     found = find_ca(None)
@@ -331,7 +357,11 @@ async def _up(args: argparse.Namespace) -> int:
                         print("  (not built yet in this version: use `kefu cp nodes` / 尚未提供)")
                     print("Ctrl-C stops everything / 按 Ctrl-C 停止")
                     sys.stdout.flush()
-                    await stop.wait()
+                    try:
+                        await stop.wait()
+                    finally:
+                        if gateway is not None:
+                            await gateway.close()
                     print("kefu up: stopping node, control plane, NATS…", file=sys.stderr)
     finally:
         if renewing is not None:
@@ -361,6 +391,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--order-center-listen",
         default="127.0.0.1:7480",
         help="demo order center HTTP address ('' = off; default %(default)s)",
+    )
+    p.add_argument(
+        "--gateway-listen",
+        default="127.0.0.1:7600",
+        help="access gateway HTTP address: API, WebSocket, /demo ('' = off; default %(default)s)",
     )
     p.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds")
     p.add_argument("--log-format", choices=("json", "text"), default="text")

@@ -5,6 +5,7 @@
     kefu-node version [--json]
     kefu-node check-config FILE [FILE ...]
     kefu-node chat [--target H:P] [--key-file F] [--text T ...] [-d]
+    kefu-node gateway [--config gateway.yaml] [--listen H:P] [--node ID=H:P ...]
     kefu-node install [--root DIR] [--no-start] ...
     kefu-node uninstall [--root DIR] [--purge]
 
@@ -330,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("chat", help="try a node: send messages, print the replies")
     add_chat_arguments(t, key_dir="/var/lib/kefu")
     t.set_defaults(handler=cmd_chat)
+
+    from kefu.node.gateway.cli import add_run_arguments
+
+    add_run_arguments(
+        sub.add_parser("gateway", help="the access gateway in front of the region's nodes")
+    )
 
     i = sub.add_parser("install", help="install as a system service (user, dirs, config, unit)")
     _common_install_args(i)

@@ -9,6 +9,15 @@ python -m pip install -q --upgrade pip
 # The CPU build of torch first: an open range would pull a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e '.[train,dev]'
+# Headless Chromium for the web widget's browser test (tests/test_gateway_browser.py), from
+# Debian's packages; as root (CI) it is required, elsewhere the test skips without it.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null
+  fi
+fi
+if [ "$(id -u)" = 0 ]; then export KEFU_REQUIRE_BROWSER=1; fi
 ruff check .
 # The layer contracts (kefu/dev/layers.py): fails on a forbidden import or an import cycle.
 python -m kefu.dev.layers

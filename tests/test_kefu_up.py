@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,8 @@ def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> N
             "--cp-listen",
             "127.0.0.1:0",
             "--order-center-listen",
+            "127.0.0.1:0",
+            "--gateway-listen",
             "127.0.0.1:0",
         ],
         until="Ctrl-C",
@@ -79,6 +83,18 @@ def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> N
         conf = (data / "nats" / "nats-server.conf").read_text(encoding="utf-8")
         assert '"verify_and_map": true' in conf and "password" not in conf
         assert "password" not in (data / "nats" / "creds" / "local-1.json").read_text()
+        # The access gateway in front of the node: the demo page, and a message through it.
+        demo = re.search(r"demo page / 演示页面: (http://\S+)/demo", out)
+        assert demo, out
+        with urllib.request.urlopen(f"{demo[1]}/demo", timeout=10) as page:
+            assert page.status == 200 and b"kefu-widget.js" in page.read()
+        req = urllib.request.Request(
+            f"{demo[1]}/v1/chat/demo-shop/messages",
+            data=json.dumps({"text": "how do i get a VAT invoice?"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as answer:
+            assert json.loads(answer.read())["intent"] == "invoice"
         assert (os.stat(chat[2]).st_mode & 0o777) == 0o600
         # Conversations: the data directory 0700, the tenant's database and its WAL 0600.
         assert data.stat().st_mode & 0o777 == 0o700
@@ -126,7 +142,8 @@ def test_kefu_up_serves_the_demo_tenant_and_stops_on_ctrl_c(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    "flag", ["--order-center-listen", "--cp-listen", "--listen", "--metrics-listen"]
+    "flag",
+    ["--order-center-listen", "--cp-listen", "--listen", "--metrics-listen", "--gateway-listen"],
 )
 def test_kefu_up_names_the_flag_when_a_port_is_busy(tmp_path: Path, flag: str) -> None:
     """Every port `kefu up` binds is settable; a busy one is a clear error naming its flag."""
@@ -139,6 +156,7 @@ def test_kefu_up_names_the_flag_when_a_port_is_busy(tmp_path: Path, flag: str) -
             "--metrics-listen": "",
             "--cp-listen": "127.0.0.1:0",
             "--order-center-listen": "127.0.0.1:0",
+            "--gateway-listen": "127.0.0.1:0",
         }
         ports[flag] = busy
         args = [a for kv in ports.items() for a in kv]

@@ -14,6 +14,7 @@ import os
 import sqlite3
 import subprocess
 import tarfile
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -127,6 +128,26 @@ def test_serves_zh_and_en_then_stops_cleanly_on_sigterm(binary: Path, tmp_path: 
         )
         assert turns == 3
         assert metric_value(text, "kefu_admission_in_flight") == 0
+        # The access gateway from the same binary, in front of this node.
+        gw, gw_out = start(
+            [str(binary), "gateway", "--node", f"local-1=127.0.0.1:{port}", "--tenant",
+             "demo-shop", "--key-file", str(data / "demo-shop.key"), "--listen", "127.0.0.1:0"],
+            until="kefu gateway on",
+        )  # fmt: skip
+        try:
+            url = gw_out.split("kefu gateway on ", 1)[1].split()[0]
+            with urllib.request.urlopen(f"{url}/demo", timeout=10) as page:
+                assert b"kefu-widget.js" in page.read()
+            req = urllib.request.Request(
+                f"{url}/v1/chat/demo-shop/messages",
+                data=json.dumps({"text": "how do i get a VAT invoice?"}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=30) as answer:
+                assert json.loads(answer.read())["intent"] == "invoice"
+        finally:
+            gw.send_signal(signal.SIGTERM)
+            assert gw.wait(timeout=30) == 0
     finally:
         rc, err = stop_process(proc)
     assert rc == 0, err
@@ -140,7 +161,7 @@ def test_serves_zh_and_en_then_stops_cleanly_on_sigterm(binary: Path, tmp_path: 
     texts = [r[0] for r in db.execute("select text from turns order by session_id, seq")]
     db.close()
     assert "我的订单什么时候到" in texts and "I want to return my shoes" in texts
-    assert len(texts) == 6  # customer + bot, three times
+    assert len(texts) == 8  # customer + bot, four times (once through the gateway)
 
 
 def test_install_into_a_temporary_root(binary: Path, tmp_path: Path) -> None:

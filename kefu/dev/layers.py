@@ -12,6 +12,8 @@ checks, without importing anything:
 * **direction**: each rule of :data:`FORBIDDEN` — ``control_plane`` never imports ``node``,
   ``tui`` talks to the control plane only through ``tui.client``, ``models`` imports nothing of
   ``node``/``control_plane``, the shared ``kefu`` core imports no package built on it;
+* **the gateway** (``kefu.node.gateway``) imports none of the node's internals: it reaches
+  nodes only through their gRPC API (``kefu.v1``);
 * **no import cycles** between project modules.
 
 Imports under ``if TYPE_CHECKING:`` are not imports at run time and are ignored; imports inside
@@ -87,6 +89,13 @@ PURE = (
     "kefu.control_plane.lease",
     "kefu.control_plane.rollout_plan",
     "kefu.models.gate",
+    "kefu.node.gateway.routing",
+    "kefu.node.gateway.answers",
+    "kefu.node.gateway.identity",
+    "kefu.node.gateway.traffic",
+    "kefu.node.gateway.wechat",
+    "kefu.node.gateway.views",
+    "kefu.node.gateway.tracing",
 )
 
 #: Services: orchestrate the core through seams; never reach for an adapter.
@@ -94,6 +103,7 @@ SERVICES = (
     "kefu.node.dialog.conversation",
     "kefu.node.dialog.tasks",
     "kefu.node.dialog.tenant",
+    "kefu.node.gateway.conversations",
 )
 
 #: Adapters: gRPC, SQLite, onnxruntime, HTTP, NATS, processes, the command lines.
@@ -112,6 +122,13 @@ ADAPTERS = (
     "kefu.node.bootstrap",
     "kefu.node.install",
     "kefu.models.runtime",
+    "kefu.node.gateway.node_links",
+    "kefu.node.gateway.http_api",
+    "kefu.node.gateway.websocket",
+    "kefu.node.gateway.wechat_http",
+    "kefu.node.gateway.metrics",
+    "kefu.node.gateway.app",
+    "kefu.node.gateway.cli",
 )
 
 #: The shared core every package builds on (composition roots kefu.cli, kefu.up, kefu.dev and
@@ -131,6 +148,7 @@ SHARED = (
     "kefu.pki",
     "kefu.certstore",
     "kefu.tls",
+    "kefu.logformat",
     "kefu.config.*",
     "kefu.v1.*",
 )
@@ -155,6 +173,20 @@ FORBIDDEN: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], str], 
         ("kefu.node.*", "kefu.control_plane.*", "kefu.tui.*", "kefu.models.*", "kefu.dev.*"),
         (),
         "the shared kefu core imports no package built on it",
+    ),
+    (
+        ("kefu.node.gateway.*",),
+        (
+            "kefu.node.dialog.*",
+            "kefu.node.nlu.*",
+            "kefu.node.sessions.*",
+            "kefu.node.serving.*",
+            "kefu.node.agent.*",
+            "kefu.node.bootstrap",
+            "kefu.node.tenants.*",
+        ),
+        (),
+        "the gateway talks to nodes only through their gRPC API (kefu.v1)",
     ),
     (SERVICES, ADAPTERS, (), "services never import adapters"),
     (PURE, ADAPTERS + SERVICES, (), "the pure core imports no service or adapter"),

@@ -9,32 +9,20 @@ exception text. Conversation text itself is never logged by the node, only ids a
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TextIO
 
+from kefu.logformat import JsonFormatter as BaseJsonFormatter
 from kefu.node.nlu.redaction import RedactingFilter, redact
 
 __all__ = ["JsonFormatter", "configure_logging"]
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            # Field values are redacted too: a caller may pass a user id that is a phone number.
-            entry.update({k: redact(v) if isinstance(v, str) else v for k, v in fields.items()})
-        if record.exc_text or record.exc_info:
-            entry["error"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
-        return json.dumps(entry, ensure_ascii=False, default=str)
+class JsonFormatter(BaseJsonFormatter):
+    def clean(self, value: str) -> str:
+        # Field values are redacted too: a caller may pass a user id that is a phone number.
+        return redact(value)
 
 
 def configure_logging(

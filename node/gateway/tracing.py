@@ -1,0 +1,77 @@
+"""W3C Trace Context at the gateway: a request's ``traceparent`` is accepted (or a trace
+started), the gateway's span becomes the parent of the node call (the header travels to the
+node as gRPC metadata ``traceparent``) and is returned to the client. Pure.
+
+Spans are kept by a :class:`SpanSink` when one is set (tests collect them in memory); an
+OpenTelemetry/OTLP exporter is not wired yet (see docs/gateway.md).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+
+__all__ = ["Span", "SpanSink", "Tracer", "parse_traceparent"]
+
+_TP = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:
+    """(trace id, parent span id, flags) of a valid version-00 header; None otherwise."""
+    m = _TP.fullmatch((value or "").strip().lower())
+    if m is None or m.group(1) == "0" * 32 or m.group(2) == "0" * 16:
+        return None
+    return m.group(1), m.group(2), m.group(3)
+
+
+@dataclass
+class Span:
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str
+    flags: str = "01"
+    start: float = field(default_factory=time.time)
+    end_time: float = 0.0
+    attributes: dict[str, object] = field(default_factory=dict)
+    sink: SpanSink | None = None
+
+    @property
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
+
+    def end(self, **attributes: object) -> None:
+        self.attributes.update(attributes)
+        self.end_time = time.time()
+        if self.sink is not None:
+            self.sink.spans.append(self)
+
+
+@dataclass
+class SpanSink:
+    """Finished spans, newest last (bounded)."""
+
+    max_spans: int = 10_000
+    spans: list[Span] = field(default_factory=list)
+
+
+@dataclass
+class Tracer:
+    sink: SpanSink | None = None
+
+    def start_request(self, traceparent: str | None, method: str, path: str) -> Span:
+        parsed = parse_traceparent(traceparent)
+        trace_id, parent, flags = parsed or (secrets.token_hex(16), "", "01")
+        if self.sink is not None and len(self.sink.spans) >= self.sink.max_spans:
+            del self.sink.spans[: self.sink.max_spans // 2]
+        return Span(
+            name=f"gateway {method}",
+            trace_id=trace_id,
+            span_id=secrets.token_hex(8),
+            parent_id=parent,
+            flags=flags,
+            attributes={"http.method": method, "http.target": path},
+            sink=self.sink,
+        )
