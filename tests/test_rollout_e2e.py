@@ -2,8 +2,9 @@
 2 nodes): a rollout of a new intent-model version steps through two waves (half of r1, then
 all of r1 and r2) and two weights, and is promoted. At each step, over >= 400 new sessions on
 the wave's nodes, the canary's share is within the binomial 99 % interval of the nodes'
-weights; nodes outside the wave serve only the baseline; a widening never moves a session;
-and, read back with GetSession over every session, no session's turns used two versions.
+weights (a miss draws one fresh sample); nodes outside the wave serve only the baseline; a
+widening never moves a session; and, read back with GetSession over every session, no
+session's turns used two versions.
 
 The controller runs in the test with a clock the test moves forward past each step's bake
 time, so the test waits for convergence, never for wall-clock bake time.
@@ -172,24 +173,35 @@ async def test_rollout_across_two_regions_of_node_processes(
                     assert version == first_version[sid], (wave, step, sid)
                 per_node = math.ceil(PER_STEP / len(weights))
                 outside = [n for n in ports if n not in weights]
-                batches = await asyncio.gather(
-                    *(asyncio.to_thread(_new_sessions, ports[n], key, per_node) for n in weights),
-                    *(asyncio.to_thread(_new_sessions, ports[n], key, 20) for n in outside),
-                )
                 previous = []
-                hits, mean, var = 0, 0.0, 0.0
-                for node, batch in zip([*weights, *outside], batches, strict=True):
-                    for sid, version in batch:
-                        first_version[sid], where[sid] = version, node
-                        previous.append(sid)
-                        assert version in (baseline, CANARY)
-                        if node in outside:
-                            assert version == baseline, (node, wave, step)
-                            continue
-                        p = weights[node]
-                        hits += version == CANARY
-                        mean, var = mean + p, var + p * (1 - p)
-                assert abs(hits - mean) <= 2.576 * math.sqrt(var), (wave, step, hits, mean)
+                # A correct split misses a 99 % interval one time in a hundred; over four steps
+                # that is a flaky test. So a miss draws one fresh sample, and the step fails
+                # only if both miss (1 in 10,000 when the weights are right).
+                misses = []
+                for _attempt in range(2):
+                    batches = await asyncio.gather(
+                        *(
+                            asyncio.to_thread(_new_sessions, ports[n], key, per_node)
+                            for n in weights
+                        ),
+                        *(asyncio.to_thread(_new_sessions, ports[n], key, 20) for n in outside),
+                    )
+                    hits, mean, var = 0, 0.0, 0.0
+                    for node, batch in zip([*weights, *outside], batches, strict=True):
+                        for sid, version in batch:
+                            first_version[sid], where[sid] = version, node
+                            previous.append(sid)
+                            assert version in (baseline, CANARY)
+                            if node in outside:
+                                assert version == baseline, (node, wave, step)
+                                continue
+                            p = weights[node]
+                            hits += version == CANARY
+                            mean, var = mean + p, var + p * (1 - p)
+                    if abs(hits - mean) <= 2.576 * math.sqrt(var):
+                        break
+                    misses.append((hits, mean))
+                assert len(misses) < 2, (wave, step, misses)
                 offset[0] += BAKE_S + 1  # the step has baked
                 ctl.kick()
             deadline = time.monotonic() + 60
