@@ -146,8 +146,8 @@ def test_serves_zh_and_en_then_stops_cleanly_on_sigterm(binary: Path, tmp_path: 
             with urllib.request.urlopen(req, timeout=30) as answer:
                 assert json.loads(answer.read())["intent"] == "invoice"
         finally:
-            gw.send_signal(signal.SIGTERM)
-            assert gw.wait(timeout=30) == 0
+            gw_rc, gw_err = stop_process(gw)
+            assert gw_rc == 0, gw_err
     finally:
         rc, err = stop_process(proc)
     assert rc == 0, err
