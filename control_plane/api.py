@@ -388,6 +388,7 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
             models=dict(req.models),
             scenario_models={k: dict(v.models) for k, v in req.scenario_models.items()},
             config_version=req.config_version if req.HasField("config_version") else None,
+            remove=list(req.remove),
             actor=_actor(ctx),
         )
         return assignment_msg(a)

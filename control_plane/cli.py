@@ -362,7 +362,11 @@ def _assign(pb: Any, a: argparse.Namespace) -> Any:
             ) from exc
         scenario.setdefault(sc, pb.ScenarioModels()).models[slot] = ref
     req = pb.AssignRequest(
-        tenant=a.tenant, region=a.region, models=models, scenario_models=scenario
+        tenant=a.tenant,
+        region=a.region,
+        models=models,
+        scenario_models=scenario,
+        remove=a.remove or [],
     )
     if a.config_version is not None:
         req.config_version = a.config_version
@@ -555,6 +559,12 @@ def _add_args(path: tuple[str, ...], p: argparse.ArgumentParser) -> None:
         )
         p.add_argument(
             "--scenario-model", action="append", help="SCENARIO:SLOT=MODEL@VERSION (repeatable)"
+        )
+        p.add_argument(
+            "--remove",
+            action="append",
+            metavar="SLOT|SCENARIO[:SLOT]",
+            help="take away a model slot, a scenario's pins or one pin (repeatable)",
         )
     if path in (("assignments",), ("audit",), ("telemetry",)):
         p.add_argument("--tenant")

@@ -24,6 +24,7 @@ The rules:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -171,7 +172,8 @@ def _first_error(exc: ValueError) -> str:
 
 
 def _ts(now: float) -> str:
-    return f"@{now:.0f}"
+    """UTC, so every replica and every operator reads the same time."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
 
 
 def _moved(ro: Rollout, now: float, by: str, reason: str, **update: object) -> Rollout:

@@ -172,10 +172,13 @@ class ControlPlane(RolloutOps):
         models: dict[str, str] | None = None,
         scenario_models: dict[str, dict[str, str]] | None = None,
         config_version: int | None = None,
+        remove: list[str] | None = None,
         actor: str,
     ) -> Assignment:
         """Set what a tenant runs in a region; unnamed slots keep their current assignment.
-        ``name`` without ``@version`` means that model's newest published version."""
+        ``name`` without ``@version`` means that model's newest published version. ``remove``
+        names what to take away first: a model slot, a scenario (all its pins) or
+        ``scenario:slot`` (one pin); naming something not assigned is an error."""
         pinned = [r for pins in (scenario_models or {}).values() for r in pins.values()]
         for ref in [*(models or {}).values(), *pinned]:
             VersionRef.parse(ref)  # a bad name is the caller's mistake, before any lookup
@@ -201,7 +204,7 @@ class ControlPlane(RolloutOps):
             )
 
         def change(old: Assignment | None) -> Assignment:
-            base = old or Assignment(tenant=tenant, region=region)
+            base = (old or Assignment(tenant=tenant, region=region)).without(remove or [])
             return base.model_copy(
                 update={
                     "models": {**base.models, **resolved},

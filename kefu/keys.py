@@ -133,26 +133,60 @@ def load_public_key(path: Path) -> PublicKey:
 
 
 class TrustStore:
-    """The set of public keys whose signatures a loader accepts."""
+    """The set of public keys whose signatures a loader accepts.
+
+    A store made by :meth:`from_paths` follows its files: a key added to (or removed from) a
+    trusted-keys directory counts from the next lookup, so trusting a new signer needs no
+    restart of a running control plane or node."""
 
     def __init__(self, keys: Iterable[PublicKey] = ()):
-        self._keys: dict[str, PublicKey] = {k.key_id: k for k in keys}
+        self._added: dict[str, PublicKey] = {k.key_id: k for k in keys}
+        self._loaded: dict[str, PublicKey] = {}
+        self._paths: list[Path] = []
+        self._optional: list[Path] = []
+        self._seen: tuple[tuple[str, int], ...] = ()
 
     @classmethod
-    def from_paths(cls, paths: Iterable[Path]) -> TrustStore:
-        """Load ``*.pub`` files; a directory contributes every ``*.pub`` inside it."""
-        keys: list[PublicKey] = []
-        for p in paths:
+    def from_paths(cls, paths: Iterable[Path], *, optional_dirs: Iterable[Path] = ()) -> TrustStore:
+        """Load ``*.pub`` files; a directory contributes every ``*.pub`` inside it. A missing
+        path is an error, except ``optional_dirs``, which count once they exist."""
+        store = cls()
+        store._paths = list(paths)
+        store._optional = list(optional_dirs)
+        store._refresh()
+        return store
+
+    def _files(self) -> list[Path]:
+        files: list[Path] = []
+        for p in self._paths:
             if p.is_dir():
-                keys.extend(load_public_key(f) for f in sorted(p.glob("*.pub")))
+                files.extend(sorted(p.glob("*.pub")))
             elif p.exists():
-                keys.append(load_public_key(p))
+                files.append(p)
             else:
                 raise KeyError_(f"{p}: trusted key file not found")
-        return cls(keys)
+        for d in self._optional:
+            files.extend(sorted(d.glob("*.pub")) if d.is_dir() else [])
+        return files
+
+    def _refresh(self) -> None:
+        """Re-read the key files when any of them (or a directory's listing) changed."""
+        if not (self._paths or self._optional):
+            return
+        files = self._files()
+        dirs = [p for p in (*self._paths, *self._optional) if p.is_dir()]
+        seen = tuple((str(f), f.stat().st_mtime_ns) for f in (*files, *dirs))
+        if seen != self._seen:
+            self._loaded = {k.key_id: k for k in map(load_public_key, files)}
+            self._seen = seen
+
+    @property
+    def _keys(self) -> dict[str, PublicKey]:
+        self._refresh()
+        return {**self._loaded, **self._added}
 
     def add(self, key: PublicKey) -> None:
-        self._keys[key.key_id] = key
+        self._added[key.key_id] = key
 
     def get(self, key_id: str) -> PublicKey | None:
         return self._keys.get(key_id)

@@ -263,6 +263,28 @@ class Assignment(_Doc):
     updated_at: float = Field(default_factory=now)
     updated_by: str = ""
 
+    def without(self, names: list[str]) -> Assignment:
+        """A copy with model slots (``slot``), scenarios' pins (``scenario``) or single pins
+        (``scenario:slot``) taken away; a name that is not assigned raises WireError."""
+        models = dict(self.models)
+        pins = {sc: dict(slots) for sc, slots in self.scenario_models.items()}
+        for name in names:
+            scenario, _, slot = name.partition(":")
+            if slot and slot in pins.get(scenario, {}):
+                del pins[scenario][slot]
+                if not pins[scenario]:
+                    del pins[scenario]
+            elif not slot and name in models:
+                del models[name]
+            elif not slot and name in pins:
+                del pins[name]
+            else:
+                raise WireError(
+                    f"{name!r} is not assigned to {self.tenant} in {self.region}: nothing to "
+                    f"remove / 该区域未分配 {name!r}，无可移除"
+                )
+        return self.model_copy(update={"models": models, "scenario_models": pins})
+
 
 class CanarySplit(_Doc):
     """The sticky in-node split a region's desired document carries while a rollout runs.

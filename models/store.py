@@ -182,13 +182,14 @@ class ModelStore:
 
 
 def trust_for(data: Path, extra: list[str] | None = None) -> TrustStore:
-    """Trusted keys: ``<data>/trusted-keys/*.pub``, the shipped release key, ``$KEFU_TRUSTED_KEYS``
-    (``:``-separated) and any ``--trust`` files."""
-    paths = [data / "trusted-keys", shipped_dir()]
+    """Trusted keys: ``<data>/trusted-keys/*.pub`` (followed: a key added there later counts),
+    the shipped release key, ``$KEFU_TRUSTED_KEYS`` (``:``-separated) and any ``--trust``
+    files."""
+    paths = [shipped_dir()]
     env = os.environ.get("KEFU_TRUSTED_KEYS", "")
-    paths += [Path(p) for p in env.split(":") if p]
+    paths += [Path(p) for p in env.split(":") if p and Path(p).exists()]
     paths += [Path(p) for p in extra or []]
-    return TrustStore.from_paths(p for p in paths if p.exists() or p in map(Path, extra or []))
+    return TrustStore.from_paths(paths, optional_dirs=[data / "trusted-keys"])
 
 
 def default_version() -> str:

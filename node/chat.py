@@ -86,11 +86,13 @@ async def _chat(args: argparse.Namespace, key_dir: Path) -> int:
             session = reply.session_id
             print(f"bot> {reply.text}")
             if args.verbose_reply:
+                model = reply.model_versions.get("intent", "")
                 print(
                     f"     [{reply.language} intent={reply.intent} {reply.confidence:.2f} "
                     f"sentiment={reply.sentiment.label} scenario={reply.scenario}"
                     f"{' handoff=' + reply.handoff_reason if reply.handoff else ''}"
-                    f" {reply.server_latency_us / 1000:.1f} ms]"
+                    f" {reply.server_latency_us / 1000:.1f} ms"
+                    f"{' ' + model if model else ''}]"
                 )
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from kefu.bundle import Manifest, pack, sign_bundle, unpack, verify_bundle
 from kefu.errors import BundleError, SignatureError
-from kefu.keys import TrustStore, generate_keypair, load_public_key, load_signing_key
+from kefu.keys import KeyError_, TrustStore, generate_keypair, load_public_key, load_signing_key
 
 
 def test_keys_roundtrip_and_private_key_mode(tmp_path: Path) -> None:
@@ -80,6 +80,26 @@ def test_resigning_with_another_key_and_trusting_it(bundle_copy: Path, tmp_path:
     sign_bundle(bundle_copy, other)
     m = verify_bundle(bundle_copy, TrustStore([other.public]))
     assert m.name == "tiny-intent"
+
+
+def test_a_trust_directory_is_followed_without_a_restart(bundle_copy: Path, tmp_path: Path) -> None:
+    """A running control plane or node trusts a signer whose key is added to trusted-keys later
+    (even when the directory did not exist at start), and stops trusting a removed one."""
+    signer = generate_keypair(tmp_path / "k", "team")
+    sign_bundle(bundle_copy, signer)
+    trusted = tmp_path / "data" / "trusted-keys"
+    store = TrustStore.from_paths([], optional_dirs=[trusted])
+    with pytest.raises(SignatureError, match="not among the 0 trusted key"):
+        verify_bundle(bundle_copy, store)
+    trusted.mkdir(parents=True)
+    pub = trusted / "team.pub"
+    pub.write_bytes((tmp_path / "k" / "team.pub").read_bytes())
+    assert verify_bundle(bundle_copy, store).name == "tiny-intent"
+    pub.unlink()
+    with pytest.raises(SignatureError, match="not among"):
+        verify_bundle(bundle_copy, store)
+    with pytest.raises(KeyError_, match="not found"):
+        TrustStore.from_paths([tmp_path / "missing.pub"])
 
 
 def test_sign_refuses_a_bundle_whose_files_do_not_match(bundle_copy: Path, signing_key) -> None:  # type: ignore[no-untyped-def]

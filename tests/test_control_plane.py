@@ -44,6 +44,7 @@ from kefu.wire import (
     Lease,
     ModelVersion,
     TenantRecord,
+    WireError,
     desired_bucket,
     digest,
 )
@@ -181,6 +182,30 @@ async def test_api_keys_issued_once_stored_hashed_and_revoked(mem_cp: ControlPla
     assert key not in rec.model_dump_json() and len(rec.active_key_hashes()) == 1
     rec = await mem_cp.revoke_key("acme", key_id, actor=ACTOR)
     assert rec.active_key_hashes() == []
+
+
+async def test_assign_removes_slots_and_pins(mem_cp: ControlPlane) -> None:
+    await seed_demo(mem_cp, "r1")
+    a = await mem_cp.assign(
+        "demo-shop",
+        "r1",
+        scenario_models={
+            "logistics": {"intent": "demo-shop-intent"},
+            "returns": {"intent": "demo-shop-intent"},
+        },
+        actor=ACTOR,
+    )
+    assert set(a.scenario_models) == {"logistics", "returns"}
+    a = await mem_cp.assign(
+        "demo-shop", "r1", remove=["logistics:intent", "sentiment"], actor=ACTOR
+    )
+    assert set(a.scenario_models) == {"returns"} and set(a.models) == {"intent"}
+    a = await mem_cp.assign("demo-shop", "r1", remove=["returns"], actor=ACTOR)
+    assert a.scenario_models == {}
+    with pytest.raises(WireError, match="nothing to remove"):
+        await mem_cp.assign("demo-shop", "r1", remove=["returns"], actor=ACTOR)
+    (stored,) = await mem_cp.list_assignments("demo-shop")
+    assert stored.scenario_models == {} and set(stored.models) == {"intent"}  # refused: unchanged
 
 
 async def test_reconciler_compiles_assignment_into_region_bucket(mem_cp: ControlPlane) -> None:

@@ -88,3 +88,14 @@ async def test_api_validates_audits_and_maps_errors(
         )
         err = capsys.readouterr().err
         assert rc != 0 and "INVALID_ARGUMENT" in err and "Traceback" not in err
+        # assign pins a scenario's model, then --remove takes the pin away again.
+        assign = ["cp", "--target", target, *tok, "--json", "assign", "demo-shop", "r1"]
+        pin = ["--scenario-model", "logistics:intent=demo-shop-intent"]
+        assert await asyncio.to_thread(main, [*assign, *pin]) == 0
+        pinned = json.loads(capsys.readouterr().out)
+        assert pinned["scenario_models"]["logistics"]["models"]["intent"].endswith(version)
+        assert await asyncio.to_thread(main, [*assign, "--remove", "logistics:intent"]) == 0
+        assert "logistics" not in json.loads(capsys.readouterr().out).get("scenario_models", {})
+        assert await asyncio.to_thread(main, [*assign, "--remove", "logistics"]) != 0
+        err = capsys.readouterr().err
+        assert "INVALID_ARGUMENT" in err and "nothing to remove" in err and "无可移除" in err

@@ -287,7 +287,7 @@ class Assignment(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., region: _Optional[str] = ..., config_version: _Optional[int] = ..., models: _Optional[_Mapping[str, str]] = ..., scenario_models: _Optional[_Mapping[str, ScenarioModels]] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ...) -> None: ...
 
 class AssignRequest(_message.Message):
-    __slots__ = ("tenant", "region", "models", "scenario_models", "config_version")
+    __slots__ = ("tenant", "region", "models", "scenario_models", "config_version", "remove")
     class ModelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -307,12 +307,14 @@ class AssignRequest(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     SCENARIO_MODELS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     region: str
     models: _containers.ScalarMap[str, str]
     scenario_models: _containers.MessageMap[str, ScenarioModels]
     config_version: int
-    def __init__(self, tenant: _Optional[str] = ..., region: _Optional[str] = ..., models: _Optional[_Mapping[str, str]] = ..., scenario_models: _Optional[_Mapping[str, ScenarioModels]] = ..., config_version: _Optional[int] = ...) -> None: ...
+    remove: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tenant: _Optional[str] = ..., region: _Optional[str] = ..., models: _Optional[_Mapping[str, str]] = ..., scenario_models: _Optional[_Mapping[str, ScenarioModels]] = ..., config_version: _Optional[int] = ..., remove: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListAssignmentsRequest(_message.Message):
     __slots__ = ("tenant",)
