@@ -14,6 +14,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator, model_validator
 
+from kefu.errors import BundleError
+from kefu.model_ref import validate_name
+
 __all__ = [
     "CHANNELS",
     "LANGUAGES",
@@ -41,7 +44,6 @@ CHANNELS: tuple[Channel, ...] = ("web", "app", "mini_program", "social")
 _IDENT = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 # Tenant ids become directory names and NATS subject tokens: no dots, no underscores.
 _TENANT_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_BUNDLE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # as kefu.bundle
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -64,9 +66,11 @@ def check_tenant_id(v: str) -> str:
 
 
 def check_bundle_name(v: str) -> str:
-    if not _BUNDLE_NAME.fullmatch(v):
-        raise ValueError(f"{v!r} is not a valid model name (lowercase, digits, '.', '_', '-')")
-    return v
+    """The one model-name rule (:func:`kefu.model_ref.validate_name`), as a pydantic check."""
+    try:
+        return validate_name(v)
+    except BundleError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def check_sha256_hex(v: str) -> str:
