@@ -82,6 +82,9 @@ class LightTarget:
     async def apply_tenant(self, doc: DesiredTenant, config: TenantConfig) -> None:
         return None
 
+    async def apply_canary_config(self, doc: DesiredTenant, config: TenantConfig | None) -> None:
+        return None
+
     def apply_split(self, tenant: str, split: CanarySplit | None) -> None:
         return None
 

@@ -344,7 +344,9 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
 
     @_rpc
     async def PutConfig(self, req: pb.PutConfigRequest, ctx: Any) -> pb.ConfigVersion:
-        cv = await self.cp.put_config(req.tenant, req.yaml, actor=_actor(ctx), comment=req.comment)
+        cv = await self.cp.put_config(
+            req.tenant, req.yaml, actor=_actor(ctx), comment=req.comment, staged=req.staged
+        )
         return config_msg(cv, with_yaml=False)
 
     @_rpc

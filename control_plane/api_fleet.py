@@ -108,6 +108,7 @@ def rollout_msg(ro: Rollout, nodes: list[NodeStatus], now: float) -> pb.Rollout:
         step=ro.step,
         weight=ro.weight,
         target=ro.target.models,
+        target_config_version=ro.target.config_version,
         waves=[pb.RolloutWave(regions=w.regions, node_share=w.node_share) for w in ro.waves],
         steps=[pb.RolloutStep(weight=s.weight, bake_s=s.bake_s) for s in ro.steps],
         baseline={r: pb.ScenarioModels(models=b.models) for r, b in ro.baseline.items()},
@@ -173,6 +174,7 @@ async def StartRollout(api: _Api, request: Any, context: Any) -> pb.Rollout:
         steps=_steps(request),
         actor=api._actor_name(),
         reason=request.reason,
+        config_version=request.config_version,
     )
     return await _msg(api, ro)
 

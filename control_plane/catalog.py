@@ -67,8 +67,17 @@ class Catalog(StateStore):
             )
 
     async def put_config(
-        self, tenant: str, text: str, *, actor: str, comment: str = "", rollback_of: int = 0
+        self,
+        tenant: str,
+        text: str,
+        *,
+        actor: str,
+        comment: str = "",
+        rollback_of: int = 0,
+        staged: bool = False,
     ) -> ConfigVersion:
+        """Validate and store a new config version; it becomes the tenant's current one unless
+        ``staged`` (then only a rollout or an assignment naming it serves it)."""
         rec = await self._tenant(tenant)
         if len(text) > MAX_CONFIG_TEXT:  # characters ≤ bytes: refused before any parsing
             self.validate_config(tenant, text, source=f"{tenant}.yaml")
@@ -83,6 +92,8 @@ class Catalog(StateStore):
         versions = await self.list_configs(tenant)
         if versions and versions[-1].digest == digest(text) and not rollback_of:
             return versions[-1]  # same text as the newest: idempotent, no new version
+        if staged and rollback_of:
+            raise ConfigError("a rollback cannot be staged / 回滚不能暂存", path=f"{tenant}.yaml")
         n = (versions[-1].version if versions else 0) + 1
         while True:
             cv = ConfigVersion(
@@ -105,11 +116,12 @@ class Catalog(StateStore):
             assert old is not None
             return old.model_copy(update={"current_config": max(old.current_config, cv.version)})
 
-        await self._mutate(TenantRecord, BUCKET_REGISTRY, f"tenant.{tenant}", change)
+        if not staged:
+            await self._mutate(TenantRecord, BUCKET_REGISTRY, f"tenant.{tenant}", change)
         prev = await self._config_text(tenant, before) if before else None
         await self._audit(
             actor,
-            "config.rollback" if rollback_of else "config.put",
+            "config.rollback" if rollback_of else "config.stage" if staged else "config.put",
             f"tenant/{tenant}/configs/{cv.version}",
             tenant=tenant,
             before=prev,

@@ -445,7 +445,7 @@ VERBS: dict[tuple[str, ...], dict[str, Any]] = {
     ("config", "put"): _simple(
         "PutConfig",
         lambda pb, a: pb.PutConfigRequest(
-            tenant=a.tenant, yaml=_read_text(a.file), comment=a.comment or ""
+            tenant=a.tenant, yaml=_read_text(a.file), comment=a.comment or "", staged=a.staged
         ),
         _show_configs,
     ),
@@ -529,6 +529,11 @@ def _add_args(path: tuple[str, ...], p: argparse.ArgumentParser) -> None:
         p.add_argument("tenant")
         p.add_argument("file", help="tenant YAML")
         p.add_argument("--comment")
+        p.add_argument(
+            "--staged",
+            action="store_true",
+            help="store the version without making it current (for a config canary)",
+        )
     if path in (("config", "list"),):
         p.add_argument("tenant")
     if path == ("config", "show"):

@@ -79,10 +79,11 @@ def _steps(pb: Any, a: argparse.Namespace) -> list[Any]:
 def _start(pb: Any, a: argparse.Namespace) -> tuple[str, Any]:
     return "StartRollout", pb.StartRolloutRequest(
         tenant=a.tenant,
-        models=_models(a.model),
+        models=_models(a.model or []),
         waves=_waves(pb, a.wave),
         steps=_steps(pb, a),
         reason=a.reason or "",
+        config_version=a.config_version or 0,
     )
 
 
@@ -114,7 +115,10 @@ def show_rollouts(r: Any) -> None:
                 f"{x.weight:.0%}",
                 f"{x.nodes_converged}/{x.nodes_total}",
                 f"{x.sessions_canary}/{x.sessions_baseline}",
-                ", ".join(f"{k}={v}" for k, v in sorted(x.target.items())),
+                ", ".join(
+                    [f"{k}={v}" for k, v in sorted(x.target.items())]
+                    + ([f"config=v{x.target_config_version}"] if x.target_config_version else [])
+                ),
                 ago(x.updated_at),
                 x.reason[:80],
             )
@@ -176,8 +180,11 @@ def add_rollout_args(path: tuple[str, ...], p: argparse.ArgumentParser) -> None:
     verb = path[1]
     if verb == "start":
         p.add_argument("tenant")
+        p.add_argument("--model", action="append", help="slot=name@version (repeatable)")
         p.add_argument(
-            "--model", action="append", required=True, help="slot=name@version (repeatable)"
+            "--config-version",
+            type=int,
+            help="a tenant config version for the canary arm (`config put --staged` first)",
         )
         p.add_argument(
             "--wave",

@@ -75,19 +75,27 @@ def compile_desired(a: Assignment, inputs: DesiredInputs) -> DesiredTenant | Non
     if tenant is None:
         return None
     version = a.config_version or tenant.current_config
-    cfg = inputs.configs.get((a.tenant, version))
-    if cfg is None:
-        return None
     models: dict[str, BundleRef] = {}
     split: CanarySplit | None = None
+    canary_cfg = None
     slots = dict(a.models)
     ro = inputs.rollouts.get(a.tenant)
     if ro is not None and a.region in ro.regions and not ro.finalized:
+        # A config rollout holds the region on its captured config until it ends, so a
+        # `config put` meanwhile moves neither arm.
+        held = ro.baseline[a.region].config_version if a.region in ro.baseline else 0
         if ro.phase == "promoted":  # until the controller writes the target into assignments
             slots.update(ro.target.models)
+            version = ro.target.config_version or version
         elif ro.phase == "rolled_back" and a.region in ro.baseline:
             slots.update(ro.baseline[a.region].models)
+            version = (held if ro.target.config_version else 0) or version
         elif ro.phase in ("running", "paused"):
+            if ro.target.config_version:
+                version = held or version
+                canary_cfg = inputs.configs.get((a.tenant, ro.target.config_version))
+                if canary_cfg is None:
+                    return None
             canary: dict[str, BundleRef] = {}
             for slot, ref in sorted(ro.target.models.items()):
                 b = resolve_bundle(ref, inputs.models)
@@ -95,8 +103,17 @@ def compile_desired(a: Assignment, inputs: DesiredInputs) -> DesiredTenant | Non
                     return None
                 canary[slot] = b
             split = CanarySplit(
-                rollout_id=ro.id, salt=ro.salt, canary=canary, weights=ro.weights(a.region)
+                rollout_id=ro.id,
+                salt=ro.salt,
+                canary=canary,
+                weights=ro.weights(a.region),
+                config_version=canary_cfg.version if canary_cfg else 0,
+                config_digest=canary_cfg.digest if canary_cfg else "",
+                config_yaml=canary_cfg.yaml if canary_cfg else "",
             )
+    cfg = inputs.configs.get((a.tenant, version))
+    if cfg is None:
+        return None
     for slot, ref in sorted(slots.items()):
         b = resolve_bundle(ref, inputs.models)
         if b is None:

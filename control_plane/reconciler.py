@@ -59,17 +59,12 @@ async def gather_inputs(bus: Bus) -> tuple[DesiredInputs, list[str]]:
     assignments = [
         decode(Assignment, e.value) for e in (await snapshot(bus, BUCKET_ASSIGNMENTS)).values()
     ]
-    configs: dict[tuple[str, int], ConfigVersion] = {}
+    wanted: set[tuple[str, int]] = set()
     for a in assignments:
         owner = tenants.get(a.tenant)
-        if owner is None:
-            continue
-        version = a.config_version or owner.current_config
-        if (a.tenant, version) not in configs and version:
-            found = await bus.kv_get(BUCKET_CONFIGS, config_key(a.tenant, version))
-            if found is not None:
-                configs[(a.tenant, version)] = decode(ConfigVersion, found.value)
-        regions.add(a.region)
+        if owner is not None:
+            wanted.add((a.tenant, a.config_version or owner.current_config))
+            regions.add(a.region)
     models = {}
     for e in (await snapshot(bus, BUCKET_MODELS)).values():
         mv = decode(ModelVersion, e.value)
@@ -83,6 +78,15 @@ async def gather_inputs(bus: Bus) -> tuple[DesiredInputs, list[str]]:
             continue
         if not ro.finalized and ro.phase != "pending":
             rollouts[ro.tenant] = ro  # at most one unfinished rollout per tenant
+            # A config rollout needs its target and the regions' captured baselines.
+            if ro.target.config_version:
+                wanted.add((ro.tenant, ro.target.config_version))
+                wanted |= {(ro.tenant, b.config_version) for b in ro.baseline.values()}
+    configs: dict[tuple[str, int], ConfigVersion] = {}
+    for tenant, version in sorted(wanted):
+        found = await bus.kv_get(BUCKET_CONFIGS, config_key(tenant, version)) if version else None
+        if found is not None:
+            configs[(tenant, version)] = decode(ConfigVersion, found.value)
     inputs = DesiredInputs(
         tenants=tenants,
         assignments=assignments,

@@ -83,6 +83,8 @@ class SetModels:
 
     region: str
     models: Mapping[str, str]
+    #: Also pin the assignment to this config version (None = leave it).
+    config_version: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +115,8 @@ def start_rollout(
     *,
     tenant: str,
     target: Mapping[str, str],
+    target_config: int = 0,
+    current_config: int = 0,
     waves: Iterable[Wave],
     steps: Iterable[Step],
     assignments: Iterable[Assignment],
@@ -120,14 +124,15 @@ def start_rollout(
     now: float,
     rollout_id: str = "",
 ) -> Rollout:
-    """A new ``pending`` rollout with the baseline captured from the tenant's assignments.
+    """A new ``pending`` rollout with the baseline captured from the tenant's assignments
+    (a region following the tenant's current config is captured at ``current_config``).
     Every region of every wave must already run the tenant; the target must change something."""
     by_region = {a.region: a for a in assignments if a.tenant == tenant}
     try:
         ro = Rollout(
             id=rollout_id or new_rollout_id(),
             tenant=tenant,
-            target=RolloutTarget(models=dict(target)),
+            target=RolloutTarget(models=dict(target), config_version=target_config),
             waves=list(waves),
             steps=list(steps),
             created_at=now,
@@ -145,12 +150,14 @@ def start_rollout(
         )
     baseline = {
         r: RegionBaseline(
-            models=dict(by_region[r].models), config_version=by_region[r].config_version
+            models=dict(by_region[r].models),
+            config_version=by_region[r].config_version or current_config,
         )
         for r in ro.regions
     }
     if all(
         all(baseline[r].models.get(s) == ref for s, ref in ro.target.models.items())
+        and ro.target.config_version in (0, baseline[r].config_version)
         for r in ro.regions
     ):
         raise RolloutError(
@@ -290,11 +297,19 @@ def _begin_wave(ro: Rollout, wave: int, nodes: list[NodeFacts], now: float) -> P
 def _finalize(ro: Rollout) -> Plan:
     actions: list[Action] = []
     if ro.phase == "promoted":
-        actions += [SetModels(region=r, models=dict(ro.target.models)) for r in ro.regions]
+        cfg = ro.target.config_version or None
+        actions += [
+            SetModels(region=r, models=dict(ro.target.models), config_version=cfg)
+            for r in ro.regions
+        ]
         reason = f"promoted: every region of {ro.id} now runs the target"
     elif ro.phase == "rolled_back":
         actions += [
-            SetModels(region=r, models=dict(ro.baseline[r].models))
+            SetModels(
+                region=r,
+                models=dict(ro.baseline[r].models),
+                config_version=ro.baseline[r].config_version if ro.target.config_version else None,
+            )
             for r in ro.regions
             if r in ro.baseline
         ]

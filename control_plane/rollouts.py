@@ -73,8 +73,11 @@ class RolloutOps(Catalog):
         steps: Sequence[Step],
         actor: str,
         reason: str = "",
+        config_version: int = 0,
     ) -> Rollout:
-        await self._tenant(tenant)
+        rec = await self._tenant(tenant)
+        if config_version:
+            await self.get_config(tenant, config_version)  # NotFound names it
         concrete: dict[str, str] = {}
         for slot, ref in models.items():
             mv = await self.get_model(ref)  # ``name`` alone = its newest published version
@@ -86,6 +89,8 @@ class RolloutOps(Catalog):
         ro = start_rollout(
             tenant=tenant,
             target=concrete,
+            target_config=config_version,
+            current_config=rec.current_config,
             waves=waves,
             steps=steps,
             assignments=assignments,
@@ -284,10 +289,16 @@ class RolloutController:
                 return
             old = decode(Assignment, e.value)
             models = {**old.models, **action.models}
-            if models == old.models:
+            cfg = old.config_version if action.config_version is None else action.config_version
+            if models == old.models and cfg == old.config_version:
                 return
             new = old.model_copy(
-                update={"models": models, "updated_at": self.clock(), "updated_by": "controller"}
+                update={
+                    "models": models,
+                    "config_version": cfg,
+                    "updated_at": self.clock(),
+                    "updated_by": "controller",
+                }
             )
             try:
                 rev = await self.bus.kv_update(

@@ -141,9 +141,17 @@ DEFAULT_STEPS: tuple[Step, ...] = tuple(
 
 
 class RolloutTarget(_Doc):
-    """What the canary runs: slot → ``name@version`` (concrete versions)."""
+    """What the canary runs: slot → ``name@version`` (concrete versions) and/or a tenant
+    config version (0 = the baseline's config)."""
 
-    models: dict[str, str] = Field(min_length=1)
+    models: dict[str, str] = Field(default_factory=dict)
+    config_version: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _something(self) -> RolloutTarget:
+        if not self.models and not self.config_version:
+            raise ValueError("name a model (slot=name@version) or a config version")
+        return self
 
     @field_validator("models")
     @classmethod

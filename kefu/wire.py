@@ -299,6 +299,10 @@ class CanarySplit(_Doc):
     salt: str
     canary: dict[str, BundleRef] = Field(default_factory=dict)
     weights: dict[str, float] = Field(default_factory=dict)
+    #: A config canary: the tenant config version the canary arm runs (0 = the baseline's).
+    config_version: int = 0
+    config_digest: str = ""
+    config_yaml: str = ""
 
     def weight_for(self, node_id: str) -> float:
         return self.weights.get(node_id, 0.0)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cp_support import ACTOR, new_version, seed_demo, trust_with
+from cp_support import ACTOR, DEMO_YAML, new_version, seed_demo, trust_with
 
 from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
 from kefu.keys import SigningKey
@@ -126,6 +126,28 @@ async def test_rollout_api_and_cli(
         err = capsys.readouterr().err
         assert rc != 0 and "INVALID_ARGUMENT" in err and "Traceback" not in err
 
+        # A config canary from the CLI: a staged version, then a rollout naming only it.
+        staged = tmp_path / "staged.yaml"
+        staged.write_text(DEMO_YAML.replace("name:", "name: ", 1), encoding="utf-8")
+        rc = await asyncio.to_thread(
+            main, [*cp, "--json", "config", "put", "demo-shop", str(staged), "--staged"]
+        )
+        version = json.loads(capsys.readouterr().out)["version"]
+        assert rc == 0 and version == 2
+        tenants = await stub.ListTenants(pb.ListTenantsRequest(), metadata=md)
+        assert [t.current_config for t in tenants.tenants] == [1]  # staged: not current
+        start = ["rollout", "start", "demo-shop", "--wave", "r1", "--steps", "10%"]
+        rc = await asyncio.to_thread(
+            main, [*cp, "--json", *start, "--config-version", str(version)]
+        )
+        started = json.loads(capsys.readouterr().out)
+        assert rc == 0 and started["target_config_version"] == version, started
+        rc = await asyncio.to_thread(main, [*cp, "rollout", "abort", started["id"]])
+        assert rc == 0, capsys.readouterr().err
+        rc = await asyncio.to_thread(main, [*cp, *start])  # neither a model nor a config
+        err = capsys.readouterr().err
+        assert rc != 0 and "config version" in err and "Traceback" not in err
+
         # A viewer reads rollouts but may not start one.
         issued = await stub.IssueOperatorToken(
             pb.IssueOperatorTokenRequest(name="watcher", role="viewer"), metadata=md
@@ -134,7 +156,7 @@ async def test_rollout_api_and_cli(
         listed = await stub.ListRollouts(
             pb.ListRolloutsRequest(tenant="demo-shop"), metadata=viewer
         )
-        assert [r.id for r in listed.rollouts] == [rid]
+        assert rid in [r.id for r in listed.rollouts] and len(listed.rollouts) == 2
         with pytest.raises(grpc.aio.AioRpcError) as ei:
             await stub.CommandRollout(
                 pb.CommandRolloutRequest(rollout_id=rid, command="abort"), metadata=viewer
@@ -142,6 +164,7 @@ async def test_rollout_api_and_cli(
         assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED
         audit = await stub.QueryAudit(pb.QueryAuditRequest(tenant="demo-shop"), metadata=md)
         actions = [e.action for e in audit.events]
-        for action in ("rollout.start", "rollout.pause", "rollout.resume", "rollout.rollback"):
+        for action in ("rollout.pause", "rollout.resume", "rollout.rollback", "config.stage"):
             assert actions.count(action) == 1, actions
+        assert actions.count("rollout.start") == 2, actions  # the model and the config canary
         assert any(e.actor == "controller" for e in audit.events)

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cp_support import ACTOR, control_plane, new_version, seed_demo, trust_with
+from cp_support import ACTOR, DEMO_YAML, control_plane, new_version, seed_demo, trust_with
 from test_cp_node import cp_node
 
 from kefu.control_plane.rollouts import RolloutController
 from kefu.keys import SigningKey
 from kefu.natsserver import NatsServer
 from kefu.node.dialog.conversation import TurnRequest
-from kefu.node.dialog.split import NodeSplit, SessionPin, SplitBoard, resolve_ref
+from kefu.node.dialog.split import NodeSplit, SessionPin, SplitBoard, config_for, resolve_ref
 from kefu.node.serving.admission import RateLimit, RateLimiter
 from kefu.rollout import Step, Wave, arm_for
 from kefu.v1 import bearer_metadata
@@ -240,3 +240,128 @@ async def test_rollback_under_load_reaches_the_baseline_fast_with_zero_failed_rp
             assert after and all(v != "demo-shop-intent@cp-3" for v in after)
             assert any(v == "demo-shop-intent@cp-3" for at, v in served if at < t0)
             print(f"rollback to baseline on the node in {elapsed:.2f} s")
+
+
+# ------------------------------------------------------------------------------ config canary
+
+CANARY_GREETING = "Hello from the canary config!"
+
+
+def test_config_for_keeps_a_canary_session_on_its_config_until_a_rollback() -> None:
+    canary_tenant = object()
+    split = NodeSplit(
+        rollout_id="ro-c", salt="s", weight=0.5, config_version=2, config=canary_tenant
+    )
+    pin = SessionPin(rollout_id="ro-c", arm="canary")
+    assert config_for(pin, split) == (canary_tenant, False) and pin.config_version == 2
+    assert SessionPin.from_slot(pin.to_slot()) == pin  # the version is stored with the session
+    assert config_for(SessionPin(rollout_id="ro-c", arm="baseline"), split) == (None, False)
+    assert config_for(None, split) == (None, False)
+    assert config_for(pin, None) == (None, True)  # rolled back: switched to the tenant's own
+    other = NodeSplit(rollout_id="ro-c", salt="s", weight=0.5, config_version=3, config=object())
+    assert config_for(pin, other) == (None, True)  # its canary config was replaced
+
+
+@pytest.mark.slow
+async def test_a_config_canary_splits_sessions_and_promotes_the_config(
+    tmp_path: Path, nats_server: NatsServer, ops_key: SigningKey
+) -> None:
+    """A staged config version (a new English greeting) rolled out at 50 %: a canary session's
+    turns all run the canary config, a baseline session's the served one; `config put` during
+    the rollout moves neither arm; a rollback switches canary sessions (counted); a second
+    rollout promoted pins every region to the new config."""
+    url = nats_server.url
+    async with control_plane(url, trust_with(ops_key)) as stack:
+        cp = stack.cp
+        await seed_demo(cp)
+        staged = DEMO_YAML.replace(
+            "en: Hello and welcome to Demo Shop! I'm the virtual assistant.",
+            f"en: {CANARY_GREETING}",
+        )
+        assert staged != DEMO_YAML
+        v2 = await cp.put_config("demo-shop", staged, actor=ACTOR, staged=True)
+        assert (await cp.get_tenant("demo-shop")).current_config == 1  # staged: not current
+        ctl = RolloutController(cp, term=lambda: stack.lease.term, confirm=stack.lease.confirm)
+        async with cp_node(tmp_path, url, ops_key) as (node, agent):
+            await agent.wait_for(lambda: "demo-shop" in agent.applied)
+            assert node.service is not None and node.registry is not None
+            node.service.limiter = RateLimiter(RateLimit(rate=1e6, burst=1e6))
+            ro = await cp.start_rollout(
+                "demo-shop",
+                models={},
+                config_version=v2.version,
+                waves=[Wave(regions=["r1"])],
+                steps=[Step(weight=0.5, bake_s=3600)],
+                actor=ACTOR,
+            )
+            assert ro.target.config_version == v2.version
+            assert ro.baseline["r1"].config_version == 1
+
+            async def until(check: object) -> None:
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    await ctl.run_once()
+                    stack.reconciler.kick()
+                    if check():  # type: ignore[operator]
+                        return
+                    await asyncio.sleep(0.2)
+                raise AssertionError(f"never converged: {agent.observed}")
+
+            await until(
+                lambda: (
+                    (seen := agent.observed.get("demo-shop")) is not None
+                    and seen.rollout_id == ro.id
+                    and seen.canary_weight == 0.5
+                )
+            )
+
+            async def turn(text: str, sid: str | None = None) -> tuple[str, str]:
+                assert node.service is not None and node.registry is not None
+                r = await node.service.converse(
+                    node.registry.tenants["demo-shop"], TurnRequest(text=text, session_id=sid)
+                )
+                return r.session_id, r.reply
+
+            salt = (await cp.get_rollout(ro.id)).salt
+            arms: dict[str, bool] = {}
+            for _ in range(40):
+                sid, text = await turn("hello")
+                arms[sid] = CANARY_GREETING in text
+                assert arms[sid] == (arm_for(salt, sid, 0.5) == "canary"), (sid, text)
+            assert 0 < sum(arms.values()) < len(arms)
+            # A new current config meanwhile moves neither arm: the rollout holds the baseline.
+            await cp.put_config("demo-shop", DEMO_YAML.replace("name:", "name: ", 1), actor=ACTOR)
+            stack.reconciler.kick()
+            await asyncio.sleep(1.0)
+            for sid, canary in list(arms.items())[:10]:
+                _, text = await turn("hello", sid)
+                assert (CANARY_GREETING in text) == canary, sid
+            await cp.command_rollout(ro.id, "rollback", actor=ACTOR)
+            await until(lambda: (s := agent.observed.get("demo-shop")) and not s.rollout_id)
+            for sid in arms:
+                _, text = await turn("hello", sid)
+                assert CANARY_GREETING not in text, sid
+            assert node.splits.switched.get("demo-shop", 0) == sum(arms.values())
+
+            # Rolled out again and promoted: every region is pinned to the staged version.
+            ro2 = await cp.start_rollout(
+                "demo-shop",
+                models={},
+                config_version=v2.version,
+                waves=[Wave(regions=["r1"])],
+                steps=[Step(weight=0.5, bake_s=3600)],
+                actor=ACTOR,
+            )
+            await until(lambda: (s := agent.observed.get("demo-shop")) and s.rollout_id == ro2.id)
+            await cp.command_rollout(ro2.id, "promote", actor=ACTOR)
+            await until(
+                lambda: (
+                    (s := agent.observed.get("demo-shop")) is not None
+                    and s.config_version == v2.version
+                    and not s.rollout_id
+                )
+            )
+            (a,) = await cp.list_assignments("demo-shop")
+            assert a.config_version == v2.version
+            _, text = await turn("hello")
+            assert CANARY_GREETING in text

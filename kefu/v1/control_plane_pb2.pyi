@@ -129,14 +129,16 @@ class ConfigVersion(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., version: _Optional[int] = ..., yaml: _Optional[str] = ..., digest: _Optional[str] = ..., author: _Optional[str] = ..., comment: _Optional[str] = ..., created_at: _Optional[float] = ..., rollback_of: _Optional[int] = ...) -> None: ...
 
 class PutConfigRequest(_message.Message):
-    __slots__ = ("tenant", "yaml", "comment")
+    __slots__ = ("tenant", "yaml", "comment", "staged")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     YAML_FIELD_NUMBER: _ClassVar[int]
     COMMENT_FIELD_NUMBER: _ClassVar[int]
+    STAGED_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     yaml: str
     comment: str
-    def __init__(self, tenant: _Optional[str] = ..., yaml: _Optional[str] = ..., comment: _Optional[str] = ...) -> None: ...
+    staged: bool
+    def __init__(self, tenant: _Optional[str] = ..., yaml: _Optional[str] = ..., comment: _Optional[str] = ..., staged: _Optional[bool] = ...) -> None: ...
 
 class ListConfigsRequest(_message.Message):
     __slots__ = ("tenant",)
@@ -616,7 +618,7 @@ class RolloutMember(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., region: _Optional[str] = ..., wave: _Optional[int] = ..., weight: _Optional[float] = ..., converged: _Optional[bool] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("id", "tenant", "phase", "wave", "step", "weight", "target", "waves", "steps", "baseline", "step_started_at", "converged_at", "created_at", "created_by", "updated_at", "updated_by", "reason", "term", "finalized", "members", "excluded_nodes", "nodes_converged", "nodes_total", "sessions_canary", "sessions_baseline", "switched", "history")
+    __slots__ = ("id", "tenant", "phase", "wave", "step", "weight", "target", "waves", "steps", "baseline", "step_started_at", "converged_at", "created_at", "created_by", "updated_at", "updated_by", "reason", "term", "finalized", "members", "excluded_nodes", "nodes_converged", "nodes_total", "sessions_canary", "sessions_baseline", "switched", "history", "target_config_version")
     class TargetEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -658,6 +660,7 @@ class Rollout(_message.Message):
     SESSIONS_BASELINE_FIELD_NUMBER: _ClassVar[int]
     SWITCHED_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    TARGET_CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant: str
     phase: str
@@ -685,10 +688,11 @@ class Rollout(_message.Message):
     sessions_baseline: int
     switched: int
     history: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., phase: _Optional[str] = ..., wave: _Optional[int] = ..., step: _Optional[int] = ..., weight: _Optional[float] = ..., target: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., baseline: _Optional[_Mapping[str, ScenarioModels]] = ..., step_started_at: _Optional[float] = ..., converged_at: _Optional[float] = ..., created_at: _Optional[float] = ..., created_by: _Optional[str] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ..., reason: _Optional[str] = ..., term: _Optional[int] = ..., finalized: _Optional[bool] = ..., members: _Optional[_Iterable[_Union[RolloutMember, _Mapping]]] = ..., excluded_nodes: _Optional[_Iterable[str]] = ..., nodes_converged: _Optional[int] = ..., nodes_total: _Optional[int] = ..., sessions_canary: _Optional[int] = ..., sessions_baseline: _Optional[int] = ..., switched: _Optional[int] = ..., history: _Optional[_Iterable[str]] = ...) -> None: ...
+    target_config_version: int
+    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., phase: _Optional[str] = ..., wave: _Optional[int] = ..., step: _Optional[int] = ..., weight: _Optional[float] = ..., target: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., baseline: _Optional[_Mapping[str, ScenarioModels]] = ..., step_started_at: _Optional[float] = ..., converged_at: _Optional[float] = ..., created_at: _Optional[float] = ..., created_by: _Optional[str] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ..., reason: _Optional[str] = ..., term: _Optional[int] = ..., finalized: _Optional[bool] = ..., members: _Optional[_Iterable[_Union[RolloutMember, _Mapping]]] = ..., excluded_nodes: _Optional[_Iterable[str]] = ..., nodes_converged: _Optional[int] = ..., nodes_total: _Optional[int] = ..., sessions_canary: _Optional[int] = ..., sessions_baseline: _Optional[int] = ..., switched: _Optional[int] = ..., history: _Optional[_Iterable[str]] = ..., target_config_version: _Optional[int] = ...) -> None: ...
 
 class StartRolloutRequest(_message.Message):
-    __slots__ = ("tenant", "models", "waves", "steps", "reason")
+    __slots__ = ("tenant", "models", "waves", "steps", "reason", "config_version")
     class ModelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -701,12 +705,14 @@ class StartRolloutRequest(_message.Message):
     WAVES_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     models: _containers.ScalarMap[str, str]
     waves: _containers.RepeatedCompositeFieldContainer[RolloutWave]
     steps: _containers.RepeatedCompositeFieldContainer[RolloutStep]
     reason: str
-    def __init__(self, tenant: _Optional[str] = ..., models: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
+    config_version: int
+    def __init__(self, tenant: _Optional[str] = ..., models: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., reason: _Optional[str] = ..., config_version: _Optional[int] = ...) -> None: ...
 
 class ListRolloutsRequest(_message.Message):
     __slots__ = ("tenant", "active_only")

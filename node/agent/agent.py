@@ -371,16 +371,21 @@ class NodeAgent:
             exc,
         )
 
-    async def _parse(self, doc: DesiredTenant) -> TenantConfig:
-        """Validate the config text, off the event loop (the YAML parser takes ~0.3 s on the
-        demo config). A model-only rollout leaves the text unchanged, so the validated config
-        is reused, keyed by the digest of the text itself (never by what the document claims)."""
-        key = (doc.tenant, digest(doc.config_yaml))
+    async def _parse(self, doc: DesiredTenant, *, canary: bool = False) -> TenantConfig:
+        """Validate the config text (or a config canary's), off the event loop (the YAML parser
+        takes ~0.3 s on the demo config). A model-only rollout or a weight change leaves the
+        text unchanged, so the validated config is reused, keyed by the digest of the text
+        itself (never by what the document claims); one entry per tenant and role."""
+        split = doc.split
+        text = split.config_yaml if canary and split is not None else doc.config_yaml
+        version = split.config_version if canary and split is not None else doc.config_version
+        role = "canary" if canary else "served"
+        key = (f"{doc.tenant}/{role}", digest(text))
         cached = self._parsed.get(key)
         if cached is None:
-            source = f"{doc.tenant}@v{doc.config_version}"
-            cached = await asyncio.to_thread(parse_tenant_config, doc.config_yaml, source=source)
-            self._parsed = {k: v for k, v in self._parsed.items() if k[0] != doc.tenant}
+            source = f"{doc.tenant}@v{version}"
+            cached = await asyncio.to_thread(parse_tenant_config, text, source=source)
+            self._parsed = {k: v for k, v in self._parsed.items() if k[0] != key[0]}
             self._parsed[key] = cached
         return cached
 
@@ -399,7 +404,11 @@ class NodeAgent:
 
     async def _apply_split(self, doc: DesiredTenant, *, persist: bool) -> None:
         """The rollout split alone: a weight change is one assignment in the node, no
-        re-parse, no tenant swap."""
+        re-parse, no tenant swap (a config canary is built once per canary config)."""
+        canary = None
+        if doc.split is not None and doc.split.config_yaml:
+            canary = pin_models(await self._parse(doc, canary=True), doc)
+        await self.target.apply_canary_config(doc, canary)
         self.target.apply_split(doc.tenant, doc.split)
         fp = doc.fingerprint()
         self.applied[doc.tenant] = fp

@@ -32,6 +32,7 @@ from kefu.node.agent.agent import AgentOptions, NodeAgent, TelemetryShutdown
 from kefu.node.agent.telemetry import TelemetryRecorder, TurnSample
 from kefu.node.dialog.conversation import TurnResult
 from kefu.node.dialog.split import NodeSplit
+from kefu.node.dialog.tenant import Tenant
 from kefu.node.serving.server import Node
 from kefu.rollout import CAPABILITY_SPLIT
 from kefu.wire import BundleRef, CanarySplit, DesiredTenant
@@ -60,6 +61,8 @@ class ServingTarget:
         self.registry = node.registry
         self.splits = node.splits
         self._unused_since: dict[str, float] = {}
+        #: tenant → (canary config digest, the tenant built from it).
+        self._canary_configs: dict[str, tuple[str, Tenant]] = {}
 
     async def load_bundle(self, bundle: BundleRef, path: Path, *, activate: bool) -> None:
         # Verifies signature and hashes again, loads and warms off the event loop, then
@@ -68,11 +71,29 @@ class ServingTarget:
         # without activation: it must never become another tenant's default version.
         await self.runtime.load(bundle.name, path, activate=activate)
 
+    async def apply_canary_config(self, doc: DesiredTenant, config: TenantConfig | None) -> None:
+        """Build the tenant a config canary's sessions run, once per canary config (a weight
+        change reuses it); None drops it."""
+        key = doc.split.config_digest if doc.split is not None and config is not None else ""
+        held = self._canary_configs.get(doc.tenant)
+        if held is not None and held[0] == key:
+            return
+        if held is not None:
+            self.registry.retire(held[1])
+            del self._canary_configs[doc.tenant]
+        if config is None or doc.split is None:
+            return
+        source = Path(f"control-plane:{doc.tenant}@v{doc.split.config_version} (canary)")
+        variant = await self.registry.variant(config, source=source)
+        self._canary_configs[doc.tenant] = (key, variant)
+
     def apply_split(self, tenant: str, split: CanarySplit | None) -> None:
         """This node's share of the rollout (one assignment: turns read it per new session)."""
         if split is None:
             self.splits.set_split(tenant, None)
             return
+        held = self._canary_configs.get(tenant)
+        variant = held[1] if held is not None and split.config_version else None
         self.splits.set_split(
             tenant,
             NodeSplit(
@@ -80,6 +101,8 @@ class ServingTarget:
                 salt=split.salt,
                 weight=split.weight_for(self.node_id),
                 canary={b.name: b.version for b in split.canary.values()},
+                config_version=split.config_version if variant is not None else 0,
+                config=variant,
             ),
         )
 

@@ -25,7 +25,14 @@ from kefu.node.dialog.handoff import build_summary, renew_if_idle
 from kefu.node.dialog.plugin_api import PluginCall
 from kefu.node.dialog.reply import TurnHistory, decide_reply, kb_answer_for
 from kefu.node.dialog.scenario import select_scenario
-from kefu.node.dialog.split import PIN_SLOT, NodeSplit, SessionPin, SplitBoard, resolve_ref
+from kefu.node.dialog.split import (
+    PIN_SLOT,
+    NodeSplit,
+    SessionPin,
+    SplitBoard,
+    config_for,
+    resolve_ref,
+)
 from kefu.node.dialog.tasks import (
     flow_slot_writes,
     flow_step,
@@ -363,10 +370,21 @@ class ConversationService:
     async def _turn(
         self, tenant: Tenant, req: TurnRequest, text: str, started: float
     ) -> TurnResult:
-        cfg, store = tenant.config, tenant.store
         session, slots, is_new = await self._context(tenant, req)
         if session.status is SessionStatus.HANDED_OFF:
             return await self._human_owned(tenant, req, session, text, started)
+        # While a rollout splits the tenant, a session keeps the versions (and the config) it
+        # started with; a config canary's sessions run the canary's tenant, same store.
+        split = self.splits.splits.get(tenant.id)
+        pin = SessionPin.from_slot(slots[PIN_SLOT].value) if PIN_SLOT in slots else None
+        if pin is None and is_new and split is not None:
+            pin = SessionPin.new(split, session.id)
+        pinned = pin.to_slot() if pin is not None and PIN_SLOT in slots else None
+        canary_tenant, switched = config_for(pin, split)
+        if switched and pin is not None:
+            pin.config_version = 0
+        tenant = canary_tenant or tenant
+        cfg, store = tenant.config, tenant.store
         history = TurnHistory.from_dict(
             slots[HISTORY_SLOT].value if HISTORY_SLOT in slots else None
         )
@@ -380,16 +398,14 @@ class ConversationService:
 
         # The scenario is chosen from the intent, so a scenario's pinned models serve the
         # session's turns once it is in that scenario (from its second turn there on).
-        # While a rollout splits the tenant, a session keeps the versions it started with.
         intent_model, sentiment_model = cfg.models_for(session.scenario)
-        split = self.splits.splits.get(tenant.id)
-        pin = SessionPin.from_slot(slots[PIN_SLOT].value) if PIN_SLOT in slots else None
-        if pin is None and is_new and split is not None:
-            pin = SessionPin.new(split, session.id)
-        intent, sentiment = await asyncio.gather(
-            self._classify(tenant.id, intent_model.name, intent_model.ref, pin, split, text),
-            self._classify(tenant.id, sentiment_model.name, sentiment_model.ref, pin, split, text),
+        (intent, intent_switched), (sentiment, sentiment_switched) = await asyncio.gather(
+            self._classify(intent_model.name, intent_model.ref, pin, split, text),
+            self._classify(sentiment_model.name, sentiment_model.ref, pin, split, text),
         )
+        if pin is not None and (switched or intent_switched or sentiment_switched):
+            self.splits.count_switch(tenant.id)  # once per session switched, not per model
+            pin.arm = "baseline" if pin.arm == "canary" else pin.arm
         entities = tenant.entities.extract(text, lang=lang)
         attributes = {**session.attributes, **req.metadata}
         choice = select_scenario(
@@ -462,9 +478,8 @@ class ConversationService:
             and (e.type not in slots or slots[e.type].value != e.value)
         }
         if pin is not None:
-            before = dict(pin.versions)
             pin.versions.update({intent.model: intent.version, sentiment.model: sentiment.version})
-            if pin.versions != before or PIN_SLOT not in slots:
+            if pin.to_slot() != pinned:
                 slot_writes[PIN_SLOT] = pin.to_slot()
             self.splits.note(tenant.id, session.id, pin, time.monotonic())
         slot_writes[HISTORY_SLOT] = history.advance(
@@ -567,15 +582,14 @@ class ConversationService:
 
     async def _classify(
         self,
-        tenant: str,
         name: str,
         configured: str,
         pin: SessionPin | None,
         split: NodeSplit | None,
         text: str,
-    ) -> Classification:
-        """Classify with the session's pinned version; a version no longer loaded (or a
-        rolled-back canary) switches the session to the configured one, counted."""
+    ) -> tuple[Classification, bool]:
+        """Classify with the session's pinned version, and whether the session was switched:
+        a version no longer loaded (or a rolled-back canary) gives the configured one."""
         ref, switched = resolve_ref(name, configured, pin, split, lambda _ref: True)
         try:
             result = (await self.runtime.classify(ref, [text]))[0]
@@ -584,10 +598,7 @@ class ConversationService:
                 raise
             switched = True
             result = (await self.runtime.classify(configured, [text]))[0]
-        if switched and pin is not None:
-            self.splits.count_switch(tenant)
-            pin.arm = "baseline" if pin.arm == "canary" else pin.arm
-        return result
+        return result, switched and pin is not None
 
     async def _human_owned(
         self, tenant: Tenant, req: TurnRequest, session: Session, text: str, started: float

@@ -24,7 +24,7 @@ from typing import Any
 
 from kefu.rollout import arm_for
 
-__all__ = ["PIN_SLOT", "NodeSplit", "SessionPin", "SplitBoard", "resolve_ref"]
+__all__ = ["PIN_SLOT", "NodeSplit", "SessionPin", "SplitBoard", "config_for", "resolve_ref"]
 
 #: The session slot holding the pin (slots starting with "_" are the node's own).
 PIN_SLOT = "_rollout"
@@ -41,6 +41,10 @@ class NodeSplit:
     salt: str
     weight: float
     canary: Mapping[str, str] = field(default_factory=dict)
+    #: A config canary: the version and the tenant built from it (opaque here) that the
+    #: canary arm's turns run; 0 / None = the tenant's own config.
+    config_version: int = 0
+    config: Any = None
 
 
 @dataclass(kw_only=True)
@@ -49,6 +53,8 @@ class SessionPin:
     arm: str  # "canary" | "baseline"
     #: model name → the version this session's turns use.
     versions: dict[str, str] = field(default_factory=dict)
+    #: The canary config version this session's turns run (0 = the tenant's own config).
+    config_version: int = 0
 
     @classmethod
     def new(cls, split: NodeSplit, session_id: str) -> SessionPin:
@@ -65,10 +71,40 @@ class SessionPin:
             rollout_id=str(value.get("rollout", "")),
             arm=str(value.get("arm", "")),
             versions={str(k): str(v) for k, v in versions.items()},
+            config_version=int(value.get("config", 0) or 0),
         )
 
     def to_slot(self) -> dict[str, Any]:
-        return {"rollout": self.rollout_id, "arm": self.arm, "versions": dict(self.versions)}
+        out: dict[str, Any] = {
+            "rollout": self.rollout_id,
+            "arm": self.arm,
+            "versions": dict(self.versions),
+        }
+        if self.config_version:
+            out["config"] = self.config_version
+        return out
+
+
+def config_for(pin: SessionPin | None, split: NodeSplit | None) -> tuple[Any, bool]:
+    """The canary tenant (opaque) a turn runs, or None for the tenant's own config, and
+    whether the session was switched off the canary config (a rollback, or the canary config
+    replaced by another version)."""
+    if pin is None or pin.arm != "canary":
+        return None, False
+    live = (
+        split is not None
+        and split.rollout_id == pin.rollout_id
+        and split.config is not None
+        and split.config_version
+    )
+    if pin.config_version:
+        if live and split is not None and split.config_version == pin.config_version:
+            return split.config, False
+        return None, True
+    if live and split is not None:  # a new canary session: it takes the canary config
+        pin.config_version = split.config_version
+        return split.config, False
+    return None, False
 
 
 def resolve_ref(

@@ -12,6 +12,7 @@ reused afterwards so clients keep working across restarts.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -277,6 +278,36 @@ class TenantRegistry:
             self._retired_plugins.append(old.plugins)  # turns in flight may still call it
         self._notify(tid)
         return tenant
+
+    async def variant(self, config: TenantConfig, *, source: Path) -> Tenant:
+        """A tenant built from ``config`` that shares the served tenant's store and keys but
+        is never found by key: a config canary's sessions run it (see node/dialog/split.py).
+        The knowledge base is built off the event loop."""
+        tid = config.tenant.id
+        base = self.tenants.get(tid)
+        if base is None:
+            raise KefuError(f"tenant {tid!r} is not served here: no canary config without it")
+        kb, entities = await asyncio.to_thread(
+            lambda: (build_knowledge_base(config, source), build_entity_extractor(config))
+        )
+        plugins, flows = self._plugins_and_flows(config)
+        return Tenant(
+            id=tid,
+            config=config,
+            store=base.store,
+            kb=kb,
+            entities=entities,
+            source=source,
+            extra_key_hashes=base.extra_key_hashes,
+            plugins=plugins,
+            flows=flows,
+        )
+
+    def retire(self, tenant: Tenant) -> None:
+        """A variant no longer used: its plugin clients close with the registry (turns in
+        flight may still call them)."""
+        if tenant.plugins is not None:
+            self._retired_plugins.append(tenant.plugins)
 
     async def remove(self, tenant_id: str) -> bool:
         """Stop serving a tenant. Its store stays open until :meth:`close`, because turns in
