@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kefu.certstore import TlsFiles
+from kefu.control_plane.cli_help import HELP
 from kefu.control_plane.cli_rollout import ROLLOUT_VERBS, add_rollout_args
 from kefu.control_plane.client import (
     DEFAULT_CP,
@@ -618,14 +619,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     groups: dict[str, argparse._SubParsersAction] = {}
     for path, spec in {**VERBS, **ROLLOUT_VERBS}.items():
         if len(path) == 1:
-            p = verbs.add_parser(path[0])
+            p = verbs.add_parser(path[0], help=HELP.get(path, ""))
         else:
             if path[0] not in groups:
-                g = verbs.add_parser(path[0])
+                g = verbs.add_parser(path[0], help=HELP.get(path[:1], ""))
                 groups[path[0]] = g.add_subparsers(
                     dest=f"{path[0]}_verb", required=True, metavar="VERB"
                 )
-            p = groups[path[0]].add_parser(path[1])
+            p = groups[path[0]].add_parser(path[1], help=HELP.get(path, ""))
         _add_args(path, p)
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
         p.set_defaults(handler=cmd_cp, build=spec["build"], show=spec["show"])

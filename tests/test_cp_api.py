@@ -99,3 +99,14 @@ async def test_api_validates_audits_and_maps_errors(
         assert await asyncio.to_thread(main, [*assign, "--remove", "logistics"]) != 0
         err = capsys.readouterr().err
         assert "INVALID_ARGUMENT" in err and "nothing to remove" in err and "无可移除" in err
+
+
+def test_every_cp_verb_and_group_has_bilingual_help() -> None:
+    from kefu.control_plane.cli import VERBS
+    from kefu.control_plane.cli_help import HELP
+    from kefu.control_plane.cli_rollout import ROLLOUT_VERBS
+
+    paths = {*VERBS, *ROLLOUT_VERBS}
+    paths |= {p[:1] for p in paths}
+    missing = sorted(p for p in paths if " / " not in HELP.get(p, ""))
+    assert not missing, f"kefu cp verbs without an English / 中文 help line: {missing}"
