@@ -17,7 +17,7 @@ from typing import Any
 
 from kefu.control_plane.tables import ago, table, when
 from kefu.errors import KefuError, PermanentError
-from kefu.rollout import parse_weight
+from kefu.rollout import parse_weight, target_text
 
 __all__ = ["ROLLOUT_VERBS", "add_rollout_args", "show_rollouts"]
 
@@ -115,10 +115,7 @@ def show_rollouts(r: Any) -> None:
                 f"{x.weight:.0%}",
                 f"{x.nodes_converged}/{x.nodes_total}",
                 f"{x.sessions_canary}/{x.sessions_baseline}",
-                ", ".join(
-                    [f"{k}={v}" for k, v in sorted(x.target.items())]
-                    + ([f"config=v{x.target_config_version}"] if x.target_config_version else [])
-                ),
+                target_text(x.target, x.target_config_version),
                 ago(x.updated_at),
                 x.reason[:80],
             )

@@ -24,7 +24,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -55,6 +55,7 @@ __all__ = [
     "parse_weight",
     "rollout_key",
     "split_point",
+    "target_text",
 ]
 
 BUCKET_ROLLOUTS = "kefu_rollouts"
@@ -283,6 +284,12 @@ class Rollout(_Doc):
             f"{self.id} {self.tenant} {self.phase} wave {self.wave + 1}/{len(self.waves)} "
             f"step {self.step + 1}/{len(self.steps)} weight {self.weight:.0%}"
         )
+
+
+def target_text(models: Mapping[str, str], config_version: int = 0) -> str:
+    """A rollout's target in one line: ``intent=name@version, config=v3``."""
+    parts = [f"{k}={v}" for k, v in sorted(models.items())]
+    return ", ".join(parts + ([f"config=v{config_version}"] if config_version else []))
 
 
 def parse_weight(text: str) -> float:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
+from kefu.rollout import target_text
 from kefu.tui.client import Snapshot
 
 __all__ = ["VIEWS", "Cell", "View", "ago", "overview_lines", "when"]
@@ -211,7 +212,7 @@ def _rollouts(s: Snapshot, now: float) -> Rows:
                     f"{r.weight:.0%}",
                     Text(converged, style=OK if r.nodes_converged == r.nodes_total else WARN),
                     f"{r.sessions_canary}/{r.sessions_baseline}",
-                    ", ".join(f"{k}={v}" for k, v in sorted(r.target.items())),
+                    target_text(r.target, r.target_config_version),
                     ago(r.updated_at, now),
                     r.reason[:80],
                 ),
