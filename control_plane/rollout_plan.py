@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from kefu.config import TenantConfig
 from kefu.errors import PermanentError
 from kefu.rollout import (
     FINAL_PHASES,
@@ -167,6 +168,37 @@ def start_rollout(
     return ro.model_copy(
         update={"baseline": baseline, "history": [f"{_ts(now)} created by {actor}"]}
     )
+
+
+def check_config_target(
+    config: TenantConfig, ro: Rollout, assignments: Iterable[Assignment]
+) -> None:
+    """A config canary's config must name, per slot, the model each region of the rollout runs
+    (with the target's models) and know every scenario the regions pin models for: a node
+    would refuse it otherwise, and the rollout would never converge."""
+    by_region = {a.region: a for a in assignments if a.tenant == ro.tenant}
+    problems = []
+    for region in ro.regions:
+        a = by_region.get(region)
+        if a is None:
+            continue
+        for slot, ref in sorted({**a.models, **ro.target.models}.items()):
+            named = getattr(config.models, slot, None)
+            runs = ref.partition("@")[0]
+            if named is not None and named.name != runs:
+                problems.append(f"{region}: models.{slot} names {named.name!r}, it runs {runs!r}")
+        known = {s.id for s in config.scenarios}
+        problems += [
+            f"{region}: no scenario {s!r} (the assignment pins models for it)"
+            for s in sorted(a.scenario_models)
+            if s not in known
+        ]
+    if problems:
+        raise RolloutError(
+            f"config version {ro.target.config_version} cannot run where the rollout goes: "
+            + "; ".join(problems)
+            + " / 该配置版本与区域的模型分配不一致"
+        )
 
 
 def _first_error(exc: ValueError) -> str:

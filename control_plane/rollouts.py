@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from kefu.bus import Bus, Conflict, NotFound, cancel_and_wait, snapshot
+from kefu.config import parse_tenant_config
 from kefu.control_plane.catalog import Catalog
 from kefu.control_plane.leader import StaleLeader, kick_on_change, run_on_kick
 from kefu.control_plane.rollout_plan import (
@@ -33,6 +34,7 @@ from kefu.control_plane.rollout_plan import (
     RolloutError,
     SetModels,
     apply_command,
+    check_config_target,
     plan,
     start_rollout,
 )
@@ -76,8 +78,6 @@ class RolloutOps(Catalog):
         config_version: int = 0,
     ) -> Rollout:
         rec = await self._tenant(tenant)
-        if config_version:
-            await self.get_config(tenant, config_version)  # NotFound names it
         concrete: dict[str, str] = {}
         for slot, ref in models.items():
             mv = await self.get_model(ref)  # ``name`` alone = its newest published version
@@ -97,6 +97,11 @@ class RolloutOps(Catalog):
             actor=actor,
             now=time.time(),
         )
+        if config_version:
+            cv = await self.get_config(tenant, config_version)
+            source = f"{tenant}@v{config_version}"
+            config = await asyncio.to_thread(parse_tenant_config, cv.yaml, source=source)
+            check_config_target(config, ro, assignments)
         if reason:
             ro = ro.model_copy(update={"reason": reason})
         try:

@@ -323,3 +323,45 @@ def test_unknown_command_is_refused() -> None:
 def test_the_same_inputs_give_the_same_plan() -> None:
     ro = plan(_start(rollout_id="ro-fixed01"), _nodes(), 1010.0).next
     assert plan(ro, _converge(ro), 1100.0) == plan(ro, _converge(ro), 1100.0)
+
+
+def test_a_config_target_is_checked_and_held_on_the_captured_baseline() -> None:
+    from kefu.config import parse_tenant_config
+    from kefu.control_plane.rollout_plan import check_config_target
+    from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
+
+    demo = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
+    assigned = [
+        Assignment(tenant="demo-shop", region=r, models={"intent": "demo-shop-intent@1"})
+        for r in ("east", "west")
+    ]
+    ro = _start(
+        tenant="demo-shop",
+        target={},
+        target_config=5,
+        current_config=4,
+        assignments=assigned,
+    )
+    # Regions following the current config are captured at the version current at start.
+    assert {r: b.config_version for r, b in ro.baseline.items()} == {"east": 4, "west": 4}
+    check_config_target(parse_tenant_config(demo), ro, assigned)  # the same model names: fine
+    renamed = demo.replace("name: demo-shop-intent", "name: other-intent", 1)
+    assert renamed != demo
+    with pytest.raises(RolloutError, match=r"models\.intent names 'other-intent'"):
+        check_config_target(parse_tenant_config(renamed), ro, assigned)
+    pinned = [
+        a.model_copy(update={"scenario_models": {"gone": {"intent": "x@1"}}}) for a in assigned
+    ]
+    with pytest.raises(RolloutError, match="no scenario 'gone'"):
+        check_config_target(parse_tenant_config(demo), ro, pinned)
+    with pytest.raises(RolloutError, match="nothing to roll out"):
+        _start(
+            tenant="demo-shop", target={}, target_config=4, current_config=4, assignments=assigned
+        )
+    # Promote pins the config; rollback restores the captured version.
+    promoted = apply_command(ro, "promote", actor="alice", now=1001.0)
+    actions = plan(promoted, [], 1002.0).actions
+    assert {a.config_version for a in actions if isinstance(a, SetModels)} == {5}
+    rolled = apply_command(ro, "rollback", actor="alice", now=1001.0)
+    actions = plan(rolled, [], 1002.0).actions
+    assert {a.config_version for a in actions if isinstance(a, SetModels)} == {4}
