@@ -149,6 +149,7 @@ SHARED = (
     "kefu.certstore",
     "kefu.tls",
     "kefu.logformat",
+    "kefu.tracing",
     "kefu.config.*",
     "kefu.v1.*",
 )

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kefu import tracing
 from kefu.config.node import parse_host_port
 from kefu.node.gateway import openapi
 from kefu.node.gateway.config import ResolvedGateway
@@ -151,6 +152,7 @@ class Gateway:
         )
         self._runner: web.AppRunner | None = None
         self._renew: asyncio.Task[None] | None = None
+        self._tracing = False
         self.port = 0
 
     @property
@@ -187,6 +189,11 @@ class Gateway:
         return ctx
 
     async def start(self) -> Gateway:
+        otel = self.resolved.config.tracing
+        if otel.otlp_endpoint:
+            name = otel.service_name or "kefu-gateway"
+            tracing.configure(service_name=name, otlp_endpoint=otel.otlp_endpoint)
+            self._tracing = True
         await self.links.start()
         host, port = parse_host_port(self.resolved.config.listen)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
@@ -214,6 +221,9 @@ class Gateway:
             await self._runner.cleanup()
             self._runner = None
         await self.links.close()
+        if self._tracing:  # flush the spans still buffered
+            self._tracing = False
+            await asyncio.to_thread(tracing.shutdown)
 
     async def __aenter__(self) -> Gateway:
         try:

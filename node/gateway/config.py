@@ -33,7 +33,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kefu.certstore import TlsFiles
-from kefu.config.node import parse_host_port
+from kefu.config.node import TracingSettings, parse_host_port
 from kefu.config.yamlsource import YamlDocument, load_yaml
 from kefu.errors import ConfigError
 from kefu.node.gateway.routing import NODE_ID_RE, EjectionPolicy, NodeSpec
@@ -147,6 +147,8 @@ class GatewayConfig(_Section):
     node_tls: NodeTlsSettings | None = None
     #: None: plain HTTP (behind a TLS-terminating load balancer, or loopback).
     listen_tls: ListenTlsSettings | None = None
+    #: OpenTelemetry spans over OTLP/HTTP; off unless ``otlp_endpoint`` is set.
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("listen")
     @classmethod

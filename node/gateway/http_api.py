@@ -111,7 +111,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     route = (
         request.match_info.route.resource.canonical if request.match_info.route.resource else "-"
     )
-    span.end(status=resp.status)
+    span.end(status=resp.status, route=route)
     if not resp.prepared:
         resp.headers["X-Request-Id"] = info.request_id
         resp.headers["traceparent"] = span.traceparent

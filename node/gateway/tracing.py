@@ -2,8 +2,9 @@
 started), the gateway's span becomes the parent of the node call (the header travels to the
 node as gRPC metadata ``traceparent``) and is returned to the client. Pure.
 
-Spans are kept by a :class:`SpanSink` when one is set (tests collect them in memory); an
-OpenTelemetry/OTLP exporter is not wired yet (see docs/gateway.md).
+Spans are kept by a :class:`SpanSink` when one is set. With OpenTelemetry on
+(:mod:`kefu.tracing`, ``tracing: {otlp_endpoint: ...}`` in gateway.yaml) the request span is
+also an OpenTelemetry server span, and its ids are the ones sent to the node.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
+
+from kefu import tracing
 
 __all__ = ["Span", "SpanSink", "Tracer", "parse_traceparent"]
 
@@ -37,6 +41,7 @@ class Span:
     end_time: float = 0.0
     attributes: dict[str, object] = field(default_factory=dict)
     sink: SpanSink | None = None
+    otel: Any = None
 
     @property
     def traceparent(self) -> str:
@@ -45,6 +50,13 @@ class Span:
     def end(self, **attributes: object) -> None:
         self.attributes.update(attributes)
         self.end_time = time.time()
+        if self.otel is not None:
+            status = attributes.get("status")
+            error = isinstance(status, int) and status >= 500
+            attrs = {"http.status_code": status, "http.route": attributes.get("route")}
+            tracing.end_span(
+                self.otel, {k: v for k, v in attrs.items() if v is not None}, error=error
+            )
         if self.sink is not None:
             self.sink.spans.append(self)
 
@@ -66,12 +78,20 @@ class Tracer:
         trace_id, parent, flags = parsed or (secrets.token_hex(16), "", "01")
         if self.sink is not None and len(self.sink.spans) >= self.sink.max_spans:
             del self.sink.spans[: self.sink.max_spans // 2]
+        attributes: dict[str, object] = {"http.method": method, "http.target": path}
+        otel = None
+        span_id = ""
+        if tracing.enabled():
+            header = f"00-{trace_id}-{parent}-{flags}" if parsed else None
+            otel = tracing.start_span(f"gateway {method}", header, attributes)
+            _, trace_id, span_id, flags = tracing.span_traceparent(otel).split("-")
         return Span(
             name=f"gateway {method}",
             trace_id=trace_id,
-            span_id=secrets.token_hex(8),
+            span_id=span_id or secrets.token_hex(8),
             parent_id=parent,
             flags=flags,
-            attributes={"http.method": method, "http.target": path},
+            attributes=attributes,
             sink=self.sink,
+            otel=otel,
         )
