@@ -9,15 +9,25 @@ also an OpenTelemetry server span, and its ids are the ones sent to the node.
 
 from __future__ import annotations
 
+import os
+import random
 import re
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from kefu import tracing
 
-__all__ = ["Span", "SpanSink", "Tracer", "parse_traceparent"]
+__all__ = ["Span", "SpanSink", "Tracer", "new_id", "parse_traceparent"]
+
+#: Trace, span and request ids: random but not secret, so a seeded PRNG (no syscall each).
+_ids = random.Random(os.urandom(16))
+
+
+def new_id(bits: int = 128) -> str:
+    """``bits`` random bits as lower-case hex (a trace id by default; 64 for a span id)."""
+    return f"{_ids.getrandbits(bits):0{bits // 4}x}"
+
 
 _TP = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
@@ -75,7 +85,7 @@ class Tracer:
 
     def start_request(self, traceparent: str | None, method: str, path: str) -> Span:
         parsed = parse_traceparent(traceparent)
-        trace_id, parent, flags = parsed or (secrets.token_hex(16), "", "01")
+        trace_id, parent, flags = parsed or (new_id(128), "", "01")
         if self.sink is not None and len(self.sink.spans) >= self.sink.max_spans:
             del self.sink.spans[: self.sink.max_spans // 2]
         attributes: dict[str, object] = {"http.method": method, "http.target": path}
@@ -88,7 +98,7 @@ class Tracer:
         return Span(
             name=f"gateway {method}",
             trace_id=trace_id,
-            span_id=span_id or secrets.token_hex(8),
+            span_id=span_id or new_id(64),
             parent_id=parent,
             flags=flags,
             attributes=attributes,
