@@ -137,6 +137,7 @@ class Gateway:
             health_timeout_s=cfg.health.timeout_s,
             call_timeout_s=cfg.limits.node_timeout_s,
             tls=resolved.node_tls,
+            renew_interval_s=cfg.node_tls.check_interval_s if cfg.node_tls else 30.0,
         )
         self.conversations = Conversations(resolved, self.pool, self.links, rng=rng)
         self.metrics = GatewayMetrics()

@@ -132,6 +132,8 @@ class NodeTlsSettings(_Section):
     ca_file: str
     cert_file: str | None = None
     key_file: str | None = None
+    #: How often the pair's files are checked for a renewal (then the channels are rebuilt).
+    check_interval_s: float = Field(default=30.0, gt=0, le=3600)
 
 
 class ListenTlsSettings(_Section):
