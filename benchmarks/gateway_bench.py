@@ -47,7 +47,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 class GatewayProcess:
-    def __init__(self, tmp: Path, node_port: int, key: str):
+    def __init__(self, tmp: Path, node_port: int, key: str, event_loop: str = "auto"):
         import os
         import subprocess
 
@@ -71,7 +71,10 @@ class GatewayProcess:
         env = dict(os.environ, PYTHONPATH=str(REPO))
         self.log = open(tmp / "gateway.log", "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kefu.cli", "gateway", "run", "--config", str(path)],
+            [
+                *(sys.executable, "-m", "kefu.cli", "gateway", "run", "--config", str(path)),
+                *("--event-loop", event_loop),
+            ],
             stdout=self.log,
             stderr=self.log,
             env=env,
@@ -217,7 +220,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         gw: GatewayProcess | None = None
         try:
             key = node.wait_ready()
-            gw = GatewayProcess(tmp, node.port, key)
+            gw = GatewayProcess(tmp, node.port, key, args.gateway_loop)
             conn = aiohttp.TCPConnector(limit=0)
             async with (
                 aiohttp.ClientSession(connector=conn) as http,
@@ -247,6 +250,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     return {
         "workers": args.workers,
+        "gateway_loop": args.gateway_loop,
         "turns": args.turns,
         "concurrency": args.concurrency,
         "seconds": args.seconds,
@@ -265,6 +269,12 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--json", help="also write the results here")
+    p.add_argument(
+        "--gateway-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="the gateway's event loop (auto: uvloop when installed)",
+    )
     args = p.parse_args()
     res = asyncio.run(run(args))
     print(f"latency, one client, {args.turns} turns per path (ms):")

@@ -138,6 +138,8 @@ def node_options(resolved: ResolvedNodeConfig) -> NodeOptions:
         ),
     )
     opts.require_tenants = not managed
+    opts.otlp_endpoint = cfg.tracing.otlp_endpoint
+    opts.otel_service_name = cfg.tracing.service_name or "kefu-node"
     if resolved.tls_files is not None and cfg.tls is not None:
         from kefu.certstore import TlsFiles
 

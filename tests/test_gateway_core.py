@@ -282,3 +282,24 @@ def test_wechat_signature_and_xml() -> None:
         with pytest.raises(ApiError) as ei:
             parse_message(bad)
         assert ei.value.status == 400
+
+
+def test_event_loop_choice() -> None:
+    import asyncio
+
+    import uvloop
+
+    from kefu.node.gateway.cli import event_loop_runner
+
+    assert event_loop_runner("asyncio") is asyncio.run
+    assert event_loop_runner("auto") is uvloop.run
+    assert event_loop_runner("uvloop")(_answer()) == 42
+
+
+async def _answer() -> int:
+    import asyncio
+
+    import uvloop
+
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+    return 42

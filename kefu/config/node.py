@@ -166,6 +166,25 @@ class TlsSettings(_Section):
     client_auth: bool = False
 
 
+def _otlp_url(v: str | None) -> str | None:
+    if v is None:
+        return None
+    scheme, sep, rest = v.partition("://")
+    if not sep or scheme not in ("http", "https") or not rest:
+        raise ValueError(f"{v!r} is not an OTLP/HTTP traces URL (http://collector:4318/v1/traces)")
+    return v
+
+
+class TracingSettings(_Section):
+    """``tracing:``: OpenTelemetry spans exported over OTLP/HTTP (protobuf). Absent or no
+    endpoint = off (and free). One line turns it on:
+    ``tracing: {otlp_endpoint: http://127.0.0.1:4318/v1/traces}``."""
+
+    otlp_endpoint: Annotated[str | None, AfterValidator(_otlp_url)] = None
+    #: ``service.name`` of the spans; default ``kefu-node`` / ``kefu-gateway``.
+    service_name: Annotated[str | None, Field(min_length=1, max_length=64)] = None
+
+
 class NodeConfig(_Section):
     """The node.yaml schema. Paths are as written; :meth:`resolve` makes them absolute."""
 
@@ -187,6 +206,8 @@ class NodeConfig(_Section):
     control_plane: ControlPlaneSettings | None = None
     #: Absent = plaintext gRPC (warned at start; keep ``listen`` on loopback then).
     tls: TlsSettings | None = None
+    #: Absent = no OpenTelemetry spans.
+    tracing: TracingSettings = TracingSettings()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,6 +23,7 @@ on one worker thread, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import json
 import logging
@@ -266,6 +267,8 @@ class OrderCenter:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="order-center-db")
         self._db: _Db | None = None
         self._runner: web.AppRunner | None = None
+        #: W3C ``traceparent`` headers of the latest API calls (the trace a call belongs to).
+        self.traceparents: collections.deque[str] = collections.deque(maxlen=100)
 
     @property
     def url(self) -> str:
@@ -337,6 +340,8 @@ class OrderCenter:
             if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
                 return _error(401, "unauthorized")
         if request.path.startswith("/api/"):
+            if tp := request.headers.get("traceparent"):
+                self.traceparents.append(tp)
             f = self.faults
             if f.delay_ms:
                 await asyncio.sleep(f.delay_ms / 1000)

@@ -94,6 +94,7 @@ PURE = (
     "kefu.node.gateway.identity",
     "kefu.node.gateway.traffic",
     "kefu.node.gateway.wechat",
+    "kefu.node.gateway.wechat_crypto",
     "kefu.node.gateway.views",
     "kefu.node.gateway.tracing",
 )
@@ -149,6 +150,7 @@ SHARED = (
     "kefu.certstore",
     "kefu.tls",
     "kefu.logformat",
+    "kefu.tracing",
     "kefu.config.*",
     "kefu.v1.*",
 )

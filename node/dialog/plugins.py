@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from kefu import tracing
 from kefu.config import TenantConfig
 from kefu.config.flows import Integration, PluginSpec
 from kefu.errors import ConfigError
@@ -223,7 +224,11 @@ class PluginRunner:
         if not breaker.allow():
             result = PluginResult(outcome=PluginOutcome.FAILED, code="circuit_open")
         else:
-            result = await self._attempts(spec, inputs, lang)
+            attrs = {"kefu.plugin": plugin_id, "kefu.tenant": self.tenant}
+            with tracing.span("plugin call", attrs, kind="client") as span:
+                result = await self._attempts(spec, inputs, lang)
+                if span is not None:
+                    span.set_attribute("kefu.outcome", result.outcome.value)
             breaker.record(result.outcome is not PluginOutcome.FAILED)
         latency = round((time.perf_counter() - started) * 1000.0, 2)
         result = PluginResult(
@@ -333,6 +338,8 @@ class PluginRunner:
         headers = self._headers(integ)
         if headers is None:
             return PluginResult(outcome=PluginOutcome.FAILED, code="secret_missing")
+        if (traceparent := tracing.current_traceparent()) is not None:
+            headers["traceparent"] = traceparent
         url = self.base_url(spec.integration) + _render(spec.path, inputs, url=True)
         body = {k: _render(v, inputs, url=False) for k, v in spec.body.items()} or None
         try:

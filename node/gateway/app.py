@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kefu import tracing
 from kefu.config.node import parse_host_port
 from kefu.node.gateway import openapi
 from kefu.node.gateway.config import ResolvedGateway
@@ -136,6 +137,7 @@ class Gateway:
             health_timeout_s=cfg.health.timeout_s,
             call_timeout_s=cfg.limits.node_timeout_s,
             tls=resolved.node_tls,
+            renew_interval_s=cfg.node_tls.check_interval_s if cfg.node_tls else 30.0,
         )
         self.conversations = Conversations(resolved, self.pool, self.links, rng=rng)
         self.metrics = GatewayMetrics()
@@ -151,6 +153,7 @@ class Gateway:
         )
         self._runner: web.AppRunner | None = None
         self._renew: asyncio.Task[None] | None = None
+        self._tracing = False
         self.port = 0
 
     @property
@@ -187,6 +190,11 @@ class Gateway:
         return ctx
 
     async def start(self) -> Gateway:
+        otel = self.resolved.config.tracing
+        if otel.otlp_endpoint:
+            name = otel.service_name or "kefu-gateway"
+            tracing.configure(service_name=name, otlp_endpoint=otel.otlp_endpoint)
+            self._tracing = True
         await self.links.start()
         host, port = parse_host_port(self.resolved.config.listen)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
@@ -214,6 +222,9 @@ class Gateway:
             await self._runner.cleanup()
             self._runner = None
         await self.links.close()
+        if self._tracing:  # flush the spans still buffered
+            self._tracing = False
+            await asyncio.to_thread(tracing.shutdown)
 
     async def __aenter__(self) -> Gateway:
         try:

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +101,26 @@ async def _serve(resolved: Any) -> int:
     return 0
 
 
+def event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
+    """``asyncio.run`` or uvloop's: ``auto`` takes uvloop when it is installed (it cuts the
+    gateway's per-request cost; see docs/benchmarks.md "Access gateway overhead")."""
+    if choice == "asyncio":
+        return asyncio.run
+    try:
+        import uvloop
+    except ImportError as exc:
+        if choice == "uvloop":
+            raise ConfigError(
+                "--event-loop uvloop: uvloop is not installed / 未安装 uvloop"
+            ) from exc
+        return asyncio.run
+    return uvloop.run
+
+
 def run_gateway(args: argparse.Namespace) -> int:
     resolved = _resolve(args)
     _log_to_stderr(resolved.config.log_format if args.log_format is None else args.log_format)
-    return asyncio.run(_serve(resolved))
+    return event_loop_runner(getattr(args, "event_loop", "auto"))(_serve(resolved))
 
 
 def identity_token(args: argparse.Namespace) -> int:
@@ -136,6 +153,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-file", help="the tenant's channel API key file (without --config)")
     p.add_argument("--allow-origin", action="append", help="an allowed browser origin (repeatable)")
     p.add_argument("--log-format", choices=("json", "text"), default=None)
+    p.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="auto: uvloop when installed (faster), else asyncio",
+    )
     p.set_defaults(handler=run_gateway)
 
 

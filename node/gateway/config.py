@@ -29,15 +29,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kefu.certstore import TlsFiles
-from kefu.config.node import parse_host_port
+from kefu.config.node import TracingSettings, parse_host_port
 from kefu.config.yamlsource import YamlDocument, load_yaml
 from kefu.errors import ConfigError
 from kefu.node.gateway.routing import NODE_ID_RE, EjectionPolicy, NodeSpec
 from kefu.node.gateway.traffic import BucketSettings
+from kefu.node.gateway.wechat_crypto import aes_key
 
 __all__ = [
     "GatewayConfig",
@@ -86,6 +88,11 @@ class WeChatSettings(_Section):
     #: Answer passively when the node is this quick, else "success" and a customer-service
     #: message later (WeChat waits 5 s and retries 3 times).
     passive_deadline_s: float = Field(default=4.0, gt=0, le=4.5)
+    #: ``plain`` (明文模式) or ``safe`` (安全模式: messages and replies AES-encrypted with the
+    #: EncodingAESKey; needs ``encoding_aes_key_file`` and ``app_id``).
+    mode: Literal["plain", "safe"] = "plain"
+    #: The 43-character EncodingAESKey from the account's server configuration.
+    encoding_aes_key_file: str | None = None
 
 
 class GatewayTenant(_Section):
@@ -125,6 +132,8 @@ class NodeTlsSettings(_Section):
     ca_file: str
     cert_file: str | None = None
     key_file: str | None = None
+    #: How often the pair's files are checked for a renewal (then the channels are rebuilt).
+    check_interval_s: float = Field(default=30.0, gt=0, le=3600)
 
 
 class ListenTlsSettings(_Section):
@@ -147,6 +156,8 @@ class GatewayConfig(_Section):
     node_tls: NodeTlsSettings | None = None
     #: None: plain HTTP (behind a TLS-terminating load balancer, or loopback).
     listen_tls: ListenTlsSettings | None = None
+    #: OpenTelemetry spans over OTLP/HTTP; off unless ``otlp_endpoint`` is set.
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("listen")
     @classmethod
@@ -169,6 +180,8 @@ class TenantAccess:
     wechat: WeChatSettings | None = None
     wechat_token: str = ""
     wechat_secret: str = ""
+    #: The AES key of safe mode (from the EncodingAESKey); empty in plain mode.
+    wechat_aes_key: bytes = b""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,6 +205,22 @@ def _read_secret(base: Path, name: str, what: str) -> str:
     if not text:
         raise ConfigError(f"{what}: {path} is empty")
     return text
+
+
+def _wechat_key(base: Path, wc: WeChatSettings, where: str) -> bytes:
+    """Safe mode's AES key; checked here so a wrong EncodingAESKey fails at start."""
+    if wc.mode == "plain":
+        return b""
+    if not wc.encoding_aes_key_file or not wc.app_id:
+        raise ConfigError(
+            f"{where}: mode: safe needs encoding_aes_key_file and app_id / "
+            "安全模式需要 encoding_aes_key_file 与 app_id"
+        )
+    text = _read_secret(base, wc.encoding_aes_key_file, f"{where}.encoding_aes_key_file")
+    try:
+        return aes_key(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.encoding_aes_key_file: {exc} / EncodingAESKey 无效") from None
 
 
 def _existing(base: Path, name: str, what: str) -> Path:
@@ -251,10 +280,12 @@ def resolve_gateway(cfg: GatewayConfig, *, base: Path, source: str = "<code>") -
         if not t.anonymous and not secrets:
             raise ConfigError(f"{where}: anonymous: false needs identity_secret_files")
         wc_token = wc_secret = ""
+        wc_key = b""
         if t.wechat is not None:
             wc_token = _read_secret(base, t.wechat.token_file, f"{where} wechat.token_file")
             if t.wechat.app_secret_file:
                 wc_secret = _read_secret(base, t.wechat.app_secret_file, f"{where} wechat")
+            wc_key = _wechat_key(base, t.wechat, f"{where} wechat")
         tenants.append(
             TenantAccess(
                 id=t.id,
@@ -267,6 +298,7 @@ def resolve_gateway(cfg: GatewayConfig, *, base: Path, source: str = "<code>") -
                 wechat=t.wechat,
                 wechat_token=wc_token,
                 wechat_secret=wc_secret,
+                wechat_aes_key=wc_key,
             )
         )
     ids = [n.id for n in cfg.nodes]

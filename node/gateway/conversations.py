@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,6 +32,7 @@ from kefu.node.gateway.identity import (
     verify_identity,
 )
 from kefu.node.gateway.routing import NoAnswer, NodePool, NodeState, local_id, node_of
+from kefu.node.gateway.tracing import new_id
 from kefu.node.gateway.traffic import Backlog, RateLimiter
 from kefu.node.gateway.views import (
     CHANNELS,
@@ -79,6 +80,11 @@ class NodeCalls(Protocol):
     ) -> AsyncIterator[Any]: ...
 
 
+@functools.lru_cache(maxsize=256)
+def _bearer(key: str) -> tuple[tuple[str, str], ...]:
+    return tuple(bearer_metadata(key))
+
+
 @dataclass(frozen=True, kw_only=True)
 class Caller:
     tenant: TenantAccess
@@ -88,10 +94,8 @@ class Caller:
     traceparent: str = ""
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        md = [*bearer_metadata(self.tenant.api_key), ("x-request-id", self.request_id)]
-        if self.traceparent:
-            md.append(("traceparent", self.traceparent))
-        return tuple(md)
+        md = (*_bearer(self.tenant.api_key), ("x-request-id", self.request_id))
+        return (*md, ("traceparent", self.traceparent)) if self.traceparent else md
 
 
 class Conversations:
@@ -156,7 +160,7 @@ class Conversations:
             tenant=tenant,
             identity=identity,
             channel=channel,
-            request_id=request_id or uuid.uuid4().hex,
+            request_id=request_id or new_id(),
             traceparent=traceparent,
         )
 

@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from aiohttp import web
 from kefu.node.gateway.answers import ApiError, pick_language
 from kefu.node.gateway.conversations import Caller, Conversations
 from kefu.node.gateway.metrics import GatewayMetrics
-from kefu.node.gateway.tracing import Tracer
+from kefu.node.gateway.tracing import Tracer, new_id
 
 __all__ = ["CONVERSATIONS", "INFO", "RequestInfo", "add_routes", "error_middleware", "read_json"]
 
@@ -89,7 +88,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     t0 = time.perf_counter()
     rid = request.headers.get("X-Request-Id", "")
-    info = RequestInfo(request_id=rid if _REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex)
+    info = RequestInfo(request_id=rid if _REQUEST_ID.fullmatch(rid) else new_id())
     request[INFO] = info
     tracer = request.app[TRACER]
     span = tracer.start_request(request.headers.get("traceparent"), request.method, request.path)
@@ -111,7 +110,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     route = (
         request.match_info.route.resource.canonical if request.match_info.route.resource else "-"
     )
-    span.end(status=resp.status)
+    span.end(status=resp.status, route=route)
     if not resp.prepared:
         resp.headers["X-Request-Id"] = info.request_id
         resp.headers["traceparent"] = span.traceparent

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kefu.certstore import TlsFiles
 from kefu.node.gateway.answers import ApiError, from_grpc
 from kefu.node.gateway.routing import NoAnswer, NodePool, NodeState
-from kefu.tls import secure_channel, warn_plaintext
+from kefu.tls import PairWatcher, secure_channel, warn_plaintext
 from kefu.v1 import RETRY_AFTER_METADATA_KEY, SERVICE_NAME
 from kefu.v1 import node_pb2_grpc as pbg
 
@@ -59,23 +59,77 @@ class NodeLinks:
         health_timeout_s: float = 1.0,
         call_timeout_s: float = 10.0,
         tls: TlsFiles | None = None,
+        renew_interval_s: float = 30.0,
     ):
         self.pool = pool
         self.health_interval_s = health_interval_s
         self.health_timeout_s = health_timeout_s
         self.call_timeout_s = call_timeout_s
+        self.tls = tls
+        self.renew_interval_s = renew_interval_s
         if tls is None:
             for n in pool.nodes.values():
                 warn_plaintext(f"the gateway's link to node {n.id}", n.spec.address)
-        # With TLS the node is verified against the CA; with a pair, the gateway presents it.
-        self._channels = {
-            n.id: secure_channel(n.spec.address, tls, options=_CHANNEL_OPTIONS)
-            for n in pool.nodes.values()
-        }
-        self.stubs = {nid: pbg.KefuNodeStub(ch) for nid, ch in self._channels.items()}
-        self._health = {nid: health_pb2_grpc.HealthStub(ch) for nid, ch in self._channels.items()}
+        # The gateway's own pair (mutual TLS), re-read when renewed: see :meth:`renew`.
+        self._pair = (
+            PairWatcher(tls) if tls is not None and tls.cert_file and tls.key_file else None
+        )
+        #: How many times the channels were rebuilt with a renewed pair.
+        self.renewals = 0
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.stubs: dict[str, pbg.KefuNodeStub] = {}
+        self._health: dict[str, health_pb2_grpc.HealthStub] = {}
+        for n in pool.nodes.values():
+            self._connect(n)
         self._task: asyncio.Task[None] | None = None
+        self._renew_task: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         self._probing: set[str] = set()
+
+    def _connect(self, node: NodeState) -> grpc.aio.Channel | None:
+        """A (new) channel to ``node``; the one it replaces, if any. With TLS the node is
+        verified against the CA; with a pair, the gateway presents it."""
+        if self._pair is None:
+            channel = secure_channel(node.spec.address, self.tls, options=_CHANNEL_OPTIONS)
+        else:
+            key, cert, ca = self._pair.current
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=ca, private_key=key, certificate_chain=cert
+            )
+            channel = grpc.aio.secure_channel(node.spec.address, creds, options=_CHANNEL_OPTIONS)
+        old = self._channels.get(node.id)
+        self._channels[node.id] = channel
+        self.stubs[node.id] = pbg.KefuNodeStub(channel)
+        self._health[node.id] = health_pb2_grpc.HealthStub(channel)
+        return old
+
+    # ------------------------------------------------------------------ renewal
+
+    def renew(self) -> bool:
+        """Rebuild every channel when the gateway's certificate files changed (a consistent
+        new pair). Calls in flight finish on the old channels, which close once they are
+        done (at most the call timeout later); new calls use the new pair at once."""
+        if self._pair is None or not self._pair.poll():
+            return False
+        loop = asyncio.get_running_loop()
+        for node in self.pool.nodes.values():
+            old = self._connect(node)
+            if old is not None:
+                task = loop.create_task(old.close(grace=self.call_timeout_s))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+        self.renewals += 1
+        log.info(
+            "gateway certificate renewed: channels to %d node(s) rebuilt", len(self.pool.nodes)
+        )
+        for nid in self.pool.nodes:  # a node refused the old pair? it may take the new one
+            self._probe_soon(nid)
+        return True
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.renew_interval_s)
+            self.renew()
 
     # ------------------------------------------------------------------ health
 
@@ -128,13 +182,20 @@ class NodeLinks:
 
     async def start(self) -> None:
         await self.probe_all()
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._loop())
+        if self._pair is not None:
+            self._renew_task = loop.create_task(self._renew_loop(), name="gateway-cert-renew")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._renew_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         await asyncio.gather(*(ch.close() for ch in self._channels.values()))
 
     # ------------------------------------------------------------------ calls

@@ -30,7 +30,9 @@ from kefu.node.gateway.answers import ApiError
 __all__ = [
     "TEXT_ONLY",
     "WeChatMessage",
+    "child_text",
     "parse_message",
+    "parse_xml",
     "passive_text",
     "passive_transfer",
     "signature",
@@ -74,7 +76,8 @@ class WeChatMessage:
         return self.msg_id or f"{self.from_user}:{self.create_time}:{self.event}"
 
 
-def parse_message(raw: bytes) -> WeChatMessage:
+def parse_xml(raw: bytes) -> ET.Element:
+    """WeChat's ``<xml>`` body, parsed; DTDs and entities refused before parsing."""
     if len(raw) > MAX_XML_BYTES:
         raise ApiError.of("body_too_large")
     head = raw.lower()
@@ -86,10 +89,19 @@ def parse_message(raw: bytes) -> WeChatMessage:
         raise ApiError.of("invalid_xml") from exc
     if root.tag != "xml":
         raise ApiError.of("invalid_xml", detail="root element must be <xml>")
+    return root
+
+
+def child_text(root: ET.Element, tag: str) -> str:
+    el = root.find(tag)
+    return (el.text or "").strip() if el is not None else ""
+
+
+def parse_message(raw: bytes) -> WeChatMessage:
+    root = parse_xml(raw)
 
     def text(tag: str) -> str:
-        el = root.find(tag)
-        return (el.text or "").strip() if el is not None else ""
+        return child_text(root, tag)
 
     to_user, from_user, msg_type = text("ToUserName"), text("FromUserName"), text("MsgType")
     if not (to_user and from_user and msg_type):

@@ -32,6 +32,7 @@ from kefu.node.gateway.wechat import (
     passive_transfer,
     verify_signature,
 )
+from kefu.node.gateway.wechat_crypto import WeChatCrypto
 
 __all__ = ["WECHAT", "WeChatLink", "add_wechat_routes"]
 
@@ -170,11 +171,17 @@ async def _answer(
 
 async def receive(request: web.Request) -> web.Response:
     tenant = _tenant(request)
-    verify_signature(tenant.wechat_token, dict(request.query))  # before reading anything
+    query = dict(request.query)
+    verify_signature(tenant.wechat_token, query)  # before reading anything
     limit = request.app[MAX_BODY]
     raw = await request.content.read(limit + 1)
     if len(raw) > limit:
         raise ApiError.of("body_too_large")
+    crypto = None
+    if tenant.wechat_aes_key:  # safe mode: msg_signature, then decrypt (appid checked)
+        assert tenant.wechat is not None
+        crypto = WeChatCrypto(tenant.wechat_token, tenant.wechat_aes_key, tenant.wechat.app_id)
+        raw = crypto.open(query, raw)
     msg = parse_message(raw)
     if msg.msg_type == "event":
         return web.Response(text="success")
@@ -203,6 +210,8 @@ async def receive(request: web.Request) -> web.Response:
         xml = passive_transfer(msg, now)
     else:
         xml = passive_text(msg, text, now)
+    if crypto is not None:
+        xml = crypto.seal(xml, str(now), query["nonce"])
     return web.Response(body=xml, content_type="application/xml", charset="utf-8")
 
 

@@ -57,6 +57,7 @@ from typing import Self
 
 import numpy as np
 
+from kefu import tracing
 from kefu.errors import BundleError, PermanentError
 from kefu.keys import TrustStore
 from kefu.models.runtime import TextClassifier, load_model
@@ -404,7 +405,8 @@ class BatchingModelRuntime:
         cached = [row is not None for row in rows]
         if misses:
             futures = worker.submit(list(misses))
-            results = await (futures[0] if len(futures) == 1 else asyncio.gather(*futures))
+            with tracing.span("inference", {"kefu.model": worker.ref, "kefu.texts": len(misses)}):
+                results = await (futures[0] if len(futures) == 1 else asyncio.gather(*futures))
             fresh = [results] if len(futures) == 1 else results
             for positions, row in zip(misses.values(), fresh, strict=True):
                 for i in positions:

@@ -33,6 +33,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from kefu import tracing
 from kefu.auth_guard import FailedAuthGuard, peer_address
 from kefu.errors import KefuError, TemporaryError
 from kefu.node.dialog.conversation import (
@@ -315,7 +316,13 @@ class KefuNodeService:
     def _unary(
         self, fn: Handler, roles: frozenset[str] = frozenset({"channel", "admin", "agent"})
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        name = f"node {getattr(fn, '__name__', 'rpc')}"
+
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with tracing.server_span(name, context.invocation_metadata()):
+                return await traced(request, context)
+
+        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
             tenant = await self._tenant(request, context)
             key = api_key_from_metadata(context.invocation_metadata()) or ""
             if not tenant.roles_for(key) & roles:
@@ -360,6 +367,13 @@ class KefuNodeService:
         return _reply(await self._converse(tenant, req))
 
     async def converse_stream(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ConverseEvent]:
+        with tracing.server_span("node converse_stream", context.invocation_metadata()):
+            async for event in self._converse_stream(request, context):
+                yield event
+
+    async def _converse_stream(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ConverseEvent]:
         tenant = await self._tenant(request, context)

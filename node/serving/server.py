@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from kefu import tracing
 from kefu.certstore import TlsFiles
 from kefu.errors import PermanentError, TemporaryError
 from kefu.models.store import ModelStore, trust_for
@@ -87,6 +88,9 @@ class NodeOptions:
     client_auth: bool = False
     #: Encryption at rest of conversation text and slots (per-tenant keys); None = off.
     encryption: EncryptionOptions | None = None
+    #: OpenTelemetry spans to this OTLP/HTTP traces URL; None = tracing off (free).
+    otlp_endpoint: str | None = None
+    otel_service_name: str = "kefu-node"
 
 
 class Node:
@@ -94,6 +98,7 @@ class Node:
         self.options = options
         self.status = NodeStatus.NEW
         self.port = 0
+        self._tracing = False
         self.registry: TenantRegistry | None = None
         #: Rollout splits and version-pinned sessions (set by the agent, used by every turn).
         self.splits = SplitBoard()
@@ -115,6 +120,9 @@ class Node:
         if self.status is not NodeStatus.NEW:
             return self
         opts = self.options
+        if opts.otlp_endpoint:
+            tracing.configure(service_name=opts.otel_service_name, otlp_endpoint=opts.otlp_endpoint)
+            self._tracing = True
         private_dir(opts.data_dir)  # conversations live here: 0700
         store = ModelStore(opts.data_dir / "models", trust_for(opts.data_dir))
         store.seed_shipped()
@@ -243,6 +251,8 @@ class Node:
             await self.registry.close()
         if self.metrics is not None:
             self.metrics.close()
+        if self._tracing:  # flush the spans still buffered
+            await asyncio.to_thread(tracing.shutdown)
         self.status = NodeStatus.STOPPED
 
     async def wait(self) -> None:

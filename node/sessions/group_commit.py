@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kefu import tracing
 from kefu.node.sessions.files import private_db_file
 from kefu.node.sessions.session_db import (
     SQLiteStoreOptions,
@@ -224,7 +225,9 @@ class GroupCommitDB:
                 self._writer_thread.submit(self._commit_group)
             except RuntimeError:  # shut down meanwhile
                 self._fail_waiting(StorageUnavailable(_CLOSED))
-        return await self._await(future)
+        # The span is this write's wait for its group's commit (others may share it).
+        with tracing.span("sqlite commit", {"db.system": "sqlite", "kefu.store": self._name}):
+            return await self._await(future)
 
     def _commit_group(self) -> None:
         with self._group_lock:
