@@ -182,6 +182,11 @@ class ApiKeyEntry(_Doc):
     sha256: str
     created_at: float
     revoked: bool = False
+    #: Unix seconds after which the key is refused (0 = never): set by an issue with a
+    #: lifetime, or by a rotation to the end of the successor period (:mod:`kefu.rotation`).
+    expires_at: float = 0.0
+    #: The key id that replaced this one (rotation).
+    successor: str = ""
 
 
 class TenantRecord(_Doc):
@@ -195,6 +200,10 @@ class TenantRecord(_Doc):
 
     def active_key_hashes(self) -> list[str]:
         return sorted(k.sha256 for k in self.api_keys if not k.revoked)
+
+    def key_expiry(self) -> dict[str, float]:
+        """hash → expiry (Unix seconds) of the active keys that expire; nodes enforce it."""
+        return {k.sha256: k.expires_at for k in self.api_keys if not k.revoked and k.expires_at}
 
 
 class RegionRecord(_Doc):
@@ -294,6 +303,10 @@ class DesiredTenant(_Doc):
     models: dict[str, BundleRef] = Field(default_factory=dict)
     scenario_models: dict[str, dict[str, BundleRef]] = Field(default_factory=dict)
     api_key_hashes: list[str] = Field(default_factory=list)
+    #: hash → Unix seconds after which the node refuses that key (rotated or expiring keys
+    #: only; absent = never). Nodes decide with their own clock, so no update is needed when
+    #: the successor period ends.
+    api_key_expiry: dict[str, float] = Field(default_factory=dict)
     #: Set while a rollout runs in this region (a node without the ``split-v1`` capability
     #: ignores it: the control plane never puts such a node in a wave).
     split: CanarySplit | None = None
@@ -304,12 +317,17 @@ class DesiredTenant(_Doc):
         data = self.model_dump()
         if data["split"] is None:
             del data["split"]
+        if not data["api_key_expiry"]:
+            del data["api_key_expiry"]  # what it was before rotation existed
         return digest(json.dumps(data, sort_keys=True))
 
     def base_fingerprint(self) -> str:
         """The fingerprint without the split: equal when only rollout weights changed, which
         a node applies without re-applying the tenant."""
-        return digest(json.dumps(self.model_dump(exclude={"split"}), sort_keys=True))
+        data = self.model_dump(exclude={"split"})
+        if not data["api_key_expiry"]:
+            del data["api_key_expiry"]
+        return digest(json.dumps(data, sort_keys=True))
 
     def bundles(self) -> list[BundleRef]:
         refs = {b.ref: b for b in self.models.values()}

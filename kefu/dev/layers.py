@@ -59,6 +59,7 @@ IO_LIBRARIES = (
 PURE = (
     "kefu.errors",
     "kefu.pki",
+    "kefu.rotation",
     "kefu.wire",
     "kefu.model_ref",
     "kefu.rollout",
@@ -146,6 +147,7 @@ SHARED = (
     "kefu.keys",
     "kefu.lazy",
     "kefu.pki",
+    "kefu.rotation",
     "kefu.certstore",
     "kefu.tls",
     "kefu.logformat",

@@ -99,6 +99,7 @@ class ServingTarget:
             config,
             source=Path(f"control-plane:{doc.tenant}@v{doc.config_version}"),
             key_hashes=doc.api_key_hashes,
+            key_expiry=doc.api_key_expiry,
         )
 
     async def remove_tenant(self, tenant: str) -> None:

@@ -62,6 +62,7 @@ from kefu.node.sessions.store import (
     TurnRole,
     new_record_id,
 )
+from kefu.rotation import expired_message
 from kefu.v1 import RETRY_AFTER_METADATA_KEY, SERVICE_NAME, api_key_from_metadata
 from kefu.v1 import node_pb2 as pb
 
@@ -277,6 +278,12 @@ class KefuNodeService:
         key = api_key_from_metadata(context.invocation_metadata())
         tenant = self.service.registry.authenticate(key)
         if tenant is None:
+            expired = self.service.registry.expired_key(key)
+            if expired is not None:
+                await self._refused(context, "expired_key", expired[0])
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, expired_message("API key", "", expired[1])
+                )
             await self._refused(context, "missing_key" if not key else "unknown_key")
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
