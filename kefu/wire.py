@@ -60,6 +60,7 @@ __all__ = [
     "DesiredTenant",
     "Lease",
     "ModelVersion",
+    "NodeAuditEvent",
     "NodeStatus",
     "ObservedTenant",
     "RegionRecord",
@@ -439,6 +440,24 @@ class TelemetryAggregate(_Doc):
         self.corrected_wrong += other.corrected_wrong
 
 
+class NodeAuditEvent(_Doc):
+    """One node audit-log record as the control plane receives it: who, what, when, the ids
+    acted on, and its place in the node's hash chain (``seq``, ``prev``, ``hash``), so the
+    control plane holds an independent copy of every chain head. Never conversation text."""
+
+    seq: int
+    ts: float
+    actor: str
+    role: str = ""
+    action: str
+    tenant: str = ""
+    target: str = ""
+    outcome: str = "ok"
+    detail: str = "{}"
+    prev: str = ""
+    hash: str = ""
+
+
 class TelemetryBatch(_Doc):
     node_id: str
     region: str
@@ -449,3 +468,8 @@ class TelemetryBatch(_Doc):
     aggregates: list[TelemetryAggregate] = Field(default_factory=list)
     #: Intervals this node had to drop (buffer full while offline), cumulative.
     dropped: int = 0
+    #: Node audit-log records written in this interval (redacted: ids and counts only).
+    audit: list[NodeAuditEvent] = Field(default_factory=list)
+    #: Audit records not shipped because a window held more than the recorder keeps
+    #: (cumulative; they stay in the node's own log).
+    audit_dropped: int = 0

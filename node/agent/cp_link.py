@@ -30,6 +30,7 @@ from kefu.models.store import ModelStore
 from kefu.natscreds import NatsCredentials, load_credentials
 from kefu.node.agent.agent import AgentOptions, NodeAgent, TelemetryShutdown
 from kefu.node.agent.telemetry import TelemetryRecorder, TurnSample
+from kefu.node.audit.chain import AuditEntry, safe_id
 from kefu.node.dialog.conversation import TurnResult
 from kefu.node.dialog.split import NodeSplit
 from kefu.node.serving.server import Node
@@ -67,6 +68,16 @@ class ServingTarget:
         # keeps serving its in-flight turns. A scenario pin or a rollout canary is loaded
         # without activation: it must never become another tenant's default version.
         await self.runtime.load(bundle.name, path, activate=activate)
+        if self.node.audit is not None:
+            await self.node.audit.record(
+                AuditEntry(
+                    ts=time.time(),
+                    actor="control-plane",
+                    action="model.swapped" if activate else "model.loaded",
+                    target=safe_id(bundle.ref),
+                    detail={"sha256": bundle.sha256[:16]},
+                )
+            )
 
     def apply_split(self, tenant: str, split: CanarySplit | None) -> None:
         """This node's share of the rollout (one assignment: turns read it per new session)."""
@@ -212,6 +223,9 @@ def attach_agent(
 
     recorder = TelemetryRecorder(node_id=node_id, region=region)
     _observe_turns(node, recorder)
+    if node.audit is not None:
+        # Audit records leave the node with the telemetry (ids and counts only, no text).
+        node.audit.listeners.append(recorder.record_audit)
     target = ServingTarget(node, node_id=node_id)
     return NodeAgent(options, target, store, connect=connect, telemetry=recorder)
 
