@@ -194,7 +194,8 @@ def cmd_rekey(args: argparse.Namespace) -> int:
     from kefu.node.sessions.tenant_keys import EncryptionOptions, TenantKeys, load_master_key
 
     base = data_dir(args.data_dir)
-    keys = TenantKeys(base, load_master_key(base, EncryptionOptions()))
+    master = Path(args.master_key_file) if args.master_key_file else None
+    keys = TenantKeys(base, load_master_key(base, EncryptionOptions(master_key_file=master)))
     if args.shred:
         gone = keys.shred(args.tenant)
         _audit_local(base, "key.shred", args.tenant)
@@ -262,6 +263,44 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_key_commands(verbs: argparse._SubParsersAction, *, data_dir_default: str | None) -> None:
+    """``rekey`` and ``audit verify|list`` (``kefu node ...`` and ``kefu-node ...``)."""
+    where = data_dir_default or "$KEFU_DATA_DIR or ./kefu-data"
+
+    def data_dir_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", default=data_dir_default, help=f"default: {where}")
+
+    k = verbs.add_parser(
+        "rekey",
+        help="give a tenant a new data key for encryption at rest (old rows stay readable)",
+    )
+    k.add_argument("--tenant", required=True)
+    data_dir_arg(k)
+    k.add_argument(
+        "--master-key-file",
+        help="the master key (default: $KEFU_MASTER_KEY, else <data-dir>/keys/master.key)",
+    )
+    k.add_argument(
+        "--shred",
+        action="store_true",
+        help="delete ALL of the tenant's data keys instead: its stored text becomes unreadable",
+    )
+    k.set_defaults(handler=cmd_rekey)
+
+    a = verbs.add_parser(
+        "audit", help="the node's hash-chained audit log of admin and agent actions"
+    )
+    av = a.add_subparsers(dest="audit_verb", required=True, metavar="VERB")
+    v = av.add_parser("verify", help="check the hash chain; exit 1 naming any edited entry")
+    lst = av.add_parser("list", help="show the latest entries (ids and counts, no text)")
+    lst.add_argument("--tenant", help="only this tenant's entries")
+    lst.add_argument("--limit", type=int, default=50, help="how many (default 50; 0 = all)")
+    lst.add_argument("--json", action="store_true", help="JSON output")
+    for p_ in (v, lst):
+        data_dir_arg(p_)
+        p_.set_defaults(handler=cmd_audit)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("node", help="the regional node that serves customer conversations")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -312,33 +351,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.set_defaults(handler=cmd_run)
 
-    k = verbs.add_parser(
-        "rekey",
-        help="give a tenant a new data key for encryption at rest (old rows stay readable)",
-    )
-    k.add_argument("--tenant", required=True)
-    k.add_argument("--data-dir", help="data directory (default: $KEFU_DATA_DIR or ./kefu-data)")
-    k.add_argument(
-        "--shred",
-        action="store_true",
-        help="delete ALL of the tenant's data keys instead: its stored text becomes unreadable",
-    )
-    k.set_defaults(handler=cmd_rekey)
-
-    a = verbs.add_parser(
-        "audit", help="the node's hash-chained audit log of admin and agent actions"
-    )
-    av = a.add_subparsers(dest="audit_verb", required=True, metavar="VERB")
-    v = av.add_parser("verify", help="check the hash chain; exit 1 naming any edited entry")
-    lst = av.add_parser("list", help="show the latest entries (ids and counts, no text)")
-    lst.add_argument("--tenant", help="only this tenant's entries")
-    lst.add_argument("--limit", type=int, default=50, help="how many (default 50; 0 = all)")
-    lst.add_argument("--json", action="store_true", help="JSON output")
-    for p_ in (v, lst):
-        p_.add_argument(
-            "--data-dir", help="data directory (default: $KEFU_DATA_DIR or ./kefu-data)"
-        )
-        p_.set_defaults(handler=cmd_audit)
+    add_key_commands(verbs, data_dir_default=None)
 
     c = sub.add_parser("chat", help="chat with a node from the terminal")
     add_chat_arguments(c, key_dir="kefu-data")
