@@ -197,7 +197,14 @@ def tenant_msg(t: TenantRecord) -> pb.Tenant:
         created_at=t.created_at,
         current_config=t.current_config,
         api_keys=[
-            pb.ApiKey(id=k.id, created_at=k.created_at, revoked=k.revoked) for k in t.api_keys
+            pb.ApiKey(
+                id=k.id,
+                created_at=k.created_at,
+                revoked=k.revoked,
+                expires_at=k.expires_at,
+                successor=k.successor,
+            )
+            for k in t.api_keys
         ],
     )
 
@@ -257,7 +264,8 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
         self.cp = cp
         self.lease = lease
         self.telemetry = telemetry
-        self.tokens = tokens or OperatorTokens(cp.bus)
+        # One clock for key and token expiries (the service's: tests replace it there).
+        self.tokens = tokens or OperatorTokens(cp.bus, clock=lambda: cp.clock())
         #: Refused tokens per peer: counted, logged (rate-limited), answered ever more slowly.
         self.auth_guard = auth_guard or FailedAuthGuard()
 
@@ -275,10 +283,11 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
     async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> Operator:
         token = api_key_from_metadata(context.invocation_metadata())
         operator: Operator | None = None
+        why = ""
         peer = peer_address(context.peer() or "")
         if token:
             try:
-                operator = await self.tokens.verify(token)
+                operator, why = await self.tokens.check(token)
             except (BusUnavailable, TemporaryError) as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             except KefuError as exc:
@@ -294,7 +303,7 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
                 log.debug("control-plane %s refused: no valid operator token", method)
             if delay:
                 await asyncio.sleep(delay)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, why or UNAUTHENTICATED_MESSAGE)
             raise AssertionError("unreachable")  # abort() raises
         decision = decide(operator, method)
         if not decision.allowed:
@@ -321,8 +330,17 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
 
     @_rpc
     async def IssueApiKey(self, req: pb.IssueApiKeyRequest, ctx: Any) -> pb.IssueApiKeyReply:
-        key_id, key = await self.cp.issue_key(req.tenant, actor=_actor(ctx))
+        key_id, key = await self.cp.issue_key(req.tenant, actor=_actor(ctx), ttl_s=req.ttl_s)
         return pb.IssueApiKeyReply(key_id=key_id, key=key)
+
+    @_rpc
+    async def RotateApiKey(self, req: pb.RotateApiKeyRequest, ctx: Any) -> pb.RotateApiKeyReply:
+        key_id, key, expires = await self.cp.rotate_key(
+            req.tenant, req.key_id, overlap_s=req.overlap_s, actor=_actor(ctx)
+        )
+        return pb.RotateApiKeyReply(
+            key_id=key_id, key=key, old_key_id=req.key_id, old_expires_at=expires
+        )
 
     @_rpc
     async def RevokeApiKey(self, req: pb.RevokeApiKeyRequest, ctx: Any) -> pb.Tenant:
@@ -493,8 +511,19 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
         self, req: pb.IssueOperatorTokenRequest, ctx: Any
     ) -> pb.IssueOperatorTokenReply:
         rec, token = await self.tokens.issue(
-            req.name, parse_role(req.role or "viewer"), actor=_actor(ctx), replace=req.replace
+            req.name,
+            parse_role(req.role or "viewer"),
+            actor=_actor(ctx),
+            replace=req.replace,
+            ttl_s=req.ttl_s,
         )
+        return pb.IssueOperatorTokenReply(info=operator_token_msg(rec), token=token)
+
+    @_rpc
+    async def RotateOperatorToken(
+        self, req: pb.RotateOperatorTokenRequest, ctx: Any
+    ) -> pb.IssueOperatorTokenReply:
+        rec, token = await self.tokens.rotate(req.name, overlap_s=req.overlap_s, actor=_actor(ctx))
         return pb.IssueOperatorTokenReply(info=operator_token_msg(rec), token=token)
 
     @_rpc
@@ -526,6 +555,8 @@ def operator_token_msg(t: OperatorTokenRecord) -> pb.OperatorToken:
         revoked=t.revoked,
         revoked_at=t.revoked_at,
         revoked_by=t.revoked_by,
+        expires_at=t.expires_at,
+        previous_expires_at=t.previous_expires_at,
     )
 
 

@@ -94,7 +94,8 @@ class ControlPlaneApp:
         )
         await ensure_layout(self.bus, o.regions)
         self.cp = ControlPlane(self.bus, trust=o.trust, replica=o.replica)
-        self.tokens = OperatorTokens(self.bus)
+        cp = self.cp
+        self.tokens = OperatorTokens(self.bus, clock=lambda: cp.clock())
         self.first_token = await self.tokens.bootstrap(actor=o.replica)
         if self.first_token and o.admin_token_file is not None:
             try:

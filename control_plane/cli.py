@@ -32,6 +32,7 @@ from kefu.control_plane.tables import table as _table
 from kefu.control_plane.tables import when as _when
 from kefu.errors import PermanentError
 from kefu.model_ref import MODEL_SLOTS
+from kefu.rotation import format_utc, parse_duration
 from kefu.tls import add_client_tls_arguments, client_tls
 
 __all__ = [
@@ -143,7 +144,8 @@ def cmd_cp(args: argparse.Namespace) -> int:
             )
         )
     else:
-        args.show(reply)
+        show = args.show_for(args) if getattr(args, "show_for", None) else args.show
+        show(reply)
     return 0
 
 
@@ -172,6 +174,29 @@ def _show_tenants(r: Any) -> None:
             for t in rows
         ],
     )
+
+
+def _show_keys(tenant: str) -> Any:
+    def show(r: Any) -> None:
+        rows = [(t.id, k) for t in r.tenants if t.id == tenant for k in t.api_keys]
+        if not rows:
+            raise PermanentError(f"no tenant {tenant!r} / 租户 {tenant!r} 不存在")
+        _table(
+            f"API keys of {tenant} / 租户 API 密钥",
+            ["key", "state", "created", "expires", "successor"],
+            [
+                (
+                    k.id,
+                    "revoked" if k.revoked else "active",
+                    _when(k.created_at),
+                    _expiry(k.expires_at),
+                    k.successor or "-",
+                )
+                for _, k in rows
+            ],
+        )
+
+    return show
 
 
 def _show_configs(r: Any) -> None:
@@ -311,12 +336,39 @@ def _show_key(r: Any) -> None:
     print(f"API key {r.key_id} (shown once; only its hash is stored / 仅显示一次):\n  {r.key}")
 
 
+def _show_rotated_key(r: Any) -> None:
+    print(
+        f"API key {r.key_id} replaces {r.old_key_id} (shown once; only its hash is stored / "
+        f"仅显示一次):\n  {r.key}\n"
+        f"{r.old_key_id} keeps working until {format_utc(r.old_expires_at)}, then is refused / "
+        f"{r.old_key_id} 在 {format_utc(r.old_expires_at)} 之前仍可使用，之后将被拒绝"
+    )
+
+
+def _show_rotated_token(r: Any) -> None:
+    until = format_utc(r.info.previous_expires_at)
+    print(
+        f"operator token {r.info.name} ({r.info.role}) rotated; the new secret is shown once / "
+        f"令牌已轮换，新令牌仅显示一次:\n  {r.token}\n"
+        f"the old secret keeps working until {until}, then is refused / "
+        f"旧令牌在 {until} 之前仍可使用，之后将被拒绝"
+    )
+
+
+def _ttl(a: argparse.Namespace) -> float:
+    return parse_duration(a.ttl, what="--ttl", maximum=5 * 365 * 86400.0) if a.ttl else 0.0
+
+
+def _expiry(ts: float) -> str:
+    return _when(ts) if ts else "-"
+
+
 def _show_tokens(r: Any) -> None:
     rows = getattr(r, "tokens", None)
     rows = rows if rows is not None else [r]
     _table(
         "operator tokens / 操作员令牌",
-        ["name", "role", "state", "created", "by", "revoked"],
+        ["name", "role", "state", "created", "by", "expires", "old secret until", "revoked"],
         [
             (
                 t.name,
@@ -324,6 +376,8 @@ def _show_tokens(r: Any) -> None:
                 "revoked" if t.revoked else "active",
                 _when(t.created_at),
                 t.created_by,
+                _expiry(t.expires_at),
+                _expiry(t.previous_expires_at),
                 f"{_when(t.revoked_at)} by {t.revoked_by}" if t.revoked else "-",
             )
             for t in rows
@@ -392,8 +446,17 @@ VERBS: dict[tuple[str, ...], dict[str, Any]] = {
     ),
     ("tokens", "issue"): _simple(
         "IssueOperatorToken",
-        lambda pb, a: pb.IssueOperatorTokenRequest(name=a.name, role=a.role, replace=a.replace),
+        lambda pb, a: pb.IssueOperatorTokenRequest(
+            name=a.name, role=a.role, replace=a.replace, ttl_s=_ttl(a)
+        ),
         _show_new_token,
+    ),
+    ("tokens", "rotate"): _simple(
+        "RotateOperatorToken",
+        lambda pb, a: pb.RotateOperatorTokenRequest(
+            name=a.name, overlap_s=parse_duration(a.overlap)
+        ),
+        _show_rotated_token,
     ),
     ("tokens", "list"): _simple(
         "ListOperatorTokens", lambda pb, a: pb.ListOperatorTokensRequest(), _show_tokens
@@ -422,7 +485,21 @@ VERBS: dict[tuple[str, ...], dict[str, Any]] = {
         _show_tenants,
     ),
     ("keys", "issue"): _simple(
-        "IssueApiKey", lambda pb, a: pb.IssueApiKeyRequest(tenant=a.tenant), _show_key
+        "IssueApiKey",
+        lambda pb, a: pb.IssueApiKeyRequest(tenant=a.tenant, ttl_s=_ttl(a)),
+        _show_key,
+    ),
+    ("keys", "list"): {
+        "build": lambda pb, a: ("ListTenants", pb.ListTenantsRequest()),
+        "show": None,
+        "show_with_args": lambda a: _show_keys(a.tenant),
+    },
+    ("keys", "rotate"): _simple(
+        "RotateApiKey",
+        lambda pb, a: pb.RotateApiKeyRequest(
+            tenant=a.tenant, key_id=a.key_id, overlap_s=parse_duration(a.overlap)
+        ),
+        _show_rotated_key,
     ),
     ("keys", "revoke"): _simple(
         "RevokeApiKey",
@@ -509,15 +586,25 @@ def _add_args(path: tuple[str, ...], p: argparse.ArgumentParser) -> None:
         ("tenants", "disable"),
         ("tenants", "enable"),
         ("keys", "issue"),
+        ("keys", "list"),
     ):
         p.add_argument("tenant")
     if path == ("tenants", "create"):
         p.add_argument("--name")
-    if path == ("keys", "revoke"):
+    if path in (("keys", "revoke"), ("keys", "rotate")):
         p.add_argument("tenant")
         p.add_argument("key_id")
-    if path in (("tokens", "issue"), ("tokens", "revoke")):
+    if path in (("tokens", "issue"), ("tokens", "revoke"), ("tokens", "rotate")):
         p.add_argument("name", help="token name (the audit log's actor)")
+    if path in (("keys", "rotate"), ("tokens", "rotate")):
+        p.add_argument(
+            "--overlap",
+            default="24h",
+            help="how long the old secret keeps working beside the new one, e.g. 30m, 24h, "
+            "7d (default 24h; 0 = refuse it at once)",
+        )
+    if path in (("keys", "issue"), ("tokens", "issue")):
+        p.add_argument("--ttl", help="expire after this long, e.g. 90d (default: never)")
     if path == ("tokens", "issue"):
         p.add_argument("--role", choices=("viewer", "admin"), default="viewer")
         p.add_argument(
@@ -629,4 +716,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             p = groups[path[0]].add_parser(path[1], help=HELP.get(path, ""))
         _add_args(path, p)
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
-        p.set_defaults(handler=cmd_cp, build=spec["build"], show=spec["show"])
+        p.set_defaults(
+            handler=cmd_cp,
+            build=spec["build"],
+            show=spec["show"],
+            show_for=spec.get("show_with_args"),
+        )

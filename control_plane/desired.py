@@ -137,6 +137,7 @@ def compile_desired(a: Assignment, inputs: DesiredInputs) -> DesiredTenant | Non
         models=models,
         scenario_models=scenario_models,
         api_key_hashes=tenant.active_key_hashes(),
+        api_key_expiry=tenant.key_expiry(),
         split=split,
     )
 

@@ -33,6 +33,7 @@ from kefu.control_plane.state import (
 )
 from kefu.errors import PermanentError
 from kefu.model_ref import MODEL_SLOTS, VersionRef
+from kefu.rotation import DEFAULT_OVERLAP_S, check_duration, expiry_after, usable
 from kefu.wire import (
     BUCKET_ASSIGNMENTS,
     BUCKET_LEADER,
@@ -56,6 +57,9 @@ from kefu.wire import (
 
 __all__ = ["AUDIT_NOTE", "MAX_AUDIT_LIMIT", "MAX_CONFIG_TEXT", "ControlPlane", "NotFoundError"]
 __all__ += ["ensure_layout"]
+
+#: The longest lifetime an API key may be issued with (`kefu cp keys issue --ttl`).
+MAX_KEY_TTL_S = 5 * 365 * 86400.0
 
 
 class ControlPlane(RolloutOps):
@@ -94,15 +98,21 @@ class ControlPlane(RolloutOps):
     async def get_tenant(self, tenant: str) -> TenantRecord:
         return await self._tenant(tenant)
 
-    async def issue_key(self, tenant: str, *, actor: str) -> tuple[str, str]:
-        """A new API key: (key id, key). The key is shown once; only its hash is stored."""
+    async def issue_key(self, tenant: str, *, actor: str, ttl_s: float = 0.0) -> tuple[str, str]:
+        """A new API key: (key id, key). The key is shown once; only its hash is stored.
+        ``ttl_s`` > 0 gives it an expiry; nodes refuse it afterwards."""
         await self._tenant(tenant)
+        check_duration(ttl_s, what="ttl", maximum=MAX_KEY_TTL_S)
         key = generate_api_key()
         key_id = "k" + secrets.token_hex(4)
+        now = self.clock()
+        expires = expiry_after(now, ttl_s) if ttl_s > 0 else 0.0
 
         def change(old: TenantRecord | None) -> TenantRecord:
             assert old is not None
-            entry = ApiKeyEntry(id=key_id, sha256=hash_api_key(key), created_at=time.time())
+            entry = ApiKeyEntry(
+                id=key_id, sha256=hash_api_key(key), created_at=now, expires_at=expires
+            )
             return old.model_copy(update={"api_keys": [*old.api_keys, entry]})
 
         old, new = await self._mutate(TenantRecord, BUCKET_REGISTRY, f"tenant.{tenant}", change)
@@ -116,6 +126,59 @@ class ControlPlane(RolloutOps):
         )
         self.on_change()
         return key_id, key
+
+    async def rotate_key(
+        self, tenant: str, key_id: str, *, overlap_s: float = DEFAULT_OVERLAP_S, actor: str
+    ) -> tuple[str, str, float]:
+        """Issue a successor of ``key_id`` and let the old key work for ``overlap_s`` more
+        seconds: (new key id, new key, old key's expiry). The successor inherits nothing but
+        the tenant; both reach the nodes through the region's desired state."""
+        check_duration(overlap_s)
+        rec = await self._tenant(tenant)
+        old_entry = next((k for k in rec.api_keys if k.id == key_id), None)
+        if old_entry is None:
+            raise NotFoundError(f"tenant {tenant!r} has no key {key_id!r} / 无此密钥")
+        now = self.clock()
+        if old_entry.revoked or not usable(old_entry.expires_at, now):
+            raise PermanentError(
+                f"key {key_id!r} is revoked or expired: issue a new key instead / "
+                f"密钥 {key_id!r} 已吊销或已过期：请签发新密钥"
+            )
+        if old_entry.successor:
+            raise Conflict(
+                f"key {key_id!r} was already rotated to {old_entry.successor!r} / "
+                f"密钥 {key_id!r} 已轮换为 {old_entry.successor!r}"
+            )
+        key = generate_api_key()
+        new_id = "k" + secrets.token_hex(4)
+        expires = expiry_after(now, overlap_s)
+        if old_entry.expires_at:
+            expires = min(expires, old_entry.expires_at)  # never extends a key's life
+
+        def change(old: TenantRecord | None) -> TenantRecord:
+            assert old is not None
+            if any(k.id == key_id and k.successor for k in old.api_keys):
+                raise Conflict(f"key {key_id!r} was rotated concurrently / 密钥已被并发轮换")
+            keys = [
+                k.model_copy(update={"expires_at": expires, "successor": new_id})
+                if k.id == key_id
+                else k
+                for k in old.api_keys
+            ]
+            entry = ApiKeyEntry(id=new_id, sha256=hash_api_key(key), created_at=now)
+            return old.model_copy(update={"api_keys": [*keys, entry]})
+
+        old, new = await self._mutate(TenantRecord, BUCKET_REGISTRY, f"tenant.{tenant}", change)
+        await self._audit(
+            actor,
+            "apikey.rotate",
+            f"tenant/{tenant}/keys/{key_id}",
+            tenant=tenant,
+            before=old,
+            after=new,
+        )
+        self.on_change()
+        return new_id, key, expires
 
     async def revoke_key(self, tenant: str, key_id: str, *, actor: str) -> TenantRecord:
         rec = await self._tenant(tenant)

@@ -9,6 +9,7 @@ the audit stream (who, what, when, digests before and after).
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TypeVar
@@ -88,6 +89,8 @@ class StateStore:
         self.bus = bus
         self.trust = trust
         self.replica = replica
+        #: Wall clock (Unix seconds) for expiries; tests inject a fake one.
+        self.clock: Callable[[], float] = time.time
         #: Called after a write the reconciler should see quickly (the leader's kick).
         self.on_change: Callable[[], None] = lambda: None
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from kefu.bus import Bus, Conflict, snapshot
@@ -30,6 +31,13 @@ from kefu.control_plane.auth import (
 )
 from kefu.control_plane.service import AUDIT_NOTE
 from kefu.errors import PermanentError
+from kefu.rotation import (
+    DEFAULT_OVERLAP_S,
+    check_duration,
+    expired_message,
+    expiry_after,
+    usable,
+)
 from kefu.wire import (
     BUCKET_OPERATORS,
     AuditEvent,
@@ -48,6 +56,10 @@ __all__ = [
     "read_token_file",
     "write_token_file",
 ]
+
+
+#: The longest lifetime a token may be issued with (`kefu cp tokens issue --ttl`).
+MAX_TOKEN_TTL_S = 2 * 365 * 86400.0
 
 
 class TokenNotFoundError(PermanentError):
@@ -69,6 +81,11 @@ class OperatorTokenRecord(_Doc):
     revoked: bool = False
     revoked_at: float = 0.0
     revoked_by: str = ""
+    #: Unix seconds after which the token is refused (0 = never).
+    expires_at: float = 0.0
+    #: The secret a rotation replaced, accepted until ``previous_expires_at`` (the overlap).
+    previous_sha256: str = ""
+    previous_expires_at: float = 0.0
 
 
 def _concurrent(name: str) -> Conflict:
@@ -86,8 +103,10 @@ def _hash_key(sha: str) -> str:
 
 
 class OperatorTokens:
-    def __init__(self, bus: Bus):
+    def __init__(self, bus: Bus, *, clock: Callable[[], float] = time.time):
         self.bus = bus
+        #: Wall clock (Unix seconds) for expiries; tests inject a fake one.
+        self.clock = clock
 
     async def _record(self, name: str) -> tuple[OperatorTokenRecord | None, int]:
         e = await self.bus.kv_get(BUCKET_OPERATORS, _name_key(name))
@@ -114,17 +133,25 @@ class OperatorTokens:
         await self.bus.publish(audit_subject(None), encode(ev))
 
     async def issue(
-        self, name: str, role: Role, *, actor: str, replace: bool = False
+        self, name: str, role: Role, *, actor: str, replace: bool = False, ttl_s: float = 0.0
     ) -> tuple[OperatorTokenRecord, str]:
         """A new token ``name`` with ``role``: (record, token). The token is returned once.
 
-        An existing active token of that name is refused unless ``replace`` (rotation: the old
-        secret stops working at once); a revoked name may be issued again.
+        An existing active token of that name is refused unless ``replace`` (the old secret
+        stops working at once; :meth:`rotate` keeps it working for an overlap); a revoked name
+        may be issued again. ``ttl_s`` > 0 gives the token an expiry.
         """
         check_token_name(name)
+        check_duration(ttl_s, what="ttl", maximum=MAX_TOKEN_TTL_S)
         token = generate_token()
+        now = self.clock()
         new = OperatorTokenRecord(
-            name=name, role=role, sha256=hash_token(token), created_at=time.time(), created_by=actor
+            name=name,
+            role=role,
+            sha256=hash_token(token),
+            created_at=now,
+            created_by=actor,
+            expires_at=expiry_after(now, ttl_s) if ttl_s > 0 else 0.0,
         )
         old, rev = await self._record(name)
         if old is not None and not old.revoked and not replace:
@@ -143,8 +170,52 @@ class OperatorTokens:
             raise _concurrent(name) from exc
         await self.bus.kv_put(BUCKET_OPERATORS, _hash_key(new.sha256), name.encode())
         if old is not None:
-            await self.bus.kv_delete(BUCKET_OPERATORS, _hash_key(old.sha256))
+            for sha in (old.sha256, old.previous_sha256):
+                if sha:
+                    await self.bus.kv_delete(BUCKET_OPERATORS, _hash_key(sha))
         await self._audit(actor, "operator.issue", name, old, new)
+        return new, token
+
+    async def rotate(
+        self, name: str, *, overlap_s: float = DEFAULT_OVERLAP_S, actor: str
+    ) -> tuple[OperatorTokenRecord, str]:
+        """A new secret for token ``name`` (same role, same expiry policy): (record, token).
+        The old secret keeps working for ``overlap_s`` seconds, then is refused with a message
+        saying it expired. A secret rotated out earlier is dropped at once (one overlap at a
+        time)."""
+        check_duration(overlap_s)
+        old, rev = await self._record(check_token_name(name))
+        now = self.clock()
+        if old is None:
+            raise TokenNotFoundError(f"no operator token {name!r} / 操作员令牌 {name!r} 不存在")
+        if old.revoked or not usable(old.expires_at, now):
+            raise PermanentError(
+                f"operator token {name!r} is revoked or expired: issue it again instead / "
+                f"操作员令牌 {name!r} 已吊销或已过期：请重新签发"
+            )
+        token = generate_token()
+        until = expiry_after(now, overlap_s)
+        if old.expires_at:
+            until = min(until, old.expires_at)
+        lifetime = old.expires_at - old.created_at if old.expires_at else 0.0
+        new = old.model_copy(
+            update={
+                "sha256": hash_token(token),
+                "created_at": now,
+                "created_by": actor,
+                "expires_at": now + lifetime if lifetime > 0 else 0.0,
+                "previous_sha256": old.sha256,
+                "previous_expires_at": until,
+            }
+        )
+        try:
+            await self.bus.kv_update(BUCKET_OPERATORS, _name_key(name), encode(new), last=rev)
+        except Conflict as exc:
+            raise _concurrent(name) from exc
+        await self.bus.kv_put(BUCKET_OPERATORS, _hash_key(new.sha256), name.encode())
+        if old.previous_sha256:
+            await self.bus.kv_delete(BUCKET_OPERATORS, _hash_key(old.previous_sha256))
+        await self._audit(actor, "operator.rotate", name, old, new)
         return new, token
 
     async def list(self) -> list[OperatorTokenRecord]:
@@ -175,25 +246,44 @@ class OperatorTokens:
             await self.bus.kv_update(BUCKET_OPERATORS, _name_key(name), encode(new), last=rev)
         except Conflict as exc:
             raise _concurrent(name) from exc
-        # The record is authoritative; the index entry is only cleanup.
-        await self.bus.kv_delete(BUCKET_OPERATORS, _hash_key(old.sha256))
+        # The record is authoritative; the index entries are only cleanup.
+        for sha in (old.sha256, old.previous_sha256):
+            if sha:
+                await self.bus.kv_delete(BUCKET_OPERATORS, _hash_key(sha))
         await self._audit(actor, "operator.revoke", name, old, new)
         return new
 
     async def verify(self, token: str) -> Operator | None:
-        """The operator ``token`` belongs to, or ``None`` (unknown, revoked or replaced)."""
+        """The operator ``token`` belongs to, or ``None`` (unknown, revoked, replaced or
+        expired)."""
+        operator, _ = await self.check(token)
+        return operator
+
+    async def check(self, token: str) -> tuple[Operator | None, str]:
+        """(operator, "") for a working token, else (None, why): the reason is a bilingual
+        expiry message for a token that expired (a rotated-out secret after its overlap) and
+        "" otherwise, so an unknown token learns nothing."""
         sha = hash_token(token)
         idx = await self.bus.kv_get(BUCKET_OPERATORS, _hash_key(sha))
         if idx is None:
-            return None
+            return None, ""
         try:
             name = check_token_name(idx.value.decode("ascii"))
         except (UnicodeDecodeError, PermanentError):
-            return None
+            return None, ""
         rec, _ = await self._record(name)
-        if rec is None or rec.revoked or rec.sha256 != sha:
-            return None
-        return Operator(name=rec.name, role=rec.role)
+        if rec is None or rec.revoked:
+            return None, ""
+        now = self.clock()
+        if sha == rec.sha256:
+            expires = rec.expires_at
+        elif rec.previous_sha256 and sha == rec.previous_sha256:
+            expires = rec.previous_expires_at
+        else:
+            return None, ""
+        if not usable(expires, now):
+            return None, expired_message("operator token", repr(rec.name), expires)
+        return Operator(name=rec.name, role=rec.role), ""
 
     async def bootstrap(self, *, actor: str) -> str | None:
         """On an empty bucket, create the ``admin`` token and return it (once); else ``None``."""

@@ -27,12 +27,14 @@ import os
 import secrets
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from kefu.config.tenant import hash_api_key
 from kefu.errors import KefuError, PermanentError, TemporaryError
+from kefu.rotation import usable
 
 __all__ = ["register", "seed_demo_tenant"]
 
@@ -144,7 +146,12 @@ async def seed_demo_tenant(cp: Any, data_dir: Path, *, actor: str = "kefu-up") -
     key_file = data_dir / f"{TENANT}.key"
     tenant = await cp.get_tenant(TENANT)
     have = key_file.read_text(encoding="utf-8").strip() if key_file.exists() else ""
-    if not have or hash_api_key(have) not in tenant.active_key_hashes():
+    expiry = tenant.key_expiry().get(hash_api_key(have), 0.0) if have else 0.0
+    if (
+        not have
+        or hash_api_key(have) not in tenant.active_key_hashes()
+        or not usable(expiry, time.time())
+    ):
         _, key = await cp.issue_key(TENANT, actor=actor)
         _write_secret(key_file, key + "\n")
     return key_file

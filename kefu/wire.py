@@ -60,6 +60,7 @@ __all__ = [
     "DesiredTenant",
     "Lease",
     "ModelVersion",
+    "NodeAuditEvent",
     "NodeStatus",
     "ObservedTenant",
     "RegionRecord",
@@ -182,6 +183,11 @@ class ApiKeyEntry(_Doc):
     sha256: str
     created_at: float
     revoked: bool = False
+    #: Unix seconds after which the key is refused (0 = never): set by an issue with a
+    #: lifetime, or by a rotation to the end of the successor period (:mod:`kefu.rotation`).
+    expires_at: float = 0.0
+    #: The key id that replaced this one (rotation).
+    successor: str = ""
 
 
 class TenantRecord(_Doc):
@@ -195,6 +201,10 @@ class TenantRecord(_Doc):
 
     def active_key_hashes(self) -> list[str]:
         return sorted(k.sha256 for k in self.api_keys if not k.revoked)
+
+    def key_expiry(self) -> dict[str, float]:
+        """hash → expiry (Unix seconds) of the active keys that expire; nodes enforce it."""
+        return {k.sha256: k.expires_at for k in self.api_keys if not k.revoked and k.expires_at}
 
 
 class RegionRecord(_Doc):
@@ -320,6 +330,10 @@ class DesiredTenant(_Doc):
     models: dict[str, BundleRef] = Field(default_factory=dict)
     scenario_models: dict[str, dict[str, BundleRef]] = Field(default_factory=dict)
     api_key_hashes: list[str] = Field(default_factory=list)
+    #: hash → Unix seconds after which the node refuses that key (rotated or expiring keys
+    #: only; absent = never). Nodes decide with their own clock, so no update is needed when
+    #: the successor period ends.
+    api_key_expiry: dict[str, float] = Field(default_factory=dict)
     #: Set while a rollout runs in this region (a node without the ``split-v1`` capability
     #: ignores it: the control plane never puts such a node in a wave).
     split: CanarySplit | None = None
@@ -330,12 +344,17 @@ class DesiredTenant(_Doc):
         data = self.model_dump()
         if data["split"] is None:
             del data["split"]
+        if not data["api_key_expiry"]:
+            del data["api_key_expiry"]  # what it was before rotation existed
         return digest(json.dumps(data, sort_keys=True))
 
     def base_fingerprint(self) -> str:
         """The fingerprint without the split: equal when only rollout weights changed, which
         a node applies without re-applying the tenant."""
-        return digest(json.dumps(self.model_dump(exclude={"split"}), sort_keys=True))
+        data = self.model_dump(exclude={"split"})
+        if not data["api_key_expiry"]:
+            del data["api_key_expiry"]
+        return digest(json.dumps(data, sort_keys=True))
 
     def bundles(self) -> list[BundleRef]:
         refs = {b.ref: b for b in self.models.values()}
@@ -447,6 +466,24 @@ class TelemetryAggregate(_Doc):
         self.corrected_wrong += other.corrected_wrong
 
 
+class NodeAuditEvent(_Doc):
+    """One node audit-log record as the control plane receives it: who, what, when, the ids
+    acted on, and its place in the node's hash chain (``seq``, ``prev``, ``hash``), so the
+    control plane holds an independent copy of every chain head. Never conversation text."""
+
+    seq: int
+    ts: float
+    actor: str
+    role: str = ""
+    action: str
+    tenant: str = ""
+    target: str = ""
+    outcome: str = "ok"
+    detail: str = "{}"
+    prev: str = ""
+    hash: str = ""
+
+
 class TelemetryBatch(_Doc):
     node_id: str
     region: str
@@ -457,3 +494,8 @@ class TelemetryBatch(_Doc):
     aggregates: list[TelemetryAggregate] = Field(default_factory=list)
     #: Intervals this node had to drop (buffer full while offline), cumulative.
     dropped: int = 0
+    #: Node audit-log records written in this interval (redacted: ids and counts only).
+    audit: list[NodeAuditEvent] = Field(default_factory=list)
+    #: Audit records not shipped because a window held more than the recorder keeps
+    #: (cumulative; they stay in the node's own log).
+    audit_dropped: int = 0

@@ -146,6 +146,10 @@ def node_options(resolved: ResolvedNodeConfig) -> NodeOptions:
         cert, key, ca = resolved.tls_files
         opts.tls = TlsFiles(ca_file=ca, cert_file=cert, key_file=key)
         opts.client_auth = cfg.tls.client_auth
+    if cfg.encryption.at_rest:
+        from kefu.node.sessions.tenant_keys import EncryptionOptions
+
+        opts.encryption = EncryptionOptions(master_key_file=resolved.master_key_file)
     return opts
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -193,13 +194,111 @@ def cmd_rekey(args: argparse.Namespace) -> int:
     from kefu.node.sessions.tenant_keys import EncryptionOptions, TenantKeys, load_master_key
 
     base = data_dir(args.data_dir)
-    keys = TenantKeys(base, load_master_key(base, EncryptionOptions()))
+    master = Path(args.master_key_file) if args.master_key_file else None
+    keys = TenantKeys(base, load_master_key(base, EncryptionOptions(master_key_file=master)))
     if args.shred:
         gone = keys.shred(args.tenant)
+        _audit_local(base, "key.shred", args.tenant)
         print(f"tenant {args.tenant}: data keys {'deleted' if gone else 'were absent'} / 已删除")
         return 0
-    print(f"tenant {args.tenant}: new data key {keys.rekey(args.tenant)} / 已生成新数据密钥")
+    kid = keys.rekey(args.tenant)
+    _audit_local(base, "key.rekey", args.tenant, kid)
+    print(f"tenant {args.tenant}: new data key {kid} / 已生成新数据密钥")
     return 0
+
+
+def _audit_local(base: Path, action: str, tenant: str, target: str = "") -> None:
+    """Record a command run on the node itself in the node's audit log."""
+    import getpass
+
+    from kefu.node.audit.chain import AuditEntry, safe_id
+    from kefu.node.audit.journal import append
+
+    append(
+        base,
+        [
+            AuditEntry(
+                ts=time.time(),
+                actor=safe_id(f"local:{getpass.getuser()}"),
+                action=action,
+                tenant=tenant,
+                target=target,
+            )
+        ],
+    )
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """`kefu node audit verify|list`: check the hash chain, or show entries."""
+    import json
+    from dataclasses import asdict
+
+    from kefu.models.store import data_dir
+    from kefu.node.audit.journal import AUDIT_FILE, read_records, verify_file
+
+    base = data_dir(args.data_dir)
+    if args.audit_verb == "verify":
+        count, breaks = verify_file(base)
+        if breaks:
+            for b in breaks:
+                print(f"TAMPERED {b} / 审计日志被篡改", file=sys.stderr)
+            print(
+                f"{base / AUDIT_FILE}: {len(breaks)} break(s) in {count} entries / "
+                f"哈希链有 {len(breaks)} 处断裂",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{base / AUDIT_FILE}: {count} entries, hash chain intact / 哈希链完整")
+        return 0
+    records = read_records(base, tenant=args.tenant or "", limit=args.limit)
+    if args.json:
+        print(json.dumps([asdict(r) for r in records], ensure_ascii=False, indent=1))
+        return 0
+    for r in records:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.ts))
+        print(
+            f"{r.seq:>6} {when} {r.actor} [{r.role or '-'}] {r.action} "
+            f"{r.tenant or '-'} {r.target or '-'} {r.outcome} {r.detail}"
+        )
+    return 0
+
+
+def add_key_commands(verbs: argparse._SubParsersAction, *, data_dir_default: str | None) -> None:
+    """``rekey`` and ``audit verify|list`` (``kefu node ...`` and ``kefu-node ...``)."""
+    where = data_dir_default or "$KEFU_DATA_DIR or ./kefu-data"
+
+    def data_dir_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", default=data_dir_default, help=f"default: {where}")
+
+    k = verbs.add_parser(
+        "rekey",
+        help="give a tenant a new data key for encryption at rest (old rows stay readable)",
+    )
+    k.add_argument("--tenant", required=True)
+    data_dir_arg(k)
+    k.add_argument(
+        "--master-key-file",
+        help="the master key (default: $KEFU_MASTER_KEY, else <data-dir>/keys/master.key)",
+    )
+    k.add_argument(
+        "--shred",
+        action="store_true",
+        help="delete ALL of the tenant's data keys instead: its stored text becomes unreadable",
+    )
+    k.set_defaults(handler=cmd_rekey)
+
+    a = verbs.add_parser(
+        "audit", help="the node's hash-chained audit log of admin and agent actions"
+    )
+    av = a.add_subparsers(dest="audit_verb", required=True, metavar="VERB")
+    v = av.add_parser("verify", help="check the hash chain; exit 1 naming any edited entry")
+    lst = av.add_parser("list", help="show the latest entries (ids and counts, no text)")
+    lst.add_argument("--tenant", help="only this tenant's entries")
+    lst.add_argument("--limit", type=int, default=50, help="how many (default 50; 0 = all)")
+    lst.add_argument("--json", action="store_true", help="JSON output")
+    for p_ in (v, lst):
+        data_dir_arg(p_)
+        p_.set_defaults(handler=cmd_audit)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -252,18 +351,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.set_defaults(handler=cmd_run)
 
-    k = verbs.add_parser(
-        "rekey",
-        help="give a tenant a new data key for encryption at rest (old rows stay readable)",
-    )
-    k.add_argument("--tenant", required=True)
-    k.add_argument("--data-dir", help="data directory (default: $KEFU_DATA_DIR or ./kefu-data)")
-    k.add_argument(
-        "--shred",
-        action="store_true",
-        help="delete ALL of the tenant's data keys instead: its stored text becomes unreadable",
-    )
-    k.set_defaults(handler=cmd_rekey)
+    add_key_commands(verbs, data_dir_default=None)
 
     c = sub.add_parser("chat", help="chat with a node from the terminal")
     add_chat_arguments(c, key_dir="kefu-data")

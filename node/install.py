@@ -39,7 +39,9 @@ __all__ = [
     "UNIT_NAME",
     "InstallError",
     "InstallOptions",
+    "check_tls_options",
     "install",
+    "node_yaml",
     "supervisor_help",
     "systemd_unit",
     "uninstall",
@@ -71,6 +73,14 @@ class InstallOptions:
     force_config: bool = False
     #: Seconds in-flight turns get on stop (node.yaml limits.drain_timeout_s default).
     drain_timeout_s: float = 10.0
+    #: The gRPC address written into a new node.yaml (a non-loopback one needs TLS).
+    listen: str = "127.0.0.1:7400"
+    #: TLS for the gRPC API: copied to ``/etc/kefu/pki/`` and enabled in a new node.yaml.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    #: Mutual TLS: gateways must present a certificate of ``tls_ca``.
+    client_auth: bool = False
 
     def at(self, path: str) -> Path:
         """``path`` (absolute, on the target system) below the install root."""
@@ -316,14 +326,93 @@ def _install_program(opts: InstallOptions, src: Path) -> None:
     _say(f"binary:  {dest} (0755)")
 
 
+# ------------------------------------------------------------------------------- TLS
+
+#: node.yaml's commented-out tls: block, as DEFAULT_NODE_YAML writes it.
+_TLS_COMMENTED = """#tls:
+#  cert_file: pki/node.crt
+#  key_file: pki/node.key      # 0600, readable by the kefu user
+#  ca_file: pki/ca.crt
+#  client_auth: false"""
+
+
+def _loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "::1", "localhost")
+
+
+def check_tls_options(opts: InstallOptions) -> bool:
+    """Whether TLS is asked for; refuses half a pair and a network listener without TLS."""
+    given = [p for p in (opts.tls_cert, opts.tls_key, opts.tls_ca) if p is not None]
+    if given and len(given) != 3:
+        raise PermanentError(
+            "TLS needs all three of --tls-cert, --tls-key and --tls-ca / "
+            "启用 TLS 需同时提供 --tls-cert、--tls-key 与 --tls-ca"
+        )
+    for p in given:
+        if not p.is_file():
+            raise PermanentError(f"{p}: no such file / 文件不存在")
+    if not given and not _loopback(opts.listen):
+        raise PermanentError(
+            f"--listen {opts.listen} faces the network: give --tls-cert, --tls-key and "
+            "--tls-ca (`kefu certs issue <node-id> --role node --san <address>`) / "
+            "对外监听必须启用 TLS"
+        )
+    if opts.client_auth and not given:
+        raise PermanentError("--client-auth needs TLS (--tls-cert ...) / 双向 TLS 需先启用 TLS")
+    return bool(given)
+
+
+def _install_tls(opts: InstallOptions, etc: Path, gid: int | None) -> None:
+    """Copy the pair and the CA to ``/etc/kefu/pki`` (key 0640 root:kefu: the node reads it)."""
+    assert opts.tls_cert and opts.tls_key and opts.tls_ca
+    pki = etc / "pki"
+    pki.mkdir(exist_ok=True)
+    os.chmod(pki, 0o750)
+    _chown(pki, 0, gid)
+    for src, name, mode in (
+        (opts.tls_cert, "node.crt", 0o644),
+        (opts.tls_key, "node.key", 0o640),
+        (opts.tls_ca, "ca.crt", 0o644),
+    ):
+        _write_bytes(pki / name, src.read_bytes(), mode)
+        _chown(pki / name, 0, gid)
+    _say(f"tls:    {pki}/node.crt, node.key (0640, root:{opts.user}), ca.crt")
+
+
+def _write_bytes(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def node_yaml(opts: InstallOptions, *, tls: bool) -> str:
+    """The node.yaml a fresh install writes: the defaults, the data directory, ``listen``
+    and, with TLS, the tls: block enabled (encryption at rest is on in the defaults)."""
+    from kefu.config.node import DEFAULT_NODE_YAML
+
+    text = DEFAULT_NODE_YAML.replace("/var/lib/kefu", opts.data_dir)
+    text = text.replace("listen: 127.0.0.1:7400", f"listen: {opts.listen}", 1)
+    if tls:
+        enabled = (
+            "tls:\n  cert_file: pki/node.crt\n  key_file: pki/node.key\n  ca_file: pki/ca.crt\n"
+            f"  client_auth: {'true' if opts.client_auth else 'false'}"
+        )
+        assert _TLS_COMMENTED in text
+        text = text.replace(_TLS_COMMENTED, enabled, 1)
+    return text
+
+
 # ------------------------------------------------------------------------------- install
 
 
 def install(opts: InstallOptions) -> int:
-    from kefu.config.node import DEFAULT_NODE_YAML
-
     if opts.live and not _is_root():
         raise InstallError("installing onto this system needs root: sudo kefu-node install")
+    tls = check_tls_options(opts)
     src = _source_binary(opts)
     print(f"Installing kefu-node into {opts.root} / 安装 kefu-node")
     uid, gid = _ensure_user(opts)
@@ -337,14 +426,22 @@ def install(opts: InstallOptions) -> int:
     (etc / "tenants").mkdir(exist_ok=True)
     os.chmod(etc / "tenants", 0o750)
     _chown(etc / "tenants", 0, gid)
+    if tls:
+        _install_tls(opts, etc, gid)
     config = etc / "node.yaml"
     if config.exists() and not opts.force_config:
         _say(f"config: {config} kept (exists; --force-config replaces it)")
+        if tls:
+            _say("        enable TLS in it: tls: {cert_file: pki/node.crt, key_file: "
+                 "pki/node.key, ca_file: pki/ca.crt}")  # fmt: skip
     else:
-        text = DEFAULT_NODE_YAML.replace("/var/lib/kefu", opts.data_dir)
-        _write(config, text, 0o640)
+        _write(config, node_yaml(opts, tls=tls), 0o640)
         _chown(config, 0, gid)
-        _say(f"config: {config} (0640, root:{opts.user}; loopback only, demo tenant)")
+        where = f"TLS on {opts.listen}" if tls else "loopback only, plaintext"
+        _say(
+            f"config: {config} (0640, root:{opts.user}; {where}, encryption at rest on, "
+            "demo tenant)"
+        )
 
     data = opts.at(opts.data_dir)
     data.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@
     kefu-node check-config FILE [FILE ...]
     kefu-node chat [--target H:P] [--key-file F] [--text T ...] [-d]
     kefu-node gateway [--config gateway.yaml] [--listen H:P] [--node ID=H:P ...]
+    kefu-node rekey --tenant T [--shred] [--data-dir /var/lib/kefu]
+    kefu-node audit verify|list [--data-dir /var/lib/kefu]
     kefu-node install [--root DIR] [--no-start] ...
     kefu-node uninstall [--root DIR] [--purge]
 
@@ -290,9 +292,12 @@ def _install_options(args: argparse.Namespace, cls: Any) -> Any:
     fields: dict[str, Any] = {"root": Path(args.root), "user": args.user}
     if getattr(args, "binary", None):
         fields["binary"] = Path(args.binary)
-    for name in ("start", "systemd", "force_config"):
+    for name in ("start", "systemd", "force_config", "listen", "client_auth"):
         if getattr(args, name, None) is not None:
             fields[name] = getattr(args, name)
+    for name in ("tls_cert", "tls_key", "tls_ca"):
+        if getattr(args, name, None):
+            fields[name] = Path(getattr(args, name))
     return cls(**fields)
 
 
@@ -332,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_chat_arguments(t, key_dir="/var/lib/kefu")
     t.set_defaults(handler=cmd_chat)
 
+    from kefu.node.cli import add_key_commands
+
+    add_key_commands(sub, data_dir_default="/var/lib/kefu")
+
     from kefu.node.gateway.cli import add_run_arguments
 
     add_run_arguments(
@@ -352,6 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument(
         "--force-config", action="store_true", help="overwrite an existing /etc/kefu/node.yaml"
+    )
+    i.add_argument(
+        "--listen",
+        default="127.0.0.1:7400",
+        help="gRPC address for a new node.yaml (a non-loopback one needs --tls-*)",
+    )
+    i.add_argument("--tls-cert", help="the node's certificate (kefu certs issue ... --role node)")
+    i.add_argument("--tls-key", help="its private key (copied 0640 root:kefu)")
+    i.add_argument("--tls-ca", help="the CA certificate clients and gateways are checked against")
+    i.add_argument(
+        "--client-auth",
+        action="store_true",
+        default=None,
+        help="mutual TLS: gateways must present a certificate of --tls-ca",
     )
     i.set_defaults(handler=cmd_install, start=True, systemd=True)
 

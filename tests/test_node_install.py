@@ -186,3 +186,81 @@ def test_systemd_accepts_the_unit_without_a_warning(tmp_path: Path) -> None:
         ["systemd-analyze", "verify", str(bogus)], capture_output=True, text=True, timeout=60
     )
     assert "PrivateTmp" in res.stderr or "boolean" in res.stderr  # the check can fail
+
+
+def test_install_refuses_half_a_tls_pair_and_a_network_listener_without_tls(
+    tmp_path: Path,
+) -> None:
+    from kefu.errors import PermanentError
+
+    root, one_file = fake_root(tmp_path), tmp_path / "kefu-node"
+    one_file.write_text("#!/bin/sh\n")
+    with pytest.raises(PermanentError, match=r"faces the network.*对外监听必须启用 TLS"):
+        install(InstallOptions(root=root, binary=one_file, listen="0.0.0.0:7400"))
+    with pytest.raises(PermanentError, match="all three"):
+        install(InstallOptions(root=root, binary=one_file, tls_cert=one_file))
+    assert not (root / "etc/kefu").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_installed_node_encrypts_at_rest_and_serves_tls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kefu-node install --tls-*` writes a node.yaml with TLS and encryption at rest on; the
+    node started from it (a real process) serves TLS only and keeps no text in clear."""
+    from support.processes import free_port, stop_process
+
+    from kefu.certstore import CertStore
+    from kefu.pki import Role
+
+    pki = CertStore(tmp_path / "pki")
+    pki.init_ca()
+    pair = pki.issue("node-1", role=Role.NODE, sans=["127.0.0.1"])
+    assert pair.cert_file and pair.key_file and pair.ca_file
+    root, one_file = fake_root(tmp_path), tmp_path / "kefu-node"
+    one_file.write_text("#!/bin/sh\n")
+    port, data = free_port(), tmp_path / "data"
+    opts = InstallOptions(
+        root=root,
+        binary=one_file,
+        data_dir=str(data),
+        listen=f"127.0.0.1:{port}",
+        tls_cert=pair.cert_file,
+        tls_key=pair.key_file,
+        tls_ca=pair.ca_file,
+    )
+    assert install(opts) == 0
+    assert "encryption at rest on" in capsys.readouterr().out
+    config = root / "etc/kefu/node.yaml"
+    text = config.read_text()
+    assert "\ntls:\n  cert_file: pki/node.crt" in text and "\n  at_rest: true" in text
+    assert (root / "etc/kefu/pki/node.key").stat().st_mode & 0o777 == 0o640
+    config.write_text(text.replace("127.0.0.1:7401", f"127.0.0.1:{free_port()}"))
+
+    proc, _ = start([sys.executable, "-m", "kefu.node.main", "run", "--config", str(config)])
+    marker = "INSTALLED-MARKER-订单 7788"
+    try:
+        key = (data / "demo-shop.key").read_text().strip()
+        creds = grpc.ssl_channel_credentials(root_certificates=pair.ca_file.read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+            r = pbg.KefuNodeStub(channel).Converse(
+                pb.ConverseRequest(text=marker, channel=pb.CHANNEL_WEB),
+                metadata=bearer_metadata(key),
+                timeout=30,
+            )
+            assert r.session_id
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as plain:
+            with pytest.raises(grpc.RpcError) as ei:
+                pbg.KefuNodeStub(plain).Converse(
+                    pb.ConverseRequest(text="hi", channel=pb.CHANNEL_WEB),
+                    metadata=bearer_metadata(key),
+                    timeout=10,
+                )
+            assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        rc, err = stop_process(proc)
+    assert rc == 0, err
+    assert (data / "keys" / "master.key").stat().st_mode & 0o777 == 0o600
+    stored = b"".join(p.read_bytes() for p in (data / "tenants").rglob("*") if p.is_file())
+    assert stored  # the tenant's SQLite files exist ...
+    assert marker.encode() not in stored

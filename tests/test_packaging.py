@@ -160,7 +160,9 @@ def test_serves_zh_and_en_then_stops_cleanly_on_sigterm(binary: Path, tmp_path: 
     db = sqlite3.connect(db_path)
     texts = [r[0] for r in db.execute("select text from turns order by session_id, seq")]
     db.close()
-    assert "我的订单什么时候到" in texts and "I want to return my shoes" in texts
+    # Encryption at rest is on by default in node.yaml: every turn is sealed, none in clear.
+    assert all(t.startswith("enc1:") for t in texts)
+    assert "我的订单".encode() not in db_path.read_bytes()
     assert len(texts) == 8  # customer + bot, four times (once through the gateway)
 
 

@@ -38,6 +38,7 @@ from kefu.wire import WireError, check_id
 __all__ = [
     "DEFAULT_NODE_YAML",
     "ControlPlaneSettings",
+    "EncryptionSettings",
     "InferenceSettings",
     "LimitSettings",
     "LoggingSettings",
@@ -185,6 +186,16 @@ class TracingSettings(_Section):
     service_name: Annotated[str | None, Field(min_length=1, max_length=64)] = None
 
 
+class EncryptionSettings(_Section):
+    """``encryption:``: conversation text and slots sealed in SQLite with per-tenant keys,
+    wrapped by the node master key: ``$KEFU_MASTER_KEY`` if set, else ``master_key_file``
+    (relative to node.yaml; default ``<data_dir>/keys/master.key``, created 0600 on first
+    start). On by default; rows written before it was turned on stay readable."""
+
+    at_rest: bool = True
+    master_key_file: Annotated[str | None, Field(min_length=1)] = None
+
+
 class NodeConfig(_Section):
     """The node.yaml schema. Paths are as written; :meth:`resolve` makes them absolute."""
 
@@ -208,6 +219,7 @@ class NodeConfig(_Section):
     tls: TlsSettings | None = None
     #: Absent = no OpenTelemetry spans.
     tracing: TracingSettings = TracingSettings()
+    encryption: EncryptionSettings = EncryptionSettings()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,6 +235,8 @@ class ResolvedNodeConfig:
     credentials_file: Path | None = None
     #: ``tls:`` with absolute paths (cert, key, CA), if given.
     tls_files: tuple[Path, Path, Path] | None = None
+    #: ``encryption.master_key_file`` made absolute, if given.
+    master_key_file: Path | None = None
 
 
 def load_node_config(path: str | Path) -> ResolvedNodeConfig:
@@ -301,6 +315,10 @@ def _resolve(doc: YamlDocument, *, base: Path) -> ResolvedNodeConfig:
                 problems.append(Problem(loc=("tls", name), message=f"no such file: {p}"))
             absolute.append(p)
         tls_files = (absolute[0], absolute[1], absolute[2])
+    master_key: Path | None = None
+    if cfg.encryption.master_key_file is not None:
+        master_key = Path(cfg.encryption.master_key_file)
+        master_key = master_key if master_key.is_absolute() else base / master_key
     if problems:
         raise doc.problems_error(problems)
     data_dir = Path(cfg.data_dir)
@@ -313,6 +331,7 @@ def _resolve(doc: YamlDocument, *, base: Path) -> ResolvedNodeConfig:
         tenant_files=tuple(files),
         credentials_file=credentials,
         tls_files=tls_files,
+        master_key_file=master_key,
     )
 
 
@@ -360,6 +379,16 @@ metrics_listen: 127.0.0.1:7401
 #  key_file: pki/node.key      # 0600, readable by the kefu user
 #  ca_file: pki/ca.crt
 #  client_auth: false
+
+# Encryption at rest: conversation text, entities and slots are sealed in SQLite (AES-256-GCM,
+# one data key per tenant, wrapped by the node master key). The master key comes from
+# $KEFU_MASTER_KEY if set, else master_key_file (default <data_dir>/keys/master.key, created
+# 0600 on first start: back it up, losing it loses the conversations). Rotate a tenant's key
+# with `kefu-node rekey --tenant T`. at_rest: false stores text in clear (not recommended).
+# 静态加密：会话文本按租户密钥加密存储；主密钥丢失则数据无法读取，请备份。
+encryption:
+  at_rest: true
+#  master_key_file: /etc/kefu/master.key   # 0600, owned by the kefu user
 
 # Tenant configs (files or globs, relative to this file). Empty = the built-in demo tenant
 # "demo-shop", whose API key is generated on first start into <data_dir>/demo-shop.key.

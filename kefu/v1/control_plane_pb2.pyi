@@ -7,14 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ApiKey(_message.Message):
-    __slots__ = ("id", "created_at", "revoked")
+    __slots__ = ("id", "created_at", "revoked", "expires_at", "successor")
     ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSOR_FIELD_NUMBER: _ClassVar[int]
     id: str
     created_at: float
     revoked: bool
-    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[float] = ..., revoked: _Optional[bool] = ...) -> None: ...
+    expires_at: float
+    successor: str
+    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[float] = ..., revoked: _Optional[bool] = ..., expires_at: _Optional[float] = ..., successor: _Optional[str] = ...) -> None: ...
 
 class Tenant(_message.Message):
     __slots__ = ("id", "name", "enabled", "created_at", "current_config", "api_keys")
@@ -59,10 +63,12 @@ class ListTenantsReply(_message.Message):
     def __init__(self, tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ...) -> None: ...
 
 class IssueApiKeyRequest(_message.Message):
-    __slots__ = ("tenant",)
+    __slots__ = ("tenant", "ttl_s")
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
     tenant: str
-    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+    ttl_s: float
+    def __init__(self, tenant: _Optional[str] = ..., ttl_s: _Optional[float] = ...) -> None: ...
 
 class IssueApiKeyReply(_message.Message):
     __slots__ = ("key_id", "key")
@@ -79,6 +85,28 @@ class RevokeApiKeyRequest(_message.Message):
     tenant: str
     key_id: str
     def __init__(self, tenant: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class RotateApiKeyRequest(_message.Message):
+    __slots__ = ("tenant", "key_id", "overlap_s")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_S_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    key_id: str
+    overlap_s: float
+    def __init__(self, tenant: _Optional[str] = ..., key_id: _Optional[str] = ..., overlap_s: _Optional[float] = ...) -> None: ...
+
+class RotateApiKeyReply(_message.Message):
+    __slots__ = ("key_id", "key", "old_key_id", "old_expires_at")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    OLD_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    OLD_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    key: str
+    old_key_id: str
+    old_expires_at: float
+    def __init__(self, key_id: _Optional[str] = ..., key: _Optional[str] = ..., old_key_id: _Optional[str] = ..., old_expires_at: _Optional[float] = ...) -> None: ...
 
 class Region(_message.Message):
     __slots__ = ("id", "description", "created_at")
@@ -536,7 +564,7 @@ class ControlPlaneStatus(_message.Message):
     def __init__(self, replica: _Optional[str] = ..., leader: _Optional[str] = ..., is_leader: _Optional[bool] = ..., software_version: _Optional[str] = ..., caller: _Optional[str] = ..., caller_role: _Optional[str] = ..., auth_failures: _Optional[int] = ...) -> None: ...
 
 class OperatorToken(_message.Message):
-    __slots__ = ("name", "role", "created_at", "created_by", "revoked", "revoked_at", "revoked_by")
+    __slots__ = ("name", "role", "created_at", "created_by", "revoked", "revoked_at", "revoked_by", "expires_at", "previous_expires_at")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -544,6 +572,8 @@ class OperatorToken(_message.Message):
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     role: str
     created_at: float
@@ -551,17 +581,29 @@ class OperatorToken(_message.Message):
     revoked: bool
     revoked_at: float
     revoked_by: str
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., created_at: _Optional[float] = ..., created_by: _Optional[str] = ..., revoked: _Optional[bool] = ..., revoked_at: _Optional[float] = ..., revoked_by: _Optional[str] = ...) -> None: ...
+    expires_at: float
+    previous_expires_at: float
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., created_at: _Optional[float] = ..., created_by: _Optional[str] = ..., revoked: _Optional[bool] = ..., revoked_at: _Optional[float] = ..., revoked_by: _Optional[str] = ..., expires_at: _Optional[float] = ..., previous_expires_at: _Optional[float] = ...) -> None: ...
 
 class IssueOperatorTokenRequest(_message.Message):
-    __slots__ = ("name", "role", "replace")
+    __slots__ = ("name", "role", "replace", "ttl_s")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     role: str
     replace: bool
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+    ttl_s: float
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., replace: _Optional[bool] = ..., ttl_s: _Optional[float] = ...) -> None: ...
+
+class RotateOperatorTokenRequest(_message.Message):
+    __slots__ = ("name", "overlap_s")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_S_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    overlap_s: float
+    def __init__(self, name: _Optional[str] = ..., overlap_s: _Optional[float] = ...) -> None: ...
 
 class IssueOperatorTokenReply(_message.Message):
     __slots__ = ("info", "token")

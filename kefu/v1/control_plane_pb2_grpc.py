@@ -59,6 +59,11 @@ class ControlPlaneStub:
                 request_serializer=kefu_dot_v1_dot_control__plane__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=kefu_dot_v1_dot_control__plane__pb2.Tenant.FromString,
                 _registered_method=True)
+        self.RotateApiKey = channel.unary_unary(
+                '/kefu.v1.ControlPlane/RotateApiKey',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.RotateApiKeyRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.RotateApiKeyReply.FromString,
+                _registered_method=True)
         self.CreateRegion = channel.unary_unary(
                 '/kefu.v1.ControlPlane/CreateRegion',
                 request_serializer=kefu_dot_v1_dot_control__plane__pb2.CreateRegionRequest.SerializeToString,
@@ -154,6 +159,11 @@ class ControlPlaneStub:
                 request_serializer=kefu_dot_v1_dot_control__plane__pb2.RevokeOperatorTokenRequest.SerializeToString,
                 response_deserializer=kefu_dot_v1_dot_control__plane__pb2.OperatorToken.FromString,
                 _registered_method=True)
+        self.RotateOperatorToken = channel.unary_unary(
+                '/kefu.v1.ControlPlane/RotateOperatorToken',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.RotateOperatorTokenRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.IssueOperatorTokenReply.FromString,
+                _registered_method=True)
         self.StartRollout = channel.unary_unary(
                 '/kefu.v1.ControlPlane/StartRollout',
                 request_serializer=kefu_dot_v1_dot_control__plane__pb2.StartRolloutRequest.SerializeToString,
@@ -206,6 +216,13 @@ class ControlPlaneServicer:
 
     def RevokeApiKey(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateApiKey(self, request, context):
+        """A successor key now; the old one keeps working for overlap_s, then is refused.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -329,6 +346,13 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateOperatorToken(self, request, context):
+        """A new secret for the token now; the old secret keeps working for overlap_s.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StartRollout(self, request, context):
         """Staged rollouts (docs/control-plane.md, "Rollouts"): waves across regions and nodes,
         a sticky in-node traffic split per conversation, promote / pause / roll back.
@@ -383,6 +407,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=kefu_dot_v1_dot_control__plane__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=kefu_dot_v1_dot_control__plane__pb2.Tenant.SerializeToString,
+            ),
+            'RotateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateApiKey,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.RotateApiKeyRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.RotateApiKeyReply.SerializeToString,
             ),
             'CreateRegion': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateRegion,
@@ -478,6 +507,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.RevokeOperatorToken,
                     request_deserializer=kefu_dot_v1_dot_control__plane__pb2.RevokeOperatorTokenRequest.FromString,
                     response_serializer=kefu_dot_v1_dot_control__plane__pb2.OperatorToken.SerializeToString,
+            ),
+            'RotateOperatorToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateOperatorToken,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.RotateOperatorTokenRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.IssueOperatorTokenReply.SerializeToString,
             ),
             'StartRollout': grpc.unary_unary_rpc_method_handler(
                     servicer.StartRollout,
@@ -635,6 +669,33 @@ class ControlPlane:
             '/kefu.v1.ControlPlane/RevokeApiKey',
             kefu_dot_v1_dot_control__plane__pb2.RevokeApiKeyRequest.SerializeToString,
             kefu_dot_v1_dot_control__plane__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/RotateApiKey',
+            kefu_dot_v1_dot_control__plane__pb2.RotateApiKeyRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.RotateApiKeyReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1148,6 +1209,33 @@ class ControlPlane:
             '/kefu.v1.ControlPlane/RevokeOperatorToken',
             kefu_dot_v1_dot_control__plane__pb2.RevokeOperatorTokenRequest.SerializeToString,
             kefu_dot_v1_dot_control__plane__pb2.OperatorToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateOperatorToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/RotateOperatorToken',
+            kefu_dot_v1_dot_control__plane__pb2.RotateOperatorTokenRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.IssueOperatorTokenReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,6 +30,7 @@ from kefu.models.store import ModelStore
 from kefu.natscreds import NatsCredentials, load_credentials
 from kefu.node.agent.agent import AgentOptions, NodeAgent, TelemetryShutdown
 from kefu.node.agent.telemetry import TelemetryRecorder, TurnSample
+from kefu.node.audit.chain import AuditEntry, safe_id
 from kefu.node.dialog.conversation import TurnResult
 from kefu.node.dialog.split import NodeSplit
 from kefu.node.dialog.tenant import Tenant
@@ -70,6 +71,16 @@ class ServingTarget:
         # keeps serving its in-flight turns. A scenario pin or a rollout canary is loaded
         # without activation: it must never become another tenant's default version.
         await self.runtime.load(bundle.name, path, activate=activate)
+        if self.node.audit is not None:
+            await self.node.audit.record(
+                AuditEntry(
+                    ts=time.time(),
+                    actor="control-plane",
+                    action="model.swapped" if activate else "model.loaded",
+                    target=safe_id(bundle.ref),
+                    detail={"sha256": bundle.sha256[:16]},
+                )
+            )
 
     async def apply_canary_config(self, doc: DesiredTenant, config: TenantConfig | None) -> None:
         """Build the tenant a config canary's sessions run, once per canary config (a weight
@@ -122,6 +133,7 @@ class ServingTarget:
             config,
             source=Path(f"control-plane:{doc.tenant}@v{doc.config_version}"),
             key_hashes=doc.api_key_hashes,
+            key_expiry=doc.api_key_expiry,
         )
 
     async def remove_tenant(self, tenant: str) -> None:
@@ -234,6 +246,9 @@ def attach_agent(
 
     recorder = TelemetryRecorder(node_id=node_id, region=region)
     _observe_turns(node, recorder)
+    if node.audit is not None:
+        # Audit records leave the node with the telemetry (ids and counts only, no text).
+        node.audit.listeners.append(recorder.record_audit)
     target = ServingTarget(node, node_id=node_id)
     return NodeAgent(options, target, store, connect=connect, telemetry=recorder)
 

@@ -29,13 +29,15 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kefu.bus import Bus
 from kefu.errors import KefuError
+from kefu.node.audit.chain import AuditRecord
 from kefu.wire import (
     LATENCY_BOUNDS_MS,
+    NodeAuditEvent,
     TelemetryAggregate,
     TelemetryBatch,
     WireError,
@@ -80,6 +82,10 @@ class TelemetryRecorder:
     _buffer: deque[TelemetryBatch] = field(default_factory=deque)
     _seq: int = 0
     dropped: int = 0
+    #: Audit records per window at most (the node's own log keeps every one).
+    max_audit_per_window: int = 2000
+    _audit: list[NodeAuditEvent] = field(default_factory=list)
+    audit_dropped: int = 0
 
     def _agg(self, tenant: str, scenario: str, model_version: str) -> TelemetryAggregate:
         key = (tenant, scenario, model_version)
@@ -123,6 +129,13 @@ class TelemetryRecorder:
             agg.corrections += 1
             agg.corrected_wrong += int(corrected_intent != predicted_intent)
 
+    def record_audit(self, record: AuditRecord) -> None:
+        """A node audit-log record, shipped with the next batch."""
+        if len(self._audit) >= self.max_audit_per_window:
+            self.audit_dropped += 1
+            return
+        self._audit.append(NodeAuditEvent.model_validate(asdict(record)))
+
     def close_window(self, now: float | None = None) -> TelemetryBatch | None:
         """End the open window; queue its batch (None if nothing happened in it)."""
         now = now or time.time()
@@ -131,7 +144,8 @@ class TelemetryRecorder:
             agg.window_s = round(now - self._window_start, 3)
         self._open = {}
         self._window_start = now
-        if not aggregates:
+        audit, self._audit = self._audit, []
+        if not aggregates and not audit:
             return None
         self._seq += 1
         batch = TelemetryBatch(
@@ -141,6 +155,8 @@ class TelemetryRecorder:
             started_at=self.started_at,
             aggregates=aggregates,
             dropped=self.dropped,
+            audit=audit,
+            audit_dropped=self.audit_dropped,
         )
         if len(self._buffer) >= self.max_buffered:
             self._buffer.popleft()

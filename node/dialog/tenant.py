@@ -16,6 +16,7 @@ import asyncio
 import hmac
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from kefu.node.nlu.entities import (
     LookupTable,
 )
 from kefu.node.sessions.store import SessionStore
+from kefu.rotation import usable
 
 __all__ = [
     "DEMO_TENANT_CONFIG",
@@ -76,25 +78,47 @@ class Tenant:
     #: Task flows and the plugins they call (None when the config declares none).
     plugins: PluginRunner | None = None
     flows: FlowEngine | None = None
+    #: Expiry (Unix seconds) of extra hashes that expire: a rotated key's successor period
+    #: (from the control plane's desired state). Absent = never.
+    key_expiry: Mapping[str, float] = field(default_factory=dict)
+    #: Wall clock for those expiries (tests inject one).
+    clock: Callable[[], float] = time.time
+
+    def _extra_match(self, key: str) -> str | None:
+        """The extra hash ``key`` matches (expired or not), checking all without early exit."""
+        digest = hash_api_key(key)
+        found = None
+        for h in self.extra_key_hashes:
+            if hmac.compare_digest(digest, h):
+                found = h
+        return found
+
+    def _extra_ok(self, key: str) -> bool:
+        h = self._extra_match(key)
+        return h is not None and usable(self.key_expiry.get(h, 0.0), self.clock())
 
     def roles_for(self, key: str) -> frozenset[str]:
-        """The roles of ``key`` (empty when it is not this tenant's); the generated demo key
-        has every role."""
+        """The roles of ``key`` (empty when it is not this tenant's or has expired); keys
+        from the control plane and the generated demo key have every role."""
         record = self.config.find_key(key)
         if record is not None:
             return frozenset(record.roles)
-        digest = hash_api_key(key)
-        if any(hmac.compare_digest(digest, h) for h in self.extra_key_hashes):
+        if self._extra_ok(key):
             return frozenset({"channel", "admin", "agent"})
         return frozenset()
 
     def key_matches(self, key: str) -> bool:
         """Constant time over all of this tenant's keys: no early exit on a match."""
         ok = self.config.check_key(key)
-        digest = hash_api_key(key)
-        for h in self.extra_key_hashes:
-            ok = hmac.compare_digest(digest, h) or ok
-        return ok
+        return self._extra_ok(key) or ok
+
+    def key_expired_at(self, key: str) -> float | None:
+        """When ``key`` (a rotated key of this tenant) expired, or None if it is not one."""
+        h = self._extra_match(key)
+        if h is None:
+            return None
+        expires = self.key_expiry.get(h, 0.0)
+        return None if usable(expires, self.clock()) else expires
 
 
 @dataclass(frozen=True)
@@ -167,6 +191,8 @@ class TenantRegistry:
     #: ``(tenant_id, None)`` after it is removed, so per-tenant structures built from the
     #: tenants present at start (rate limits, metrics series) follow later changes.
     listeners: list[Callable[[str, Tenant | None], None]] = field(default_factory=list)
+    #: Wall clock for key expiries (tests inject one).
+    clock: Callable[[], float] = time.time
     _retired: list[Tenant] = field(default_factory=list, repr=False)
     _retired_plugins: list[PluginRunner] = field(default_factory=list, repr=False)
 
@@ -218,6 +244,7 @@ class TenantRegistry:
             extra_key_hashes=extra,
             plugins=plugins,
             flows=flows,
+            clock=lambda: self.clock(),
         )
         self._notify(tid)
 
@@ -245,11 +272,13 @@ class TenantRegistry:
         *,
         source: Path,
         key_hashes: Sequence[str] = (),
+        key_expiry: Mapping[str, float] | None = None,
     ) -> Tenant:
         """Serve ``config`` (already validated) from now on: build its knowledge base and
         entity extractor first, then swap the tenant in with one dict assignment, so turns
         in flight finish on the old config and new turns see the new one. The SQLite store
-        is kept across swaps. ``key_hashes`` are accepted besides the config's own keys."""
+        is kept across swaps. ``key_hashes`` are accepted besides the config's own keys, each
+        until its ``key_expiry`` (hash → Unix seconds) when it has one."""
         tid = config.tenant.id
         kb = build_knowledge_base(config, source)
         entities = build_entity_extractor(config)
@@ -272,6 +301,8 @@ class TenantRegistry:
             extra_key_hashes=extra,
             plugins=plugins,
             flows=flows,
+            key_expiry=dict(key_expiry or {}),
+            clock=lambda: self.clock(),
         )
         self.tenants[tid] = tenant  # the swap: one assignment, no await
         if old is not None and old.plugins is not None:
@@ -327,6 +358,17 @@ class TenantRegistry:
             if tenant.key_matches(key) and found is None:
                 found = tenant
         return found
+
+    def expired_key(self, key: str | None) -> tuple[str, float] | None:
+        """(tenant, expiry) when ``key`` is a rotated key whose successor period is over, so
+        the refusal can say so; only asked after :meth:`authenticate` failed."""
+        if not key:
+            return None
+        for tenant in self.tenants.values():
+            expired = tenant.key_expired_at(key)
+            if expired is not None:
+                return tenant.id, expired
+        return None
 
     async def close(self) -> None:
         for tenant in [*self.tenants.values(), *self._retired]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -35,7 +36,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kefu import tracing
 from kefu.auth_guard import FailedAuthGuard, peer_address
+from kefu.config.tenant import hash_api_key
 from kefu.errors import KefuError, TemporaryError
+from kefu.node.audit.chain import RPC_ACTIONS as AUDITED_METHODS
+from kefu.node.audit.chain import AuditEntry, key_fingerprint, safe_id
+from kefu.node.audit.journal import AuditJournal
 from kefu.node.dialog.conversation import (
     ConversationService,
     InvalidTurn,
@@ -63,6 +68,7 @@ from kefu.node.sessions.store import (
     TurnRole,
     new_record_id,
 )
+from kefu.rotation import expired_message
 from kefu.v1 import RETRY_AFTER_METADATA_KEY, SERVICE_NAME, api_key_from_metadata
 from kefu.v1 import node_pb2 as pb
 
@@ -238,8 +244,10 @@ Handler = Callable[[Tenant, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 class KefuNodeService:
     """One instance per node; holds no per-request state."""
 
-    def __init__(self, service: ConversationService):
+    def __init__(self, service: ConversationService, *, audit: AuditJournal | None = None):
         self.service = service
+        #: The node audit log: every admin and agent RPC is recorded (None = off).
+        self.audit = audit
         #: Failed requests, refused keys and ended sessions are announced here too.
         self.events = service.events
         self.auth_guard = FailedAuthGuard()
@@ -278,6 +286,12 @@ class KefuNodeService:
         key = api_key_from_metadata(context.invocation_metadata())
         tenant = self.service.registry.authenticate(key)
         if tenant is None:
+            expired = self.service.registry.expired_key(key)
+            if expired is not None:
+                await self._refused(context, "expired_key", expired[0])
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, expired_message("API key", "", expired[1])
+                )
             await self._refused(context, "missing_key" if not key else "unknown_key")
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -314,9 +328,13 @@ class KefuNodeService:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, msg)
 
     def _unary(
-        self, fn: Handler, roles: frozenset[str] = frozenset({"channel", "admin", "agent"})
+        self,
+        fn: Handler,
+        roles: frozenset[str] = frozenset({"channel", "admin", "agent"}),
+        method: str = "",
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         name = f"node {getattr(fn, '__name__', 'rpc')}"
+        audited = self.audit is not None and method in AUDITED_METHODS
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             with tracing.server_span(name, context.invocation_metadata()):
@@ -326,6 +344,8 @@ class KefuNodeService:
             tenant = await self._tenant(request, context)
             key = api_key_from_metadata(context.invocation_metadata()) or ""
             if not tenant.roles_for(key) & roles:
+                if audited:
+                    await self._audit(method, tenant, key, request, None, "PERMISSION_DENIED")
                 await self._denied(
                     context,
                     tenant,
@@ -333,11 +353,39 @@ class KefuNodeService:
                     " / 该 API 密钥无权调用此接口",
                 )
             try:
-                return await fn(tenant, request, context)
+                reply = await fn(tenant, request, context)
             except KefuError as exc:
+                if audited:
+                    await self._audit(method, tenant, key, request, None, self._status(exc).name)
                 await self._abort(context, exc, tenant.id)
+                raise  # abort() raises; for the type checker
+            if audited:
+                await self._audit(method, tenant, key, request, reply, "ok")
+            return reply
 
         return call
+
+    async def _audit(
+        self, method: str, tenant: Tenant, key: str, request: Any, reply: Any, outcome: str
+    ) -> None:
+        """One audit entry for an admin or agent RPC: ids and counts, never text."""
+        assert self.audit is not None
+        entry = AuditEntry(
+            ts=time.time(),
+            actor=key_fingerprint(hash_api_key(key)),
+            role=",".join(sorted(tenant.roles_for(key))),
+            action=method,
+            tenant=tenant.id,
+            target=safe_id(
+                getattr(request, "handoff_id", "") or getattr(request, "session_id", "")
+            ),
+            outcome=outcome,
+            detail=_audit_detail(request, reply),
+        )
+        try:
+            await self.audit.record(entry)
+        except KefuError as exc:  # a bug in what we record must not fail the call
+            log.error("cannot record %s in the audit log: %s", method, exc)
 
     # ------------------------------------------------------------------ RPCs
 
@@ -525,6 +573,23 @@ class KefuNodeService:
         )
 
 
+def _audit_detail(request: Any, reply: Any) -> dict[str, str | int | float | bool]:
+    detail: dict[str, str | int | float | bool] = {}
+    agent_id = getattr(request, "agent_id", "")
+    if agent_id:
+        detail["agent_id"] = safe_id(agent_id)
+    if getattr(request, "session_id", "") and getattr(request, "handoff_id", ""):
+        detail["session_id"] = safe_id(request.session_id)
+    text = getattr(request, "text", "")
+    if text:
+        detail["chars"] = len(text)  # how much was written, never what
+    for name in ("sessions", "handoffs", "turns"):
+        items = getattr(reply, name, None)
+        if items is not None and not isinstance(items, str | bytes):
+            detail[name] = len(items)
+    return detail
+
+
 def generic_handler(svc: KefuNodeService) -> grpc.GenericRpcHandler:
     """The KefuNode service's handlers."""
 
@@ -538,7 +603,7 @@ def generic_handler(svc: KefuNodeService) -> grpc.GenericRpcHandler:
         roles: frozenset[str] = channel,
     ) -> Any:
         return grpc.unary_unary_rpc_method_handler(
-            svc._unary(fn, roles),
+            svc._unary(fn, roles, req_cls.DESCRIPTOR.name.removesuffix("Request")),
             request_deserializer=_lenient(req_cls),
             response_serializer=resp_cls.SerializeToString,
         )

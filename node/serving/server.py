@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,9 +24,11 @@ from kefu import tracing
 from kefu.certstore import TlsFiles
 from kefu.errors import PermanentError, TemporaryError
 from kefu.models.store import ModelStore, trust_for
+from kefu.node.audit.chain import AuditEntry, safe_id
+from kefu.node.audit.journal import AuditJournal
 from kefu.node.dialog.conversation import ConversationService
 from kefu.node.dialog.split import SplitBoard
-from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG, TenantRegistry
+from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG, Tenant, TenantRegistry
 from kefu.node.nlu.inference import BatchingModelRuntime, InferenceOptions
 from kefu.node.serving.admission import AdmissionController, LoopLag
 from kefu.node.serving.grpc_api import KefuNodeService, generic_handler
@@ -91,6 +94,8 @@ class NodeOptions:
     #: OpenTelemetry spans to this OTLP/HTTP traces URL; None = tracing off (free).
     otlp_endpoint: str | None = None
     otel_service_name: str = "kefu-node"
+    #: The hash-chained audit log of admin and agent actions (``<data-dir>/audit.db``).
+    audit: bool = True
 
 
 class Node:
@@ -108,6 +113,8 @@ class Node:
         self.metrics: NodeMetrics | None = None
         #: The gRPC adapter (its failed-authentication guard is tunable in tests).
         self.api: KefuNodeService | None = None
+        #: The node audit log (None when ``options.audit`` is off).
+        self.audit: AuditJournal | None = None
         self.metrics_port = 0
         self._retention: asyncio.Task[None] | None = None
         self._lag: LoopLag | None = None
@@ -124,6 +131,8 @@ class Node:
             tracing.configure(service_name=opts.otel_service_name, otlp_endpoint=opts.otlp_endpoint)
             self._tracing = True
         private_dir(opts.data_dir)  # conversations live here: 0700
+        if opts.audit:
+            self.audit = await AuditJournal(opts.data_dir).start()
         store = ModelStore(opts.data_dir / "models", trust_for(opts.data_dir))
         store.seed_shipped()
         self.registry = await TenantRegistry.open(
@@ -170,9 +179,11 @@ class Node:
         self.registry.listeners.append(
             lambda tid, tenant: metrics.forget_tenant(tid) if tenant is None else None
         )
+        if self.audit is not None:
+            self.registry.listeners.append(self._audit_config)
         if opts.metrics_listen:
             self.metrics_port = self.metrics.serve(opts.metrics_listen)
-        self.api = KefuNodeService(self.service)
+        self.api = KefuNodeService(self.service, audit=self.audit)
         server.add_generic_rpc_handlers((generic_handler(self.api),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -216,7 +227,33 @@ class Node:
                 + [o.retention_days for o in policies.overrides.values() if o.retention_days]
             )
             purged[tenant.id] = await tenant.store.purge_expired(now, timedelta(days=days))
+            if purged[tenant.id] and self.audit is not None:
+                await self.audit.record(
+                    AuditEntry(
+                        ts=now.timestamp(),
+                        actor="node:retention",
+                        action="data.purged",
+                        tenant=tenant.id,
+                        detail={"sessions": purged[tenant.id], "retention_days": days},
+                    )
+                )
         return purged
+
+    def _audit_config(self, tenant_id: str, tenant: Tenant | None) -> None:
+        """A tenant config applied or removed (at start, by the control plane, on reload)."""
+        assert self.audit is not None
+        source = tenant.source if tenant is not None else None
+        from_cp = source is not None and str(source).startswith("control-plane:")
+        self.audit.record_nowait(
+            AuditEntry(
+                ts=time.time(),
+                actor="control-plane" if from_cp else "node",
+                action="config.applied" if tenant is not None else "config.removed",
+                tenant=tenant_id,
+                target=safe_id(source.name if source is not None else ""),
+                detail={"scenarios": len(tenant.config.scenarios)} if tenant else {},
+            )
+        )
 
     async def _retention_loop(self) -> None:
         while True:
@@ -253,6 +290,8 @@ class Node:
             self.metrics.close()
         if self._tracing:  # flush the spans still buffered
             await asyncio.to_thread(tracing.shutdown)
+        if self.audit is not None:
+            await self.audit.close()
         self.status = NodeStatus.STOPPED
 
     async def wait(self) -> None:
