@@ -88,6 +88,8 @@ PURE = (
     "kefu.control_plane.desired",
     "kefu.control_plane.lease",
     "kefu.control_plane.rollout_plan",
+    "kefu.control_plane.region_health",
+    "kefu.control_plane.residency",
     "kefu.models.gate",
     "kefu.node.gateway.routing",
     "kefu.node.gateway.answers",
