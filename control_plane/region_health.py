@@ -150,7 +150,17 @@ def step(
         elif now - (h.streak_since or h.since) >= policy.dwell_for(h.relapses):
             upd |= {"state": "up", "since": now, "streak_since": 0.0, "relapses": 0}
     new = h.model_copy(update=upd)
+    new.next_at = _next_at(new, policy)
     return new, _moved(h, new)
+
+
+def _next_at(h: RegionHealth, policy: HealthPolicy) -> float:
+    start = h.streak_since or h.since
+    if h.state == "suspect":
+        return start + policy.down_after_s
+    if h.state == "recovering":
+        return start + policy.dwell_for(h.relapses)
+    return 0.0
 
 
 def drain(h: RegionHealth) -> RegionHealth:
@@ -167,7 +177,7 @@ def failback(h: RegionHealth, now: float) -> tuple[RegionHealth, Transition | No
         )
     upd: dict[str, object] = {"drained": False}
     if h.state == "recovering":
-        upd |= {"state": "up", "since": now, "streak_since": 0.0, "relapses": 0}
+        upd |= {"state": "up", "since": now, "streak_since": 0.0, "relapses": 0, "next_at": 0.0}
         upd["evidence"] = "failback by an operator / 运维人员手动回切"
     new = h.model_copy(update=upd)
     return new, _moved(h, new)

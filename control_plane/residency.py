@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from kefu.errors import PermanentError
 from kefu.wire import (
@@ -127,11 +128,13 @@ class RoutePlan:
 
 
 def _choose(
+    tenant: str,
     res: TenantResidency,
     regions: Mapping[str, RegionRecord],
     health: Mapping[str, RegionHealth],
     current: TenantRoute | None,
     serves: Callable[[RegionHealth], bool],
+    ready: Callable[[str, str], bool],
 ) -> tuple[str, str]:
     """(serving region or "", reason)."""
 
@@ -155,9 +158,12 @@ def _choose(
     if current is not None and current.region in res.allowed and ok(current.region):
         return current.region, f"{why_not(res.home)}; stays on {current.region}"
     for r in candidates(res, regions)[1:]:
-        if ok(r):
+        if ok(r) and ready(r, tenant):
             return r, f"{why_not(res.home)}; failover to {r}"
-    return "", "; ".join(why_not(r) for r in candidates(res, regions))
+    return "", "; ".join(
+        why_not(r) if r == res.home or not ok(r) else f"{r}: not serving {tenant} yet"
+        for r in candidates(res, regions)
+    )
 
 
 def plan_routes(
@@ -167,11 +173,14 @@ def plan_routes(
     current: Mapping[str, TenantRoute],
     now: float,
     serves: Callable[[RegionHealth], bool],
+    ready: Callable[[str, str], bool] = lambda region, tenant: True,
 ) -> RoutePlan:
     """Every tenant's route from residency and region health; unchanged routes are left out.
 
     ``serves`` says whether a region may take traffic
-    (:func:`kefu.control_plane.region_health.serves_traffic`).
+    (:func:`kefu.control_plane.region_health.serves_traffic`); ``ready(region, tenant)``
+    whether a node of that region reports serving the tenant's desired state — traffic fails
+    over only to a region that is ready (its home is always eligible).
     """
     changed: list[TenantRoute] = []
     wanted: set[str] = set()
@@ -181,8 +190,8 @@ def plan_routes(
         wanted.add(t.id)
         res = t.residency
         cur = current.get(t.id)
-        region, reason = _choose(res, regions, health, cur, serves)
-        state = "serving" if region else "unavailable"
+        region, reason = _choose(t.id, res, regions, health, cur, serves, ready)
+        state: Literal["serving", "unavailable"] = "serving" if region else "unavailable"
         if cur is not None and cur.region == region and cur.state == state:
             if cur.home != res.home:
                 changed.append(cur.model_copy(update={"home": res.home}))

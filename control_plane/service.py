@@ -23,6 +23,7 @@ import time
 
 from kefu.bus import Conflict, snapshot
 from kefu.config.tenant import generate_api_key, hash_api_key
+from kefu.control_plane.regions import RegionOps
 from kefu.control_plane.rollouts import RolloutOps
 from kefu.control_plane.state import (
     AUDIT_NOTE,
@@ -58,7 +59,7 @@ __all__ = ["AUDIT_NOTE", "MAX_AUDIT_LIMIT", "MAX_CONFIG_TEXT", "ControlPlane", "
 __all__ += ["ensure_layout"]
 
 
-class ControlPlane(RolloutOps):
+class ControlPlane(RegionOps, RolloutOps):
     """Every operation of the central team: tenants, regions, configs, models, assignments,
     rollouts."""
 

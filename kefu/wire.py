@@ -418,6 +418,11 @@ class RegionHealth(_Doc):
     streak_since: float = 0.0
     #: Times it fell back to ``down`` from ``recovering`` (each doubles the dwell, capped).
     relapses: int = 0
+    #: When the pending transition (suspect → down, recovering → up) happens if the current
+    #: streak lasts (the hysteresis countdown); 0 = none pending.
+    next_at: float = 0.0
+    #: Its nodes serve customers (per gateways) but do not reach NATS: not down, alerted.
+    nats_partition: bool = False
     #: Set by ``kefu cp regions drain``: no tenant is routed here until ``failback``.
     drained: bool = False
     #: The evidence of the last evaluation (human-readable, no text of conversations).

@@ -70,6 +70,7 @@ def test_stall_shorter_than_hysteresis_never_leaves_traffic() -> None:
     h = RegionHealth(region="a", since=0.0)
     h, t1 = step(h, BAD, 10.0, POLICY)
     assert h.state == "suspect" and t1 is not None and not t1.moves_traffic
+    assert h.next_at == 12.0  # the countdown the console shows
     h, _ = step(h, BAD, 11.9, POLICY)
     assert serves_traffic(h)
     h, t2 = step(h, GOOD, 11.95, POLICY)
@@ -95,10 +96,11 @@ def test_relapse_doubles_dwell_capped() -> None:
     h, _ = step(h, BAD, 20.0, POLICY)  # relapse before the dwell ended
     assert h.state == "down" and h.relapses == 1
     h, _ = step(h, GOOD, 21.0, POLICY)
+    assert h.next_at == 81.0
     h, _ = step(h, GOOD, 51.0, POLICY)  # 30 s is no longer enough
     assert h.state == "recovering"
     h, _ = step(h, GOOD, 81.0, POLICY)
-    assert h.state == "up" and h.relapses == 0
+    assert h.state == "up" and h.relapses == 0 and h.next_at == 0.0
 
 
 @pytest.mark.parametrize("pattern", list(itertools.product([True, False], repeat=8)))
@@ -291,3 +293,13 @@ def test_manual_moves_only_on_drain_and_removed_routes() -> None:
     assert gone.removed == ["m"]
     disabled = ts[0].model_copy(update={"enabled": False})
     assert plan_routes([disabled], regions(), health(**ALL_UP), r, 1.0, serves_traffic).removed
+
+
+def test_failover_only_to_a_region_serving_the_tenant() -> None:
+    ts = [tenant("shop", "cn-east", ["cn-north", "cn-south"])]
+    h = health(**{**ALL_UP, "cn_east": "down"})
+    plan = plan_routes(ts, regions(), h, {}, 1.0, serves_traffic, lambda r, t: r == "cn-south")
+    assert plan.changed[0].region == "cn-south"
+    plan = plan_routes(ts, regions(), h, {}, 1.0, serves_traffic, lambda r, t: False)
+    assert plan.changed[0].state == "unavailable"
+    assert "cn-north: not serving shop yet" in plan.changed[0].reason
