@@ -33,6 +33,7 @@ from kefu.control_plane import api_regions as regions
 from kefu.control_plane.api_fleet import node_msg
 from kefu.control_plane.auth import Operator, decide, parse_role
 from kefu.control_plane.leader import LeaderLease
+from kefu.control_plane.region_health import FailbackRefused
 from kefu.control_plane.service import (
     AUDIT_NOTE,
     MAX_CONFIG_TEXT,
@@ -120,7 +121,7 @@ def _rpc(fn: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
                 else grpc.StatusCode.ABORTED
             )
             await context.abort(code, str(exc))
-        except LastAdminError as exc:
+        except (LastAdminError, FailbackRefused) as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except (ConfigError, PermanentError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
