@@ -125,6 +125,7 @@ ADAPTERS = (
     "kefu.node.install",
     "kefu.models.runtime",
     "kefu.node.gateway.node_links",
+    "kefu.node.gateway.region_routes",
     "kefu.node.gateway.http_api",
     "kefu.node.gateway.websocket",
     "kefu.node.gateway.wechat_http",

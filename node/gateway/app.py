@@ -11,6 +11,7 @@ import logging
 import random
 import ssl
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +30,7 @@ from kefu.node.gateway.http_api import (
 )
 from kefu.node.gateway.metrics import GatewayMetrics
 from kefu.node.gateway.node_links import NodeLinks
+from kefu.node.gateway.region_routes import RouteFollower
 from kefu.node.gateway.routing import NodePool
 from kefu.node.gateway.tracing import Tracer
 from kefu.node.gateway.websocket import (
@@ -138,6 +140,11 @@ class Gateway:
             tls=resolved.node_tls,
         )
         self.conversations = Conversations(resolved, self.pool, self.links, rng=rng)
+        self.routes: RouteFollower | None = None
+        if cfg.routes is not None:
+            base = Path(resolved.source).resolve().parent if resolved.source != "<code>" else Path()
+            self.routes = RouteFollower(cfg.routes, self.pool, base=base)
+            self.conversations.region_for = self.routes.region_for
         self.metrics = GatewayMetrics()
         self.metrics.watch_pool(self.pool, self.conversations.backlog)
         self.tracer = tracer or Tracer()
@@ -188,6 +195,8 @@ class Gateway:
 
     async def start(self) -> Gateway:
         await self.links.start()
+        if self.routes is not None:
+            await self.routes.start()
         host, port = parse_host_port(self.resolved.config.listen)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -214,6 +223,8 @@ class Gateway:
             await self._runner.cleanup()
             self._runner = None
         await self.links.close()
+        if self.routes is not None:
+            await self.routes.close()
 
     async def __aenter__(self) -> Gateway:
         try:

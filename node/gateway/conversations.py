@@ -116,6 +116,9 @@ class Conversations:
         )
         self.clock, self.wall = clock, wall
         self.rng = rng or random.Random()
+        #: Which region takes a tenant's new conversations (None = any node); set by the
+        #: route follower when the gateway follows failover routes (docs/failover.md).
+        self.region_for: Callable[[str], str | None] = lambda tenant: None
         self._watchers: dict[str, set[asyncio.Event]] = {}
 
     # ------------------------------------------------------------------ admission
@@ -192,11 +195,12 @@ class Conversations:
             if node is not None:
                 req.session_id = sid
                 return await self._send_once(node, caller, req)
-            first = self.pool.choose_new(self.rng)
+            region = self.region_for(caller.tenant.id)
+            first = self.pool.choose_new(self.rng, region=region)
             try:
                 return await self._send_once(first, caller, req)
             except NoAnswer:
-                other = self.pool.choose_new(self.rng, exclude=[first.id])
+                other = self.pool.choose_new(self.rng, exclude=[first.id], region=region)
                 try:
                     return await self._send_once(other, caller, req)
                 except NoAnswer as exc:
@@ -221,7 +225,7 @@ class Conversations:
         node, sid = self._target(body)
         async with self.backlog.slot():
             if node is None:
-                node = self.pool.choose_new(self.rng)
+                node = self.pool.choose_new(self.rng, region=self.region_for(caller.tenant.id))
             else:
                 req.session_id = sid
             try:
