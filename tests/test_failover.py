@@ -258,3 +258,108 @@ async def test_region_down_moves_allowed_tenants_only_and_drain_failback(
         assert "0/1 nodes heartbeating" in down.detail and "moves traffic" in down.detail
         moved = [e for e in audit.events if e.action == "route.change" and e.tenant == "demo-shop"]
         assert len(moved) >= 4
+
+
+async def test_gateway_follows_routes_and_reports_reach(
+    tmp_path: Path, nats_server: NatsServer, ops_key: SigningKey
+) -> None:
+    """A real gateway in front of one node per region: new conversations go where the route
+    says, a tenant allowed only the drained region gets the zh/en "unavailable" reply and
+    reaches no node, a live conversation finishes where it is, reachability is reported."""
+    import aiohttp
+
+    from kefu.node.gateway.app import Gateway
+    from kefu.node.gateway.config import GatewayConfig, resolve_gateway
+    from kefu.wire import TenantResidency
+
+    async with _app(nats_server.url, ops_key) as app:
+        assert app.cp is not None and app.bus is not None
+        cp, bus = app.cp, app.bus
+        key = await seed_demo(cp, "a")
+        await cp.create_region("b", actor=ACTOR)
+        await cp.configure_region("b", zone="z", failover=[], actor=ACTOR)
+        await cp.configure_region("a", zone="z", failover=["b"], actor=ACTOR)
+        await cp.create_tenant("solo", actor=ACTOR)
+        await cp.set_tenant_residency(
+            "demo-shop", TenantResidency(home="a", allowed=["b"]), actor=ACTOR
+        )
+        await cp.set_tenant_residency("solo", TenantResidency(home="a"), actor=ACTOR)
+        (tmp_path / "demo.key").write_text(key)
+        (tmp_path / "solo.key").write_text("kefu_solo_not_a_real_key")
+        async with (
+            cp_node(tmp_path / "a", nats_server.url, ops_key, region="a", node_id="na") as (
+                node_a,
+                agent_a,
+            ),
+            cp_node(tmp_path / "b", nats_server.url, ops_key, region="b", node_id="nb") as (
+                node_b,
+                agent_b,
+            ),
+        ):
+            await agent_a.wait_for(lambda: "demo-shop" in agent_a.applied)
+            await agent_b.wait_for(lambda: "demo-shop" in agent_b.applied)
+            raw = {
+                "listen": "127.0.0.1:0",
+                "nodes": [
+                    {"id": "na", "address": f"127.0.0.1:{node_a.port}", "region": "a"},
+                    {"id": "nb", "address": f"127.0.0.1:{node_b.port}", "region": "b"},
+                ],
+                "tenants": [
+                    {"id": "demo-shop", "api_key_file": "demo.key"},
+                    {"id": "solo", "api_key_file": "solo.key"},
+                ],
+                "health": {"interval_s": 0.2, "timeout_s": 0.5},
+                "routes": {"nats": nats_server.url, "gateway_id": "gw1", "report_s": 0.2},
+            }
+            resolved = resolve_gateway(GatewayConfig.model_validate(raw), base=tmp_path)
+            async with (
+                Gateway(resolved) as gw,
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http,
+            ):
+                assert gw.routes is not None
+                follower = gw.routes
+
+                async def region_of(tenant: str) -> str:
+                    r = follower.routes.get(tenant)
+                    return f"{r.state}:{r.region}" if r else ""
+
+                async def send(tenant: str, **body: str) -> tuple[int, dict]:
+                    r = await http.post(
+                        f"{gw.url}/v1/chat/{tenant}/messages",
+                        json={"text": "我的订单到哪了", **body},
+                    )
+                    return r.status, await r.json()
+
+                got = await eventually(lambda: region_of("demo-shop"), lambda v: v == "serving:a")
+                assert got == "serving:a"
+                await eventually(lambda: region_of("solo"), lambda v: v == "serving:a")
+                await eventually(
+                    lambda: cp.region_health(),
+                    lambda hs: all(h.state == "up" for h in hs),
+                    timeout_s=20,
+                )
+                status, body = await send("demo-shop")
+                assert status == 200 and body["session_id"].startswith("na."), body
+                reach = await bus.kv_get(BUCKET_REACH, "gw1.a")
+                assert reach is not None and b'"reachable":["na"]' in reach.value
+
+                await cp.drain_region("a", actor=ACTOR)
+                await eventually(lambda: region_of("demo-shop"), lambda v: v == "serving:b")
+                await eventually(lambda: region_of("solo"), lambda v: v == "unavailable:")
+                status, moved = await send("demo-shop")
+                assert status == 200 and moved["session_id"].startswith("nb."), moved
+                status, refused = await send("solo")
+                assert status == 503 and refused["error"]["code"] == "region_unavailable"
+                assert "暂时不可用" in refused["error"]["messages"]["zh"]
+                assert "temporarily unavailable" in refused["error"]["messages"]["en"]
+
+                await cp.failback_region("a", actor=ACTOR)
+                await eventually(lambda: region_of("demo-shop"), lambda v: v == "serving:a")
+                status, back = await send("demo-shop")
+                assert back["session_id"].startswith("na.")
+                # The conversation that began in b during the drain finishes in b.
+                status, cont = await send("demo-shop", session_id=moved["session_id"])
+                assert status == 200 and cont["session_id"] == moved["session_id"]
+        # Nothing of "solo" was stored or processed outside its region (nor in a: it never
+        # had a config there; the gateway refused it before any node).
+        assert not [p for p in (tmp_path / "b").rglob("*solo*")]
