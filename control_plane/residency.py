@@ -13,7 +13,10 @@ planner (pure).
   outside ``allowed``; with none, ``unavailable``. ``manual`` tenants move only off a
   *drained* region (an operator's decision), ``never`` tenants never leave home. A tenant
   already served by a failover region stays there while it is healthy and home is not; each
-  change of region or state bumps the route's epoch.
+  change of region or state bumps the route's epoch. An ``automatic`` route also lists its
+  ``standby`` regions (allowed, healthy, ready, in preference order): a gateway that finds
+  every node of the serving region dead by its own health checks may send *new*
+  conversations there at once, before the leader's hysteresis has decided anything.
 """
 
 from __future__ import annotations
@@ -192,9 +195,18 @@ def plan_routes(
         cur = current.get(t.id)
         region, reason = _choose(t.id, res, regions, health, cur, serves, ready)
         state: Literal["serving", "unavailable"] = "serving" if region else "unavailable"
+        standby = (
+            [
+                r
+                for r in candidates(res, regions)
+                if r != region and r in health and serves(health[r]) and ready(r, t.id)
+            ]
+            if region and res.failover_mode == "automatic"
+            else []
+        )
         if cur is not None and cur.region == region and cur.state == state:
-            if cur.home != res.home:
-                changed.append(cur.model_copy(update={"home": res.home}))
+            if (cur.home, cur.standby) != (res.home, standby):
+                changed.append(cur.model_copy(update={"home": res.home, "standby": standby}))
             continue
         changed.append(
             TenantRoute(
@@ -205,6 +217,7 @@ def plan_routes(
                 home=res.home,
                 reason=reason,
                 since=now,
+                standby=standby,
             )
         )
     removed = sorted(k for k in current if k not in wanted)

@@ -440,6 +440,10 @@ class TenantRoute(_Doc):
     home: str = ""
     reason: str = ""
     since: float = Field(default_factory=now)
+    #: Allowed, healthy regions ready to serve the tenant, in preference order (automatic
+    #: failover only): where a gateway sends new conversations while it reaches no node of
+    #: ``region`` itself. Never outside the tenant's allowed regions.
+    standby: list[str] = Field(default_factory=list)
 
 
 class GatewayReach(_Doc):

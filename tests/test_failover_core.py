@@ -230,6 +230,7 @@ def test_home_while_healthy_failover_in_order_and_back() -> None:
     ts = [tenant("shop", "cn-east", ["cn-south", "cn-north"])]
     r = routes(ts, health(**ALL_UP))
     assert (r["shop"].region, r["shop"].epoch, r["shop"].state) == ("cn-east", 1, "serving")
+    assert r["shop"].standby == ["cn-north", "cn-south"]
     assert routes(ts, health(**ALL_UP), r) == r  # nothing to write
     assert plan_routes(ts, regions(), health(**ALL_UP), r, 1.0, serves_traffic).changed == []
     r = routes(ts, health(**{**ALL_UP, "cn_east": "suspect"}), r)
@@ -275,6 +276,10 @@ def test_exhaustive_planner_invariants() -> None:
             ok = [x for x in t.residency.allowed if serves_traffic(h[x])]
             if route.state == "serving":
                 assert route.region in t.residency.allowed and serves_traffic(h[route.region])
+            assert set(route.standby) <= set(t.residency.allowed) - {route.region}
+            assert all(serves_traffic(h[x]) for x in route.standby)
+            if t.residency.failover_mode != "automatic":
+                assert route.standby == []
             if t.residency.failover_mode == "automatic":
                 assert (route.state == "unavailable") == (not ok)
             if t.residency.failover_mode == "never":

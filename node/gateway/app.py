@@ -144,7 +144,7 @@ class Gateway:
         if cfg.routes is not None:
             base = Path(resolved.source).resolve().parent if resolved.source != "<code>" else Path()
             self.routes = RouteFollower(cfg.routes, self.pool, base=base)
-            self.conversations.region_for = self.routes.region_for
+            self.conversations.regions_for = self.routes.regions_for
         self.metrics = GatewayMetrics()
         self.metrics.watch_pool(self.pool, self.conversations.backlog)
         self.tracer = tracer or Tracer()

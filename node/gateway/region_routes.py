@@ -1,10 +1,11 @@
 """The gateway follows the control plane's routes (docs/failover.md): an adapter over NATS.
 
 * **Routes**: a watch on ``kefu_routes`` keeps every tenant's :class:`~kefu.wire.TenantRoute`
-  in memory; :meth:`RouteFollower.region_for` tells the conversations which region's nodes
-  take a tenant's *new* conversations (None = no route: any node, as without failover), and
-  raises ``region_unavailable`` (a clear zh/en "temporarily unavailable" reply) when the route
-  says no allowed region can serve.
+  in memory; :meth:`RouteFollower.regions_for` tells the conversations which regions' nodes
+  take a tenant's *new* conversations — the serving region, then (when the gateway reaches
+  none of its nodes) the route's standby regions, all allowed for the tenant; None = no route:
+  any node, as without failover — and raises ``region_unavailable`` (a clear zh/en
+  "temporarily unavailable" reply) when the route says no allowed region can serve.
 * **Reachability**: every ``report_s`` the gateway writes, per region, which of its nodes
   answer its health checks to ``kefu_reach`` (``<gateway>.<region>``); the leader uses it to
   tell a region cut off from NATS (nodes still serving) from a dead one.
@@ -45,14 +46,15 @@ class RouteFollower:
         #: Set once the first full view of the routes bucket has been read.
         self.synced = asyncio.Event()
 
-    def region_for(self, tenant: str) -> str | None:
-        """The region whose nodes take ``tenant``'s new conversations (None = any node)."""
+    def regions_for(self, tenant: str) -> list[str] | None:
+        """The regions whose nodes may take ``tenant``'s new conversations, in order: the
+        serving region, then its standby regions (None = no route: any node)."""
         route = self.routes.get(tenant)
         if route is None:
             return None
         if route.state == "unavailable":
             raise ApiError.of("region_unavailable")
-        return route.region
+        return [route.region, *route.standby]
 
     async def start(self) -> None:
         s = self.settings
