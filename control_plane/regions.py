@@ -14,12 +14,14 @@ import time
 
 from kefu.bus import snapshot
 from kefu.control_plane.region_health import drain, failback
-from kefu.control_plane.residency import check_region, check_residency
+from kefu.control_plane.residency import ResidencyError, check_region, check_residency
 from kefu.control_plane.state import StateStore
 from kefu.wire import (
+    BUCKET_ASSIGNMENTS,
     BUCKET_REGION_HEALTH,
     BUCKET_REGISTRY,
     BUCKET_ROUTES,
+    Assignment,
     RegionHealth,
     RegionRecord,
     TenantRecord,
@@ -71,6 +73,18 @@ class RegionOps(StateStore):
         """Set where a tenant may be served and stored (admin only, validated)."""
         await self._tenant(tenant)
         res = check_residency(residency, await self._regions())
+        assigned = await snapshot(self.bus, BUCKET_ASSIGNMENTS, f"{tenant}.*")
+        outside = sorted(
+            a.region
+            for a in (decode(Assignment, e.value) for e in assigned.values())
+            if a.region not in res.allowed
+        )
+        if outside:
+            raise ResidencyError(
+                f"tenant {tenant!r} is assigned to {', '.join(outside)}, outside the allowed "
+                f"regions: unassign it there first / 租户已分配到不允许的区域 "
+                f"{', '.join(outside)}，请先取消分配"
+            )
 
         def change(old: TenantRecord | None) -> TenantRecord:
             assert old is not None

@@ -142,6 +142,12 @@ async def test_residency_registry_validation_roles_cli_and_audit(
         assert rc != 0
         assert "驻留区" in capsys.readouterr().err
 
+        # Residency also bounds assignments: nothing runs outside the allowed regions.
+        code, msg = await _code(
+            stub.Assign(pb.AssignRequest(tenant="shop", region="cn-north"), metadata=admin)
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "驻留" in msg and "cn-north" in msg
+
         audit = await stub.QueryAudit(pb.QueryAuditRequest(limit=100), metadata=admin)
         actions = [(e.action, e.resource) for e in audit.events]
         assert ("region.residency", "region/cn-east") in actions
