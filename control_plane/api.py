@@ -29,9 +29,11 @@ from kefu.auth_guard import FailedAuthGuard, peer_address
 from kefu.bus import BusUnavailable, Conflict, NotFound
 from kefu.certstore import TlsFiles
 from kefu.control_plane import api_fleet as fleet
+from kefu.control_plane import api_regions as regions
 from kefu.control_plane.api_fleet import node_msg
 from kefu.control_plane.auth import Operator, decide, parse_role
 from kefu.control_plane.leader import LeaderLease
+from kefu.control_plane.region_health import FailbackRefused
 from kefu.control_plane.service import (
     AUDIT_NOTE,
     MAX_CONFIG_TEXT,
@@ -119,7 +121,7 @@ def _rpc(fn: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
                 else grpc.StatusCode.ABORTED
             )
             await context.abort(code, str(exc))
-        except LastAdminError as exc:
+        except (LastAdminError, FailbackRefused) as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except (ConfigError, PermanentError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -206,6 +208,7 @@ def tenant_msg(t: TenantRecord) -> pb.Tenant:
             )
             for k in t.api_keys
         ],
+        residency=regions.residency_msg(t.residency),
     )
 
 
@@ -279,6 +282,11 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
     ListRollouts = _rpc(fleet.ListRollouts)
     GetRollout = _rpc(fleet.GetRollout)
     CommandRollout = _rpc(fleet.CommandRollout)
+    # Region failover (handlers in api_regions.py).
+    ConfigureRegion = _rpc(regions.ConfigureRegion)
+    GetFailoverStatus = _rpc(regions.GetFailoverStatus)
+    DrainRegion = _rpc(regions.DrainRegion)
+    FailbackRegion = _rpc(regions.FailbackRegion)
 
     async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> Operator:
         token = api_key_from_metadata(context.invocation_metadata())
@@ -347,17 +355,18 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
         return tenant_msg(await self.cp.revoke_key(req.tenant, req.key_id, actor=_actor(ctx)))
 
     @_rpc
+    async def SetTenantResidency(self, req: pb.SetTenantResidencyRequest, ctx: Any) -> pb.Tenant:
+        return tenant_msg(await regions.set_tenant_residency(self, req))
+
+    @_rpc
     async def CreateRegion(self, req: pb.CreateRegionRequest, ctx: Any) -> pb.Region:
         r = await self.cp.create_region(req.region, description=req.description, actor=_actor(ctx))
-        return pb.Region(id=r.id, description=r.description, created_at=r.created_at)
+        return regions.region_msg(r)
 
     @_rpc
     async def ListRegions(self, req: pb.ListRegionsRequest, ctx: Any) -> pb.ListRegionsReply:
         return pb.ListRegionsReply(
-            regions=[
-                pb.Region(id=r.id, description=r.description, created_at=r.created_at)
-                for r in await self.cp.list_regions()
-            ]
+            regions=[regions.region_msg(r) for r in await self.cp.list_regions()]
         )
 
     @_rpc

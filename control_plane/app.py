@@ -23,6 +23,7 @@ import grpc
 
 from kefu.certstore import TlsFiles
 from kefu.control_plane.api import ControlPlaneApi, serve_api
+from kefu.control_plane.failover import FailoverController, FailoverOptions
 from kefu.control_plane.leader import LeaderLease
 from kefu.control_plane.reconciler import DesiredReconciler
 from kefu.control_plane.rollouts import RolloutController
@@ -56,6 +57,8 @@ class ControlPlaneOptions:
     #: rollout or node-status change).
     rollout_period_s: float = 1.0
     regions: list[str] = field(default_factory=list)
+    #: Region health and routes (docs/failover.md): tick period, heartbeat timeout, hysteresis.
+    failover: FailoverOptions = field(default_factory=FailoverOptions)
     #: Where the first-start admin token is written (0600); None = kept in memory only.
     admin_token_file: Path | None = None
     #: TLS of the gRPC API (re-read on renewal); None = plaintext (loopback development).
@@ -71,6 +74,7 @@ class ControlPlaneApp:
         self.cp: ControlPlane | None = None
         self.reconciler: DesiredReconciler | None = None
         self.rollouts: RolloutController | None = None
+        self.failover: FailoverController | None = None
         self.lease: LeaderLease | None = None
         self.telemetry: TelemetryIndex | None = None
         self.tokens: OperatorTokens | None = None
@@ -111,11 +115,13 @@ class ControlPlaneApp:
         self.rollouts = RolloutController(
             self.cp, term=lambda: lease.term, confirm=lease.confirm, period_s=o.rollout_period_s
         )
-        reconciler, rollouts = self.reconciler, self.rollouts
+        self.failover = FailoverController(self.cp, o.failover, confirm=lease.confirm)
+        reconciler, rollouts, failover = self.reconciler, self.rollouts, self.failover
 
         def changed() -> None:
             reconciler.kick()
             rollouts.kick()
+            failover.kick()
 
         self.cp.on_change = changed
         self.lease.start()
@@ -131,11 +137,13 @@ class ControlPlaneApp:
 
     def _leader(self, leading: bool) -> None:
         assert self.reconciler is not None and self.rollouts is not None
+        assert self.failover is not None
         if leading:
             self.reconciler.start()
             self.rollouts.start()
+            self.failover.start()
         else:
-            for stop in (self.reconciler.stop(), self.rollouts.stop()):
+            for stop in (self.reconciler.stop(), self.rollouts.stop(), self.failover.stop()):
                 task = asyncio.create_task(stop)
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
@@ -150,6 +158,8 @@ class ControlPlaneApp:
             await self.reconciler.stop()
         if self.rollouts is not None:
             await self.rollouts.stop()
+        if self.failover is not None:
+            await self.failover.stop()
         if self.lease is not None:
             await self.lease.stop()  # hands the lease over at once
         if self._pending:

@@ -67,6 +67,7 @@ READ_METHODS = frozenset(
         "GetStatus",
         "ListRollouts",
         "GetRollout",
+        "GetFailoverStatus",
     }
 )
 

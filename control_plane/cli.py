@@ -18,6 +18,7 @@ from typing import Any
 
 from kefu.certstore import TlsFiles
 from kefu.control_plane.cli_help import HELP
+from kefu.control_plane.cli_regions import REGION_VERBS, add_region_args
 from kefu.control_plane.cli_rollout import ROLLOUT_VERBS, add_rollout_args
 from kefu.control_plane.client import (
     DEFAULT_CP,
@@ -506,20 +507,6 @@ VERBS: dict[tuple[str, ...], dict[str, Any]] = {
         lambda pb, a: pb.RevokeApiKeyRequest(tenant=a.tenant, key_id=a.key_id),
         _show_tenants,
     ),
-    ("regions", "list"): _simple(
-        "ListRegions",
-        lambda pb, a: pb.ListRegionsRequest(),
-        lambda r: _table(
-            "regions / 区域",
-            ["region", "description", "created"],
-            [(x.id, x.description, _when(x.created_at)) for x in r.regions],
-        ),
-    ),
-    ("regions", "create"): _simple(
-        "CreateRegion",
-        lambda pb, a: pb.CreateRegionRequest(region=a.region, description=a.description or ""),
-        lambda r: print(f"region {r.id}"),
-    ),
     ("config", "put"): _simple(
         "PutConfig",
         lambda pb, a: pb.PutConfigRequest(
@@ -581,6 +568,8 @@ VERBS: dict[tuple[str, ...], dict[str, Any]] = {
 def _add_args(path: tuple[str, ...], p: argparse.ArgumentParser) -> None:
     if path[0] == "rollout":
         return add_rollout_args(path, p)
+    if path in REGION_VERBS and path != ("regions", "create"):
+        return add_region_args(path, p)
     if path in (
         ("tenants", "create"),
         ("tenants", "disable"),
@@ -704,7 +693,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_client_tls_arguments(cp)
     verbs = cp.add_subparsers(dest="cp_verb", required=True, metavar="VERB")
     groups: dict[str, argparse._SubParsersAction] = {}
-    for path, spec in {**VERBS, **ROLLOUT_VERBS}.items():
+    for path, spec in {**VERBS, **ROLLOUT_VERBS, **REGION_VERBS}.items():
         if len(path) == 1:
             p = verbs.add_parser(path[0], help=HELP.get(path, ""))
         else:

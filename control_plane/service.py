@@ -23,6 +23,8 @@ import time
 
 from kefu.bus import Conflict, snapshot
 from kefu.config.tenant import generate_api_key, hash_api_key
+from kefu.control_plane.regions import RegionOps
+from kefu.control_plane.residency import ResidencyError
 from kefu.control_plane.rollouts import RolloutOps
 from kefu.control_plane.state import (
     AUDIT_NOTE,
@@ -62,7 +64,7 @@ __all__ += ["ensure_layout"]
 MAX_KEY_TTL_S = 5 * 365 * 86400.0
 
 
-class ControlPlane(RolloutOps):
+class ControlPlane(RegionOps, RolloutOps):
     """Every operation of the central team: tenants, regions, configs, models, assignments,
     rollouts."""
 
@@ -247,6 +249,11 @@ class ControlPlane(RolloutOps):
             VersionRef.parse(ref)  # a bad name is the caller's mistake, before any lookup
         rec = await self._tenant(tenant)
         await self._region(region)
+        if rec.residency is not None and region not in rec.residency.allowed:
+            raise ResidencyError(
+                f"tenant {tenant!r} may not run in {region!r}: its residency allows only "
+                f"{', '.join(rec.residency.allowed)} / 租户的数据驻留设置不允许区域 {region!r}"
+            )
         resolved: dict[str, str] = {}
         for slot, ref in (models or {}).items():
             if slot not in MODEL_SLOTS:

@@ -27,7 +27,10 @@ from kefu.wire import (
     BUCKET_MODELS,
     BUCKET_NODES,
     BUCKET_OPERATORS,
+    BUCKET_REACH,
+    BUCKET_REGION_HEALTH,
     BUCKET_REGISTRY,
+    BUCKET_ROUTES,
     OBJECT_BUNDLES,
     STREAM_AUDIT,
     STREAM_TELEMETRY,
@@ -75,6 +78,9 @@ async def ensure_layout(bus: Bus, regions: list[str] = ()) -> None:  # type: ign
     await bus.ensure_kv(BUCKET_LEADER, history=1)
     await bus.ensure_kv(BUCKET_OPERATORS, history=8)
     await bus.ensure_kv(BUCKET_ROLLOUTS, history=64)
+    await bus.ensure_kv(BUCKET_REGION_HEALTH, history=16)
+    await bus.ensure_kv(BUCKET_ROUTES, history=16)
+    await bus.ensure_kv(BUCKET_REACH, history=1)
     await bus.ensure_objects(OBJECT_BUNDLES)
     await bus.ensure_stream(STREAM_AUDIT, ["kefu.audit.>"])
     await bus.ensure_stream(

@@ -45,7 +45,10 @@ __all__ = [
     "BUCKET_MODELS",
     "BUCKET_NODES",
     "BUCKET_OPERATORS",
+    "BUCKET_REACH",
+    "BUCKET_REGION_HEALTH",
     "BUCKET_REGISTRY",
+    "BUCKET_ROUTES",
     "LATENCY_BOUNDS_MS",
     "LEASE_KEY",
     "OBJECT_BUNDLES",
@@ -58,15 +61,21 @@ __all__ = [
     "CanarySplit",
     "ConfigVersion",
     "DesiredTenant",
+    "FailoverMode",
+    "GatewayReach",
     "Lease",
     "ModelVersion",
     "NodeAuditEvent",
     "NodeStatus",
     "ObservedTenant",
+    "RegionHealth",
     "RegionRecord",
+    "RegionState",
     "TelemetryAggregate",
     "TelemetryBatch",
     "TenantRecord",
+    "TenantResidency",
+    "TenantRoute",
     "WireError",
     "assignment_key",
     "audit_subject",
@@ -198,6 +207,8 @@ class TenantRecord(_Doc):
     #: The config version new assignments follow (a put makes it current; a roll-back moves it).
     current_config: int = 0
     api_keys: list[ApiKeyEntry] = Field(default_factory=list)
+    #: None = no residency set: the tenant is not routed by region (served where assigned).
+    residency: TenantResidency | None = None
 
     def active_key_hashes(self) -> list[str]:
         return sorted(k.sha256 for k in self.api_keys if not k.revoked)
@@ -211,6 +222,27 @@ class RegionRecord(_Doc):
     id: str
     description: str = ""
     created_at: float = Field(default_factory=now)
+    #: The residency zone (e.g. ``cn``, ``eu``): a tenant's allowed regions never leave the zone
+    #: of its home region. "" = a zone of its own.
+    zone: str = ""
+    #: Where this region's tenants fail over to, in order (regions of the same zone).
+    failover: list[str] = Field(default_factory=list)
+
+
+#: automatic = the leader moves traffic when the region is down; manual = only an operator's
+#: drain moves it; never = the tenant is served from its home region or not at all.
+FailoverMode = Literal["automatic", "manual", "never"]
+
+
+class TenantResidency(_Doc):
+    """Where a tenant's conversations may be served and stored (set by an admin)."""
+
+    home: str
+    #: Every region allowed to serve it (always includes ``home``; all in home's zone).
+    allowed: list[str] = Field(default_factory=list)
+    #: Whether its sessions may be replicated to the other allowed regions.
+    replicate: bool = False
+    failover_mode: FailoverMode = "automatic"
 
 
 class ConfigVersion(_Doc):
@@ -405,6 +437,68 @@ class NodeStatus(_Doc):
     #: "" when it applied its whole desired state. ``reconcile_error_at`` = when (epoch s).
     reconcile_error: str = ""
     reconcile_error_at: float = 0.0
+
+
+# ------------------------------------------------------------------------- failover
+
+#: Region health as the leader decides it (``<region>`` → :class:`RegionHealth`).
+BUCKET_REGION_HEALTH = "kefu_region_health"
+#: Which region serves each tenant (``<tenant>`` → :class:`TenantRoute`); gateways watch it.
+BUCKET_ROUTES = "kefu_routes"
+#: What gateways see of each region's nodes (``<gateway>.<region>`` → :class:`GatewayReach`).
+BUCKET_REACH = "kefu_reach"
+
+RegionState = Literal["up", "suspect", "down", "recovering"]
+
+
+class RegionHealth(_Doc):
+    """One region's health state (:mod:`kefu.control_plane.region_health` decides it)."""
+
+    region: str
+    state: RegionState = "up"
+    #: When the region entered ``state`` (leader's clock, epoch seconds).
+    since: float = Field(default_factory=now)
+    #: Since when the current run of bad (``up``/``suspect``) or good (``down``/``recovering``)
+    #: observations lasts; 0 = none.
+    streak_since: float = 0.0
+    #: Times it fell back to ``down`` from ``recovering`` (each doubles the dwell, capped).
+    relapses: int = 0
+    #: When the pending transition (suspect → down, recovering → up) happens if the current
+    #: streak lasts (the hysteresis countdown); 0 = none pending.
+    next_at: float = 0.0
+    #: Its nodes serve customers (per gateways) but do not reach NATS: not down, alerted.
+    nats_partition: bool = False
+    #: Set by ``kefu cp regions drain``: no tenant is routed here until ``failback``.
+    drained: bool = False
+    #: The evidence of the last evaluation (human-readable, no text of conversations).
+    evidence: str = ""
+
+
+class TenantRoute(_Doc):
+    """The region serving a tenant's new conversations ("" with ``unavailable``)."""
+
+    tenant: str
+    region: str = ""
+    state: Literal["serving", "unavailable"] = "serving"
+    #: Increases each time ``region`` or ``state`` changes.
+    epoch: int = 1
+    home: str = ""
+    reason: str = ""
+    since: float = Field(default_factory=now)
+    #: Allowed, healthy regions ready to serve the tenant, in preference order (automatic
+    #: failover only): where a gateway sends new conversations while it reaches no node of
+    #: ``region`` itself. Never outside the tenant's allowed regions.
+    standby: list[str] = Field(default_factory=list)
+
+
+class GatewayReach(_Doc):
+    """A gateway's report of which of a region's nodes answer it (its health checks)."""
+
+    gateway: str
+    region: str
+    reachable: list[str] = Field(default_factory=list)
+    unreachable: list[str] = Field(default_factory=list)
+    at: float = Field(default_factory=now)
 
 
 class Lease(_Doc):

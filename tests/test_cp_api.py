@@ -104,9 +104,10 @@ async def test_api_validates_audits_and_maps_errors(
 def test_every_cp_verb_and_group_has_bilingual_help() -> None:
     from kefu.control_plane.cli import VERBS
     from kefu.control_plane.cli_help import HELP
+    from kefu.control_plane.cli_regions import REGION_VERBS
     from kefu.control_plane.cli_rollout import ROLLOUT_VERBS
 
-    paths = {*VERBS, *ROLLOUT_VERBS}
+    paths = {*VERBS, *ROLLOUT_VERBS, *REGION_VERBS}
     paths |= {p[:1] for p in paths}
     missing = sorted(p for p in paths if " / " not in HELP.get(p, ""))
     assert not missing, f"kefu cp verbs without an English / 中文 help line: {missing}"

@@ -21,20 +21,42 @@ class ApiKey(_message.Message):
     def __init__(self, id: _Optional[str] = ..., created_at: _Optional[float] = ..., revoked: _Optional[bool] = ..., expires_at: _Optional[float] = ..., successor: _Optional[str] = ...) -> None: ...
 
 class Tenant(_message.Message):
-    __slots__ = ("id", "name", "enabled", "created_at", "current_config", "api_keys")
+    __slots__ = ("id", "name", "enabled", "created_at", "current_config", "api_keys", "residency")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     CURRENT_CONFIG_FIELD_NUMBER: _ClassVar[int]
     API_KEYS_FIELD_NUMBER: _ClassVar[int]
+    RESIDENCY_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     enabled: bool
     created_at: float
     current_config: int
     api_keys: _containers.RepeatedCompositeFieldContainer[ApiKey]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., enabled: _Optional[bool] = ..., created_at: _Optional[float] = ..., current_config: _Optional[int] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ...) -> None: ...
+    residency: TenantResidency
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., enabled: _Optional[bool] = ..., created_at: _Optional[float] = ..., current_config: _Optional[int] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., residency: _Optional[_Union[TenantResidency, _Mapping]] = ...) -> None: ...
+
+class TenantResidency(_message.Message):
+    __slots__ = ("home", "allowed", "replicate", "failover_mode")
+    HOME_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    REPLICATE_FIELD_NUMBER: _ClassVar[int]
+    FAILOVER_MODE_FIELD_NUMBER: _ClassVar[int]
+    home: str
+    allowed: _containers.RepeatedScalarFieldContainer[str]
+    replicate: bool
+    failover_mode: str
+    def __init__(self, home: _Optional[str] = ..., allowed: _Optional[_Iterable[str]] = ..., replicate: _Optional[bool] = ..., failover_mode: _Optional[str] = ...) -> None: ...
+
+class SetTenantResidencyRequest(_message.Message):
+    __slots__ = ("tenant", "residency")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    RESIDENCY_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    residency: TenantResidency
+    def __init__(self, tenant: _Optional[str] = ..., residency: _Optional[_Union[TenantResidency, _Mapping]] = ...) -> None: ...
 
 class CreateTenantRequest(_message.Message):
     __slots__ = ("tenant", "name")
@@ -109,14 +131,28 @@ class RotateApiKeyReply(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., key: _Optional[str] = ..., old_key_id: _Optional[str] = ..., old_expires_at: _Optional[float] = ...) -> None: ...
 
 class Region(_message.Message):
-    __slots__ = ("id", "description", "created_at")
+    __slots__ = ("id", "description", "created_at", "zone", "failover")
     ID_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    FAILOVER_FIELD_NUMBER: _ClassVar[int]
     id: str
     description: str
     created_at: float
-    def __init__(self, id: _Optional[str] = ..., description: _Optional[str] = ..., created_at: _Optional[float] = ...) -> None: ...
+    zone: str
+    failover: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., description: _Optional[str] = ..., created_at: _Optional[float] = ..., zone: _Optional[str] = ..., failover: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConfigureRegionRequest(_message.Message):
+    __slots__ = ("region", "zone", "failover")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    FAILOVER_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    zone: str
+    failover: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, region: _Optional[str] = ..., zone: _Optional[str] = ..., failover: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateRegionRequest(_message.Message):
     __slots__ = ("region", "description")
@@ -785,3 +821,59 @@ class CommandRolloutRequest(_message.Message):
     command: str
     reason: str
     def __init__(self, rollout_id: _Optional[str] = ..., command: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RegionHealth(_message.Message):
+    __slots__ = ("region", "state", "since", "drained", "evidence", "relapses", "countdown_s", "serves_traffic")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    RELAPSES_FIELD_NUMBER: _ClassVar[int]
+    COUNTDOWN_S_FIELD_NUMBER: _ClassVar[int]
+    SERVES_TRAFFIC_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    state: str
+    since: float
+    drained: bool
+    evidence: str
+    relapses: int
+    countdown_s: float
+    serves_traffic: bool
+    def __init__(self, region: _Optional[str] = ..., state: _Optional[str] = ..., since: _Optional[float] = ..., drained: _Optional[bool] = ..., evidence: _Optional[str] = ..., relapses: _Optional[int] = ..., countdown_s: _Optional[float] = ..., serves_traffic: _Optional[bool] = ...) -> None: ...
+
+class TenantRoute(_message.Message):
+    __slots__ = ("tenant", "region", "state", "epoch", "home", "reason", "since")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    HOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    region: str
+    state: str
+    epoch: int
+    home: str
+    reason: str
+    since: float
+    def __init__(self, tenant: _Optional[str] = ..., region: _Optional[str] = ..., state: _Optional[str] = ..., epoch: _Optional[int] = ..., home: _Optional[str] = ..., reason: _Optional[str] = ..., since: _Optional[float] = ...) -> None: ...
+
+class GetFailoverStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FailoverStatus(_message.Message):
+    __slots__ = ("regions", "routes")
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    regions: _containers.RepeatedCompositeFieldContainer[RegionHealth]
+    routes: _containers.RepeatedCompositeFieldContainer[TenantRoute]
+    def __init__(self, regions: _Optional[_Iterable[_Union[RegionHealth, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[TenantRoute, _Mapping]]] = ...) -> None: ...
+
+class RegionActionRequest(_message.Message):
+    __slots__ = ("region",)
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    def __init__(self, region: _Optional[str] = ...) -> None: ...

@@ -184,6 +184,31 @@ class ControlPlaneStub:
                 request_serializer=kefu_dot_v1_dot_control__plane__pb2.CommandRolloutRequest.SerializeToString,
                 response_deserializer=kefu_dot_v1_dot_control__plane__pb2.Rollout.FromString,
                 _registered_method=True)
+        self.ConfigureRegion = channel.unary_unary(
+                '/kefu.v1.ControlPlane/ConfigureRegion',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.ConfigureRegionRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.Region.FromString,
+                _registered_method=True)
+        self.SetTenantResidency = channel.unary_unary(
+                '/kefu.v1.ControlPlane/SetTenantResidency',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.SetTenantResidencyRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.Tenant.FromString,
+                _registered_method=True)
+        self.GetFailoverStatus = channel.unary_unary(
+                '/kefu.v1.ControlPlane/GetFailoverStatus',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.GetFailoverStatusRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.FailoverStatus.FromString,
+                _registered_method=True)
+        self.DrainRegion = channel.unary_unary(
+                '/kefu.v1.ControlPlane/DrainRegion',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.RegionActionRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.RegionHealth.FromString,
+                _registered_method=True)
+        self.FailbackRegion = channel.unary_unary(
+                '/kefu.v1.ControlPlane/FailbackRegion',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.RegionActionRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.RegionHealth.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -380,6 +405,41 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfigureRegion(self, request, context):
+        """Region failover with data residency (docs/failover.md). A region's residency zone and
+        failover order; a tenant's home, allowed regions (never outside the home's zone),
+        replication and failover mode (automatic | manual | never).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTenantResidency(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFailoverStatus(self, request, context):
+        """Region health (state, since, countdown) and every tenant's route.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainRegion(self, request, context):
+        """Move traffic away from a region on purpose (maintenance) / let it take traffic back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FailbackRegion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -532,6 +592,31 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.CommandRollout,
                     request_deserializer=kefu_dot_v1_dot_control__plane__pb2.CommandRolloutRequest.FromString,
                     response_serializer=kefu_dot_v1_dot_control__plane__pb2.Rollout.SerializeToString,
+            ),
+            'ConfigureRegion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureRegion,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.ConfigureRegionRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.Region.SerializeToString,
+            ),
+            'SetTenantResidency': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTenantResidency,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.SetTenantResidencyRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.Tenant.SerializeToString,
+            ),
+            'GetFailoverStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFailoverStatus,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.GetFailoverStatusRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.FailoverStatus.SerializeToString,
+            ),
+            'DrainRegion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainRegion,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.RegionActionRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.RegionHealth.SerializeToString,
+            ),
+            'FailbackRegion': grpc.unary_unary_rpc_method_handler(
+                    servicer.FailbackRegion,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.RegionActionRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.RegionHealth.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1344,6 +1429,141 @@ class ControlPlane:
             '/kefu.v1.ControlPlane/CommandRollout',
             kefu_dot_v1_dot_control__plane__pb2.CommandRolloutRequest.SerializeToString,
             kefu_dot_v1_dot_control__plane__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigureRegion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/ConfigureRegion',
+            kefu_dot_v1_dot_control__plane__pb2.ConfigureRegionRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.Region.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTenantResidency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/SetTenantResidency',
+            kefu_dot_v1_dot_control__plane__pb2.SetTenantResidencyRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFailoverStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/GetFailoverStatus',
+            kefu_dot_v1_dot_control__plane__pb2.GetFailoverStatusRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.FailoverStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainRegion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/DrainRegion',
+            kefu_dot_v1_dot_control__plane__pb2.RegionActionRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.RegionHealth.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FailbackRegion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/FailbackRegion',
+            kefu_dot_v1_dot_control__plane__pb2.RegionActionRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.RegionHealth.FromString,
             options,
             channel_credentials,
             insecure,

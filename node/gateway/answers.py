@@ -66,6 +66,11 @@ CODES: dict[str, tuple[int, str, str]] = {
         "No customer-service node is available right now.",
         "当前没有可用的客服节点。",
     ),
+    "region_unavailable": (
+        503,
+        "This service is temporarily unavailable; please try again later.",
+        "服务暂时不可用，请稍后再试。",
+    ),
     "node_down": (
         503,
         "The server holding this conversation is unavailable; start a new conversation or "

@@ -11,6 +11,7 @@ import logging
 import random
 import ssl
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +31,7 @@ from kefu.node.gateway.http_api import (
 )
 from kefu.node.gateway.metrics import GatewayMetrics
 from kefu.node.gateway.node_links import NodeLinks
+from kefu.node.gateway.region_routes import RouteFollower
 from kefu.node.gateway.routing import NodePool
 from kefu.node.gateway.tracing import Tracer
 from kefu.node.gateway.websocket import (
@@ -140,6 +142,11 @@ class Gateway:
             renew_interval_s=cfg.node_tls.check_interval_s if cfg.node_tls else 30.0,
         )
         self.conversations = Conversations(resolved, self.pool, self.links, rng=rng)
+        self.routes: RouteFollower | None = None
+        if cfg.routes is not None:
+            base = Path(resolved.source).resolve().parent if resolved.source != "<code>" else Path()
+            self.routes = RouteFollower(cfg.routes, self.pool, base=base)
+            self.conversations.regions_for = self.routes.regions_for
         self.metrics = GatewayMetrics()
         self.metrics.watch_pool(self.pool, self.conversations.backlog)
         self.tracer = tracer or Tracer()
@@ -196,6 +203,8 @@ class Gateway:
             tracing.configure(service_name=name, otlp_endpoint=otel.otlp_endpoint)
             self._tracing = True
         await self.links.start()
+        if self.routes is not None:
+            await self.routes.start()
         host, port = parse_host_port(self.resolved.config.listen)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -225,6 +234,8 @@ class Gateway:
         if self._tracing:  # flush the spans still buffered
             self._tracing = False
             await asyncio.to_thread(tracing.shutdown)
+        if self.routes is not None:
+            await self.routes.close()
 
     async def __aenter__(self) -> Gateway:
         try:

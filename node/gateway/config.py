@@ -17,6 +17,8 @@ Example::
         rate: {rate: 5, burst: 10}   # messages per second per channel
     limits: {max_body_bytes: 16384, max_in_flight: 256, max_waiting: 512}
     health: {interval_s: 1, failures_to_eject: 3}
+    routes: {nats: nats://10.0.0.2:4222, gateway_id: gw-cn}   # follow failover routes
+                                 # (then every node needs `region:`; docs/failover.md)
     node_tls:                    # TLS to the nodes (verify them with ca_file); with a pair
       ca_file: pki/ca.crt        # the gateway authenticates to them (mutual TLS)
       cert_file: pki/gateway.crt
@@ -58,6 +60,8 @@ class _Section(BaseModel):
 class NodeEntry(_Section):
     id: str
     address: str
+    #: The node's region; needed when ``routes:`` is set.
+    region: str = ""
 
     @field_validator("id")
     @classmethod
@@ -143,6 +147,18 @@ class ListenTlsSettings(_Section):
     key_file: str
 
 
+class RoutesSettings(_Section):
+    """Follow the control plane's routes (docs/failover.md): each tenant's new conversations
+    go to the nodes of the region its route names; the gateway reports which nodes it reaches."""
+
+    nats: str
+    #: JSON credentials file (url, user, password) for the NATS user, as nodes use.
+    creds_file: str | None = None
+    #: This gateway's name in its reachability reports.
+    gateway_id: str = Field(default="gateway", pattern="^[a-z0-9][a-z0-9_-]{0,62}$")
+    report_s: float = Field(default=1.0, gt=0, le=60)
+
+
 class GatewayConfig(_Section):
     listen: str = "127.0.0.1:7600"
     nodes: list[NodeEntry] = Field(min_length=1)
@@ -158,6 +174,8 @@ class GatewayConfig(_Section):
     listen_tls: ListenTlsSettings | None = None
     #: OpenTelemetry spans over OTLP/HTTP; off unless ``otlp_endpoint`` is set.
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    #: None: every tenant goes to any healthy node (one region behind this gateway).
+    routes: RoutesSettings | None = None
 
     @field_validator("listen")
     @classmethod
@@ -304,11 +322,16 @@ def resolve_gateway(cfg: GatewayConfig, *, base: Path, source: str = "<code>") -
     ids = [n.id for n in cfg.nodes]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{source}: a node id is listed twice: {ids}")
+    if cfg.routes is not None and (missing := [n.id for n in cfg.nodes if not n.region]):
+        raise ConfigError(
+            f"{source}: routes: needs a region on every node (missing on {missing}) / "
+            "启用 routes 时每个节点都要写 region"
+        )
     h = cfg.health
     node_tls, listen_tls = _tls(cfg, base, source)
     return ResolvedGateway(
         config=cfg,
-        nodes=tuple(NodeSpec(id=n.id, address=n.address) for n in cfg.nodes),
+        nodes=tuple(NodeSpec(id=n.id, address=n.address, region=n.region) for n in cfg.nodes),
         tenants=tuple(tenants),
         ejection=EjectionPolicy(
             failures_to_eject=h.failures_to_eject,

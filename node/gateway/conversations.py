@@ -120,6 +120,9 @@ class Conversations:
         )
         self.clock, self.wall = clock, wall
         self.rng = rng or random.Random()
+        #: Which regions take a tenant's new conversations, in order (None = any node); set by
+        #: the route follower when the gateway follows failover routes (docs/failover.md).
+        self.regions_for: Callable[[str], list[str] | None] = lambda tenant: None
         self._watchers: dict[str, set[asyncio.Event]] = {}
 
     # ------------------------------------------------------------------ admission
@@ -196,15 +199,28 @@ class Conversations:
             if node is not None:
                 req.session_id = sid
                 return await self._send_once(node, caller, req)
-            first = self.pool.choose_new(self.rng)
+            first = self._choose_new(caller)
             try:
                 return await self._send_once(first, caller, req)
             except NoAnswer:
-                other = self.pool.choose_new(self.rng, exclude=[first.id])
+                other = self._choose_new(caller, exclude=[first.id])
                 try:
                     return await self._send_once(other, caller, req)
                 except NoAnswer as exc:
                     raise exc.error from None
+
+    def _choose_new(self, caller: Caller, *, exclude: list[str] | None = None) -> NodeState:
+        """A node for a new conversation: any node, or the first region of the tenant's route
+        with a healthy node (serving region, then standby regions)."""
+        regions = self.regions_for(caller.tenant.id)
+        if regions is None:
+            return self.pool.choose_new(self.rng, exclude=exclude or ())
+        for region in regions[:-1]:
+            try:
+                return self.pool.choose_new(self.rng, exclude=exclude or (), region=region)
+            except ApiError:
+                continue
+        return self.pool.choose_new(self.rng, exclude=exclude or (), region=regions[-1])
 
     async def _send_once(
         self, node: NodeState, caller: Caller, req: pb.ConverseRequest
@@ -225,7 +241,7 @@ class Conversations:
         node, sid = self._target(body)
         async with self.backlog.slot():
             if node is None:
-                node = self.pool.choose_new(self.rng)
+                node = self._choose_new(caller)
             else:
                 req.session_id = sid
             try:

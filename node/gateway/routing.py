@@ -87,6 +87,8 @@ class NodeHealth(enum.Enum):
 class NodeSpec:
     id: str
     address: str
+    #: The node's region ("" = not said): routes (docs/failover.md) pick nodes by region.
+    region: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,11 +179,18 @@ class NodePool:
     def healthy(self) -> list[NodeState]:
         return [n for n in self.nodes.values() if n.health is NodeHealth.UP]
 
-    def choose_new(self, rng: random.Random, *, exclude: Iterable[str] = ()) -> NodeState:
+    def choose_new(
+        self, rng: random.Random, *, exclude: Iterable[str] = (), region: str | None = None
+    ) -> NodeState:
         """The least-loaded healthy node for a new conversation (ties: at random, so several
-        gateways do not all pick the same node)."""
+        gateways do not all pick the same node); only nodes of ``region`` when it is given
+        (the region a tenant's route names)."""
         skip = set(exclude)
-        up = [n for n in self.healthy() if n.id not in skip]
+        up = [
+            n
+            for n in self.healthy()
+            if n.id not in skip and (region is None or n.spec.region == region)
+        ]
         if not up:
             raise ApiError.of("no_node")
         least = min(n.in_flight for n in up)
@@ -196,10 +205,21 @@ class NodePool:
             raise ApiError.of("node_down")
         return n
 
+    def reach(self) -> dict[str, tuple[list[str], list[str]]]:
+        """Per region: the nodes this gateway reaches (up) and those it does not."""
+        out: dict[str, tuple[list[str], list[str]]] = {}
+        for n in self.nodes.values():
+            if not n.spec.region:
+                continue
+            up, down = out.setdefault(n.spec.region, ([], []))
+            (up if n.health is NodeHealth.UP else down).append(n.id)
+        return out
+
     def snapshot(self) -> list[dict[str, object]]:
         return [
             {
                 "id": n.id,
+                "region": n.spec.region,
                 "address": n.spec.address,
                 "health": n.health.value,
                 "in_flight": n.in_flight,

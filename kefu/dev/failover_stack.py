@@ -1,0 +1,272 @@
+"""Two regions on one machine for the failover end-to-end test and benchmark: a real
+nats-server, the control-plane process (in this process: gRPC API, leader, failover loop), one
+``kefu node run`` child process per region following the control plane, and a gateway (in this
+process) that follows the routes.
+
+Tenants: ``demo-shop`` (home ``a``, allowed ``b``: fails over) and ``demo-solo`` (home ``a``
+only: never leaves it). Both run the shipped demo config and models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
+from kefu.control_plane.failover import FailoverOptions
+from kefu.control_plane.region_health import HealthPolicy
+from kefu.keys import TrustStore, load_public_key
+from kefu.model_ref import format_ref
+from kefu.models.store import shipped_dir
+from kefu.natsserver import NatsServer
+from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
+from kefu.node.gateway.app import Gateway
+from kefu.node.gateway.config import GatewayConfig, resolve_gateway
+from kefu.wire import BUCKET_ROUTES, TenantResidency, TenantRoute, decode
+
+__all__ = ["FAST_FAILOVER", "FailoverStack", "Sample"]
+
+ACTOR = "failover-stack"
+#: Detection in ~2 s (heartbeats every 0.5 s, silent after 1.5 s, down 0.5 s later).
+FAST_FAILOVER = FailoverOptions(
+    period_s=0.2,
+    heartbeat_timeout_s=1.5,
+    policy=HealthPolicy(down_after_s=0.5, dwell_s=3.0, max_dwell_s=30.0),
+)
+REGIONS = ("a", "b")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Sample:
+    at: float  # monotonic
+    tenant: str
+    status: int
+    node: str  # the node that answered ("" on failure)
+    code: str = ""  # error code on failure
+
+
+@dataclass
+class FailoverStack:
+    tmp: Path
+    nats: NatsServer | None = None
+    app: ControlPlaneApp | None = None
+    gateway: Gateway | None = None
+    http: aiohttp.ClientSession | None = None
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    samples: list[Sample] = field(default_factory=list)
+    options: FailoverOptions = FAST_FAILOVER
+
+    # ------------------------------------------------------------------ setup
+
+    async def start(self) -> FailoverStack:
+        self.nats = NatsServer(self.tmp / "nats")
+        self.nats.__enter__()
+        release = load_public_key(shipped_dir() / "kefu-release.pub")
+        self.app = ControlPlaneApp(
+            ControlPlaneOptions(
+                nats_url=self.nats.url,
+                trust=TrustStore([release]),
+                listen="127.0.0.1:0",
+                failover=self.options,
+            )
+        )
+        await self.app.start()
+        keys = await self._seed()
+        for region in REGIONS:
+            self.ports[region] = _free_port()
+            self.start_node(region)
+        await self.wait_serving()
+        gw_dir = self.tmp / "gateway"
+        gw_dir.mkdir(parents=True, exist_ok=True)
+        for tenant, key in keys.items():
+            (gw_dir / f"{tenant}.key").write_text(key, encoding="utf-8")
+        raw: dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "nodes": [
+                {"id": f"n{r}", "address": f"127.0.0.1:{self.ports[r]}", "region": r}
+                for r in REGIONS
+            ],
+            "tenants": [
+                {"id": t, "api_key_file": f"{t}.key", "rate": {"rate": 1000, "burst": 1000}}
+                for t in keys
+            ],
+            "health": {"interval_s": 0.2, "timeout_s": 0.5},
+            "routes": {"nats": self.nats.url, "gateway_id": "gw", "report_s": 0.5},
+        }
+        resolved = resolve_gateway(GatewayConfig.model_validate(raw), base=gw_dir)
+        self.gateway = await Gateway(resolved).start()
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        await self.until(lambda: self._routed("a"), what="both tenants routed to a")
+        return self
+
+    async def _seed(self) -> dict[str, str]:
+        from kefu.bundle import Manifest, pack
+
+        assert self.app is not None and self.app.cp is not None
+        cp = self.app.cp
+        refs = {}
+        for slot, name in (("intent", "demo-shop-intent"), ("sentiment", "sentiment")):
+            path = shipped_dir() / name
+            await cp.publish_model(pack(path), actor=ACTOR)
+            m = Manifest.from_bytes((path / "manifest.json").read_bytes())
+            refs[slot] = format_ref(name, m.version)
+        for r in REGIONS:
+            await cp.create_region(r, actor=ACTOR)
+        await cp.configure_region("b", zone="z", failover=[], actor=ACTOR)
+        await cp.configure_region("a", zone="z", failover=["b"], actor=ACTOR)
+        demo = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
+        keys = {}
+        for tenant, allowed in (("demo-shop", ["b"]), ("demo-solo", [])):
+            await cp.create_tenant(tenant, actor=ACTOR)
+            await cp.put_config(
+                tenant, demo.replace("  id: demo-shop", f"  id: {tenant}", 1), actor=ACTOR
+            )
+            _, keys[tenant] = await cp.issue_key(tenant, actor=ACTOR)
+            await cp.assign(tenant, "a", models=refs, actor=ACTOR)
+            await cp.set_tenant_residency(
+                tenant, TenantResidency(home="a", allowed=allowed), actor=ACTOR
+            )
+        return keys
+
+    def start_node(self, region: str) -> None:
+        assert self.nats is not None
+        etc = self.tmp / f"node-{region}"
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "nats.json").write_text(json.dumps({"url": self.nats.url}), encoding="utf-8")
+        (etc / "node.yaml").write_text(
+            f"data_dir: data\nlisten: 127.0.0.1:{self.ports[region]}\nmetrics_listen: ''\n"
+            "logging:\n  format: text\n"
+            f"control_plane:\n  credentials: nats.json\n  region: {region}\n"
+            f"  node_id: n{region}\n  telemetry_interval_s: 600\n  heartbeat_s: 0.5\n",
+            encoding="utf-8",
+        )
+        log = (etc / "node.log").open("ab")
+        self.procs[region] = subprocess.Popen(
+            [sys.executable, "-m", "kefu.node.main", "run", "--config", str(etc / "node.yaml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ},
+        )
+        log.close()
+
+    def data_dir(self, region: str) -> Path:
+        return self.tmp / f"node-{region}" / "data"
+
+    async def wait_serving(self, regions: tuple[str, ...] = REGIONS) -> None:
+        """Until each region's node reports serving what it is assigned (demo-shop in both)."""
+        assert self.app is not None and self.app.cp is not None
+        cp = self.app.cp
+
+        async def ok() -> bool:
+            nodes = {n.region: n for n in await cp.list_nodes()}
+            return all(
+                r in nodes
+                and nodes[r].tenants.get("demo-shop") is not None
+                and nodes[r].tenants["demo-shop"].state == "serving"
+                for r in regions
+            )
+
+        await self.until(ok, timeout_s=120, what=f"nodes of {regions} serving")
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+        if self.gateway is not None:
+            await self.gateway.close()
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+            p.wait(timeout=30)
+        if self.app is not None:
+            await self.app.stop()
+        if self.nats is not None:
+            self.nats.__exit__(None, None, None)
+
+    async def __aenter__(self) -> FailoverStack:
+        try:
+            return await self.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ observing
+
+    async def route(self, tenant: str) -> TenantRoute | None:
+        assert self.app is not None and self.app.bus is not None
+        e = await self.app.bus.kv_get(BUCKET_ROUTES, tenant)
+        return decode(TenantRoute, e.value) if e else None
+
+    async def _routed(self, region: str) -> bool:
+        gw_routes = self.gateway.routes.routes if self.gateway and self.gateway.routes else {}
+        return all(
+            (r := gw_routes.get(t)) is not None and r.region == region
+            for t in ("demo-shop", "demo-solo")
+        )
+
+    async def until(self, cond: Any, *, timeout_s: float = 30.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout_s
+        while not await cond():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.05)
+
+    async def send(self, tenant: str, session_id: str = "") -> tuple[int, dict[str, Any]]:
+        assert self.http is not None and self.gateway is not None
+        body: dict[str, Any] = {"text": "我的订单什么时候到？"}
+        if session_id:
+            body["session_id"] = session_id
+        try:
+            async with self.http.post(
+                f"{self.gateway.url}/v1/chat/{tenant}/messages", json=body
+            ) as r:
+                return r.status, await r.json()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return 0, {"error": {"code": type(exc).__name__}}
+
+    async def traffic(self, tenants: tuple[str, ...], stop: asyncio.Event) -> None:
+        """New conversations back to back for each tenant until ``stop``; every reply sampled."""
+
+        async def one(tenant: str) -> None:
+            while not stop.is_set():
+                status, body = await self.send(tenant)
+                node = body.get("session_id", "").split(".")[0] if status == 200 else ""
+                code = "" if status == 200 else body.get("error", {}).get("code", "")
+                self.samples.append(Sample(time.monotonic(), tenant, status, node, code))
+                await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(one(t) for t in tenants))
+
+    # ------------------------------------------------------------------ faults
+
+    def kill(self, region: str) -> None:
+        p = self.procs[region]
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+
+    def pause(self, region: str) -> None:
+        self.procs[region].send_signal(signal.SIGSTOP)
+
+    def resume(self, region: str) -> None:
+        self.procs[region].send_signal(signal.SIGCONT)

@@ -1,0 +1,88 @@
+"""Region failover end to end: a real nats-server, the control plane, one ``kefu node run``
+process per region (a, b) and a gateway following routes (kefu/dev/failover_stack.py).
+
+A SIGSTOP/SIGCONT of region a's node shorter than the hysteresis changes no route; kill -9 of
+it under continuous traffic moves ``demo-shop`` (allows b) to b, while ``demo-solo`` (allows
+only a) gets the zh/en "temporarily unavailable" reply and nothing of it reaches b. Time to
+switch is measured in benchmarks/failover_bench.py, not asserted here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from kefu.dev.failover_stack import FailoverStack
+from kefu.wire import BUCKET_ASSIGNMENTS, assignment_key, desired_bucket
+
+pytestmark = pytest.mark.slow
+
+
+async def test_kill_region_a_under_traffic_residency_and_stall_hysteresis(tmp_path: Path) -> None:
+    async with FailoverStack(tmp_path) as s:
+        assert s.app is not None and s.app.cp is not None and s.app.bus is not None
+        cp, bus = s.app.cp, s.app.bus
+        await s.until(lambda: _all_up(cp), timeout_s=60, what="both regions up after the dwell")
+        before = {t: await s.route(t) for t in ("demo-shop", "demo-solo")}
+        assert all(r is not None and r.region == "a" for r in before.values())
+
+        # A stall shorter than the hysteresis (silent after 1.5 s, down 0.5 s later).
+        s.pause("a")
+        await asyncio.sleep(0.8)
+        s.resume("a")
+        await asyncio.sleep(2.5)  # longer than detection would take: nothing may have moved
+        for t, r in before.items():
+            now = await s.route(t)
+            assert now is not None and r is not None and now.epoch == r.epoch, t
+        assert [h.state for h in await cp.region_health() if h.region == "a"] == ["up"]
+
+        # kill -9 under continuous traffic from both tenants.
+        stop = asyncio.Event()
+        traffic = asyncio.create_task(s.traffic(("demo-shop", "demo-solo"), stop))
+        await s.until(lambda: _has(s, "na"), what="traffic served by a")
+        s.kill("a")
+
+        async def moved() -> bool:
+            r = await s.route("demo-shop")
+            solo = await s.route("demo-solo")
+            return bool(r and r.region == "b" and solo and solo.state == "unavailable")
+
+        await s.until(moved, timeout_s=30, what="demo-shop routed to b")
+        await asyncio.sleep(1.0)  # traffic after the switch
+        stop.set()
+        await traffic
+
+        after = [x for x in s.samples if x.tenant == "demo-shop" and x.node == "nb"]
+        assert after, "demo-shop was never served from b"
+        solo = [x for x in s.samples if x.tenant == "demo-solo"]
+        assert {x.node for x in solo if x.status == 200} == {"na"}
+        last = solo[-1]
+        assert (last.status, last.code) == (503, "region_unavailable")
+        status, body = await s.send("demo-solo")
+        assert status == 503
+        assert "暂时不可用" in body["error"]["messages"]["zh"]
+        assert "temporarily unavailable" in body["error"]["messages"]["en"]
+
+        # Nothing of demo-solo outside a: no assignment, no desired state, no file in b.
+        assert await bus.kv_get(BUCKET_ASSIGNMENTS, assignment_key("demo-solo", "b")) is None
+        assert await bus.kv_get(desired_bucket("b"), "demo-solo") is None
+        assert not list(s.data_dir("b").rglob("*demo-solo*"))
+        assert list(s.data_dir("a").rglob("*demo-solo*"))  # it was stored in a
+
+        # Each health transition is audited with its evidence; the stall left none.
+        events = [(e.action, e.detail) for e in await cp.audit_log(limit=1000)]
+        # (before the nodes registered, both regions were down: "no nodes registered")
+        downs = [d for a, d in events if a == "region.down" and "heartbeating" in d]
+        assert len(downs) == 1 and "0/1 nodes heartbeating" in downs[0]
+        assert any(a == "route.change" and "failover to b" in d for a, d in events)
+
+
+async def _all_up(cp: object) -> bool:
+    hs = await cp.region_health()  # type: ignore[attr-defined]
+    return all(h.state == "up" for h in hs)
+
+
+async def _has(s: FailoverStack, node: str) -> bool:
+    return any(x.node == node for x in s.samples)
