@@ -328,7 +328,9 @@ class WorkerPool:
                 log.error("worker %d did not stop in time; killing it", worker.index)
                 worker.process.kill()
                 await asyncio.to_thread(worker.process.join, 5.0)
-            if worker.process.exitcode != 0:
+            # A worker still starting (a replacement loading its models) has served nothing:
+            # SIGTERM before its handler is installed kills it with -15, which cuts no turn.
+            if worker.process.exitcode != 0 and worker.metrics_port:
                 self.workers_cut += 1
             worker.conn.close()
         if self._metrics_server is not None:
