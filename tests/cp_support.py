@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -164,9 +164,12 @@ async def cp_node(
     *,
     node_id: str | None = None,
     telemetry_s: float = 0.3,
+    max_loop_lag_s: float | None = None,
 ) -> AsyncIterator[tuple[Node, NodeAgent]]:
     """A node with no local tenants (data in ``tmp_path/node``, trusting ``key``) and its
-    started control-plane agent: fast heartbeats and reconnects for tests."""
+    started control-plane agent: fast heartbeats and reconnects for tests. ``max_loop_lag_s``
+    raises the lag-shedding threshold for tests whose node shares its event loop with load
+    generators and a control plane (shedding is tested on its own)."""
     data = tmp_path / "node"
     trust_on_node(data, key)
     opts = NodeOptions(
@@ -176,6 +179,8 @@ async def cp_node(
         tenant_configs=[],
         require_tenants=False,
     )
+    if max_loop_lag_s is not None:
+        opts = replace(opts, max_loop_lag_s=max_loop_lag_s)
     async with Node(opts) as node:
         agent = attach_agent(
             node,

@@ -181,7 +181,7 @@ async def test_rollback_under_load_reaches_the_baseline_fast_with_zero_failed_rp
         ctl = RolloutController(
             stack.cp, term=lambda: stack.lease.term, confirm=stack.lease.confirm
         )
-        async with cp_node(tmp_path, url, ops_key) as (node, agent):
+        async with cp_node(tmp_path, url, ops_key, max_loop_lag_s=60.0) as (node, agent):
             await agent.wait_for(lambda: "demo-shop" in agent.applied)
             assert node.service is not None
             node.service.limiter = RateLimiter(RateLimit(rate=1e6, burst=1e6))
