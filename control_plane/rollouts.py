@@ -19,11 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from kefu.bus import Bus, Conflict, NotFound, cancel_and_wait, snapshot
+from kefu.control_plane.canary import Verdict, analyse
+from kefu.control_plane.canary_store import (
+    CanaryFolder,
+    StoredVerdict,
+    load_policy,
+    load_totals,
+    save_verdict,
+)
 from kefu.control_plane.catalog import Catalog
 from kefu.control_plane.leader import StaleLeader, kick_on_change, run_on_kick
 from kefu.control_plane.rollout_plan import (
@@ -73,8 +82,11 @@ class RolloutOps(Catalog):
         steps: Sequence[Step],
         actor: str,
         reason: str = "",
+        policy: str = "",
     ) -> Rollout:
         await self._tenant(tenant)
+        if policy:
+            await load_policy(self.bus, policy)  # refuses an unknown name before anything
         concrete: dict[str, str] = {}
         for slot, ref in models.items():
             mv = await self.get_model(ref)  # ``name`` alone = its newest published version
@@ -94,6 +106,8 @@ class RolloutOps(Catalog):
         )
         if reason:
             ro = ro.model_copy(update={"reason": reason})
+        if policy:
+            ro = ro.model_copy(update={"policy": policy})
         try:
             await self.bus.kv_create(BUCKET_ROLLOUTS, active_key(tenant), ro.id.encode())
         except Conflict as exc:
@@ -177,6 +191,7 @@ def node_facts(
                 fresh=now - s.heartbeat_at <= fresh_s,
                 rollout_id=seen.rollout_id if seen is not None else "",
                 weight=seen.canary_weight if seen is not None else 0.0,
+                error=seen.error if seen is not None else "",
             )
         )
     return out
@@ -204,6 +219,9 @@ class RolloutController:
         self.fresh_s = fresh_s
         self.clock = clock
         self.runs = 0
+        self.folder = CanaryFolder(self.bus)
+        #: Called after a verdict moved a rollout (rollback, pause, advance): alerts.
+        self.on_verdict: Callable[[Rollout, Verdict], Awaitable[None]] | None = None
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -227,12 +245,57 @@ class RolloutController:
             if ro.finalized:
                 continue
             facts = node_facts(statuses, ro.tenant, now=now, fresh_s=self.fresh_s)
-            p = plan(ro, facts, now)
+            verdict = await self._judge(ro, facts, now) if ro.policy else None
+            p = plan(ro, facts, now, verdict)
             if p.changed:
                 await self.execute(key, ro, e.revision, p)
                 changed += 1
+                if verdict is not None and verdict.action != "continue":
+                    await self._evidence(ro, verdict, p)
         self.runs += 1
         return changed
+
+    async def _judge(self, ro: Rollout, facts: Sequence[NodeFacts], now: float) -> Verdict | None:
+        """The canary analysis of a running rollout (None: not running, nothing to judge)."""
+        if ro.phase != "running":
+            return None
+        await self.folder.poll_once()
+        totals = await load_totals(self.bus, ro.id)
+        policy = await load_policy(self.bus, ro.policy)
+        members = {m.node_id for m in ro.members}
+        refusing = [f.node_id for f in facts if f.node_id in members and f.error]
+        verdict = analyse(
+            list(totals.rows.values()),
+            policy,
+            step_age_s=now - ro.converged_at if ro.converged_at else 0.0,
+            bake_s=ro.steps[ro.step].bake_s,
+            refusing_nodes=refusing,
+        )
+        await save_verdict(
+            self.bus,
+            StoredVerdict(
+                rollout_id=ro.id,
+                at=now,
+                policy=policy.name,
+                action=verdict.action,
+                reasons=verdict.reasons,
+                evidence=verdict.to_json(),
+            ),
+        )
+        return verdict
+
+    async def _evidence(self, ro: Rollout, verdict: Verdict, p: Plan) -> None:
+        """The verdict that moved the rollout, with its evidence, in the audit stream."""
+        await self.store.audit(
+            "controller",
+            f"rollout.analysis.{verdict.action}",
+            f"tenant/{ro.tenant}/rollouts/{ro.id}",
+            tenant=ro.tenant,
+            detail=json.dumps(verdict.to_json(), ensure_ascii=False, sort_keys=True),
+            msg_id=f"analysis:{ro.id}:{p.next.updated_at}:{verdict.action}",
+        )
+        if self.on_verdict is not None:
+            await self.on_verdict(ro, verdict)
 
     async def _guard(self, ro: Rollout) -> int:
         term = self.term()

@@ -16,6 +16,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from kefu.bus import Bus, Conflict
+from kefu.control_plane.canary_store import BUCKET_CANARY
 from kefu.errors import PermanentError
 from kefu.keys import TrustStore
 from kefu.rollout import BUCKET_ROLLOUTS
@@ -74,6 +75,7 @@ async def ensure_layout(bus: Bus, regions: list[str] = ()) -> None:  # type: ign
     await bus.ensure_kv(BUCKET_LEADER, history=1)
     await bus.ensure_kv(BUCKET_OPERATORS, history=8)
     await bus.ensure_kv(BUCKET_ROLLOUTS, history=64)
+    await bus.ensure_kv(BUCKET_CANARY, history=1)
     await bus.ensure_objects(OBJECT_BUNDLES)
     await bus.ensure_stream(STREAM_AUDIT, ["kefu.audit.>"])
     await bus.ensure_stream(
