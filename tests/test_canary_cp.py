@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the imported `cp` fixture is a parameter name below)
 """Canary analysis in the control plane on the memory bus: node telemetry batches folded into
 durable per-rollout totals (once each, resumed by a new folder from the stored cursor), the
 controller rolling a bad canary back and promoting a good one on the analysis's verdicts, the
@@ -9,7 +10,7 @@ import json
 import random
 
 from cp_support import ACTOR
-from test_rollouts_cp import TENANT, _leader, cp, report_as_node  # noqa: F401
+from test_rollouts_cp import TENANT, _leader, cp, report_as_node  # noqa: F401  (fixture)
 
 from kefu.control_plane.canary_store import CanaryFolder, load_totals, load_verdict
 from kefu.control_plane.reconciler import DesiredReconciler
