@@ -271,6 +271,8 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
     ListRollouts = _rpc(fleet.ListRollouts)
     GetRollout = _rpc(fleet.GetRollout)
     CommandRollout = _rpc(fleet.CommandRollout)
+    GetRolloutAnalysis = _rpc(fleet.GetRolloutAnalysis)
+    ListCanaryPolicies = _rpc(fleet.ListCanaryPolicies)
 
     async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> Operator:
         token = api_key_from_metadata(context.invocation_metadata())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kefu.control_plane.canary_store import list_policies, load_verdict
 from kefu.errors import PermanentError
 from kefu.rollout import DEFAULT_STEPS, Rollout, Step, Wave
 from kefu.v1 import control_plane_pb2 as pb
@@ -25,6 +26,8 @@ __all__ = [
     "FRESH_S",
     "CommandRollout",
     "GetRollout",
+    "GetRolloutAnalysis",
+    "ListCanaryPolicies",
     "ListRollouts",
     "StartRollout",
     "node_msg",
@@ -120,6 +123,7 @@ def rollout_msg(ro: Rollout, nodes: list[NodeStatus], now: float) -> pb.Rollout:
         reason=ro.reason,
         term=ro.term,
         finalized=ro.finalized,
+        policy=ro.policy,
         members=members,
         excluded_nodes=ro.excluded_nodes,
         nodes_converged=converged,
@@ -173,6 +177,7 @@ async def StartRollout(api: _Api, request: Any, context: Any) -> pb.Rollout:
         steps=_steps(request),
         actor=api._actor_name(),
         reason=request.reason,
+        policy=request.policy,
     )
     return await _msg(api, ro)
 
@@ -193,3 +198,47 @@ async def CommandRollout(api: _Api, request: Any, context: Any) -> pb.Rollout:
         request.rollout_id, request.command, actor=api._actor_name(), why=request.reason
     )
     return await _msg(api, ro)
+
+
+async def GetRolloutAnalysis(api: _Api, request: Any, context: Any) -> pb.RolloutAnalysis:
+    ro = await api.cp.get_rollout(request.rollout_id)  # NotFound for an unknown id
+    v = await load_verdict(api.cp.bus, ro.id)
+    if v is None:
+        return pb.RolloutAnalysis(rollout_id=ro.id, policy=ro.policy)
+    ev = v.evidence
+    metrics = ev.get("metrics", [])
+    srm = ev.get("srm", [])
+    return pb.RolloutAnalysis(
+        rollout_id=ro.id,
+        policy=v.policy,
+        at=v.at,
+        action=v.action,
+        reasons=v.reasons,
+        canary_sessions=int(ev.get("canary_sessions", 0)),
+        baseline_sessions=int(ev.get("baseline_sessions", 0)),
+        metrics=[pb.CanaryMetric(**{k: m[k] for k in _METRIC_FIELDS if k in m}) for m in metrics],
+        sample_ratio=[pb.SampleRatio(**s) for s in srm],
+    )
+
+
+_METRIC_FIELDS = tuple(f.name for f in pb.CanaryMetric.DESCRIPTOR.fields)
+
+
+async def ListCanaryPolicies(api: _Api, request: Any, context: Any) -> pb.ListCanaryPoliciesReply:
+    return pb.ListCanaryPoliciesReply(
+        policies=[
+            pb.CanaryPolicy(
+                name=p.name,
+                alpha=p.alpha,
+                advance_alpha=p.advance_alpha,
+                tolerance=p.tolerance,
+                min_trials=p.min_trials,
+                min_sessions=p.min_sessions,
+                hard_error_rate=p.hard_error_rate,
+                hard_error_turns=p.hard_error_turns,
+                srm_p=p.srm_p,
+                step_limit_s=p.step_limit_s,
+            )
+            for p in await list_policies(api.cp.bus)
+        ]
+    )

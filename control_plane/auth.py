@@ -67,6 +67,8 @@ READ_METHODS = frozenset(
         "GetStatus",
         "ListRollouts",
         "GetRollout",
+        "GetRolloutAnalysis",
+        "ListCanaryPolicies",
     }
 )
 

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,7 +79,7 @@ class StoredVerdict(BaseModel):
     action: str
     reasons: list[str] = Field(default_factory=list)
     #: :meth:`kefu.control_plane.canary.Verdict.to_json`
-    evidence: dict[str, object] = Field(default_factory=dict)
+    evidence: dict[str, Any] = Field(default_factory=dict)
 
 
 def _key(rollout_id: str) -> str:

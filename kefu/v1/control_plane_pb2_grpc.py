@@ -174,6 +174,16 @@ class ControlPlaneStub:
                 request_serializer=kefu_dot_v1_dot_control__plane__pb2.CommandRolloutRequest.SerializeToString,
                 response_deserializer=kefu_dot_v1_dot_control__plane__pb2.Rollout.FromString,
                 _registered_method=True)
+        self.GetRolloutAnalysis = channel.unary_unary(
+                '/kefu.v1.ControlPlane/GetRolloutAnalysis',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.RolloutAnalysis.FromString,
+                _registered_method=True)
+        self.ListCanaryPolicies = channel.unary_unary(
+                '/kefu.v1.ControlPlane/ListCanaryPolicies',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesReply.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -356,6 +366,20 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRolloutAnalysis(self, request, context):
+        """The latest canary-analysis verdict of a rollout with its evidence.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCanaryPolicies(self, request, context):
+        """Canary-analysis policies: the built-in defaults and the stored ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -498,6 +522,16 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.CommandRollout,
                     request_deserializer=kefu_dot_v1_dot_control__plane__pb2.CommandRolloutRequest.FromString,
                     response_serializer=kefu_dot_v1_dot_control__plane__pb2.Rollout.SerializeToString,
+            ),
+            'GetRolloutAnalysis': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRolloutAnalysis,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.GetRolloutRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.RolloutAnalysis.SerializeToString,
+            ),
+            'ListCanaryPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCanaryPolicies,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1256,6 +1290,60 @@ class ControlPlane:
             '/kefu.v1.ControlPlane/CommandRollout',
             kefu_dot_v1_dot_control__plane__pb2.CommandRolloutRequest.SerializeToString,
             kefu_dot_v1_dot_control__plane__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRolloutAnalysis(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/GetRolloutAnalysis',
+            kefu_dot_v1_dot_control__plane__pb2.GetRolloutRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.RolloutAnalysis.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCanaryPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/ListCanaryPolicies',
+            kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesReply.FromString,
             options,
             channel_credentials,
             insecure,
