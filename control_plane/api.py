@@ -273,6 +273,8 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
     CommandRollout = _rpc(fleet.CommandRollout)
     GetRolloutAnalysis = _rpc(fleet.GetRolloutAnalysis)
     ListCanaryPolicies = _rpc(fleet.ListCanaryPolicies)
+    ListAlerts = _rpc(fleet.ListAlerts)
+    AckAlert = _rpc(fleet.AckAlert)
 
     async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> Operator:
         token = api_key_from_metadata(context.invocation_metadata())

@@ -10,10 +10,14 @@ per member node the weight it should run and whether it reports it (``nodes_conv
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kefu.bus import NotFound
+from kefu.control_plane.alerts import Alert, ack_alert, list_alerts
 from kefu.control_plane.canary_store import list_policies, load_verdict
+from kefu.control_plane.state import NotFoundError
 from kefu.errors import PermanentError
 from kefu.rollout import DEFAULT_STEPS, Rollout, Step, Wave
 from kefu.v1 import control_plane_pb2 as pb
@@ -24,9 +28,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FRESH_S",
+    "AckAlert",
     "CommandRollout",
     "GetRollout",
     "GetRolloutAnalysis",
+    "ListAlerts",
     "ListCanaryPolicies",
     "ListRollouts",
     "StartRollout",
@@ -242,3 +248,33 @@ async def ListCanaryPolicies(api: _Api, request: Any, context: Any) -> pb.ListCa
             for p in await list_policies(api.cp.bus)
         ]
     )
+
+
+def _alert_msg(a: Alert) -> pb.AlertMessage:
+    return pb.AlertMessage(
+        id=a.id,
+        kind=a.kind,
+        severity=a.severity,
+        at=a.at,
+        tenant=a.tenant,
+        resource=a.resource,
+        title=a.title,
+        detail_json=json.dumps(a.detail, ensure_ascii=False, sort_keys=True),
+        acked_by=a.acked_by,
+        acked_at=a.acked_at,
+    )
+
+
+async def ListAlerts(api: _Api, request: Any, context: Any) -> pb.ListAlertsReply:
+    found = await list_alerts(
+        api.cp.bus, tenant=request.tenant, unacked=request.unacked, limit=request.limit or 500
+    )
+    return pb.ListAlertsReply(alerts=[_alert_msg(a) for a in found])
+
+
+async def AckAlert(api: _Api, request: Any, context: Any) -> pb.AlertMessage:
+    try:
+        a = await ack_alert(api.cp.bus, request.id, actor=api._actor_name(), note=request.note)
+    except NotFound as exc:
+        raise NotFoundError(str(exc)) from exc
+    return _alert_msg(a)

@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 
 from kefu.certstore import TlsFiles
+from kefu.control_plane.alerts import Webhook, WebhookDelivery
 from kefu.control_plane.api import ControlPlaneApi, serve_api
 from kefu.control_plane.leader import LeaderLease
 from kefu.control_plane.reconciler import DesiredReconciler
@@ -62,6 +63,8 @@ class ControlPlaneOptions:
     tls: TlsFiles | None = None
     #: TLS to NATS: verify the server, present this pair (mapped to the NATS user).
     nats_tls: TlsFiles | None = None
+    #: Where the leader delivers alerts (signed JSON POSTs).
+    webhooks: list[Webhook] = field(default_factory=list)
 
 
 class ControlPlaneApp:
@@ -71,6 +74,7 @@ class ControlPlaneApp:
         self.cp: ControlPlane | None = None
         self.reconciler: DesiredReconciler | None = None
         self.rollouts: RolloutController | None = None
+        self.alerts: WebhookDelivery | None = None
         self.lease: LeaderLease | None = None
         self.telemetry: TelemetryIndex | None = None
         self.tokens: OperatorTokens | None = None
@@ -111,6 +115,7 @@ class ControlPlaneApp:
             self.cp, term=lambda: lease.term, confirm=lease.confirm, period_s=o.rollout_period_s
         )
         reconciler, rollouts = self.reconciler, self.rollouts
+        self.alerts = WebhookDelivery(self.bus, o.webhooks)
 
         def changed() -> None:
             reconciler.kick()
@@ -133,8 +138,13 @@ class ControlPlaneApp:
         if leading:
             self.reconciler.start()
             self.rollouts.start()
+            if self.alerts is not None:
+                self.alerts.start()
         else:
-            for stop in (self.reconciler.stop(), self.rollouts.stop()):
+            stops = [self.reconciler.stop(), self.rollouts.stop()]
+            if self.alerts is not None:
+                stops.append(self.alerts.stop())
+            for stop in stops:
                 task = asyncio.create_task(stop)
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
@@ -149,6 +159,8 @@ class ControlPlaneApp:
             await self.reconciler.stop()
         if self.rollouts is not None:
             await self.rollouts.stop()
+        if self.alerts is not None:
+            await self.alerts.stop()
         if self.lease is not None:
             await self.lease.stop()  # hands the lease over at once
         if self._pending:

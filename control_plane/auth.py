@@ -69,6 +69,7 @@ READ_METHODS = frozenset(
         "GetRollout",
         "GetRolloutAnalysis",
         "ListCanaryPolicies",
+        "ListAlerts",
     }
 )
 

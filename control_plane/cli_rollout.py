@@ -207,6 +207,27 @@ def show_analysis(r: Any) -> None:
     )
 
 
+SEVERITY_NAMES = {"info": "info / 提示", "warning": "warning / 警告", "critical": "CRITICAL / 严重"}
+
+
+def show_alerts(r: Any) -> None:
+    table(
+        "alerts / 告警",
+        ["alert", "severity", "when", "tenant", "title", "acknowledged"],
+        [
+            (
+                a.id,
+                SEVERITY_NAMES.get(a.severity, a.severity),
+                ago(a.at),
+                a.tenant or "-",
+                a.title,
+                f"{a.acked_by} {ago(a.acked_at)}" if a.acked_by else "no / 未确认",
+            )
+            for a in r.alerts
+        ],
+    )
+
+
 def show_policies(r: Any) -> None:
     table(
         "canary policies / 金丝雀策略",
@@ -259,6 +280,17 @@ ROLLOUT_VERBS: dict[tuple[str, ...], dict[str, Any]] = {
         ),
         "show": show_analysis,
     },
+    ("alerts", "list"): {
+        "build": lambda pb, a: (
+            "ListAlerts",
+            pb.ListAlertsRequest(tenant=a.tenant or "", unacked=a.unacked, limit=a.limit),
+        ),
+        "show": show_alerts,
+    },
+    ("alerts", "ack"): {
+        "build": lambda pb, a: ("AckAlert", pb.AckAlertRequest(id=a.alert_id, note=a.note or "")),
+        "show": lambda r: show_alerts(type("R", (), {"alerts": [r]})()),
+    },
     ("rollout", "policy"): {
         "build": lambda pb, a: ("ListCanaryPolicies", pb.ListCanaryPoliciesRequest()),
         "show": show_policies,
@@ -268,6 +300,15 @@ ROLLOUT_VERBS: dict[tuple[str, ...], dict[str, Any]] = {
 
 def add_rollout_args(path: tuple[str, ...], p: argparse.ArgumentParser) -> None:
     verb = path[1]
+    if path[0] == "alerts":
+        if verb == "list":
+            p.add_argument("--tenant")
+            p.add_argument("--unacked", action="store_true", help="only alerts not acknowledged")
+            p.add_argument("--limit", type=int, default=100, help="newest N (default 100)")
+        else:
+            p.add_argument("alert_id")
+            p.add_argument("--note", help="why / what was done (kept with the acknowledgement)")
+        return
     if verb == "start":
         p.add_argument("tenant")
         p.add_argument(

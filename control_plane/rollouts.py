@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from kefu.bus import Bus, Conflict, NotFound, cancel_and_wait, snapshot
+from kefu.control_plane.alerts import Alert, raise_alert
 from kefu.control_plane.canary import Verdict, analyse
 from kefu.control_plane.canary_store import (
     CanaryFolder,
@@ -197,6 +198,26 @@ def node_facts(
     return out
 
 
+def verdict_alert(ro: Rollout, verdict: Verdict) -> Alert:
+    """The alert a rollback or pause by the canary analysis raises (one per rollout and kind)."""
+    srm = any(s.mismatch for s in verdict.srm) and verdict.action == "pause"
+    kind = "rollback" if verdict.action == "rollback" else "srm" if srm else "inconclusive"
+    title = {
+        "rollback": f"canary of {ro.tenant} rolled back / {ro.tenant} 金丝雀已自动回滚",
+        "srm": f"sample ratio mismatch in rollout of {ro.tenant}: paused / 样本比例失衡，已暂停",
+        "inconclusive": f"rollout of {ro.tenant} inconclusive: paused / 结论不明，已暂停",
+    }[kind]
+    return Alert(
+        id=f"{kind}:{ro.id}:{ro.wave}:{ro.step}",
+        kind=kind,
+        severity="critical" if kind == "rollback" else "warning",
+        tenant=ro.tenant,
+        resource=f"tenant/{ro.tenant}/rollouts/{ro.id}",
+        title=title,
+        detail={"rollout_id": ro.id, "reasons": verdict.reasons, "evidence": verdict.to_json()},
+    )
+
+
 class RolloutController:
     """The leader's executor of rollout plans (see the module text)."""
 
@@ -220,8 +241,6 @@ class RolloutController:
         self.clock = clock
         self.runs = 0
         self.folder = CanaryFolder(self.bus)
-        #: Called after a verdict moved a rollout (rollback, pause, advance): alerts.
-        self.on_verdict: Callable[[Rollout, Verdict], Awaitable[None]] | None = None
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -294,8 +313,8 @@ class RolloutController:
             detail=json.dumps(verdict.to_json(), ensure_ascii=False, sort_keys=True),
             msg_id=f"analysis:{ro.id}:{p.next.updated_at}:{verdict.action}",
         )
-        if self.on_verdict is not None:
-            await self.on_verdict(ro, verdict)
+        if verdict.action in ("rollback", "pause"):
+            await raise_alert(self.bus, verdict_alert(ro, verdict))
 
     async def _guard(self, ro: Rollout) -> int:
         term = self.term()

@@ -1,11 +1,15 @@
 """Canary analysis through a real replica on a real nats-server: `kefu cp rollout start
 --policy`, an unknown policy refused in both languages, telemetry batches with a bad canary
-folded by the leader and rolled back on its own, `kefu cp rollout analysis` (table and --json)
-and `kefu cp rollout policy list`; a viewer may read the analysis."""
+folded by the leader and rolled back on its own, the alert delivered to a real HTTP webhook
+receiver (signed, retried after a 500, one alert id), `kefu cp rollout analysis` (table and
+--json), `kefu cp rollout policy list` and `kefu cp alerts list|ack`; a viewer may read the
+analysis. Webhook delivery alone: retry with backoff, at-least-once with a stable id."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import random
 import time
@@ -13,9 +17,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from aiohttp import web
 from cp_support import ACTOR, new_version, seed_demo, trust_with
 
+from kefu.bus import MemoryBus
+from kefu.control_plane.alerts import Alert, Webhook, WebhookDelivery, raise_alert, sign
 from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
+from kefu.control_plane.state import ensure_layout
 from kefu.keys import SigningKey
 from kefu.natsserver import NatsServer
 from kefu.node.agent.telemetry import TelemetryRecorder, TurnSample
@@ -24,6 +32,9 @@ from kefu.v1 import bearer_metadata
 from kefu.v1 import control_plane_pb2 as pb
 from kefu.v1 import control_plane_pb2_grpc as pbg
 from kefu.wire import BUCKET_NODES, NodeStatus, encode, telemetry_subject
+
+
+SECRET = "webhook-secret"
 
 
 @pytest.mark.slow
@@ -35,12 +46,27 @@ async def test_canary_analysis_api_and_cli(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("COLUMNS", "250")
+    received: list[tuple[dict[str, str], bytes]] = []
+    answers = [500]  # the first POST fails: delivery retries
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((dict(request.headers), await request.read()))
+        return web.Response(status=answers.pop(0) if answers else 200)
+
+    receiver = web.Application()
+    receiver.router.add_post("/alerts", hook)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     opts = ControlPlaneOptions(
         nats_url=nats_server.url,
         trust=trust_with(ops_key),
         listen="127.0.0.1:0",
         regions=["r1"],
         rollout_period_s=0.2,
+        webhooks=[Webhook(name="test", url=f"http://127.0.0.1:{port}/alerts", secret=SECRET)],
     )
     async with (
         ControlPlaneApp(opts) as app,
@@ -122,3 +148,58 @@ async def test_canary_analysis_api_and_cli(
             pb.GetRolloutRequest(rollout_id=rid), metadata=bearer_metadata(issued.token)
         )
         assert seen.action == "rollback"
+
+        # The alert reached the webhook: signed, retried after the 500, the same alert id.
+        for _ in range(100):
+            if len(received) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert len(received) == 2, received
+        for headers, body in received:
+            assert headers["X-Kefu-Signature"] == sign(SECRET, body)
+            expect = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+            assert headers["X-Kefu-Signature"] == expect
+        assert received[0][1] == received[1][1]
+        alert = json.loads(received[1][1])
+        assert alert["kind"] == "rollback" and alert["detail"]["rollout_id"] == rid
+        assert received[1][0]["X-Kefu-Alert-Id"] == alert["id"]
+        rc = await asyncio.to_thread(main, [*cp, "alerts", "list", "--unacked"])
+        out = capsys.readouterr().out
+        assert rc == 0 and "rolled back" in out and "CRITICAL" in out
+        rc = await asyncio.to_thread(main, [*cp, "--json", "alerts", "ack", alert["id"]])
+        assert rc == 0 and json.loads(capsys.readouterr().out)["acked_by"] == "admin"
+        rc = await asyncio.to_thread(main, [*cp, "--json", "alerts", "list", "--unacked"])
+        assert rc == 0 and json.loads(capsys.readouterr().out).get("alerts", []) == []
+        rc = await asyncio.to_thread(main, [*cp, "alerts", "ack", "nope"])
+        err = capsys.readouterr().err
+        assert rc != 0 and "NOT_FOUND" in err and "告警" in err
+    await runner.cleanup()
+
+
+async def test_webhook_delivery_retries_with_backoff_and_resumes_from_its_cursor() -> None:
+    bus = MemoryBus()
+    await ensure_layout(bus)
+    calls: list[str] = []
+    fail = [True, True]
+
+    async def post(hook: Webhook, body: bytes, headers: dict[str, str]) -> int:
+        calls.append(headers["X-Kefu-Alert-Id"])
+        return 503 if fail and fail.pop() else 200
+
+    for i in range(2):
+        a = Alert(id=f"test:{i}", kind="guard", title="t / 测试", tenant="demo-shop")
+        await raise_alert(bus, a)
+        await raise_alert(bus, a)  # raised twice: stored once
+    d = WebhookDelivery(bus, [Webhook(name="h", url="http://x", secret="s")], post=post,
+                        retry_s=0.01, poll_s=0.01)  # fmt: skip
+    d.start()
+    for _ in range(200):
+        if d.delivered == 2:
+            break
+        await asyncio.sleep(0.01)
+    await d.stop()
+    assert d.delivered == 2 and d.failures == 2
+    assert calls == ["test:0", "test:0", "test:0", "test:1"]
+    # a new deliverer (a new leader) resumes after the cursor: nothing sent again
+    again = WebhookDelivery(bus, [Webhook(name="h", url="http://x", secret="s")], post=post)
+    assert await again.deliver_once(again.hooks[0]) == 0

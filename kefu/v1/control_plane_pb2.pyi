@@ -854,3 +854,51 @@ class CommandRolloutRequest(_message.Message):
     command: str
     reason: str
     def __init__(self, rollout_id: _Optional[str] = ..., command: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AlertMessage(_message.Message):
+    __slots__ = ("id", "kind", "severity", "at", "tenant", "resource", "title", "detail_json", "acked_by", "acked_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_JSON_FIELD_NUMBER: _ClassVar[int]
+    ACKED_BY_FIELD_NUMBER: _ClassVar[int]
+    ACKED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    severity: str
+    at: float
+    tenant: str
+    resource: str
+    title: str
+    detail_json: str
+    acked_by: str
+    acked_at: float
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., severity: _Optional[str] = ..., at: _Optional[float] = ..., tenant: _Optional[str] = ..., resource: _Optional[str] = ..., title: _Optional[str] = ..., detail_json: _Optional[str] = ..., acked_by: _Optional[str] = ..., acked_at: _Optional[float] = ...) -> None: ...
+
+class ListAlertsRequest(_message.Message):
+    __slots__ = ("tenant", "unacked", "limit")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    UNACKED_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    unacked: bool
+    limit: int
+    def __init__(self, tenant: _Optional[str] = ..., unacked: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListAlertsReply(_message.Message):
+    __slots__ = ("alerts",)
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    alerts: _containers.RepeatedCompositeFieldContainer[AlertMessage]
+    def __init__(self, alerts: _Optional[_Iterable[_Union[AlertMessage, _Mapping]]] = ...) -> None: ...
+
+class AckAlertRequest(_message.Message):
+    __slots__ = ("id", "note")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    note: str
+    def __init__(self, id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...

@@ -184,6 +184,16 @@ class ControlPlaneStub:
                 request_serializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesRequest.SerializeToString,
                 response_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesReply.FromString,
                 _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/kefu.v1.ControlPlane/ListAlerts',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListAlertsReply.FromString,
+                _registered_method=True)
+        self.AckAlert = channel.unary_unary(
+                '/kefu.v1.ControlPlane/AckAlert',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.AckAlertRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.AlertMessage.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -380,6 +390,19 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAlerts(self, request, context):
+        """Alerts (rollback, pause, sample-ratio mismatch, inconclusive, guard, fail-over).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AckAlert(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -532,6 +555,16 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.ListCanaryPolicies,
                     request_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesRequest.FromString,
                     response_serializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesReply.SerializeToString,
+            ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListAlertsRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.ListAlertsReply.SerializeToString,
+            ),
+            'AckAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckAlert,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.AckAlertRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.AlertMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1344,6 +1377,60 @@ class ControlPlane:
             '/kefu.v1.ControlPlane/ListCanaryPolicies',
             kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesRequest.SerializeToString,
             kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/ListAlerts',
+            kefu_dot_v1_dot_control__plane__pb2.ListAlertsRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.ListAlertsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/AckAlert',
+            kefu_dot_v1_dot_control__plane__pb2.AckAlertRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.AlertMessage.FromString,
             options,
             channel_credentials,
             insecure,
