@@ -33,7 +33,6 @@ from kefu.v1 import control_plane_pb2 as pb
 from kefu.v1 import control_plane_pb2_grpc as pbg
 from kefu.wire import BUCKET_NODES, NodeStatus, encode, telemetry_subject
 
-
 SECRET = "webhook-secret"
 
 
