@@ -168,7 +168,8 @@ class SrmEvidence:
     baseline: int
     expected_canary: float
     chi2: float
-    p_value: float
+    chi2_p: float  # fixed-sample: shown, not decided on
+    p_value: float  # always valid: decides
     mismatch: bool
 
 
@@ -193,10 +194,12 @@ class Verdict:
 
 
 def _merge(rows: Iterable[ArmCounts], arm: str) -> ArmCounts:
+    mine = [r for r in rows if r.arm == arm]
+    if len(mine) == 1:
+        return mine[0]  # read only below: no copy
     total = ArmCounts(tenant="", rollout_id="", arm=arm)
-    for r in rows:
-        if r.arm == arm:
-            total.merge(r)
+    for r in mine:
+        total.merge(r)
     return total
 
 
@@ -236,7 +239,12 @@ def compare(metric: str, c: Tally, b: Tally, policy: CanaryPolicy) -> MetricEvid
 def srm(
     scope: str, canary: int, baseline: int, expected_canary: float, p_min: float
 ) -> SrmEvidence:
-    """χ² (1 df) of sessions per arm against the expected canary count (Σ weights)."""
+    """Sessions per arm against the expected canary count (Σ of the weights at each start).
+
+    Reported: Pearson's χ² (1 df) and its fixed-sample p-value. Decided on: the always-valid
+    mSPRT p-value of the canary share's deviation (variance s(1 − s)/n, mixture scale 10 % of
+    the smaller share), because the check repeats every pass — a fixed-sample χ² checked a few
+    hundred times would flag a correct split now and then."""
     n = canary + baseline
     ec = min(max(expected_canary, 0.0), float(n))
     eb = n - ec
@@ -245,8 +253,12 @@ def srm(
         chi2 += (canary - ec) ** 2 / ec
     if eb > 0:
         chi2 += (baseline - eb) ** 2 / eb
-    p = chi2_sf_1(chi2) if ec > 0 and eb > 0 else 1.0
-    return SrmEvidence(scope, canary, baseline, ec, chi2, p, p < p_min)
+    if not (ec > 0 and eb > 0):
+        return SrmEvidence(scope, canary, baseline, ec, chi2, 1.0, 1.0, False)
+    share = ec / n
+    tau = max(0.002, 0.1 * min(share, 1 - share))
+    p = msprt_p(canary / n - share, share * (1 - share) / n, tau * tau)
+    return SrmEvidence(scope, canary, baseline, ec, chi2, chi2_sf_1(chi2), p, p < p_min)
 
 
 def analyse(

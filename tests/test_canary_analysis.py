@@ -85,9 +85,13 @@ def test_srm_known_answer() -> None:
     # 450 canary / 550 baseline at 50 %: χ² = 50²/500 · 2 = 10, p = 0.00157
     s = srm("overall", 450, 550, 500.0, 0.001)
     assert s.chi2 == pytest.approx(10.0)
-    assert s.p_value == pytest.approx(0.0015654, rel=1e-4)
-    assert not s.mismatch
-    assert srm("overall", 430, 570, 500.0, 0.001).mismatch
+    assert s.chi2_p == pytest.approx(0.0015654, rel=1e-4)
+    # the decision is the always-valid p of the share: Δ = -0.05, V = .25/1000, τ = 0.05
+    v, t2 = 0.25 / 1000, 0.05**2
+    lam = math.sqrt(v / (v + t2)) * math.exp(t2 * 0.05**2 / (2 * v * (v + t2)))
+    assert s.p_value == pytest.approx(1 / lam)
+    assert s.p_value > s.chi2_p and not s.mismatch  # the price of checking continuously
+    assert srm("overall", 400, 600, 500.0, 0.001).mismatch
 
 
 def test_msprt_p_and_interval_agree() -> None:

@@ -745,7 +745,7 @@ class CanaryMetric(_message.Message):
     def __init__(self, metric: _Optional[str] = ..., canary_events: _Optional[float] = ..., canary_trials: _Optional[float] = ..., baseline_events: _Optional[float] = ..., baseline_trials: _Optional[float] = ..., canary_rate: _Optional[float] = ..., baseline_rate: _Optional[float] = ..., diff: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., p_value: _Optional[float] = ..., tolerance: _Optional[float] = ..., enough: _Optional[bool] = ..., worse: _Optional[bool] = ..., within: _Optional[bool] = ...) -> None: ...
 
 class SampleRatio(_message.Message):
-    __slots__ = ("scope", "canary", "baseline", "expected_canary", "chi2", "p_value", "mismatch")
+    __slots__ = ("scope", "canary", "baseline", "expected_canary", "chi2", "p_value", "mismatch", "chi2_p")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     CANARY_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
@@ -753,6 +753,7 @@ class SampleRatio(_message.Message):
     CHI2_FIELD_NUMBER: _ClassVar[int]
     P_VALUE_FIELD_NUMBER: _ClassVar[int]
     MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    CHI2_P_FIELD_NUMBER: _ClassVar[int]
     scope: str
     canary: int
     baseline: int
@@ -760,7 +761,8 @@ class SampleRatio(_message.Message):
     chi2: float
     p_value: float
     mismatch: bool
-    def __init__(self, scope: _Optional[str] = ..., canary: _Optional[int] = ..., baseline: _Optional[int] = ..., expected_canary: _Optional[float] = ..., chi2: _Optional[float] = ..., p_value: _Optional[float] = ..., mismatch: _Optional[bool] = ...) -> None: ...
+    chi2_p: float
+    def __init__(self, scope: _Optional[str] = ..., canary: _Optional[int] = ..., baseline: _Optional[int] = ..., expected_canary: _Optional[float] = ..., chi2: _Optional[float] = ..., p_value: _Optional[float] = ..., mismatch: _Optional[bool] = ..., chi2_p: _Optional[float] = ...) -> None: ...
 
 class RolloutAnalysis(_message.Message):
     __slots__ = ("rollout_id", "policy", "at", "action", "reasons", "canary_sessions", "baseline_sessions", "metrics", "sample_ratio")
