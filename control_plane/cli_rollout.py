@@ -143,6 +143,10 @@ def _show_one(r: Any) -> None:
     if r.excluded_nodes:
         print("kept out (no split capability) / 不支持分流、未纳入: " + ", ".join(r.excluded_nodes))
     print(f"created {when(r.created_at)} by {r.created_by}; leader term {r.term}")
+    if r.policy:
+        print(
+            f"canary analysis policy / 金丝雀分析策略: {r.policy} (kefu cp rollout analysis {r.id})"
+        )
     for line in r.history[-10:]:
         print("  " + line)
 
