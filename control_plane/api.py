@@ -287,6 +287,10 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
     GetFailoverStatus = _rpc(regions.GetFailoverStatus)
     DrainRegion = _rpc(regions.DrainRegion)
     FailbackRegion = _rpc(regions.FailbackRegion)
+    GetRolloutAnalysis = _rpc(fleet.GetRolloutAnalysis)
+    ListCanaryPolicies = _rpc(fleet.ListCanaryPolicies)
+    ListAlerts = _rpc(fleet.ListAlerts)
+    AckAlert = _rpc(fleet.AckAlert)
 
     async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> Operator:
         token = api_key_from_metadata(context.invocation_metadata())

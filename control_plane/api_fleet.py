@@ -10,9 +10,14 @@ per member node the weight it should run and whether it reports it (``nodes_conv
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kefu.bus import NotFound
+from kefu.control_plane.alerts import Alert, ack_alert, list_alerts
+from kefu.control_plane.canary_store import list_policies, load_verdict
+from kefu.control_plane.state import NotFoundError
 from kefu.errors import PermanentError
 from kefu.rollout import DEFAULT_STEPS, Rollout, Step, Wave
 from kefu.v1 import control_plane_pb2 as pb
@@ -23,8 +28,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FRESH_S",
+    "AckAlert",
     "CommandRollout",
     "GetRollout",
+    "GetRolloutAnalysis",
+    "ListAlerts",
+    "ListCanaryPolicies",
     "ListRollouts",
     "StartRollout",
     "node_msg",
@@ -121,6 +130,7 @@ def rollout_msg(ro: Rollout, nodes: list[NodeStatus], now: float) -> pb.Rollout:
         reason=ro.reason,
         term=ro.term,
         finalized=ro.finalized,
+        policy=ro.policy,
         members=members,
         excluded_nodes=ro.excluded_nodes,
         nodes_converged=converged,
@@ -175,6 +185,7 @@ async def StartRollout(api: _Api, request: Any, context: Any) -> pb.Rollout:
         actor=api._actor_name(),
         reason=request.reason,
         config_version=request.config_version,
+        policy=request.policy,
     )
     return await _msg(api, ro)
 
@@ -195,3 +206,77 @@ async def CommandRollout(api: _Api, request: Any, context: Any) -> pb.Rollout:
         request.rollout_id, request.command, actor=api._actor_name(), why=request.reason
     )
     return await _msg(api, ro)
+
+
+async def GetRolloutAnalysis(api: _Api, request: Any, context: Any) -> pb.RolloutAnalysis:
+    ro = await api.cp.get_rollout(request.rollout_id)  # NotFound for an unknown id
+    v = await load_verdict(api.cp.bus, ro.id)
+    if v is None:
+        return pb.RolloutAnalysis(rollout_id=ro.id, policy=ro.policy)
+    ev = v.evidence
+    metrics = ev.get("metrics", [])
+    srm = ev.get("srm", [])
+    return pb.RolloutAnalysis(
+        rollout_id=ro.id,
+        policy=v.policy,
+        at=v.at,
+        action=v.action,
+        reasons=v.reasons,
+        canary_sessions=int(ev.get("canary_sessions", 0)),
+        baseline_sessions=int(ev.get("baseline_sessions", 0)),
+        metrics=[pb.CanaryMetric(**{k: m[k] for k in _METRIC_FIELDS if k in m}) for m in metrics],
+        sample_ratio=[pb.SampleRatio(**s) for s in srm],
+    )
+
+
+_METRIC_FIELDS = tuple(f.name for f in pb.CanaryMetric.DESCRIPTOR.fields)
+
+
+async def ListCanaryPolicies(api: _Api, request: Any, context: Any) -> pb.ListCanaryPoliciesReply:
+    return pb.ListCanaryPoliciesReply(
+        policies=[
+            pb.CanaryPolicy(
+                name=p.name,
+                alpha=p.alpha,
+                advance_alpha=p.advance_alpha,
+                tolerance=p.tolerance,
+                min_trials=p.min_trials,
+                min_sessions=p.min_sessions,
+                hard_error_rate=p.hard_error_rate,
+                hard_error_turns=p.hard_error_turns,
+                srm_p=p.srm_p,
+                step_limit_s=p.step_limit_s,
+            )
+            for p in await list_policies(api.cp.bus)
+        ]
+    )
+
+
+def _alert_msg(a: Alert) -> pb.AlertMessage:
+    return pb.AlertMessage(
+        id=a.id,
+        kind=a.kind,
+        severity=a.severity,
+        at=a.at,
+        tenant=a.tenant,
+        resource=a.resource,
+        title=a.title,
+        detail_json=json.dumps(a.detail, ensure_ascii=False, sort_keys=True),
+        acked_by=a.acked_by,
+        acked_at=a.acked_at,
+    )
+
+
+async def ListAlerts(api: _Api, request: Any, context: Any) -> pb.ListAlertsReply:
+    found = await list_alerts(
+        api.cp.bus, tenant=request.tenant, unacked=request.unacked, limit=request.limit or 500
+    )
+    return pb.ListAlertsReply(alerts=[_alert_msg(a) for a in found])
+
+
+async def AckAlert(api: _Api, request: Any, context: Any) -> pb.AlertMessage:
+    try:
+        a = await ack_alert(api.cp.bus, request.id, actor=api._actor_name(), note=request.note)
+    except NotFound as exc:
+        raise NotFoundError(str(exc)) from exc
+    return _alert_msg(a)

@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 
 from kefu.certstore import TlsFiles
+from kefu.control_plane.alerts import Webhook, WebhookDelivery
 from kefu.control_plane.api import ControlPlaneApi, serve_api
 from kefu.control_plane.failover import FailoverController, FailoverOptions
 from kefu.control_plane.leader import LeaderLease
@@ -65,6 +66,8 @@ class ControlPlaneOptions:
     tls: TlsFiles | None = None
     #: TLS to NATS: verify the server, present this pair (mapped to the NATS user).
     nats_tls: TlsFiles | None = None
+    #: Where the leader delivers alerts (signed JSON POSTs).
+    webhooks: list[Webhook] = field(default_factory=list)
 
 
 class ControlPlaneApp:
@@ -75,6 +78,7 @@ class ControlPlaneApp:
         self.reconciler: DesiredReconciler | None = None
         self.rollouts: RolloutController | None = None
         self.failover: FailoverController | None = None
+        self.alerts: WebhookDelivery | None = None
         self.lease: LeaderLease | None = None
         self.telemetry: TelemetryIndex | None = None
         self.tokens: OperatorTokens | None = None
@@ -117,6 +121,7 @@ class ControlPlaneApp:
         )
         self.failover = FailoverController(self.cp, o.failover, confirm=lease.confirm)
         reconciler, rollouts, failover = self.reconciler, self.rollouts, self.failover
+        self.alerts = WebhookDelivery(self.bus, o.webhooks)
 
         def changed() -> None:
             reconciler.kick()
@@ -142,8 +147,13 @@ class ControlPlaneApp:
             self.reconciler.start()
             self.rollouts.start()
             self.failover.start()
+            if self.alerts is not None:
+                self.alerts.start()
         else:
-            for stop in (self.reconciler.stop(), self.rollouts.stop(), self.failover.stop()):
+            stops = [self.reconciler.stop(), self.rollouts.stop(), self.failover.stop()]
+            if self.alerts is not None:
+                stops.append(self.alerts.stop())
+            for stop in stops:
                 task = asyncio.create_task(stop)
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
@@ -160,6 +170,8 @@ class ControlPlaneApp:
             await self.rollouts.stop()
         if self.failover is not None:
             await self.failover.stop()
+        if self.alerts is not None:
+            await self.alerts.stop()
         if self.lease is not None:
             await self.lease.stop()  # hands the lease over at once
         if self._pending:

@@ -68,6 +68,9 @@ READ_METHODS = frozenset(
         "ListRollouts",
         "GetRollout",
         "GetFailoverStatus",
+        "GetRolloutAnalysis",
+        "ListCanaryPolicies",
+        "ListAlerts",
     }
 )
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kefu.certstore import TlsFiles
+from kefu.control_plane.alerts import Webhook
 from kefu.control_plane.cli_help import HELP
 from kefu.control_plane.cli_regions import REGION_VERBS, add_region_args
 from kefu.control_plane.cli_rollout import ROLLOUT_VERBS, add_rollout_args
@@ -74,6 +75,29 @@ def _server_tls(args: argparse.Namespace) -> TlsFiles | None:
 # ---------------------------------------------------------------------- control-plane run
 
 
+def _webhooks(args: argparse.Namespace) -> list[Webhook]:
+    if not args.alert_webhook:
+        return []
+    if not args.alert_webhook_secret_file:
+        raise PermanentError(
+            "--alert-webhook needs --alert-webhook-secret-file / 需同时指定 webhook 签名密钥文件"
+        )
+    try:
+        secret = Path(args.alert_webhook_secret_file).read_text().strip()
+    except OSError as exc:
+        raise PermanentError(
+            f"cannot read {args.alert_webhook_secret_file}: {exc.strerror} / 无法读取密钥文件"
+        ) from exc
+    if not secret:
+        raise PermanentError(f"{args.alert_webhook_secret_file} is empty / 密钥文件为空")
+    hooks = []
+    for i, url in enumerate(args.alert_webhook):
+        if not url.startswith(("http://", "https://")):
+            raise PermanentError(f"--alert-webhook {url!r}: use an http(s) URL / 须为 http(s) 地址")
+        hooks.append(Webhook(name=f"hook{i + 1}", url=url, secret=secret))
+    return hooks
+
+
 async def _run(args: argparse.Namespace) -> int:
     from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions, default_replica_id
     from kefu.control_plane.auth import TOKEN_FILE
@@ -91,6 +115,7 @@ async def _run(args: argparse.Namespace) -> int:
         replica=args.replica or default_replica_id(),
         listen=args.listen,
         admin_token_file=token_file,
+        webhooks=_webhooks(args),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -566,7 +591,7 @@ VERBS: dict[tuple[str, ...], dict[str, Any]] = {
 
 
 def _add_args(path: tuple[str, ...], p: argparse.ArgumentParser) -> None:
-    if path[0] == "rollout":
+    if path[0] in ("rollout", "alerts"):
         return add_rollout_args(path, p)
     if path in REGION_VERBS and path != ("regions", "create"):
         return add_region_args(path, p)
@@ -671,6 +696,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--tls-cert", help="the API's TLS certificate (PEM; re-read on renewal)")
     run.add_argument("--tls-key", help="its private key (PEM, 0600)")
     run.add_argument("--tls-ca", help="the CA certificate (PEM); without the three: plaintext")
+    run.add_argument(
+        "--alert-webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="POST every alert here as signed JSON (repeatable)",
+    )
+    run.add_argument(
+        "--alert-webhook-secret-file",
+        help="file holding the HMAC secret of the X-Kefu-Signature header (required with "
+        "--alert-webhook)",
+    )
     run.set_defaults(handler=cmd_run)
 
     cp = sub.add_parser(

@@ -55,4 +55,9 @@ HELP: dict[tuple[str, ...], str] = {
     ("rollout", "promote"): "skip to 100 %% everywhere / 全量发布",
     ("rollout", "rollback"): "every node back to the captured baseline / 回滚",
     ("rollout", "abort"): "end the rollout, assignments unchanged / 中止",
+    ("rollout", "analysis"): "the canary analysis and its evidence per metric / 灰度分析",
+    ("rollout", "policy"): "canary-analysis policies: list / 灰度分析策略",
+    ("alerts",): "alerts: rollbacks, pauses, sample-ratio mismatches, regions / 告警",
+    ("alerts", "list"): "list alerts / 列出告警",
+    ("alerts", "ack"): "acknowledge an alert / 确认告警",
 }

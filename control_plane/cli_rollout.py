@@ -1,5 +1,6 @@
-"""``kefu cp rollout start|list|show|pause|resume|promote|rollback|abort``: staged rollouts from
-the command line (human tables, or JSON with ``--json``).
+"""``kefu cp rollout start|list|show|pause|resume|promote|rollback|abort|analysis`` and
+``kefu cp rollout policy list``: staged rollouts from the command line (human tables, or JSON
+with ``--json``).
 
 ``start`` takes the target as ``--model slot=name@version`` (repeatable), waves as ``--wave
 REGION[,REGION...][:SHARE]`` (repeatable, in order; SHARE = share of each region's nodes,
@@ -19,7 +20,7 @@ from kefu.control_plane.tables import ago, table, when
 from kefu.errors import KefuError, PermanentError
 from kefu.rollout import parse_weight, target_text
 
-__all__ = ["ROLLOUT_VERBS", "add_rollout_args", "show_rollouts"]
+__all__ = ["ROLLOUT_VERBS", "add_rollout_args", "show_analysis", "show_policies", "show_rollouts"]
 
 PHASE_NAMES = {
     "pending": "pending / 待开始",
@@ -84,6 +85,7 @@ def _start(pb: Any, a: argparse.Namespace) -> tuple[str, Any]:
         steps=_steps(pb, a),
         reason=a.reason or "",
         config_version=a.config_version or 0,
+        policy=a.policy or "",
     )
 
 
@@ -142,8 +144,114 @@ def _show_one(r: Any) -> None:
     if r.excluded_nodes:
         print("kept out (no split capability) / 不支持分流、未纳入: " + ", ".join(r.excluded_nodes))
     print(f"created {when(r.created_at)} by {r.created_by}; leader term {r.term}")
+    if r.policy:
+        print(
+            f"canary analysis policy / 金丝雀分析策略: {r.policy} (kefu cp rollout analysis {r.id})"
+        )
     for line in r.history[-10:]:
         print("  " + line)
+
+
+ACTION_NAMES = {
+    "continue": "continue / 继续观察",
+    "advance": "advance / 推进",
+    "rollback": "roll back / 回滚",
+    "pause": "pause / 暂停",
+}
+
+
+def show_analysis(r: Any) -> None:
+    """``kefu cp rollout analysis ID``: per metric baseline vs canary, difference, interval."""
+    if not r.at:
+        print(f"{r.rollout_id}: no analysis yet (policy {r.policy or 'none'}) / 尚无金丝雀分析结果")
+        return
+    print(
+        f"{r.rollout_id}: {ACTION_NAMES.get(r.action, r.action)} — policy {r.policy}, "
+        f"{when(r.at)}; sessions canary {r.canary_sessions} / baseline {r.baseline_sessions}"
+    )
+    for reason in r.reasons:
+        print("  " + reason)
+    table(
+        "metrics (bad-event rates) / 指标（不良事件率）",
+        ["metric", "baseline", "canary", "diff", "interval", "p", "tolerance", "status"],
+        [
+            (
+                m.metric,
+                f"{m.baseline_rate:.2%} ({m.baseline_events:.0f}/{m.baseline_trials:.0f})",
+                f"{m.canary_rate:.2%} ({m.canary_events:.0f}/{m.canary_trials:.0f})",
+                f"{m.diff:+.2%}",
+                f"{m.lower:+.2%} .. {m.upper:+.2%}" if m.enough else "-",
+                f"{m.p_value:.3g}",
+                f"{m.tolerance:.1%}",
+                "WORSE / 变差"
+                if m.worse
+                else "ok / 达标"
+                if m.within
+                else "too few / 样本不足"
+                if not m.enough
+                else "undecided / 未定",
+            )
+            for m in r.metrics
+        ],
+    )
+    table(
+        "sample ratio / 样本比例",
+        ["scope", "canary", "baseline", "expected canary", "chi2", "p", "mismatch"],
+        [
+            (
+                s.scope,
+                s.canary,
+                s.baseline,
+                f"{s.expected_canary:.1f}",
+                f"{s.chi2:.2f}",
+                f"{s.p_value:.3g}",
+                "YES / 失衡" if s.mismatch else "no",
+            )
+            for s in r.sample_ratio
+        ],
+    )
+
+
+SEVERITY_NAMES = {"info": "info / 提示", "warning": "warning / 警告", "critical": "CRITICAL / 严重"}
+
+
+def show_alerts(r: Any) -> None:
+    table(
+        "alerts / 告警",
+        ["alert", "severity", "when", "tenant", "title", "acknowledged"],
+        [
+            (
+                a.id,
+                SEVERITY_NAMES.get(a.severity, a.severity),
+                ago(a.at),
+                a.tenant or "-",
+                a.title,
+                f"{a.acked_by} {ago(a.acked_at)}" if a.acked_by else "no / 未确认",
+            )
+            for a in r.alerts
+        ],
+    )
+
+
+def show_policies(r: Any) -> None:
+    table(
+        "canary policies / 金丝雀策略",
+        ["policy", "alpha", "advance alpha", "tolerances", "min trials", "hard stop", "SRM p",
+         "step limit"],
+        [
+            (
+                p.name,
+                p.alpha,
+                p.advance_alpha,
+                ", ".join(f"{k} {v:.0%}" for k, v in sorted(p.tolerance.items())),
+                p.min_trials,
+                f"errors ≥ {p.hard_error_rate:.0%} over ≥ {p.hard_error_turns} turns",
+                p.srm_p,
+                f"{p.step_limit_s:.0f} s" if p.step_limit_s else "none",
+            )
+            for p in r.policies
+        ],
+    )  # fmt: skip
 
 
 def _command(verb: str) -> dict[str, Any]:
@@ -170,11 +278,42 @@ ROLLOUT_VERBS: dict[tuple[str, ...], dict[str, Any]] = {
         "show": _show_one,
     },
     **{("rollout", v): _command(v) for v in ("pause", "resume", "promote", "rollback", "abort")},
+    ("rollout", "analysis"): {
+        "build": lambda pb, a: (
+            "GetRolloutAnalysis",
+            pb.GetRolloutRequest(rollout_id=a.rollout_id),
+        ),
+        "show": show_analysis,
+    },
+    ("alerts", "list"): {
+        "build": lambda pb, a: (
+            "ListAlerts",
+            pb.ListAlertsRequest(tenant=a.tenant or "", unacked=a.unacked, limit=a.limit),
+        ),
+        "show": show_alerts,
+    },
+    ("alerts", "ack"): {
+        "build": lambda pb, a: ("AckAlert", pb.AckAlertRequest(id=a.alert_id, note=a.note or "")),
+        "show": lambda r: show_alerts(type("R", (), {"alerts": [r]})()),
+    },
+    ("rollout", "policy"): {
+        "build": lambda pb, a: ("ListCanaryPolicies", pb.ListCanaryPoliciesRequest()),
+        "show": show_policies,
+    },
 }
 
 
 def add_rollout_args(path: tuple[str, ...], p: argparse.ArgumentParser) -> None:
     verb = path[1]
+    if path[0] == "alerts":
+        if verb == "list":
+            p.add_argument("--tenant")
+            p.add_argument("--unacked", action="store_true", help="only alerts not acknowledged")
+            p.add_argument("--limit", type=int, default=100, help="newest N (default 100)")
+        else:
+            p.add_argument("alert_id")
+            p.add_argument("--note", help="why / what was done (kept with the acknowledgement)")
+        return
     if verb == "start":
         p.add_argument("tenant")
         p.add_argument("--model", action="append", help="slot=name@version (repeatable)")
@@ -193,10 +332,17 @@ def add_rollout_args(path: tuple[str, ...], p: argparse.ArgumentParser) -> None:
         p.add_argument("--step", action="append", help="WEIGHT:BAKE_S (repeatable)")
         p.add_argument("--bake", type=float, default=300.0, help="seconds per step (default 300)")
         p.add_argument("--reason", help="why (recorded in the audit log)")
+        p.add_argument(
+            "--policy",
+            help="canary-analysis policy (see `rollout policy list`): steps advance only when "
+            "the analysis says so, a significantly worse canary is rolled back",
+        )
+    elif verb == "policy":
+        p.add_argument("action", choices=["list"], help="list: built-in and stored policies")
     elif verb == "list":
         p.add_argument("--tenant")
         p.add_argument("--active", action="store_true", help="only rollouts in progress")
     else:
         p.add_argument("rollout_id")
-        if verb != "show":
+        if verb not in ("show", "analysis"):
             p.add_argument("--reason", help="why (recorded in the audit log)")

@@ -11,7 +11,7 @@ Each tick (every ``period_s``, and on a kick after a drain/failback or residency
 2. **Health.** :func:`~.region_health.judge` and :func:`~.region_health.step` per region; the
    result is written to ``kefu_region_health`` with compare-and-set (an operator's drain wins a
    race and the tick is re-planned). Each transition is audited with its evidence through
-   :func:`_alert` (the alerts module of the canary issue will route it from there); so is the
+   :func:`_alert` (audit event + alert); so is the
    onset of a NATS-only partition (nodes serve per gateways, but do not heartbeat).
 3. **Warm standby.** For every tenant with a residency, each allowed region without an
    assignment gets a copy of the home region's assignment, so the reconciler compiles the
@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from kefu.bus import Bus, Conflict, NotFound, cancel_and_wait, snapshot
+from kefu.control_plane.alerts import Alert, raise_alert
 from kefu.control_plane.leader import kick_on_change, run_on_kick
 from kefu.control_plane.region_health import (
     HealthPolicy,
@@ -95,10 +96,22 @@ class _Seen:
 async def _alert(
     store: StateStore, action: str, resource: str, detail: str, *, msg_id: str
 ) -> None:
-    """Record one region-health alert (an audit event with its evidence). The single place the
-    integrator routes to the alerts module once it lands."""
+    """One region-health alert: an audit event with its evidence, and an alert on the alerts
+    stream (webhooks, `kefu cp alerts`), both stored once per ``msg_id``."""
     log.warning("failover alert %s %s: %s", action, resource, detail)
     await store.audit(FAILOVER_ACTOR, action, resource, detail=detail, msg_id=msg_id)
+    down = action in ("region.down", "region.nats_partition")
+    await raise_alert(
+        store.bus,
+        Alert(
+            id=msg_id,
+            kind="failover",
+            severity="critical" if down else "warning" if action != "region.up" else "info",
+            resource=resource,
+            title=f"{resource}: {action.removeprefix('region.')} / 区域状态变化",
+            detail={"action": action, "evidence": detail},
+        ),
+    )
 
 
 class FailoverController:

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from kefu.config import TenantConfig
+from kefu.control_plane.canary import Verdict
 from kefu.errors import PermanentError
 from kefu.rollout import (
     FINAL_PHASES,
@@ -76,6 +77,8 @@ class NodeFacts:
     #: The rollout and weight the node applied for this tenant ("" / 0.0 = none).
     rollout_id: str = ""
     weight: float = 0.0
+    #: The node reports an error applying this tenant (e.g. it refused the canary bundle).
+    error: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -353,13 +356,32 @@ def _finalize(ro: Rollout) -> Plan:
     return Plan(next=nxt, actions=actions, reasons=[reason])
 
 
-def plan(ro: Rollout, observed: Iterable[NodeFacts], now: float) -> Plan:
+def _judged(ro: Rollout, verdict: Verdict, now: float) -> Plan:
+    """Roll back or pause on the canary analysis's word; the reason carries its evidence."""
+    why = "; ".join(verdict.reasons)[:400]
+    if verdict.action == "rollback":
+        reason = f"canary analysis: rolling back — {why}"
+        moved = _moved(ro, now, "controller", reason, phase="rolled_back")
+        done = _finalize(moved)
+        return Plan(next=done.next, actions=done.actions, reasons=[reason, *done.reasons])
+    reason = f"canary analysis: pausing — {why}"
+    return Plan(next=_moved(ro, now, "controller", reason, phase="paused"), reasons=[reason])
+
+
+def plan(
+    ro: Rollout, observed: Iterable[NodeFacts], now: float, verdict: Verdict | None = None
+) -> Plan:
     """The next state of ``ro`` given the nodes' reports at ``now``, with actions and reasons.
-    A plan with no reasons and no actions changes nothing (the executor writes nothing)."""
+    A plan with no reasons and no actions changes nothing (the executor writes nothing).
+
+    With a canary-analysis ``policy`` the ``verdict`` (:func:`kefu.control_plane.canary.analyse`)
+    rolls back or pauses a running rollout, and a baked step widens only on ``advance``."""
     nodes = [n for n in observed if n.region in set(ro.regions)]
     facts = {n.node_id: n for n in nodes}
     if ro.phase in FINAL_PHASES:
         return _finalize(ro) if not ro.finalized else Plan(next=ro)
+    if ro.phase == "running" and ro.policy and verdict and verdict.action in ("rollback", "pause"):
+        return _judged(ro, verdict, now)
     if ro.phase == "pending":
         return _begin_wave(ro, 0, nodes, now)
     if ro.phase == "paused":
@@ -383,6 +405,8 @@ def plan(ro: Rollout, observed: Iterable[NodeFacts], now: float) -> Plan:
     step = ro.steps[ro.step]
     if now - ro.converged_at < step.bake_s:
         return Plan(next=ro)
+    if ro.policy and (verdict is None or verdict.action != "advance"):
+        return Plan(next=ro)  # baked, but the analysis has not shown the canary good enough
     if ro.step + 1 < len(ro.steps):
         nxt_weight = ro.steps[ro.step + 1].weight
         reason = (

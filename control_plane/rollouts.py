@@ -19,12 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from kefu.bus import Bus, Conflict, NotFound, cancel_and_wait, snapshot
 from kefu.config import parse_tenant_config
+from kefu.control_plane.alerts import Alert, raise_alert
+from kefu.control_plane.canary import Verdict, analyse
+from kefu.control_plane.canary_store import (
+    CanaryFolder,
+    StoredVerdict,
+    load_policy,
+    load_totals,
+    save_verdict,
+)
 from kefu.control_plane.catalog import Catalog
 from kefu.control_plane.leader import StaleLeader, kick_on_change, run_on_kick
 from kefu.control_plane.rollout_plan import (
@@ -76,8 +86,11 @@ class RolloutOps(Catalog):
         actor: str,
         reason: str = "",
         config_version: int = 0,
+        policy: str = "",
     ) -> Rollout:
         rec = await self._tenant(tenant)
+        if policy:
+            await load_policy(self.bus, policy)  # refuses an unknown name before anything
         concrete: dict[str, str] = {}
         for slot, ref in models.items():
             mv = await self.get_model(ref)  # ``name`` alone = its newest published version
@@ -104,6 +117,8 @@ class RolloutOps(Catalog):
             check_config_target(config, ro, assignments)
         if reason:
             ro = ro.model_copy(update={"reason": reason})
+        if policy:
+            ro = ro.model_copy(update={"policy": policy})
         try:
             await self.bus.kv_create(BUCKET_ROLLOUTS, active_key(tenant), ro.id.encode())
         except Conflict as exc:
@@ -187,9 +202,30 @@ def node_facts(
                 fresh=now - s.heartbeat_at <= fresh_s,
                 rollout_id=seen.rollout_id if seen is not None else "",
                 weight=seen.canary_weight if seen is not None else 0.0,
+                error=seen.error if seen is not None else "",
             )
         )
     return out
+
+
+def verdict_alert(ro: Rollout, verdict: Verdict) -> Alert:
+    """The alert a rollback or pause by the canary analysis raises (one per rollout and kind)."""
+    srm = any(s.mismatch for s in verdict.srm) and verdict.action == "pause"
+    kind = "rollback" if verdict.action == "rollback" else "srm" if srm else "inconclusive"
+    title = {
+        "rollback": f"canary of {ro.tenant} rolled back / {ro.tenant} 金丝雀已自动回滚",
+        "srm": f"sample ratio mismatch in rollout of {ro.tenant}: paused / 样本比例失衡，已暂停",
+        "inconclusive": f"rollout of {ro.tenant} inconclusive: paused / 结论不明，已暂停",
+    }[kind]
+    return Alert(
+        id=f"{kind}:{ro.id}:{ro.wave}:{ro.step}",
+        kind=kind,
+        severity="critical" if kind == "rollback" else "warning",
+        tenant=ro.tenant,
+        resource=f"tenant/{ro.tenant}/rollouts/{ro.id}",
+        title=title,
+        detail={"rollout_id": ro.id, "reasons": verdict.reasons, "evidence": verdict.to_json()},
+    )
 
 
 class RolloutController:
@@ -214,6 +250,7 @@ class RolloutController:
         self.fresh_s = fresh_s
         self.clock = clock
         self.runs = 0
+        self.folder = CanaryFolder(self.bus)
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -237,12 +274,57 @@ class RolloutController:
             if ro.finalized:
                 continue
             facts = node_facts(statuses, ro.tenant, now=now, fresh_s=self.fresh_s)
-            p = plan(ro, facts, now)
+            verdict = await self._judge(ro, facts, now) if ro.policy else None
+            p = plan(ro, facts, now, verdict)
             if p.changed:
                 await self.execute(key, ro, e.revision, p)
                 changed += 1
+                if verdict is not None and verdict.action != "continue":
+                    await self._evidence(ro, verdict, p)
         self.runs += 1
         return changed
+
+    async def _judge(self, ro: Rollout, facts: Sequence[NodeFacts], now: float) -> Verdict | None:
+        """The canary analysis of a running rollout (None: not running, nothing to judge)."""
+        if ro.phase != "running":
+            return None
+        await self.folder.poll_once()
+        totals = await load_totals(self.bus, ro.id)
+        policy = await load_policy(self.bus, ro.policy)
+        members = {m.node_id for m in ro.members}
+        refusing = [f.node_id for f in facts if f.node_id in members and f.error]
+        verdict = analyse(
+            list(totals.rows.values()),
+            policy,
+            step_age_s=now - ro.converged_at if ro.converged_at else 0.0,
+            bake_s=ro.steps[ro.step].bake_s,
+            refusing_nodes=refusing,
+        )
+        await save_verdict(
+            self.bus,
+            StoredVerdict(
+                rollout_id=ro.id,
+                at=now,
+                policy=policy.name,
+                action=verdict.action,
+                reasons=verdict.reasons,
+                evidence=verdict.to_json(),
+            ),
+        )
+        return verdict
+
+    async def _evidence(self, ro: Rollout, verdict: Verdict, p: Plan) -> None:
+        """The verdict that moved the rollout, with its evidence, in the audit stream."""
+        await self.store.audit(
+            "controller",
+            f"rollout.analysis.{verdict.action}",
+            f"tenant/{ro.tenant}/rollouts/{ro.id}",
+            tenant=ro.tenant,
+            detail=json.dumps(verdict.to_json(), ensure_ascii=False, sort_keys=True),
+            msg_id=f"analysis:{ro.id}:{p.next.updated_at}:{verdict.action}",
+        )
+        if verdict.action in ("rollback", "pause"):
+            await raise_alert(self.bus, verdict_alert(ro, verdict))
 
     async def _guard(self, ro: Rollout) -> int:
         term = self.term()

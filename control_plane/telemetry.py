@@ -62,7 +62,11 @@ class Series:
             "fallback_rate": t.fallbacks / turns,
             "handoff_rate": t.handoffs / turns,
             "mean_confidence": t.confidence_sum / turns,
-            "mean_rating": t.rating_sum / t.feedback if t.feedback else 0.0,
+            "mean_rating": t.rating_sum / t.rated if t.rated else 0.0,
+            "rated": float(t.rated),
+            "resolved_rate": t.resolved_yes / (t.resolved_yes + t.resolved_no)
+            if t.resolved_yes + t.resolved_no
+            else -1.0,
             "corrected_accuracy": 1 - t.corrected_wrong / t.corrections if t.corrections else -1.0,
         }
 

@@ -214,6 +214,9 @@ class Rollout(_Doc):
     excluded_nodes: list[str] = Field(default_factory=list)
     #: Sessions moved off the canary by a rollback, as nodes reported them.
     switched_sessions: int = 0
+    #: Canary-analysis policy name (``kefu cp rollout policy list``); "" = steps advance on
+    #: bake time alone, no statistics.
+    policy: str = ""
     history: list[str] = Field(default_factory=list, max_length=256)
 
     @field_validator("id")

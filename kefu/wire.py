@@ -35,6 +35,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kefu.canary_stats import ArmCounts
 from kefu.errors import PermanentError
 from kefu.model_ref import VersionRef, format_ref
 
@@ -541,6 +542,11 @@ class TelemetryAggregate(_Doc):
     confidence_sum: float = 0.0
     feedback: int = 0
     rating_sum: int = 0
+    #: Feedback that carried a 1–5 rating (feedback without one adds nothing to the mean).
+    rated: int = 0
+    ratings: list[int] = Field(default_factory=lambda: [0] * 5)  # 1★ … 5★
+    resolved_yes: int = 0
+    resolved_no: int = 0
     corrections: int = 0  # feedback naming the right intent
     corrected_wrong: int = 0  # … where the model's intent was not that one
 
@@ -556,6 +562,10 @@ class TelemetryAggregate(_Doc):
         self.confidence_sum += other.confidence_sum
         self.feedback += other.feedback
         self.rating_sum += other.rating_sum
+        self.rated += other.rated
+        self.ratings = [a + b for a, b in zip(self.ratings, other.ratings, strict=False)]
+        self.resolved_yes += other.resolved_yes
+        self.resolved_no += other.resolved_no
         self.corrections += other.corrections
         self.corrected_wrong += other.corrected_wrong
 
@@ -593,3 +603,5 @@ class TelemetryBatch(_Doc):
     #: Audit records not shipped because a window held more than the recorder keeps
     #: (cumulative; they stay in the node's own log).
     audit_dropped: int = 0
+    #: Per rollout × arm counts of this interval (sessions pinned to a rollout only).
+    arms: list[ArmCounts] = Field(default_factory=list)

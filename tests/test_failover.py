@@ -264,6 +264,11 @@ async def test_region_down_moves_allowed_tenants_only_and_drain_failback(
         assert "0/1 nodes heartbeating" in down.detail and "moves traffic" in down.detail
         moved = [e for e in audit.events if e.action == "route.change" and e.tenant == "demo-shop"]
         assert len(moved) >= 4
+        # Each transition is an alert too (what webhooks and `kefu cp alerts` see).
+        alerts = await stub.ListAlerts(pb.ListAlertsRequest(), metadata=admin)
+        raised = {(a.kind, a.resource, a.severity) for a in alerts.alerts}
+        assert ("failover", "region/a", "critical") in raised  # down, and the NATS partition
+        assert ("failover", "region/a", "info") in raised  # back up
 
 
 async def test_gateway_follows_routes_and_reports_reach(

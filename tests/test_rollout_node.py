@@ -15,6 +15,7 @@ import pytest
 from cp_support import ACTOR, DEMO_YAML, control_plane, new_version, seed_demo, trust_with
 from test_cp_node import cp_node
 
+from kefu.control_plane.canary_store import CanaryFolder, load_totals
 from kefu.control_plane.rollouts import RolloutController
 from kefu.keys import SigningKey
 from kefu.natsserver import NatsServer
@@ -155,6 +156,26 @@ async def test_a_node_splits_sessions_stickily_through_a_rollout(
             )
             seen = agent.status().tenants["demo-shop"]
             assert seen.sessions_canary + seen.sessions_baseline == 300
+
+            # The node's telemetry carries each turn's arm; folded into the rollout's totals,
+            # sessions per arm are the hash's and the expected canary count is Σ weights.
+            canary_now = hits + sum(arm_for(salt, s, 0.6) == "canary" for s, _ in later)
+            folder = CanaryFolder(stack.cp.bus)
+            deadline = time.monotonic() + 15
+            while True:
+                await folder.poll_once()
+                rows = list((await load_totals(stack.cp.bus, ro.id)).rows.values())
+                per_arm = {
+                    a: sum(r.sessions_started for r in rows if r.arm == a)
+                    for a in ("canary", "baseline")
+                }
+                if sum(per_arm.values()) >= 300 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.3)
+            assert per_arm == {"canary": canary_now, "baseline": 300 - canary_now}
+            assert sum(r.turns for r in rows) == 500  # 200 sessions × 2 turns + 100 × 1
+            assert sum(r.expected_canary for r in rows) == pytest.approx(200 * 0.3 + 100 * 0.6)
+            assert {r.node_id for r in rows} == {agent.options.node_id}
 
             # Roll back: canary sessions switch to the baseline on their next turn, counted.
             await stack.cp.command_rollout(ro.id, "rollback", actor=ACTOR)

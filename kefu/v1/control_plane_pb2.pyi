@@ -696,7 +696,7 @@ class RolloutMember(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., region: _Optional[str] = ..., wave: _Optional[int] = ..., weight: _Optional[float] = ..., converged: _Optional[bool] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("id", "tenant", "phase", "wave", "step", "weight", "target", "waves", "steps", "baseline", "step_started_at", "converged_at", "created_at", "created_by", "updated_at", "updated_by", "reason", "term", "finalized", "members", "excluded_nodes", "nodes_converged", "nodes_total", "sessions_canary", "sessions_baseline", "switched", "history", "target_config_version")
+    __slots__ = ("id", "tenant", "phase", "wave", "step", "weight", "target", "waves", "steps", "baseline", "step_started_at", "converged_at", "created_at", "created_by", "updated_at", "updated_by", "reason", "term", "finalized", "members", "excluded_nodes", "nodes_converged", "nodes_total", "sessions_canary", "sessions_baseline", "switched", "history", "target_config_version", "policy")
     class TargetEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -739,6 +739,7 @@ class Rollout(_message.Message):
     SWITCHED_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     TARGET_CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant: str
     phase: str
@@ -767,10 +768,11 @@ class Rollout(_message.Message):
     switched: int
     history: _containers.RepeatedScalarFieldContainer[str]
     target_config_version: int
-    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., phase: _Optional[str] = ..., wave: _Optional[int] = ..., step: _Optional[int] = ..., weight: _Optional[float] = ..., target: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., baseline: _Optional[_Mapping[str, ScenarioModels]] = ..., step_started_at: _Optional[float] = ..., converged_at: _Optional[float] = ..., created_at: _Optional[float] = ..., created_by: _Optional[str] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ..., reason: _Optional[str] = ..., term: _Optional[int] = ..., finalized: _Optional[bool] = ..., members: _Optional[_Iterable[_Union[RolloutMember, _Mapping]]] = ..., excluded_nodes: _Optional[_Iterable[str]] = ..., nodes_converged: _Optional[int] = ..., nodes_total: _Optional[int] = ..., sessions_canary: _Optional[int] = ..., sessions_baseline: _Optional[int] = ..., switched: _Optional[int] = ..., history: _Optional[_Iterable[str]] = ..., target_config_version: _Optional[int] = ...) -> None: ...
+    policy: str
+    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., phase: _Optional[str] = ..., wave: _Optional[int] = ..., step: _Optional[int] = ..., weight: _Optional[float] = ..., target: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., baseline: _Optional[_Mapping[str, ScenarioModels]] = ..., step_started_at: _Optional[float] = ..., converged_at: _Optional[float] = ..., created_at: _Optional[float] = ..., created_by: _Optional[str] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ..., reason: _Optional[str] = ..., term: _Optional[int] = ..., finalized: _Optional[bool] = ..., members: _Optional[_Iterable[_Union[RolloutMember, _Mapping]]] = ..., excluded_nodes: _Optional[_Iterable[str]] = ..., nodes_converged: _Optional[int] = ..., nodes_total: _Optional[int] = ..., sessions_canary: _Optional[int] = ..., sessions_baseline: _Optional[int] = ..., switched: _Optional[int] = ..., history: _Optional[_Iterable[str]] = ..., target_config_version: _Optional[int] = ..., policy: _Optional[str] = ...) -> None: ...
 
 class StartRolloutRequest(_message.Message):
-    __slots__ = ("tenant", "models", "waves", "steps", "reason", "config_version")
+    __slots__ = ("tenant", "models", "waves", "steps", "reason", "config_version", "policy")
     class ModelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -784,13 +786,132 @@ class StartRolloutRequest(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     models: _containers.ScalarMap[str, str]
     waves: _containers.RepeatedCompositeFieldContainer[RolloutWave]
     steps: _containers.RepeatedCompositeFieldContainer[RolloutStep]
     reason: str
     config_version: int
-    def __init__(self, tenant: _Optional[str] = ..., models: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., reason: _Optional[str] = ..., config_version: _Optional[int] = ...) -> None: ...
+    policy: str
+    def __init__(self, tenant: _Optional[str] = ..., models: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., reason: _Optional[str] = ..., config_version: _Optional[int] = ..., policy: _Optional[str] = ...) -> None: ...
+
+class CanaryMetric(_message.Message):
+    __slots__ = ("metric", "canary_events", "canary_trials", "baseline_events", "baseline_trials", "canary_rate", "baseline_rate", "diff", "lower", "upper", "p_value", "tolerance", "enough", "worse", "within")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    CANARY_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_RATE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_RATE_FIELD_NUMBER: _ClassVar[int]
+    DIFF_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    ENOUGH_FIELD_NUMBER: _ClassVar[int]
+    WORSE_FIELD_NUMBER: _ClassVar[int]
+    WITHIN_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    canary_events: float
+    canary_trials: float
+    baseline_events: float
+    baseline_trials: float
+    canary_rate: float
+    baseline_rate: float
+    diff: float
+    lower: float
+    upper: float
+    p_value: float
+    tolerance: float
+    enough: bool
+    worse: bool
+    within: bool
+    def __init__(self, metric: _Optional[str] = ..., canary_events: _Optional[float] = ..., canary_trials: _Optional[float] = ..., baseline_events: _Optional[float] = ..., baseline_trials: _Optional[float] = ..., canary_rate: _Optional[float] = ..., baseline_rate: _Optional[float] = ..., diff: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., p_value: _Optional[float] = ..., tolerance: _Optional[float] = ..., enough: _Optional[bool] = ..., worse: _Optional[bool] = ..., within: _Optional[bool] = ...) -> None: ...
+
+class SampleRatio(_message.Message):
+    __slots__ = ("scope", "canary", "baseline", "expected_canary", "chi2", "p_value", "mismatch", "chi2_p")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_CANARY_FIELD_NUMBER: _ClassVar[int]
+    CHI2_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    CHI2_P_FIELD_NUMBER: _ClassVar[int]
+    scope: str
+    canary: int
+    baseline: int
+    expected_canary: float
+    chi2: float
+    p_value: float
+    mismatch: bool
+    chi2_p: float
+    def __init__(self, scope: _Optional[str] = ..., canary: _Optional[int] = ..., baseline: _Optional[int] = ..., expected_canary: _Optional[float] = ..., chi2: _Optional[float] = ..., p_value: _Optional[float] = ..., mismatch: _Optional[bool] = ..., chi2_p: _Optional[float] = ...) -> None: ...
+
+class RolloutAnalysis(_message.Message):
+    __slots__ = ("rollout_id", "policy", "at", "action", "reasons", "canary_sessions", "baseline_sessions", "metrics", "sample_ratio")
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    policy: str
+    at: float
+    action: str
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    canary_sessions: int
+    baseline_sessions: int
+    metrics: _containers.RepeatedCompositeFieldContainer[CanaryMetric]
+    sample_ratio: _containers.RepeatedCompositeFieldContainer[SampleRatio]
+    def __init__(self, rollout_id: _Optional[str] = ..., policy: _Optional[str] = ..., at: _Optional[float] = ..., action: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., canary_sessions: _Optional[int] = ..., baseline_sessions: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[CanaryMetric, _Mapping]]] = ..., sample_ratio: _Optional[_Iterable[_Union[SampleRatio, _Mapping]]] = ...) -> None: ...
+
+class ListCanaryPoliciesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CanaryPolicy(_message.Message):
+    __slots__ = ("name", "alpha", "advance_alpha", "tolerance", "min_trials", "min_sessions", "hard_error_rate", "hard_error_turns", "srm_p", "step_limit_s")
+    class ToleranceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    ADVANCE_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    MIN_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    HARD_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    HARD_ERROR_TURNS_FIELD_NUMBER: _ClassVar[int]
+    SRM_P_FIELD_NUMBER: _ClassVar[int]
+    STEP_LIMIT_S_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    alpha: float
+    advance_alpha: float
+    tolerance: _containers.ScalarMap[str, float]
+    min_trials: int
+    min_sessions: int
+    hard_error_rate: float
+    hard_error_turns: int
+    srm_p: float
+    step_limit_s: float
+    def __init__(self, name: _Optional[str] = ..., alpha: _Optional[float] = ..., advance_alpha: _Optional[float] = ..., tolerance: _Optional[_Mapping[str, float]] = ..., min_trials: _Optional[int] = ..., min_sessions: _Optional[int] = ..., hard_error_rate: _Optional[float] = ..., hard_error_turns: _Optional[int] = ..., srm_p: _Optional[float] = ..., step_limit_s: _Optional[float] = ...) -> None: ...
+
+class ListCanaryPoliciesReply(_message.Message):
+    __slots__ = ("policies",)
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    policies: _containers.RepeatedCompositeFieldContainer[CanaryPolicy]
+    def __init__(self, policies: _Optional[_Iterable[_Union[CanaryPolicy, _Mapping]]] = ...) -> None: ...
 
 class ListRolloutsRequest(_message.Message):
     __slots__ = ("tenant", "active_only")
@@ -877,3 +998,51 @@ class RegionActionRequest(_message.Message):
     REGION_FIELD_NUMBER: _ClassVar[int]
     region: str
     def __init__(self, region: _Optional[str] = ...) -> None: ...
+
+class AlertMessage(_message.Message):
+    __slots__ = ("id", "kind", "severity", "at", "tenant", "resource", "title", "detail_json", "acked_by", "acked_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_JSON_FIELD_NUMBER: _ClassVar[int]
+    ACKED_BY_FIELD_NUMBER: _ClassVar[int]
+    ACKED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    severity: str
+    at: float
+    tenant: str
+    resource: str
+    title: str
+    detail_json: str
+    acked_by: str
+    acked_at: float
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., severity: _Optional[str] = ..., at: _Optional[float] = ..., tenant: _Optional[str] = ..., resource: _Optional[str] = ..., title: _Optional[str] = ..., detail_json: _Optional[str] = ..., acked_by: _Optional[str] = ..., acked_at: _Optional[float] = ...) -> None: ...
+
+class ListAlertsRequest(_message.Message):
+    __slots__ = ("tenant", "unacked", "limit")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    UNACKED_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    unacked: bool
+    limit: int
+    def __init__(self, tenant: _Optional[str] = ..., unacked: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListAlertsReply(_message.Message):
+    __slots__ = ("alerts",)
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    alerts: _containers.RepeatedCompositeFieldContainer[AlertMessage]
+    def __init__(self, alerts: _Optional[_Iterable[_Union[AlertMessage, _Mapping]]] = ...) -> None: ...
+
+class AckAlertRequest(_message.Message):
+    __slots__ = ("id", "note")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    note: str
+    def __init__(self, id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...

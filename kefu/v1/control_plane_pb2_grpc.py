@@ -209,6 +209,26 @@ class ControlPlaneStub:
                 request_serializer=kefu_dot_v1_dot_control__plane__pb2.RegionActionRequest.SerializeToString,
                 response_deserializer=kefu_dot_v1_dot_control__plane__pb2.RegionHealth.FromString,
                 _registered_method=True)
+        self.GetRolloutAnalysis = channel.unary_unary(
+                '/kefu.v1.ControlPlane/GetRolloutAnalysis',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.RolloutAnalysis.FromString,
+                _registered_method=True)
+        self.ListCanaryPolicies = channel.unary_unary(
+                '/kefu.v1.ControlPlane/ListCanaryPolicies',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesReply.FromString,
+                _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/kefu.v1.ControlPlane/ListAlerts',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListAlertsReply.FromString,
+                _registered_method=True)
+        self.AckAlert = channel.unary_unary(
+                '/kefu.v1.ControlPlane/AckAlert',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.AckAlertRequest.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.AlertMessage.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -440,6 +460,33 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRolloutAnalysis(self, request, context):
+        """The latest canary-analysis verdict of a rollout with its evidence.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCanaryPolicies(self, request, context):
+        """Canary-analysis policies: the built-in defaults and the stored ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlerts(self, request, context):
+        """Alerts (rollback, pause, sample-ratio mismatch, inconclusive, guard, fail-over).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AckAlert(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -617,6 +664,26 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.FailbackRegion,
                     request_deserializer=kefu_dot_v1_dot_control__plane__pb2.RegionActionRequest.FromString,
                     response_serializer=kefu_dot_v1_dot_control__plane__pb2.RegionHealth.SerializeToString,
+            ),
+            'GetRolloutAnalysis': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRolloutAnalysis,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.GetRolloutRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.RolloutAnalysis.SerializeToString,
+            ),
+            'ListCanaryPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCanaryPolicies,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesReply.SerializeToString,
+            ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListAlertsRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.ListAlertsReply.SerializeToString,
+            ),
+            'AckAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckAlert,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.AckAlertRequest.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.AlertMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1564,6 +1631,114 @@ class ControlPlane:
             '/kefu.v1.ControlPlane/FailbackRegion',
             kefu_dot_v1_dot_control__plane__pb2.RegionActionRequest.SerializeToString,
             kefu_dot_v1_dot_control__plane__pb2.RegionHealth.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRolloutAnalysis(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/GetRolloutAnalysis',
+            kefu_dot_v1_dot_control__plane__pb2.GetRolloutRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.RolloutAnalysis.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCanaryPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/ListCanaryPolicies',
+            kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/ListAlerts',
+            kefu_dot_v1_dot_control__plane__pb2.ListAlertsRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.ListAlertsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/AckAlert',
+            kefu_dot_v1_dot_control__plane__pb2.AckAlertRequest.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.AlertMessage.FromString,
             options,
             channel_credentials,
             insecure,

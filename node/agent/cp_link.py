@@ -32,6 +32,13 @@ from kefu.node.agent.agent import AgentOptions, NodeAgent, TelemetryShutdown
 from kefu.node.agent.telemetry import TelemetryRecorder, TurnSample
 from kefu.node.audit.chain import AuditEntry, safe_id
 from kefu.node.dialog.conversation import TurnResult
+from kefu.node.dialog.events import (
+    ConversationEvent,
+    FeedbackGiven,
+    RequestFailed,
+    SessionEnded,
+    TurnServed,
+)
 from kefu.node.dialog.split import NodeSplit
 from kefu.node.dialog.tenant import Tenant
 from kefu.node.serving.server import Node
@@ -182,10 +189,13 @@ class ServingTarget:
 
 
 def _observe_turns(node: Node, recorder: TelemetryRecorder) -> None:
-    if node.metrics is None:
+    """Feed every turn, failed request, feedback and session end to the recorder (labels,
+    counts and timings only)."""
+    if node.service is None:
         return
 
     def on_turn(tenant: str, r: TurnResult) -> None:
+        tag = r.split
         recorder.record_turn(
             TurnSample(
                 tenant=tenant,
@@ -195,12 +205,34 @@ def _observe_turns(node: Node, recorder: TelemetryRecorder) -> None:
                 confidence=r.confidence,
                 fallback=r.clarify,
                 handoff=r.handoff,
+                session_id=r.session_id,
+                rollout_id=tag.rollout_id if tag else "",
+                arm=tag.arm if tag else "",
+                weight=tag.weight if tag else 0.0,
+                new_session=tag.new_session if tag else False,
             )
         )
 
-    node.metrics.turn_observers.append(on_turn)
-    node.metrics.error_observers.append(lambda tenant, _code: recorder.record_error(tenant))
-    node.metrics.feedback_observers.append(recorder.record_feedback)
+    def on_event(e: ConversationEvent) -> None:
+        if isinstance(e, TurnServed):
+            on_turn(e.tenant, e.result)
+        elif isinstance(e, RequestFailed):
+            recorder.record_error(e.tenant, e.session_id)
+        elif isinstance(e, FeedbackGiven):
+            recorder.record_feedback(
+                e.tenant,
+                rating=e.rating,
+                corrected_intent=e.corrected_intent,
+                predicted_intent=e.predicted_intent,
+                scenario=e.scenario,
+                model_version=e.model_version,
+                session_id=e.session_id,
+                resolved=e.resolved,
+            )
+        elif isinstance(e, SessionEnded):
+            recorder.record_session_end(e.tenant, e.session_id)
+
+    node.service.events.subscribe(on_event, TurnServed, RequestFailed, FeedbackGiven, SessionEnded)
 
 
 def attach_agent(

@@ -27,12 +27,13 @@ import logging
 import os
 import tempfile
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kefu.bus import Bus
+from kefu.canary_stats import ArmCounts, SessionTallies
 from kefu.errors import KefuError
 from kefu.node.audit.chain import AuditRecord
 from kefu.wire import (
@@ -67,6 +68,31 @@ class TurnSample:
     confidence: float = 0.0
     fallback: bool = False
     handoff: bool = False
+    session_id: str = ""
+    #: The rollout arm that served the turn ("" when the session is in no rollout).
+    rollout_id: str = ""
+    arm: str = ""
+    #: The node's canary weight when this turn started the session (0 otherwise).
+    weight: float = 0.0
+    new_session: bool = False
+
+
+#: A turn slower than this is a "slow turn" in the canary comparison (the response-time
+#: objective; ``TelemetryRecorder.slow_ms`` overrides it).
+SLOW_TURN_MS = 1000.0
+#: Sessions the recorder remembers (for attributing errors, feedback and ends); oldest first out.
+MAX_SESSIONS = 100_000
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What a session's latest turn ran on."""
+
+    tenant: str
+    scenario: str
+    model_version: str
+    rollout_id: str
+    arm: str
 
 
 @dataclass(kw_only=True)
@@ -86,6 +112,30 @@ class TelemetryRecorder:
     max_audit_per_window: int = 2000
     _audit: list[NodeAuditEvent] = field(default_factory=list)
     audit_dropped: int = 0
+    slow_ms: float = SLOW_TURN_MS
+    _arms: dict[tuple[str, str, str], ArmCounts] = field(default_factory=dict)
+    _sessions: OrderedDict[str, _Seen] = field(default_factory=OrderedDict)
+    _tallies: SessionTallies = field(default_factory=SessionTallies)
+
+    def _arm(self, tenant: str, rollout_id: str, arm: str) -> ArmCounts:
+        key = (tenant, rollout_id, arm)
+        counts = self._arms.get(key)
+        if counts is None:
+            counts = self._arms[key] = ArmCounts(
+                tenant=tenant,
+                rollout_id=rollout_id,
+                arm=arm,
+                region=self.region,
+                node_id=self.node_id,
+                latency_buckets=[0] * (len(LATENCY_BOUNDS_MS) + 1),
+            )
+        return counts
+
+    def _remember(self, session_id: str, seen: _Seen) -> None:
+        self._sessions[session_id] = seen
+        self._sessions.move_to_end(session_id)
+        while len(self._sessions) > MAX_SESSIONS:
+            self._sessions.popitem(last=False)
 
     def _agg(self, tenant: str, scenario: str, model_version: str) -> TelemetryAggregate:
         key = (tenant, scenario, model_version)
@@ -108,9 +158,43 @@ class TelemetryRecorder:
         agg.confidence_sum += s.confidence
         agg.fallbacks += int(s.fallback)
         agg.handoffs += int(s.handoff)
+        if not s.session_id:
+            return
+        self._remember(
+            s.session_id, _Seen(s.tenant, s.scenario, s.model_version, s.rollout_id, s.arm)
+        )
+        if not s.rollout_id:
+            return
+        c = self._arm(s.tenant, s.rollout_id, s.arm)
+        if s.new_session:
+            c.sessions_started += 1
+            c.expected_canary += s.weight
+        c.turns += 1
+        slow = s.latency_ms > self.slow_ms
+        c.fallbacks += int(s.fallback)
+        c.slow_turns += int(slow)
+        c.latency_buckets[bisect.bisect_left(LATENCY_BOUNDS_MS, s.latency_ms)] += 1
+        c.latency_sum_ms += s.latency_ms
+        self._tallies.turn(c, s.session_id, fallback=s.fallback, slow=slow, handoff=s.handoff)
 
-    def record_error(self, tenant: str) -> None:
-        self._agg(tenant or "-", "", "").errors += 1
+    def record_error(self, tenant: str, session_id: str = "") -> None:
+        """A failed request; attributed to the scenario, model version and rollout arm its
+        session's latest turn ran on (unknown session: the tenant alone)."""
+        seen = self._sessions.get(session_id) if session_id else None
+        if seen is None or seen.tenant != tenant:
+            self._agg(tenant or "-", "", "").errors += 1
+            return
+        self._agg(tenant, seen.scenario, seen.model_version).errors += 1
+        if seen.rollout_id:
+            c = self._arm(tenant, seen.rollout_id, seen.arm)
+            c.errors += 1
+            self._tallies.error(c, session_id)
+
+    def record_session_end(self, tenant: str, session_id: str) -> None:
+        seen = self._sessions.pop(session_id, None)
+        if seen is not None and seen.tenant == tenant and seen.rollout_id:
+            self._arm(tenant, seen.rollout_id, seen.arm).sessions_ended += 1
+        self._tallies.end(session_id)
 
     def record_feedback(
         self,
@@ -121,13 +205,38 @@ class TelemetryRecorder:
         predicted_intent: str = "",
         scenario: str = "",
         model_version: str = "",
+        session_id: str = "",
+        resolved: bool | None = None,
     ) -> None:
+        """Feedback; ``rating`` 0 means none was given (it adds nothing to the rating mean).
+        Without a rated turn's labels it counts for the session's latest turn."""
+        seen = self._sessions.get(session_id) if session_id else None
+        if seen is not None and seen.tenant == tenant and not model_version:
+            scenario, model_version = seen.scenario, seen.model_version
         agg = self._agg(tenant, scenario, model_version)
         agg.feedback += 1
-        agg.rating_sum += rating
+        rated = 1 <= rating <= 5
+        if rated:
+            agg.rated += 1
+            agg.rating_sum += rating
+            agg.ratings[rating - 1] += 1
+        if resolved is not None:
+            agg.resolved_yes += int(resolved)
+            agg.resolved_no += int(not resolved)
+        wrong = bool(corrected_intent) and corrected_intent != predicted_intent
         if corrected_intent:
             agg.corrections += 1
-            agg.corrected_wrong += int(corrected_intent != predicted_intent)
+            agg.corrected_wrong += int(wrong)
+        if seen is None or seen.tenant != tenant or not seen.rollout_id:
+            return
+        c = self._arm(tenant, seen.rollout_id, seen.arm)
+        if rated:
+            self._tallies.rating(c, session_id, rating)
+        if resolved is not None:
+            c.resolved_yes += int(resolved)
+            c.resolved_no += int(not resolved)
+        if corrected_intent:
+            self._tallies.correction(c, session_id, wrong=wrong)
 
     def record_audit(self, record: AuditRecord) -> None:
         """A node audit-log record, shipped with the next batch."""
@@ -142,10 +251,12 @@ class TelemetryRecorder:
         aggregates = list(self._open.values())
         for agg in aggregates:
             agg.window_s = round(now - self._window_start, 3)
+        arms = list(self._arms.values())
         self._open = {}
+        self._arms = {}
         self._window_start = now
         audit, self._audit = self._audit, []
-        if not aggregates and not audit:
+        if not aggregates and not audit and not arms:
             return None
         self._seq += 1
         batch = TelemetryBatch(
@@ -157,6 +268,7 @@ class TelemetryRecorder:
             dropped=self.dropped,
             audit=audit,
             audit_dropped=self.audit_dropped,
+            arms=arms,
         )
         if len(self._buffer) >= self.max_buffered:
             self._buffer.popleft()

@@ -30,6 +30,7 @@ from kefu.node.dialog.split import (
     NodeSplit,
     SessionPin,
     SplitBoard,
+    SplitTag,
     config_for,
     resolve_ref,
 )
@@ -160,6 +161,8 @@ class TurnResult:
     flow_event: str = ""
     #: The stored reply of an earlier request with the same request_id (a retry): no turn ran.
     replayed: bool = False
+    #: The rollout arm that served this turn (None: the session is not in a rollout).
+    split: SplitTag | None = None
 
 
 CHANNEL_NAMES = ("web", "app", "mini_program", "social", "api")
@@ -230,6 +233,7 @@ class ConversationService:
         turn_seq: int | None,
         rating: int,
         corrected_intent: str,
+        resolved: bool | None = None,
     ) -> None:
         """Announce stored feedback, attributed to the rated turn's scenario and model version
         (the rated turn, else the session's latest turn that has an intent). Reads the turns
@@ -250,6 +254,8 @@ class ConversationService:
                 predicted_intent=(turn.intent or "") if turn else "",
                 scenario=(turn.scenario or "") if turn else "",
                 model_version=turn.model_versions.get("intent", "") if turn else "",
+                session_id=session_id,
+                resolved=resolved,
             )
         )
 
@@ -578,6 +584,14 @@ class ConversationService:
             plugin_calls=flow.calls,
             flow=flow.flow or "",
             flow_event=flow.event,
+            split=None
+            if pin is None
+            else SplitTag(
+                rollout_id=pin.rollout_id,
+                arm=pin.arm,
+                weight=split.weight if split is not None and is_new else 0.0,
+                new_session=is_new,
+            ),
         )
 
     async def _classify(

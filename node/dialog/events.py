@@ -72,6 +72,8 @@ class RequestFailed:
 
     tenant: str
     code: str
+    #: The session the request named, when it named one (errors attributed to its arm).
+    session_id: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,8 +87,8 @@ class AccessRefused:
 
 @dataclass(frozen=True, kw_only=True)
 class FeedbackGiven:
-    """A customer rated a turn (or a session), attributed to the rated turn's scenario and
-    model version; empty strings where unknown."""
+    """A customer rated a turn (or a session; ``rating`` 0: no rating given), attributed to
+    the rated turn's scenario and model version; empty strings where unknown."""
 
     tenant: str
     rating: int
@@ -94,6 +96,9 @@ class FeedbackGiven:
     predicted_intent: str = ""
     scenario: str = ""
     model_version: str = ""
+    session_id: str = ""
+    #: Whether the customer's problem was solved (None: not asked).
+    resolved: bool | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -47,6 +47,17 @@ class NodeSplit:
     config: Any = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class SplitTag:
+    """Which rollout arm served a turn (for telemetry): the rollout, the arm, the node's
+    weight when the session started and whether this turn started it."""
+
+    rollout_id: str
+    arm: str
+    weight: float = 0.0
+    new_session: bool = False
+
+
 @dataclass(kw_only=True)
 class SessionPin:
     rollout_id: str

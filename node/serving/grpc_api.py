@@ -270,10 +270,14 @@ class KefuNodeService:
         return grpc.StatusCode.INTERNAL
 
     async def _abort(
-        self, context: grpc.aio.ServicerContext, exc: BaseException, tenant: str = ""
+        self,
+        context: grpc.aio.ServicerContext,
+        exc: BaseException,
+        tenant: str = "",
+        session_id: str = "",
     ) -> None:
         code = self._status(exc)
-        self.events.emit(RequestFailed(tenant=tenant, code=code.name))
+        self.events.emit(RequestFailed(tenant=tenant, code=code.name, session_id=session_id))
         retry = getattr(exc, "retry_after", None)
         if isinstance(retry, int | float):
             context.set_trailing_metadata(((RETRY_AFTER_METADATA_KEY, str(int(retry * 1000))),))
@@ -357,7 +361,10 @@ class KefuNodeService:
             except KefuError as exc:
                 if audited:
                     await self._audit(method, tenant, key, request, None, self._status(exc).name)
-                await self._abort(context, exc, tenant.id)
+                session_id = getattr(request, "session_id", "")
+                await self._abort(
+                    context, exc, tenant.id, session_id if isinstance(session_id, str) else ""
+                )
                 raise  # abort() raises; for the type checker
             if audited:
                 await self._audit(method, tenant, key, request, reply, "ok")
@@ -436,7 +443,7 @@ class KefuNodeService:
         try:
             result = await self._converse(tenant, request, new_id)
         except KefuError as exc:
-            await self._abort(context, exc, tenant.id)
+            await self._abort(context, exc, tenant.id, request.session_id)
             return
         yield pb.ConverseEvent(reply=_reply(result))
         if result.handoff:
@@ -511,6 +518,7 @@ class KefuNodeService:
             turn_seq=req.turn_seq if req.HasField("turn_seq") else None,
             rating=req.rating,
             corrected_intent=req.corrected_intent if req.HasField("corrected_intent") else "",
+            resolved=req.resolved if req.HasField("resolved") else None,
         )
         return pb.SubmitFeedbackReply(feedback_id=str(fb.id))
 
