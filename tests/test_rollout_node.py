@@ -351,6 +351,16 @@ async def test_a_config_canary_splits_sessions_and_promotes_the_config(
                 arms[sid] = CANARY_GREETING in text
                 assert arms[sid] == (arm_for(salt, sid, 0.5) == "canary"), (sid, text)
             assert 0 < sum(arms.values()) < len(arms)
+            # The node's Prometheus metrics count the turns per rollout arm as well.
+            assert node.metrics is not None
+            per_arm = dict.fromkeys(("canary", "baseline"), 0.0)
+            for family in node.metrics.registry.collect():
+                for sample in family.samples:
+                    if sample.name == "kefu_rollout_turns_total":
+                        assert sample.labels["rollout"] == ro.id
+                        per_arm[sample.labels["arm"]] += sample.value
+            canaries = sum(arms.values())
+            assert per_arm == {"canary": canaries, "baseline": len(arms) - canaries}
             # A new current config meanwhile moves neither arm: the rollout holds the baseline.
             await cp.put_config("demo-shop", DEMO_YAML.replace("name:", "name: ", 1), actor=ACTOR)
             stack.reconciler.kick()

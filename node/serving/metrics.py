@@ -26,7 +26,6 @@ from kefu.node.dialog.events import (
     AccessRefused,
     ConversationEvent,
     EventHub,
-    FeedbackGiven,
     RequestFailed,
     TurnServed,
 )
@@ -90,23 +89,6 @@ class _RuntimeCollector(Collector):
             )
 
 
-class _LegacyObservers:
-    """``append(f)`` subscribes ``f`` (old signature) to one event type of the hub."""
-
-    def __init__(
-        self,
-        events: EventHub | None,
-        kind: type[Any],
-        call: Callable[[Callable[..., None], Any], None],
-    ):
-        self._events, self._kind, self._call = events, kind, call
-
-    def append(self, observer: Callable[..., None]) -> None:
-        if self._events is None:
-            raise RuntimeError("NodeMetrics.subscribe(events) first")
-        self._events.subscribe(lambda e: self._call(observer, e), self._kind)
-
-
 class NodeMetrics:
     def __init__(
         self,
@@ -127,6 +109,12 @@ class NodeMetrics:
             "Server-side turn latency",
             ["tenant"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rollout_turns = Counter(
+            "kefu_rollout_turns",
+            "Turns of sessions pinned to a rollout, per arm (canary / baseline)",
+            ["tenant", "rollout", "arm", "model_version"],
             registry=r,
         )
         self.fallbacks = Counter(
@@ -181,36 +169,18 @@ class NodeMetrics:
         elif isinstance(event, AccessRefused):
             self.auth_failures.labels(event.tenant or "-", event.reason).inc()
 
-    # The observer lists of the old hook API, kept only until node/agent/cp_link.py subscribes
-    # to the node's EventHub itself: ``append`` subscribes the function to the hub.
-
-    @property
-    def turn_observers(self) -> _LegacyObservers:
-        return _LegacyObservers(self._events, TurnServed, lambda f, e: f(e.tenant, e.result))
-
-    @property
-    def error_observers(self) -> _LegacyObservers:
-        return _LegacyObservers(self._events, RequestFailed, lambda f, e: f(e.tenant, e.code))
-
-    @property
-    def feedback_observers(self) -> _LegacyObservers:
-        def call(f: Callable[..., None], e: FeedbackGiven) -> None:
-            f(
-                e.tenant,
-                rating=e.rating,
-                corrected_intent=e.corrected_intent,
-                predicted_intent=e.predicted_intent,
-                scenario=e.scenario,
-                model_version=e.model_version,
-            )
-
-        return _LegacyObservers(self._events, FeedbackGiven, call)
-
     def observe_turn(self, tenant: str, result: TurnResult) -> None:
         self.turns.labels(
             tenant, result.scenario, result.intent, result.model_versions.get("intent", "")
         ).inc()
         self.latency.labels(tenant).observe(result.latency_us / 1e6)
+        if result.split is not None:
+            self.rollout_turns.labels(
+                tenant,
+                result.split.rollout_id,
+                result.split.arm,
+                result.model_versions.get("intent", ""),
+            ).inc()
         if result.clarify:
             self.fallbacks.labels(tenant).inc()
         if result.handoff:
