@@ -271,12 +271,14 @@ async def test_region_down_moves_allowed_tenants_only_and_drain_failback(
         assert ("failover", "region/a", "info") in raised  # back up
 
 
+@pytest.mark.parametrize("discover", [False, True], ids=["node-list", "registry"])
 async def test_gateway_follows_routes_and_reports_reach(
-    tmp_path: Path, nats_server: NatsServer, ops_key: SigningKey
+    tmp_path: Path, nats_server: NatsServer, ops_key: SigningKey, discover: bool
 ) -> None:
     """A real gateway in front of one node per region: new conversations go where the route
     says, a tenant allowed only the drained region gets the zh/en "unavailable" reply and
-    reaches no node, a live conversation finishes where it is, reachability is reported."""
+    reaches no node, a live conversation finishes where it is, reachability is reported.
+    ``registry``: the gateway lists no node and takes them from the control plane's registry."""
     import aiohttp
 
     from kefu.node.gateway.app import Gateway
@@ -309,18 +311,24 @@ async def test_gateway_follows_routes_and_reports_reach(
         ):
             await agent_a.wait_for(lambda: "demo-shop" in agent_a.applied)
             await agent_b.wait_for(lambda: "demo-shop" in agent_b.applied)
+            nodes = [
+                {"id": "na", "address": f"127.0.0.1:{node_a.port}", "region": "a"},
+                {"id": "nb", "address": f"127.0.0.1:{node_b.port}", "region": "b"},
+            ]
             raw = {
                 "listen": "127.0.0.1:0",
-                "nodes": [
-                    {"id": "na", "address": f"127.0.0.1:{node_a.port}", "region": "a"},
-                    {"id": "nb", "address": f"127.0.0.1:{node_b.port}", "region": "b"},
-                ],
+                "nodes": [] if discover else nodes,
                 "tenants": [
                     {"id": "demo-shop", "api_key_file": "demo.key"},
                     {"id": "solo", "api_key_file": "solo.key"},
                 ],
                 "health": {"interval_s": 0.2, "timeout_s": 0.5},
-                "routes": {"nats": nats_server.url, "gateway_id": "gw1", "report_s": 0.2},
+                "routes": {
+                    "nats": nats_server.url,
+                    "gateway_id": "gw1",
+                    "report_s": 0.2,
+                    "discover_nodes": discover,
+                },
             }
             resolved = resolve_gateway(GatewayConfig.model_validate(raw), base=tmp_path)
             async with (
@@ -341,6 +349,16 @@ async def test_gateway_follows_routes_and_reports_reach(
                     )
                     return r.status, await r.json()
 
+                if discover:  # both nodes from the registry, with the addresses they report
+                    pool = gw.pool.nodes
+
+                    async def known() -> list[str]:
+                        return sorted(pool)
+
+                    assert await eventually(known, lambda ids: ids == ["na", "nb"]) == ["na", "nb"]
+                    assert {(n.spec.address, n.spec.region) for n in pool.values()} == {
+                        (x["address"], x["region"]) for x in nodes
+                    }
                 got = await eventually(lambda: region_of("demo-shop"), lambda v: v == "serving:a")
                 assert got == "serving:a"
                 await eventually(lambda: region_of("solo"), lambda v: v == "serving:a")

@@ -41,6 +41,7 @@ def test_a_good_file_resolves_keys_and_secrets(tmp_path: Path) -> None:
         (("id: edge-1", "id: Edge.1"), "gateway.yaml:3: field 'nodes[0].id'"),
         (("    allowed_origins", "    allowed_origin"), "allowed_origin"),
         (("api_key_file: demo.key", "api_key_file: missing.key"), "cannot read"),
+        (("  - {id: edge-1, address: 10.0.0.11:7400}", "  []"), "discover_nodes"),
     ],
 )
 def test_errors_name_file_line_and_field(

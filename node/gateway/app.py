@@ -132,7 +132,8 @@ class Gateway:
     ):
         self.resolved = resolved
         cfg = resolved.config
-        self.pool = NodePool(specs=resolved.nodes, policy=resolved.ejection)
+        discover = cfg.routes is not None and cfg.routes.discover_nodes
+        self.pool = NodePool(specs=resolved.nodes, policy=resolved.ejection, discover=discover)
         self.links = NodeLinks(
             self.pool,
             health_interval_s=cfg.health.interval_s,
@@ -145,7 +146,9 @@ class Gateway:
         self.routes: RouteFollower | None = None
         if cfg.routes is not None:
             base = Path(resolved.source).resolve().parent if resolved.source != "<code>" else Path()
-            self.routes = RouteFollower(cfg.routes, self.pool, base=base)
+            self.routes = RouteFollower(
+                cfg.routes, self.pool, base=base, on_node=self.links.add if discover else None
+            )
             self.conversations.regions_for = self.routes.regions_for
         self.metrics = GatewayMetrics()
         self.metrics.watch_pool(self.pool, self.conversations.backlog)

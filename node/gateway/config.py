@@ -157,11 +157,15 @@ class RoutesSettings(_Section):
     #: This gateway's name in its reachability reports.
     gateway_id: str = Field(default="gateway", pattern="^[a-z0-9][a-z0-9_-]{0,62}$")
     report_s: float = Field(default=1.0, gt=0, le=60)
+    #: Also take nodes from the control plane's node registry (each node's reported gRPC
+    #: address and region): ``nodes:`` may then be empty.
+    discover_nodes: bool = False
 
 
 class GatewayConfig(_Section):
     listen: str = "127.0.0.1:7600"
-    nodes: list[NodeEntry] = Field(min_length=1)
+    #: May be empty only with ``routes: {discover_nodes: true}``.
+    nodes: list[NodeEntry] = Field(default_factory=list)
     tenants: list[GatewayTenant] = Field(min_length=1)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
@@ -320,6 +324,13 @@ def resolve_gateway(cfg: GatewayConfig, *, base: Path, source: str = "<code>") -
             )
         )
     ids = [n.id for n in cfg.nodes]
+    if not ids and not (cfg.routes is not None and cfg.routes.discover_nodes):
+        raise ConfigError(
+            f"{source}: nodes: list at least one node, or set routes: {{discover_nodes: true}} / "
+            "请列出节点，或启用 routes.discover_nodes",
+            path=source,
+            field="nodes",
+        )
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{source}: a node id is listed twice: {ids}")
     if cfg.routes is not None and (missing := [n.id for n in cfg.nodes if not n.region]):

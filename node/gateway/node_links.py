@@ -103,6 +103,17 @@ class NodeLinks:
         self._health[node.id] = health_pb2_grpc.HealthStub(channel)
         return old
 
+    def add(self, node_id: str) -> None:
+        """Connect to a node the pool learned of (or whose address changed) and probe it at
+        once; a replaced channel closes after the call timeout, so calls on it finish."""
+        node = self.pool.nodes[node_id]
+        if self.tls is None:
+            warn_plaintext(f"the gateway's link to node {node_id}", node.spec.address)
+        old = self._connect(node)
+        if old is not None:
+            self._retire(old)
+        self._probe_soon(node_id)
+
     # ------------------------------------------------------------------ renewal
 
     def renew(self) -> bool:
@@ -111,13 +122,10 @@ class NodeLinks:
         done (at most the call timeout later); new calls use the new pair at once."""
         if self._pair is None or not self._pair.poll():
             return False
-        loop = asyncio.get_running_loop()
         for node in self.pool.nodes.values():
             old = self._connect(node)
             if old is not None:
-                task = loop.create_task(old.close(grace=self.call_timeout_s))
-                self._retiring.add(task)
-                task.add_done_callback(self._retiring.discard)
+                self._retire(old)
         self.renewals += 1
         log.info(
             "gateway certificate renewed: channels to %d node(s) rebuilt", len(self.pool.nodes)
@@ -125,6 +133,12 @@ class NodeLinks:
         for nid in self.pool.nodes:  # a node refused the old pair? it may take the new one
             self._probe_soon(nid)
         return True
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        """Close a replaced channel once the calls on it are done (at most the call timeout)."""
+        task = asyncio.get_running_loop().create_task(channel.close(grace=self.call_timeout_s))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def _renew_loop(self) -> None:
         while True:

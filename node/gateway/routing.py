@@ -123,6 +123,8 @@ class NodePool:
 
     specs: Iterable[NodeSpec]
     policy: EjectionPolicy = field(default_factory=EjectionPolicy)
+    #: Nodes also come from the control plane's registry: the pool may start empty.
+    discover: bool = False
     nodes: dict[str, NodeState] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -133,8 +135,22 @@ class NodePool:
             if spec.id in self.nodes:
                 raise ValueError(f"node id {spec.id!r} is listed twice")
             self.nodes[spec.id] = NodeState(spec=spec)
-        if not self.nodes:
+        if not self.nodes and not self.discover:
             raise ValueError("the gateway needs at least one node")
+
+    def add(self, spec: NodeSpec) -> bool:
+        """A node found later (the control plane's registry); False when nothing changed.
+        A known node with a new address or region gets the new spec (same state)."""
+        if not NODE_ID_RE.fullmatch(spec.id):
+            raise ValueError(f"node id {spec.id!r}: use 1-32 of a-z 0-9 _ - (no dots)")
+        known = self.nodes.get(spec.id)
+        if known is not None and known.spec == spec:
+            return False
+        if known is None:
+            self.nodes[spec.id] = NodeState(spec=spec)
+        else:
+            known.spec = spec
+        return True
 
     # ------------------------------------------------------------------ observations
 
