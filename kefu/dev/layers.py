@@ -82,6 +82,7 @@ PURE = (
     "kefu.node.dialog.handoff",
     "kefu.node.dialog.events",
     "kefu.node.dialog.split",
+    "kefu.node.dialog.turns",
     "kefu.node.sessions.store",
     "kefu.node.sessions.session_rules",
     "kefu.node.sessions.sealing",
@@ -117,6 +118,7 @@ SERVICES = (
 ADAPTERS = (
     "kefu.node.serving.server",
     "kefu.node.serving.grpc_api",
+    "kefu.node.serving.grpc_messages",
     "kefu.node.serving.metrics",
     "kefu.node.serving.workers",
     "kefu.node.sessions.sqlite_store",
