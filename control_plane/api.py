@@ -30,8 +30,9 @@ from kefu.bus import BusUnavailable, Conflict, NotFound
 from kefu.certstore import TlsFiles
 from kefu.control_plane import api_fleet as fleet
 from kefu.control_plane import api_regions as regions
+from kefu.control_plane import api_tenants as tenants
 from kefu.control_plane.api_fleet import node_msg
-from kefu.control_plane.auth import Operator, decide, parse_role
+from kefu.control_plane.auth import Operator, decide
 from kefu.control_plane.leader import LeaderLease
 from kefu.control_plane.region_health import FailbackRefused
 from kefu.control_plane.service import (
@@ -43,7 +44,6 @@ from kefu.control_plane.service import (
 from kefu.control_plane.telemetry import TelemetryIndex, percentile_ms, summarise
 from kefu.control_plane.tokens import (
     LastAdminError,
-    OperatorTokenRecord,
     OperatorTokens,
     TokenNotFoundError,
 )
@@ -58,7 +58,6 @@ from kefu.wire import (
     ConfigVersion,
     ModelVersion,
     TelemetryBatch,
-    TenantRecord,
     check_id,
     decode,
 )
@@ -191,27 +190,6 @@ def _actor(context: grpc.aio.ServicerContext) -> str:
     return operator.name
 
 
-def tenant_msg(t: TenantRecord) -> pb.Tenant:
-    return pb.Tenant(
-        id=t.id,
-        name=t.name,
-        enabled=t.enabled,
-        created_at=t.created_at,
-        current_config=t.current_config,
-        api_keys=[
-            pb.ApiKey(
-                id=k.id,
-                created_at=k.created_at,
-                revoked=k.revoked,
-                expires_at=k.expires_at,
-                successor=k.successor,
-            )
-            for k in t.api_keys
-        ],
-        residency=regions.residency_msg(t.residency),
-    )
-
-
 def config_msg(c: ConfigVersion, *, with_yaml: bool = True) -> pb.ConfigVersion:
     return pb.ConfigVersion(
         tenant=c.tenant,
@@ -291,6 +269,17 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
     ListCanaryPolicies = _rpc(fleet.ListCanaryPolicies)
     ListAlerts = _rpc(fleet.ListAlerts)
     AckAlert = _rpc(fleet.AckAlert)
+    # Tenants, their API keys and operator tokens (handlers in api_tenants.py).
+    CreateTenant = _rpc(tenants.CreateTenant)
+    SetTenantEnabled = _rpc(tenants.SetTenantEnabled)
+    ListTenants = _rpc(tenants.ListTenants)
+    IssueApiKey = _rpc(tenants.IssueApiKey)
+    RotateApiKey = _rpc(tenants.RotateApiKey)
+    RevokeApiKey = _rpc(tenants.RevokeApiKey)
+    IssueOperatorToken = _rpc(tenants.IssueOperatorToken)
+    RotateOperatorToken = _rpc(tenants.RotateOperatorToken)
+    ListOperatorTokens = _rpc(tenants.ListOperatorTokens)
+    RevokeOperatorToken = _rpc(tenants.RevokeOperatorToken)
 
     async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> Operator:
         token = api_key_from_metadata(context.invocation_metadata())
@@ -328,39 +317,8 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
         return operator
 
     @_rpc
-    async def CreateTenant(self, req: pb.CreateTenantRequest, ctx: Any) -> pb.Tenant:
-        return tenant_msg(await self.cp.create_tenant(req.tenant, name=req.name, actor=_actor(ctx)))
-
-    @_rpc
-    async def SetTenantEnabled(self, req: pb.SetTenantEnabledRequest, ctx: Any) -> pb.Tenant:
-        t = await self.cp.set_tenant_enabled(req.tenant, req.enabled, actor=_actor(ctx))
-        return tenant_msg(t)
-
-    @_rpc
-    async def ListTenants(self, req: pb.ListTenantsRequest, ctx: Any) -> pb.ListTenantsReply:
-        return pb.ListTenantsReply(tenants=[tenant_msg(t) for t in await self.cp.list_tenants()])
-
-    @_rpc
-    async def IssueApiKey(self, req: pb.IssueApiKeyRequest, ctx: Any) -> pb.IssueApiKeyReply:
-        key_id, key = await self.cp.issue_key(req.tenant, actor=_actor(ctx), ttl_s=req.ttl_s)
-        return pb.IssueApiKeyReply(key_id=key_id, key=key)
-
-    @_rpc
-    async def RotateApiKey(self, req: pb.RotateApiKeyRequest, ctx: Any) -> pb.RotateApiKeyReply:
-        key_id, key, expires = await self.cp.rotate_key(
-            req.tenant, req.key_id, overlap_s=req.overlap_s, actor=_actor(ctx)
-        )
-        return pb.RotateApiKeyReply(
-            key_id=key_id, key=key, old_key_id=req.key_id, old_expires_at=expires
-        )
-
-    @_rpc
-    async def RevokeApiKey(self, req: pb.RevokeApiKeyRequest, ctx: Any) -> pb.Tenant:
-        return tenant_msg(await self.cp.revoke_key(req.tenant, req.key_id, actor=_actor(ctx)))
-
-    @_rpc
     async def SetTenantResidency(self, req: pb.SetTenantResidencyRequest, ctx: Any) -> pb.Tenant:
-        return tenant_msg(await regions.set_tenant_residency(self, req))
+        return tenants.tenant_msg(await regions.set_tenant_residency(self, req))
 
     @_rpc
     async def CreateRegion(self, req: pb.CreateRegionRequest, ctx: Any) -> pb.Region:
@@ -519,58 +477,10 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
             auth_failures=self.auth_guard.total,
         )
 
-    @_rpc
-    async def IssueOperatorToken(
-        self, req: pb.IssueOperatorTokenRequest, ctx: Any
-    ) -> pb.IssueOperatorTokenReply:
-        rec, token = await self.tokens.issue(
-            req.name,
-            parse_role(req.role or "viewer"),
-            actor=_actor(ctx),
-            replace=req.replace,
-            ttl_s=req.ttl_s,
-        )
-        return pb.IssueOperatorTokenReply(info=operator_token_msg(rec), token=token)
-
-    @_rpc
-    async def RotateOperatorToken(
-        self, req: pb.RotateOperatorTokenRequest, ctx: Any
-    ) -> pb.IssueOperatorTokenReply:
-        rec, token = await self.tokens.rotate(req.name, overlap_s=req.overlap_s, actor=_actor(ctx))
-        return pb.IssueOperatorTokenReply(info=operator_token_msg(rec), token=token)
-
-    @_rpc
-    async def ListOperatorTokens(
-        self, req: pb.ListOperatorTokensRequest, ctx: Any
-    ) -> pb.ListOperatorTokensReply:
-        return pb.ListOperatorTokensReply(
-            tokens=[operator_token_msg(t) for t in await self.tokens.list()]
-        )
-
-    @_rpc
-    async def RevokeOperatorToken(
-        self, req: pb.RevokeOperatorTokenRequest, ctx: Any
-    ) -> pb.OperatorToken:
-        return operator_token_msg(await self.tokens.revoke(req.name, actor=_actor(ctx)))
-
 
 def _role() -> str:
     operator = _CALLER.get()
     return operator.role.value if operator else ""
-
-
-def operator_token_msg(t: OperatorTokenRecord) -> pb.OperatorToken:
-    return pb.OperatorToken(
-        name=t.name,
-        role=t.role.value,
-        created_at=t.created_at,
-        created_by=t.created_by,
-        revoked=t.revoked,
-        revoked_at=t.revoked_at,
-        revoked_by=t.revoked_by,
-        expires_at=t.expires_at,
-        previous_expires_at=t.previous_expires_at,
-    )
 
 
 class _Collect:

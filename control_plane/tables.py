@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ago", "table", "when"]
+__all__ = ["ago", "simple", "table", "when"]
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -30,3 +30,8 @@ def ago(ts: float) -> str:
         return "-"
     s = time.time() - ts
     return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago"
+
+
+def simple(method: str, build: Any, show: Any) -> dict[str, Any]:
+    """A ``kefu cp`` verb that calls one API *method*: build its request, show its reply."""
+    return {"build": lambda pb, a: (method, build(pb, a)), "show": show}

@@ -10,14 +10,9 @@ import pytest
 from support.grpc_node import second_tenant
 
 from kefu.models.store import ModelStore, trust_for
-from kefu.node.dialog.conversation import (
-    ConversationService,
-    InvalidTurn,
-    RateLimited,
-    SessionNotFound,
-    TurnRequest,
-)
+from kefu.node.dialog.conversation import ConversationService
 from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG, TenantRegistry
+from kefu.node.dialog.turns import InvalidTurn, RateLimited, SessionNotFound, TurnRequest
 from kefu.node.nlu.inference import BatchingModelRuntime
 from kefu.node.serving.admission import AdmissionController, RateLimit, RateLimiter
 from kefu.node.sessions.sqlite_store import sqlite_store_opener

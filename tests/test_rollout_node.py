@@ -19,8 +19,8 @@ from kefu.control_plane.canary_store import CanaryFolder, load_totals
 from kefu.control_plane.rollouts import RolloutController
 from kefu.keys import SigningKey
 from kefu.natsserver import NatsServer
-from kefu.node.dialog.conversation import TurnRequest
 from kefu.node.dialog.split import NodeSplit, SessionPin, SplitBoard, config_for, resolve_ref
+from kefu.node.dialog.turns import TurnRequest
 from kefu.node.serving.admission import RateLimit, RateLimiter
 from kefu.rollout import Step, Wave, arm_for
 from kefu.v1 import bearer_metadata

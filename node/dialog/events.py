@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from kefu.errors import PermanentError
 
 if TYPE_CHECKING:
-    from kefu.node.dialog.conversation import TurnResult
+    from kefu.node.dialog.turns import TurnResult
 
 __all__ = [
     "MAX_SUBSCRIBERS",

@@ -27,12 +27,10 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError, Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from kefu import tracing
 from kefu.auth_guard import FailedAuthGuard, peer_address
@@ -41,58 +39,49 @@ from kefu.errors import KefuError, TemporaryError
 from kefu.node.audit.chain import RPC_ACTIONS as AUDITED_METHODS
 from kefu.node.audit.chain import AuditEntry, key_fingerprint, safe_id
 from kefu.node.audit.journal import AuditJournal
-from kefu.node.dialog.conversation import (
-    ConversationService,
+from kefu.node.dialog.conversation import ConversationService
+from kefu.node.dialog.events import AccessRefused, RequestFailed, SessionEnded
+from kefu.node.dialog.handoff import HandoffConsole
+from kefu.node.dialog.tenant import Tenant
+from kefu.node.dialog.turns import (
     InvalidTurn,
     RateLimited,
     SessionNotFound,
     TurnRequest,
     TurnResult,
 )
-from kefu.node.dialog.events import AccessRefused, RequestFailed, SessionEnded
-from kefu.node.dialog.handoff import HandoffConsole, HandoffResolution, HandoffView
-from kefu.node.dialog.tenant import Tenant
 from kefu.node.nlu.inference import ModelBusy
 from kefu.node.nlu.predictions import ModelNotLoaded
 from kefu.node.serving.admission import Overloaded
+from kefu.node.serving.grpc_messages import (
+    CHANNEL_ENUM,
+    CHANNELS,
+    HANDOFF_STATUS_IN,
+    RESOLUTION,
+    SESSION_STATUS,
+    SESSION_STATUS_IN,
+    handoff_message,
+    reply_message,
+    session_summary,
+    timestamp,
+    turn_message,
+)
 from kefu.node.serving.limits import check_fields
 from kefu.node.sessions.store import (
-    HandoffStatus,
     InvalidRecord,
     NewFeedback,
     RecordNotFound,
-    Session,
     SessionStatus,
     StateConflict,
-    Turn,
-    TurnRole,
     new_record_id,
 )
 from kefu.rotation import expired_message
 from kefu.v1 import RETRY_AFTER_METADATA_KEY, SERVICE_NAME, api_key_from_metadata
 from kefu.v1 import node_pb2 as pb
 
-__all__ = ["CHANNELS", "KefuNodeService", "generic_handler"]
+__all__ = ["KefuNodeService", "generic_handler"]
 
 log = logging.getLogger("kefu.node.grpc")
-
-CHANNELS: dict[int, str | None] = {
-    pb.CHANNEL_UNSPECIFIED: None,
-    pb.CHANNEL_WEB: "web",
-    pb.CHANNEL_APP: "app",
-    pb.CHANNEL_MINI_PROGRAM: "mini_program",
-    pb.CHANNEL_SOCIAL: "social",
-    pb.CHANNEL_API: "api",
-}
-_CHANNEL_ENUM: dict[str, Any] = {v: k for k, v in CHANNELS.items() if v is not None}
-_STATUS = {
-    SessionStatus.OPEN: pb.SESSION_STATUS_ACTIVE,
-    SessionStatus.HANDED_OFF: pb.SESSION_STATUS_HANDOFF,
-    SessionStatus.ENDED: pb.SESSION_STATUS_ENDED,
-    SessionStatus.EXPIRED: pb.SESSION_STATUS_EXPIRED,
-}
-_STATUS_IN = {v: k for k, v in _STATUS.items()}
-_ROLE = {TurnRole.CUSTOMER: pb.ROLE_USER, TurnRole.BOT: pb.ROLE_BOT, TurnRole.AGENT: pb.ROLE_AGENT}
 
 
 class _Malformed:
@@ -110,132 +99,6 @@ def _lenient(cls: type[Message]) -> Callable[[bytes], Any]:
             return _Malformed(str(exc))
 
     return parse
-
-
-def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
-def _entity(e: Any) -> pb.Entity:
-    norm = e.normalized
-    if isinstance(norm, dict):
-        norm = " ".join(f"{k}={v}" for k, v in sorted(norm.items()))
-    return pb.Entity(type=e.type, value=e.value, normalized=str(norm), start=e.start, end=e.end)
-
-
-def _reply(r: TurnResult) -> pb.ConverseReply:
-    return pb.ConverseReply(
-        session_id=r.session_id,
-        text=r.reply,
-        language=r.language,
-        intent=r.intent,
-        confidence=r.confidence,
-        sentiment=pb.Sentiment(label=r.sentiment, score=r.sentiment_score),
-        scenario=r.scenario,
-        entities=[_entity(e) for e in r.entities],
-        handoff=r.handoff,
-        handoff_reason=r.handoff_reason,
-        handoff_id=r.handoff_id,
-        model_versions=r.model_versions,
-        server_latency_us=r.latency_us,
-        turn_seq=r.seq,
-        request_id=r.request_id,
-        kb_entry_id=r.kb_entry_id,
-        clarify=r.clarify,
-    )
-
-
-def _turn(t: Turn) -> pb.Turn:
-    return pb.Turn(
-        seq=t.seq,
-        role=_ROLE.get(t.role, pb.ROLE_UNSPECIFIED),
-        text=t.text,
-        language=t.language or "",
-        intent=t.intent or "",
-        confidence=t.confidence or 0.0,
-        sentiment=pb.Sentiment(label=t.sentiment or ""),
-        scenario=t.scenario or "",
-        handoff=t.handoff,
-        handoff_reason=t.handoff_reason or "",
-        model_versions=t.model_versions,
-        server_latency_us=int((t.latency_ms or 0.0) * 1000),
-        created_at=_ts(t.created_at),
-        request_id=t.request_id or "",
-        agent_id=t.model_versions.get("agent", "") if t.role is TurnRole.AGENT else "",
-    )
-
-
-def _summary(s: Session) -> pb.SessionSummary:
-    return pb.SessionSummary(
-        session_id=s.id,
-        status=_STATUS[s.status],
-        channel=_CHANNEL_ENUM.get(s.channel, pb.CHANNEL_UNSPECIFIED),
-        user_id=s.user_id or "",
-        created_at=_ts(s.created_at),
-        updated_at=_ts(s.last_active_at),
-        turn_count=s.turn_count,
-        scenario=s.scenario or "",
-        language=s.language or "",
-    )
-
-
-_HANDOFF_STATUS = {
-    HandoffStatus.OPEN: pb.HANDOFF_STATUS_WAITING,
-    HandoffStatus.CLAIMED: pb.HANDOFF_STATUS_CLAIMED,
-    HandoffStatus.CLOSED: pb.HANDOFF_STATUS_CLOSED,
-}
-_HANDOFF_STATUS_IN = {v: k for k, v in _HANDOFF_STATUS.items()}
-_RESOLUTION = {
-    pb.HANDOFF_RESOLUTION_RESOLVED: HandoffResolution.RESOLVED,
-    pb.HANDOFF_RESOLUTION_UNRESOLVED: HandoffResolution.UNRESOLVED,
-    pb.HANDOFF_RESOLUTION_RETURNED_TO_BOT: HandoffResolution.RETURNED_TO_BOT,
-    pb.HANDOFF_RESOLUTION_ABANDONED: HandoffResolution.ABANDONED,
-}
-_RESOLUTION_OUT = {v.value: k for k, v in _RESOLUTION.items()}
-
-
-def _handoff(v: HandoffView) -> pb.Handoff:
-    h, s, summary = v.handoff, v.session, v.handoff.summary or {}
-    raw_last = summary.get("last_messages")
-    last: list[Any] = raw_last if isinstance(raw_last, list) else []
-    roles = {"customer": pb.ROLE_USER, "bot": pb.ROLE_BOT, "agent": pb.ROLE_AGENT}
-    return pb.Handoff(
-        handoff_id=h.id,
-        session_id=h.session_id,
-        status=_HANDOFF_STATUS[h.status],
-        reason=h.reason,
-        agent_id=h.agent_id or "",
-        channel=_CHANNEL_ENUM.get(s.channel, pb.CHANNEL_UNSPECIFIED) if s else None,
-        user_id=(s.user_id or "") if s else "",
-        scenario=(s.scenario or "") if s else "",
-        language=(s.language or "") if s else "",
-        last_user_text=v.last_user_text,
-        created_at=_ts(h.created_at),
-        claimed_at=_ts(h.claimed_at),
-        closed_at=_ts(h.closed_at),
-        resolution=_RESOLUTION_OUT.get(v.resolution, pb.HANDOFF_RESOLUTION_UNSPECIFIED),
-        note=v.note,
-        summary=pb.HandoffSummary(
-            intents=[str(x) for x in summary.get("intents", [])],
-            sentiments=[str(x) for x in summary.get("sentiments", [])],
-            sentiment_trend=str(summary.get("sentiment_trend", "")),
-            slots={str(k): str(x) for k, x in dict(summary.get("slots") or {}).items()},
-            open_flow=str(summary.get("open_flow", "")),
-            plugin_failures=[str(x) for x in summary.get("plugin_failures", [])],
-            last_messages=[
-                pb.Turn(
-                    role=roles.get(str(m.get("role")), pb.ROLE_UNSPECIFIED),
-                    text=str(m.get("text", "")),
-                )
-                for m in last
-                if isinstance(m, dict)
-            ],
-        ),
-    )
 
 
 Handler = Callable[[Tenant, Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -419,7 +282,7 @@ class KefuNodeService:
         return await self.service.converse(tenant, self._turn_request(req, new_session_id))
 
     async def converse(self, tenant: Tenant, req: pb.ConverseRequest, _: Any) -> pb.ConverseReply:
-        return _reply(await self._converse(tenant, req))
+        return reply_message(await self._converse(tenant, req))
 
     async def converse_stream(
         self, request: Any, context: grpc.aio.ServicerContext
@@ -445,7 +308,7 @@ class KefuNodeService:
         except KefuError as exc:
             await self._abort(context, exc, tenant.id, request.session_id)
             return
-        yield pb.ConverseEvent(reply=_reply(result))
+        yield pb.ConverseEvent(reply=reply_message(result))
         if result.handoff:
             yield pb.ConverseEvent(
                 handoff=pb.HandoffNotice(
@@ -467,15 +330,15 @@ class KefuNodeService:
         handoffs = await store.list_handoffs(session_id=session.id, limit=500)
         return pb.SessionView(
             session_id=session.id,
-            status=_STATUS[session.status],
-            channel=_CHANNEL_ENUM.get(session.channel, pb.CHANNEL_UNSPECIFIED),
+            status=SESSION_STATUS[session.status],
+            channel=CHANNEL_ENUM.get(session.channel, pb.CHANNEL_UNSPECIFIED),
             user_id=session.user_id or "",
-            created_at=_ts(session.created_at),
-            updated_at=_ts(session.last_active_at),
+            created_at=timestamp(session.created_at),
+            updated_at=timestamp(session.last_active_at),
             scenario=session.scenario or "",
             language=session.language or "",
             slots={k: str(v.value) for k, v in slots.items() if not k.startswith("_")},
-            turns=[_turn(t) for t in turns],
+            turns=[turn_message(t) for t in turns],
             handoff_id=handoffs.items[-1].id if handoffs.items else "",
         )
 
@@ -488,7 +351,7 @@ class KefuNodeService:
         if s.status not in (SessionStatus.ENDED, SessionStatus.EXPIRED):  # else: already over
             s = await tenant.store.update_session(req.session_id, status=SessionStatus.ENDED)
             self.events.emit(SessionEnded(tenant=tenant.id, session_id=s.id))
-        return pb.EndSessionReply(session_id=s.id, status=_STATUS[s.status])
+        return pb.EndSessionReply(session_id=s.id, status=SESSION_STATUS[s.status])
 
     async def submit_feedback(
         self, tenant: Tenant, req: pb.SubmitFeedbackRequest, _: Any
@@ -526,13 +389,14 @@ class KefuNodeService:
         self, tenant: Tenant, req: pb.ListSessionsRequest, _: Any
     ) -> pb.ListSessionsReply:
         page = await tenant.store.list_sessions(
-            status=_STATUS_IN.get(req.status),
+            status=SESSION_STATUS_IN.get(req.status),
             user_id=req.user_id or None,
             limit=min(max(req.page_size or 50, 1), 500),
             cursor=req.page_token or None,
         )
         return pb.ListSessionsReply(
-            sessions=[_summary(s) for s in page.items], next_page_token=page.next_cursor or ""
+            sessions=[session_summary(s) for s in page.items],
+            next_page_token=page.next_cursor or "",
         )
 
     # ------------------------------------------------------------------ hand-off console
@@ -541,18 +405,20 @@ class KefuNodeService:
         self, tenant: Tenant, req: pb.ListHandoffsRequest, _: Any
     ) -> pb.ListHandoffsReply:
         views, nxt = await HandoffConsole(tenant.store).list(
-            status=_HANDOFF_STATUS_IN.get(req.status),
+            status=HANDOFF_STATUS_IN.get(req.status),
             limit=min(max(req.page_size or 50, 1), 500),
             cursor=req.page_token or None,
         )
         return pb.ListHandoffsReply(
-            handoffs=[_handoff(v) for v in views], next_page_token=nxt or ""
+            handoffs=[handoff_message(v) for v in views], next_page_token=nxt or ""
         )
 
     async def claim_handoff(
         self, tenant: Tenant, req: pb.ClaimHandoffRequest, _: Any
     ) -> pb.Handoff:
-        return _handoff(await HandoffConsole(tenant.store).claim(req.handoff_id, req.agent_id))
+        return handoff_message(
+            await HandoffConsole(tenant.store).claim(req.handoff_id, req.agent_id)
+        )
 
     async def agent_reply(
         self, tenant: Tenant, req: pb.AgentReplyRequest, _: Any
@@ -565,16 +431,16 @@ class KefuNodeService:
             request_id=req.request_id or None,
         )
         return pb.AgentReplyReply(
-            session_id=turn.session_id, turn_seq=turn.seq, created_at=_ts(turn.created_at)
+            session_id=turn.session_id, turn_seq=turn.seq, created_at=timestamp(turn.created_at)
         )
 
     async def close_handoff(
         self, tenant: Tenant, req: pb.CloseHandoffRequest, _: Any
     ) -> pb.Handoff:
-        resolution = _RESOLUTION.get(req.resolution)
+        resolution = RESOLUTION.get(req.resolution)
         if resolution is None:
             raise InvalidRecord("resolution is required / 缺少结束方式 (resolution)")
-        return _handoff(
+        return handoff_message(
             await HandoffConsole(tenant.store).close(
                 req.handoff_id, resolution=resolution, agent_id=req.agent_id, note=req.note
             )
