@@ -209,7 +209,9 @@ async def test_region_down_moves_allowed_tenants_only_and_drain_failback(
                 s = await eventually(
                     status,
                     lambda s: (
-                        route(s, "demo-shop")[:2] == ("serving", "a") and health(s, "a") == "up"
+                        route(s, "demo-shop")[:2] == ("serving", "a")
+                        and route(s, "solo")[:2] == ("serving", "a")
+                        and health(s, "a") == "up"
                     ),
                 )
                 assert route(s, "demo-shop")[:2] == ("serving", "a")
@@ -369,7 +371,10 @@ async def test_gateway_follows_routes_and_reports_reach(
                 )
                 status, body = await send("demo-shop")
                 assert status == 200 and body["session_id"].startswith("na."), body
-                reach = await bus.kv_get(BUCKET_REACH, "gw1.a")
+                reach = await eventually(
+                    lambda: bus.kv_get(BUCKET_REACH, "gw1.a"),
+                    lambda e: e is not None and b'"reachable":["na"]' in e.value,
+                )
                 assert reach is not None and b'"reachable":["na"]' in reach.value
 
                 await cp.drain_region("a", actor=ACTOR)
