@@ -161,6 +161,14 @@ def test_views_format_the_snapshot() -> None:
     (row,) = tel.values()
     assert [str(c) for c in row[3:7]] == ["1200", "2", "12", "31"]
     assert str(row[10]) == "40 (★4.2)" and str(row[11]) == "90.0%"
+    alerts = {v.id: v for v in VIEWS}["alerts"].rows(snap, NOW)
+    assert [key for key, _ in alerts] == ["health:cn-north:7", "rollback:ro-0a1b2c3d4e"]
+    (critical,) = [cells for key, cells in alerts if key.startswith("rollback")]
+    assert "CRITICAL" in str(critical[1]) and critical[6] == "-"
+    regions = dict({v.id: v for v in VIEWS}["regions"].rows(snap, NOW))
+    assert str(regions["cn-east"][1]) == "up / 正常" and regions["cn-east"][5] == "demo-shop"
+    assert regions["cn-north"][3] == "40s" and regions["cn-north"][4] == "no / 否"
+    assert "unavailable" in str(regions["route:solo"][1]) and regions["route:solo"][5] == "solo"
 
 
 def _wait_loaded(pilot: Any) -> Any:

@@ -211,6 +211,42 @@ class MemoryClient:
         self.commands.append((rollout_id, command))
         return await self._reply(pb.Rollout(id=rollout_id))
 
+    async def alerts(self) -> pb.ListAlertsReply:
+        return await self._reply(
+            pb.ListAlertsReply(
+                alerts=[
+                    pb.AlertMessage(
+                        id="rollback:ro-0a1b2c3d4e", kind="rollback", severity="critical",
+                        at=NOW - 120, tenant="demo-shop", resource="rollouts/ro-0a1b2c3d4e",
+                        title="ro-0a1b2c3d4e rolled back: fallback worse / 灰度发布已回滚",
+                    ),
+                    pb.AlertMessage(
+                        id="health:cn-north:7", kind="failover", severity="info",
+                        at=NOW - 30, resource="region/cn-north",
+                        title="region/cn-north: up / 区域状态变化", acked_by="admin",
+                        acked_at=NOW - 10,
+                    ),
+                ]
+            )
+        )  # fmt: skip
+
+    async def failover(self) -> pb.FailoverStatus:
+        return await self._reply(
+            pb.FailoverStatus(
+                regions=[
+                    pb.RegionHealth(region="cn-east", state="up", since=NOW - 4000,
+                                    serves_traffic=True, evidence="1/1 nodes heartbeating"),
+                    pb.RegionHealth(region="cn-north", state="recovering", since=NOW - 20,
+                                    countdown_s=40, evidence="0/1 nodes heartbeating"),
+                ],
+                routes=[
+                    pb.TenantRoute(tenant="demo-shop", region="cn-east", state="serving", epoch=3),
+                    pb.TenantRoute(tenant="solo", state="unavailable", since=NOW - 20,
+                                   reason="no allowed region can serve"),
+                ],
+            )
+        )  # fmt: skip
+
     async def close(self) -> None:
         pass
 

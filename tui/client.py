@@ -38,6 +38,8 @@ __all__ = [
 DEFAULT_TIMEOUT_S = 5.0
 TELEMETRY_SINCE_S = 3600.0
 AUDIT_LIMIT = 100
+#: Alerts shown, newest first.
+ALERTS_LIMIT = 100
 
 
 class ConsoleUnavailable(TemporaryError):
@@ -74,6 +76,10 @@ class ControlPlaneClient(Protocol):
 
     async def command_rollout(self, rollout_id: str, command: str) -> pb.Rollout: ...
 
+    async def alerts(self) -> pb.ListAlertsReply: ...
+
+    async def failover(self) -> pb.FailoverStatus: ...
+
     async def close(self) -> None: ...
 
 
@@ -89,6 +95,8 @@ class Snapshot:
     telemetry: pb.QueryTelemetryReply = field(default_factory=pb.QueryTelemetryReply)
     audit: list[pb.AuditEvent] = field(default_factory=list)
     rollouts: list[pb.Rollout] = field(default_factory=list)
+    alerts: list[pb.AlertMessage] = field(default_factory=list)
+    failover: pb.FailoverStatus = field(default_factory=pb.FailoverStatus)
     fetched_at: float = 0.0
 
 
@@ -104,8 +112,12 @@ async def fetch_snapshot(client: ControlPlaneClient, *, now: float) -> Snapshot:
         client.telemetry(),
         client.audit(),
         client.rollouts(),
+        client.alerts(),
+        client.failover(),
     )
-    status, nodes, tenants, assignments, models, telemetry, audit, rollouts = replies
+    status, nodes, tenants, assignments, models, telemetry, audit, rollouts, alerts, failover = (
+        replies
+    )
     return Snapshot(
         status=status,
         nodes=list(nodes.nodes),
@@ -115,6 +127,8 @@ async def fetch_snapshot(client: ControlPlaneClient, *, now: float) -> Snapshot:
         telemetry=telemetry,
         audit=list(audit.events),
         rollouts=list(rollouts.rollouts),
+        alerts=list(alerts.alerts),
+        failover=failover,
         fetched_at=now,
     )
 
@@ -235,6 +249,12 @@ class GrpcControlPlaneClient:
 
     async def rollouts(self) -> pb.ListRolloutsReply:
         return await self._call("ListRollouts", pb.ListRolloutsRequest())
+
+    async def alerts(self) -> pb.ListAlertsReply:
+        return await self._call("ListAlerts", pb.ListAlertsRequest(limit=ALERTS_LIMIT))
+
+    async def failover(self) -> pb.FailoverStatus:
+        return await self._call("GetFailoverStatus", pb.GetFailoverStatusRequest())
 
     async def command_rollout(self, rollout_id: str, command: str) -> pb.Rollout:
         return await self._call(

@@ -195,6 +195,60 @@ PHASES = {
 }
 
 
+SEVERITIES = {
+    "critical": ("CRITICAL / 严重", REFUSED),
+    "warning": ("warning / 警告", WARN),
+    "info": ("info / 信息", OK),
+}
+
+
+def _alerts(s: Snapshot, now: float) -> Rows:
+    out: Rows = []
+    for a in sorted(s.alerts, key=lambda a: a.at, reverse=True):
+        name, style = SEVERITIES.get(a.severity, (a.severity, WARN))
+        acked = f"{a.acked_by} {ago(a.acked_at, now)}" if a.acked_by else "-"
+        cells = (ago(a.at, now), Text(name, style=style), a.kind, a.tenant or "-", a.resource)
+        out.append((a.id, (*cells, a.title[:100], acked)))
+    return out
+
+
+REGION_STATES = {
+    "up": ("up / 正常", OK),
+    "suspect": ("suspect / 可疑", WARN),
+    "down": ("DOWN / 故障", REFUSED),
+    "recovering": ("recovering / 恢复中", WARN),
+}
+
+
+def _regions(s: Snapshot, now: float) -> Rows:
+    """One row per region (health, hysteresis countdown, tenants it serves), then one per
+    tenant no region can serve."""
+    routes = list(s.failover.routes)
+    out: Rows = []
+    for h in sorted(s.failover.regions, key=lambda h: h.region):
+        name, style = REGION_STATES.get(h.state, (h.state, WARN))
+        served = sorted(r.tenant for r in routes if r.state == "serving" and r.region == h.region)
+        out.append(
+            (
+                h.region,
+                (
+                    h.region,
+                    Text(name + (" (drained / 已排空)" if h.drained else ""), style=style),
+                    ago(h.since, now),
+                    f"{h.countdown_s:.0f}s" if h.countdown_s else "-",
+                    "yes / 是" if h.serves_traffic else "no / 否",
+                    ", ".join(served) or "-",
+                    h.evidence[:80],
+                ),
+            )
+        )
+    for r in sorted(routes, key=lambda r: r.tenant):
+        if r.state == "unavailable":
+            cells = (Text("unavailable / 不可用", style=REFUSED), ago(r.since, now), "-", "-")
+            out.append((f"route:{r.tenant}", ("-", *cells, r.tenant, r.reason[:80])))
+    return out
+
+
 def _rollouts(s: Snapshot, now: float) -> Rows:
     out: Rows = []
     for r in sorted(s.rollouts, key=lambda r: (not r.finalized, r.created_at), reverse=True):
@@ -316,6 +370,34 @@ VIEWS: tuple[View, ...] = (
             "reason / 原因",
         ),
         rows=_rollouts,
+    ),
+    View(
+        id="alerts",
+        title="Alerts / 告警",
+        columns=(
+            "when / 时间",
+            "severity / 级别",
+            "kind / 类型",
+            "tenant / 租户",
+            "resource / 资源",
+            "title / 标题",
+            "acked / 已确认",
+        ),
+        rows=_alerts,
+    ),
+    View(
+        id="regions",
+        title="Regions / 区域",
+        columns=(
+            "region / 区域",
+            "health / 健康",
+            "since / 起始",
+            "countdown / 倒计时",
+            "takes traffic / 承载流量",
+            "tenants served / 服务租户",
+            "evidence / 依据",
+        ),
+        rows=_regions,
     ),
 )
 
