@@ -31,6 +31,7 @@ from kefu.control_plane.client import (
     resolve_operator_token,
 )
 from kefu.control_plane.tables import ago as _ago
+from kefu.control_plane.tables import listed as _listed
 from kefu.control_plane.tables import simple as _simple
 from kefu.control_plane.tables import table as _table
 from kefu.control_plane.tables import when as _when
@@ -180,8 +181,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 
 def _show_assignments(r: Any) -> None:
-    rows = getattr(r, "assignments", None)
-    rows = rows if rows is not None else [r]
+    rows = _listed(r, "assignments")
     _table(
         "assignments / 分配",
         ["tenant", "region", "config", "models", "by", "when"],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kefu.control_plane.tables import ago, table, when
+from kefu.control_plane.tables import ago, listed, table, when
 
 __all__ = ["REGION_VERBS", "add_region_args"]
 
@@ -30,8 +30,7 @@ def _list(s: str | None) -> list[str]:
 
 
 def show_regions(r: Any) -> None:
-    rows = getattr(r, "regions", None)
-    rows = rows if rows is not None else [r]
+    rows = listed(r, "regions")
     table(
         "regions / 区域",
         ["region", "zone / 驻留区", "failover order / 切换顺序", "description", "created"],
@@ -43,8 +42,7 @@ def show_regions(r: Any) -> None:
 
 
 def show_health(r: Any) -> None:
-    rows = getattr(r, "regions", None)
-    rows = rows if rows is not None else [r]
+    rows = listed(r, "regions")
     table(
         "region health / 区域健康",
         ["region", "state", "since", "countdown", "drained", "serves traffic", "evidence"],

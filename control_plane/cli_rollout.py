@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kefu.control_plane.tables import ago, table, when
+from kefu.control_plane.tables import ago, listed, table, when
 from kefu.errors import KefuError, PermanentError
 from kefu.rollout import parse_weight, target_text
 
@@ -90,8 +90,7 @@ def _start(pb: Any, a: argparse.Namespace) -> tuple[str, Any]:
 
 
 def show_rollouts(r: Any) -> None:
-    rows = getattr(r, "rollouts", None)
-    rows = rows if rows is not None else [r]
+    rows = listed(r, "rollouts")
     table(
         "rollouts / 灰度发布",
         [

@@ -14,8 +14,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from kefu.control_plane.tables import listed, table, when
 from kefu.control_plane.tables import simple as _simple
-from kefu.control_plane.tables import table, when
 from kefu.errors import PermanentError
 from kefu.rotation import format_utc, parse_duration
 
@@ -23,8 +23,7 @@ __all__ = ["TENANT_VERBS", "add_tenant_args"]
 
 
 def _show_tenants(r: Any) -> None:
-    tenants = getattr(r, "tenants", None)
-    rows = tenants if tenants is not None else [r]
+    rows = listed(r, "tenants")
     table(
         "tenants / 租户",
         ["tenant", "name", "enabled", "config", "keys (active)", "created"],
@@ -66,8 +65,7 @@ def _show_keys(tenant: str) -> Any:
 
 
 def _show_configs(r: Any) -> None:
-    versions = getattr(r, "versions", None)
-    rows = versions if versions is not None else [r]
+    rows = listed(r, "versions")
     table(
         "config versions / 配置版本",
         ["tenant", "version", "digest", "author", "when", "comment"],
@@ -129,8 +127,7 @@ def _expiry(ts: float) -> str:
 
 
 def _show_tokens(r: Any) -> None:
-    rows = getattr(r, "tokens", None)
-    rows = rows if rows is not None else [r]
+    rows = listed(r, "tokens")
     table(
         "operator tokens / 操作员令牌",
         ["name", "role", "state", "created", "by", "expires", "old secret until", "revoked"],

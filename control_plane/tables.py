@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ago", "simple", "table", "when"]
+__all__ = ["ago", "listed", "simple", "table", "when"]
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -19,6 +19,12 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     for r in rows:
         t.add_row(*("" if v is None else str(v) for v in r))
     Console().print(t)
+
+
+def listed(reply: Any, field: str) -> Sequence[Any]:
+    """The items of a listing reply (``reply.<field>``), or the single item a write returned."""
+    items = getattr(reply, field, None)
+    return items if items is not None else [reply]
 
 
 def when(ts: float) -> str:
