@@ -247,6 +247,7 @@ def attach_agent(
     telemetry_s: float = 10.0,
     flush_timeout_s: float = 3.0,
     tls: TlsFiles | None = None,
+    domain: str | None = None,
 ) -> NodeAgent:
     """An agent (not yet started) that keeps ``node`` on its region's desired state; ``tls``
     verifies the NATS server and presents the node's certificate (its NATS identity)."""
@@ -271,6 +272,7 @@ def attach_agent(
         name=f"kefu-node-{node_id}",
         inbox_prefix=inbox_prefix(user) if user else "_INBOX",
         tls=tls,
+        domain=domain,
     )
 
     async def connect() -> Bus:
@@ -325,10 +327,11 @@ async def follow_control_plane(node: Node, link: ControlPlaneLink) -> AsyncItera
     """Run the agent for a started ``node``. On exit the node is drained too (idempotent, so
     the caller's own ``Node`` context exits harmlessly); ``agent.shutdown`` then tells what
     became of the telemetry."""
-    url, user, password, tls = link.url, None, None, None
+    url, user, password, tls, domain = link.url, None, None, None, None
     if link.credentials is not None:
         creds = load_credentials(link.credentials, require_url=not link.url)
         url, user, password, tls = url or creds.url, creds.user, creds.password, creds.tls
+        domain = creds.domain
     if not url:
         raise PermanentError("no NATS URL: give one, or a credentials file holding it")
     agent = attach_agent(
@@ -339,6 +342,7 @@ async def follow_control_plane(node: Node, link: ControlPlaneLink) -> AsyncItera
         user=user,
         password=password,
         tls=tls,
+        domain=domain,
         heartbeat_s=link.heartbeat_s,
         telemetry_s=link.telemetry_s,
         flush_timeout_s=link.flush_timeout_s,
