@@ -163,6 +163,9 @@ class TopologyPlan:
         leafnodes: dict[str, Any] = {
             "listen": f"127.0.0.1:{leaf_port}",
             "authorization": {"users": links},
+            # A leaf dials only the URLs of its config (a region's firewall opening, or the
+            # test's severable proxy), never the hub's own listen address learnt from INFO.
+            "no_advertise": True,
         }
         cfg: dict[str, Any] = {
             "server_name": HUB_DOMAIN,
