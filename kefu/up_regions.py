@@ -497,8 +497,8 @@ def _print_howto(
             )
         else:
             print(
-                f"    ({TENANT} lives in {residency.home}: this zone's gateway answers it "
-                "'temporarily unavailable' / 该租户不在此区域组，网关答复暂时不可用)"
+                f"    ({TENANT} lives in {residency.home}: this zone's gateway has no node "
+                "for it and answers 503 / 该租户不在此区域组，此网关答复 503)"
             )
     print(
         f"{TENANT}: home {residency.home}, allowed {', '.join(residency.allowed)}, "
