@@ -166,6 +166,7 @@ async def test_cut_only_a_nats_link_then_failback_after_the_dwell(tmp_path: Path
         assert status == 200 and body["session_id"].startswith("nb."), body
 
         await s.until(lambda: on("a"), timeout_s=60, what="demo-shop back in a")
+        # The gateway follows the route once its own health checks reach a's node again.
         await s.until(lambda: _routed_in_gateway(s, "a"), what="the gateway follows")
         status, body = await s.send("demo-shop")
         assert status == 200 and body["session_id"].startswith("na."), body
@@ -186,4 +187,5 @@ async def test_cut_only_a_nats_link_then_failback_after_the_dwell(tmp_path: Path
 async def _routed_in_gateway(s: FailoverStack, region: str) -> bool:
     assert s.gateway is not None and s.gateway.routes is not None
     r = s.gateway.routes.routes.get("demo-shop")
-    return r is not None and r.region == region
+    reached = s.gateway.pool.reach().get(region, ([], []))[0]
+    return r is not None and r.region == region and f"n{region}" in reached
