@@ -1,8 +1,9 @@
 """Region failover: kill -9 region a's only node under continuous traffic, how long until the
 tenant that allows region b is served from b, and how many requests fail meanwhile.
 
-Each run starts a fresh two-region stack (kefu/dev/failover_stack.py: real nats-server,
-control plane, one ``kefu node run`` process per region, a gateway following routes), sends new
+Each run starts a fresh two-region stack (kefu/dev/failover_stack.py: a hub nats-server and
+one leaf per region, the control plane on the hub, one ``kefu node run`` process per region on
+its leaf, a gateway following routes), sends new
 conversations back to back for ``demo-shop`` (allows b) for 2 s, kills a's node, and goes on
 until 1 s after the leader's route moved. Per run:
 

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_gateway(sub)
     register_demo(sub)
     from kefu.control_plane.cli import register as register_control_plane
-    from kefu.up import register as register_up
+    from kefu.up_regions import register as register_up
 
     register_control_plane(sub)
     register_up(sub)

@@ -31,7 +31,14 @@ from typing import Any
 from kefu.certstore import TlsFiles
 from kefu.errors import PermanentError, TemporaryError
 from kefu.pki import nats_user_name
-from kefu.wire import BUCKET_NODES, OBJECT_BUNDLES, desired_bucket, telemetry_subject
+from kefu.wire import (
+    BUCKET_NODES,
+    BUCKET_REACH,
+    BUCKET_ROUTES,
+    OBJECT_BUNDLES,
+    desired_bucket,
+    telemetry_subject,
+)
 
 __all__ = [
     "NatsServer",
@@ -40,6 +47,8 @@ __all__ = [
     "deployment_users",
     "find_nats_server",
     "free_port",
+    "gateway_permissions",
+    "gateway_user",
     "inbox_prefix",
     "js_api",
     "node_permissions",
@@ -158,6 +167,31 @@ def node_user(
 ) -> NatsUser:
     pub, sub = node_permissions(node_id, region, domain=domain)
     user = NatsUser(user=node_id, publish=pub, subscribe=sub)
+    if password:
+        user.password = password
+    return user
+
+
+def gateway_permissions(gateway_id: str) -> tuple[list[str], list[str]]:
+    """(publish, subscribe) allow lists of an access gateway that follows routes: read the
+    routes and the node registry, write its own reachability keys
+    (``kefu_reach.<gateway>.<region>``), its own inbox. No desired state, no registry, no
+    telemetry, no other gateway's keys."""
+    publish = [
+        "$JS.API.INFO",
+        *_read_stream(f"KV_{BUCKET_ROUTES}"),
+        *_read_stream(f"KV_{BUCKET_NODES}"),
+        f"$JS.API.STREAM.INFO.KV_{BUCKET_REACH}",
+        f"$KV.{BUCKET_REACH}.{gateway_id}.>",
+        "$JS.FC.>",
+    ]
+    return publish, [f"{inbox_prefix(gateway_id)}.>"]
+
+
+def gateway_user(gateway_id: str, password: str | None = None) -> NatsUser:
+    """A gateway's least-privilege NATS user (its name is its gateway id)."""
+    pub, sub = gateway_permissions(gateway_id)
+    user = NatsUser(user=gateway_id, publish=pub, subscribe=sub)
     if password:
         user.password = password
     return user

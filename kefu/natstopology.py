@@ -163,6 +163,9 @@ class TopologyPlan:
         leafnodes: dict[str, Any] = {
             "listen": f"127.0.0.1:{leaf_port}",
             "authorization": {"users": links},
+            # A leaf dials only the URLs of its config (a region's firewall opening, or the
+            # test's severable proxy), never the hub's own listen address learnt from INFO.
+            "no_advertise": True,
         }
         cfg: dict[str, Any] = {
             "server_name": HUB_DOMAIN,
@@ -276,7 +279,16 @@ def passwords_of(plan: TopologyPlan) -> dict[str, str]:
 class Topology:
     """The hub and one leaf server per region, as child processes on free ports."""
 
-    def __init__(self, plan: TopologyPlan, data_dir: Path, *, tls: TlsFiles | None = None):
+    def __init__(
+        self,
+        plan: TopologyPlan,
+        data_dir: Path,
+        *,
+        tls: TlsFiles | None = None,
+        links: Mapping[str, int] | None = None,
+    ):
+        """``links``: region → a local port its leaf dials instead of the hub's leaf port (a
+        proxy in between, which a test can sever: kefu/dev/link_proxy.py)."""
         self.plan = plan
         self.data_dir = Path(data_dir)
         self.tls = tls
@@ -289,6 +301,7 @@ class Topology:
             ),
         )
         scheme = "tls" if tls is not None else "nats"
+        via = dict(links or {})
         self.leaves: dict[str, NatsServer] = {}
         for region in plan.leaves:
             d = self.data_dir / "regions" / region
@@ -298,7 +311,7 @@ class Topology:
                 config=plan.leaf_config(
                     region,
                     store_dir=d / "jetstream",
-                    hub_leaf_url=f"{scheme}://127.0.0.1:{self.leaf_port}",
+                    hub_leaf_url=f"{scheme}://127.0.0.1:{via.get(region, self.leaf_port)}",
                     tls=tls,
                 ),
             )

@@ -70,7 +70,9 @@ def _users(nats_dir: Path, *, certificates: bool = False) -> tuple[Any, Any]:
 
 
 #: (certificate name, role, SANs) of the one-machine stack.
-def _pki_plan() -> list[tuple[str, Any, list[str]]]:
+def _pki_plan(
+    nodes: tuple[str, ...] = (NODE_ID,), gateways: tuple[str, ...] = ("gateway",)
+) -> list[tuple[str, Any, list[str]]]:
     import socket
 
     from kefu.pki import Role
@@ -81,12 +83,14 @@ def _pki_plan() -> list[tuple[str, Any, list[str]]]:
     return [
         ("nats", Role.NATS, local),
         ("control-plane", Role.CONTROL_PLANE, here),
-        (NODE_ID, Role.NODE, here),
-        ("gateway", Role.GATEWAY, here),
+        *((n, Role.NODE, here) for n in nodes),
+        *((g, Role.GATEWAY, here) for g in gateways),
     ]
 
 
-def _ensure_certificates(data: Path) -> tuple[Any, dict[str, Any], list[str]]:
+def _ensure_certificates(
+    data: Path, plan: list[tuple[str, Any, list[str]]] | None = None
+) -> tuple[Any, dict[str, Any], list[str]]:
     """The CA and every component's pair under ``<data>/pki`` (created, or renewed when
     expiring); (store, name → TlsFiles, names renewed)."""
     from kefu.certstore import CertStore, pki_dir
@@ -95,14 +99,16 @@ def _ensure_certificates(data: Path) -> tuple[Any, dict[str, Any], list[str]]:
     store.ensure_ca()
     files: dict[str, Any] = {}
     renewed: list[str] = []
-    for name, role, sans in _pki_plan():
+    for name, role, sans in plan if plan is not None else _pki_plan():
         files[name], fresh = store.ensure(name, role=role, sans=sans)
         if fresh:
             renewed.append(name)
     return store, files, renewed
 
 
-async def _renew_loop(data: Path, nats: Any, every_s: float) -> None:
+async def _renew_loop(
+    data: Path, nats: Any, every_s: float, plan: list[tuple[str, Any, list[str]]] | None = None
+) -> None:
     """Renew the stack's certificates before they expire, while it runs: the gRPC servers
     re-read theirs on the next handshake, NATS is told to reload (SIGHUP), NATS clients pick
     theirs up on their next reconnect. Open connections are never cut."""
@@ -112,7 +118,7 @@ async def _renew_loop(data: Path, nats: Any, every_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
         try:
-            _, _, renewed = await asyncio.to_thread(_ensure_certificates, data)
+            _, _, renewed = await asyncio.to_thread(_ensure_certificates, data, plan)
         except (OSError, KefuError) as exc:
             log.error("certificate renewal failed, will retry: %s", exc)
             continue
@@ -122,15 +128,19 @@ async def _renew_loop(data: Path, nats: Any, every_s: float) -> None:
                 await asyncio.to_thread(nats.reload)
 
 
-async def seed_demo_tenant(cp: Any, data_dir: Path, *, actor: str = "kefu-up") -> Path:
-    """Demo tenant, config, shipped models and assignment via the control plane; returns the
-    file holding a valid API key (issued by the control plane when there is none)."""
+async def seed_demo_tenant(
+    cp: Any, data_dir: Path, *, region: str = REGION, actor: str = "kefu-up"
+) -> Path:
+    """Demo tenant, config, shipped models and assignment to ``region`` via the control
+    plane; returns the file holding a valid API key (issued by the control plane when there
+    is none)."""
     from kefu.bundle import Manifest, pack
     from kefu.bus import Conflict
     from kefu.models.store import shipped_dir
     from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
 
-    await cp.create_region(REGION, description="this machine", actor=actor)
+    if region == REGION:
+        await cp.create_region(REGION, description="this machine", actor=actor)
     with contextlib.suppress(Conflict):
         await cp.create_tenant(TENANT, name="Demo shop / 演示商店", actor=actor)
     await cp.put_config(TENANT, DEMO_TENANT_CONFIG.read_text(encoding="utf-8"), actor=actor)
@@ -141,8 +151,8 @@ async def seed_demo_tenant(cp: Any, data_dir: Path, *, actor: str = "kefu-up") -
         await cp.publish_model(pack(path), actor=actor)
         models[slot] = f"{m.name}@{m.version}"
     assigned = {a.region: a for a in await cp.list_assignments(TENANT)}
-    if REGION not in assigned:  # keep whatever an operator rolled out since
-        await cp.assign(TENANT, REGION, models=models, actor=actor)
+    if region not in assigned:  # keep whatever an operator rolled out since
+        await cp.assign(TENANT, region, models=models, actor=actor)
     key_file = data_dir / f"{TENANT}.key"
     tenant = await cp.get_tenant(TENANT)
     have = key_file.read_text(encoding="utf-8").strip() if key_file.exists() else ""

@@ -1,5 +1,6 @@
-"""Region failover end to end: a real nats-server, the control plane, one ``kefu node run``
-process per region (a, b) and a gateway following routes (kefu/dev/failover_stack.py).
+"""Region failover end to end on the real multi-region NATS topology: a hub nats-server and
+one leaf per region (a, b), the control plane on the hub, one ``kefu node run`` process per
+region on its leaf, a gateway following routes (kefu/dev/failover_stack.py).
 
 A SIGSTOP/SIGCONT of region a's node shorter than the hysteresis changes no route; kill -9 of
 it under continuous traffic moves ``demo-shop`` (allows b) to b, while ``demo-solo`` (allows
@@ -86,3 +87,105 @@ async def _all_up(cp: object) -> bool:
 
 async def _has(s: FailoverStack, node: str) -> bool:
     return any(x.node == node for x in s.samples)
+
+
+async def test_cut_only_a_nats_link_then_failback_after_the_dwell(tmp_path: Path) -> None:
+    """(a) A real TCP cut between region a's leaf and the hub while a's node serves: the
+    node's heartbeats stop reaching the control plane, the gateway still reaches it — a
+    NATS-only partition: no route change, customers still served from a, a critical alert.
+    (b) a's node killed (traffic moves to b), then started again: traffic returns only after
+    the dwell; then new conversations go home, a conversation begun in b finishes in b."""
+    from kefu.control_plane.alerts import list_alerts
+
+    async with FailoverStack(tmp_path) as s:
+        assert s.app is not None and s.app.cp is not None and s.app.bus is not None
+        cp, bus = s.app.cp, s.app.bus
+        await s.until(lambda: _all_up(cp), timeout_s=60, what="both regions up after the dwell")
+        before = await s.route("demo-shop")
+        assert before is not None and before.region == "a"
+
+        # (a) Cut only a's NATS link, under traffic.
+        stop = asyncio.Event()
+        traffic = asyncio.create_task(s.traffic(("demo-shop",), stop))
+        await s.until(lambda: _has(s, "na"), what="traffic served by a")
+        await s.cut_link()
+        cut_at = len(s.samples)
+
+        async def partitioned() -> bool:
+            return any(h.region == "a" and h.nats_partition for h in await cp.region_health())
+
+        await s.until(partitioned, timeout_s=30, what="a judged NATS-partitioned")
+        await asyncio.sleep(2.0)  # longer than suspect → down would take: nothing may move
+        stop.set()
+        await traffic
+        during = s.samples[cut_at:]
+        assert during and all(x.status == 200 and x.node == "na" for x in during), {
+            (x.status, x.node, x.code) for x in during
+        }
+        now = await s.route("demo-shop")
+        assert now is not None and (now.region, now.epoch) == ("a", before.epoch)
+        assert [h.state for h in await cp.region_health() if h.region == "a"] == ["up"]
+        alerts = [
+            a for a in await list_alerts(bus) if a.detail.get("action") == "region.nats_partition"
+        ]
+        assert len(alerts) == 1 and alerts[0].severity == "critical"
+        assert alerts[0].resource == "region/a" and "no failover" in alerts[0].detail["evidence"]
+        assert s.link is not None and s.link.cut
+
+        await s.restore_link()
+
+        async def healed() -> bool:
+            return all(not h.nats_partition for h in await cp.region_health())
+
+        await s.until(healed, timeout_s=30, what="a's NATS link healed")
+
+        # (b) a's node dies: demo-shop moves to b; a conversation begins there.
+        s.kill("a")
+
+        async def on(region: str) -> bool:
+            r = await s.route("demo-shop")
+            return bool(r and r.state == "serving" and r.region == region)
+
+        await s.until(lambda: on("b"), timeout_s=30, what="demo-shop routed to b")
+        status, first = await s.send("demo-shop")
+        assert status == 200 and first["session_id"].startswith("nb."), first
+        live = first["session_id"]
+
+        # a comes back: recovering first, traffic stays in b for the dwell.
+        s.start_node("a")
+
+        async def recovering() -> bool:
+            return any(
+                h.region == "a" and h.state == "recovering" for h in await cp.region_health()
+            )
+
+        await s.until(recovering, timeout_s=60, what="a recovering")
+        held = await s.route("demo-shop")
+        assert held is not None and held.region == "b"
+        status, body = await s.send("demo-shop")
+        assert status == 200 and body["session_id"].startswith("nb."), body
+
+        await s.until(lambda: on("a"), timeout_s=60, what="demo-shop back in a")
+        # The gateway follows the route once its own health checks reach a's node again.
+        await s.until(lambda: _routed_in_gateway(s, "a"), what="the gateway follows")
+        status, body = await s.send("demo-shop")
+        assert status == 200 and body["session_id"].startswith("na."), body
+        # The conversation begun in b finishes there, with its history.
+        status, body = await s.send("demo-shop", live)
+        assert status == 200 and body["session_id"] == live, body
+        assert body["turn_seq"] > first["turn_seq"], (first, body)
+
+        # The dwell, from the audit trail: recovering → up no sooner than dwell_s.
+        events = [e for e in await cp.audit_log(limit=1000) if e.resource == "region/a"]
+        rec = max(e.at for e in events if e.action == "region.recovering")
+        up = max(e.at for e in events if e.action == "region.up")
+        assert up - rec >= s.options.policy.dwell_s - 0.05
+        changes = [e.detail for e in await cp.audit_log(limit=1000) if e.action == "route.change"]
+        assert any("serving a" in d for d in changes[-1:]), changes
+
+
+async def _routed_in_gateway(s: FailoverStack, region: str) -> bool:
+    assert s.gateway is not None and s.gateway.routes is not None
+    r = s.gateway.routes.routes.get("demo-shop")
+    reached = s.gateway.pool.reach().get(region, ([], []))[0]
+    return r is not None and r.region == region and f"n{region}" in reached

@@ -183,3 +183,53 @@ async def test_leaf_nodes_reach_the_hub_and_zones_stay_sealed(tmp_path: Path) ->
                 await c.close()
             await node.close()
             await cp.close()
+
+
+async def test_gateway_user_reads_routes_and_nodes_writes_only_its_reach(tmp_path: Path) -> None:
+    """A zone's gateway logs in at the hub with least privilege (kefu up generates it): it
+    follows the routes and the node registry and writes its own reachability keys; it can
+    neither read desired state nor write routes or another gateway's reach."""
+    from kefu.bus import BusUnavailable
+    from kefu.natsserver import gateway_user
+    from kefu.wire import BUCKET_REACH, BUCKET_REGISTRY, BUCKET_ROUTES
+
+    plan = plan_topology(REGIONS, NODES, hub_users=[gateway_user("gw-cn")])
+    with Topology(plan, tmp_path) as topo:
+        cp = await _bus(topo, plan.control_plane)
+        gw = await _bus(topo, plan.hub_users[0])
+        try:
+            for bucket in (BUCKET_ROUTES, BUCKET_NODES, BUCKET_REACH, BUCKET_REGISTRY):
+                await cp.ensure_kv(bucket)
+            await cp.ensure_kv(desired_bucket("cn-east"))
+            await cp.kv_put(BUCKET_ROUTES, "demo-shop", b"route")
+            await cp.kv_put(BUCKET_NODES, "ne", b"status")
+            await cp.kv_put(desired_bucket("cn-east"), "demo-shop", b"secret config")
+            await cp.kv_put(BUCKET_REGISTRY, "tenant.demo-shop", b"record")
+
+            seen = []
+            async for e in gw.kv_watch(BUCKET_ROUTES):
+                if e is None:
+                    break
+                seen.append((e.key, e.value))
+            assert seen == [("demo-shop", b"route")]
+            node = await gw.kv_get(BUCKET_NODES, "ne")
+            assert node is not None and node.value == b"status"
+            await gw.kv_put(BUCKET_REACH, "gw-cn.cn-east", b"reach")
+            got = await cp.kv_get(BUCKET_REACH, "gw-cn.cn-east")
+            assert got is not None and got.value == b"reach"
+
+            denied = [
+                gw.kv_put(BUCKET_REACH, "gw-eu.eu-1", b"forged"),
+                gw.kv_put(BUCKET_ROUTES, "demo-shop", b"forged"),
+                gw.kv_get(desired_bucket("cn-east"), "demo-shop"),
+                gw.kv_get(BUCKET_REGISTRY, "tenant.demo-shop"),
+            ]
+            for call in denied:
+                with pytest.raises(BusUnavailable):
+                    await call
+            assert await cp.kv_get(BUCKET_REACH, "gw-eu.eu-1") is None
+            route = await cp.kv_get(BUCKET_ROUTES, "demo-shop")
+            assert route is not None and route.value == b"route"
+        finally:
+            await gw.close()
+            await cp.close()

@@ -1,7 +1,12 @@
-"""Two regions on one machine for the failover end-to-end test and benchmark: a real
-nats-server, the control-plane process (in this process: gRPC API, leader, failover loop), one
-``kefu node run`` child process per region following the control plane, and a gateway (in this
-process) that follows the routes.
+"""Two regions on one machine for the failover end-to-end test and benchmark, on the real
+multi-region NATS topology (kefu/natstopology.py): a hub nats-server and one leaf server per
+region (regions ``a`` and ``b`` in zone ``z``), the control plane on the hub (in this process:
+gRPC API, leader, failover loop), one ``kefu node run`` child process per region on its
+region's leaf (its least-privilege user, the hub's buckets across the link), and a gateway (in
+this process, its own least-privilege user at the hub) that follows the routes.
+
+Region ``a``'s leaf dials the hub through a :class:`~kefu.dev.link_proxy.LinkProxy`, so a
+test can cut **only a's NATS link** (:meth:`FailoverStack.cut_link`) while its node serves.
 
 Tenants: ``demo-shop`` (home ``a``, allowed ``b``: fails over) and ``demo-solo`` (home ``a``
 only: never leaves it). Both run the shipped demo config and models.
@@ -13,7 +18,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,10 +30,12 @@ import aiohttp
 from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
 from kefu.control_plane.failover import FailoverOptions
 from kefu.control_plane.region_health import HealthPolicy
+from kefu.dev.link_proxy import LinkProxy
 from kefu.keys import TrustStore, load_public_key
 from kefu.model_ref import format_ref
 from kefu.models.store import shipped_dir
-from kefu.natsserver import NatsServer
+from kefu.natsserver import free_port, gateway_user
+from kefu.natstopology import RegionSpec, Topology, TopologyPlan, plan_topology
 from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
 from kefu.node.gateway.app import Gateway
 from kefu.node.gateway.config import GatewayConfig, resolve_gateway
@@ -45,12 +51,8 @@ FAST_FAILOVER = FailoverOptions(
     policy=HealthPolicy(down_after_s=0.5, dwell_s=3.0, max_dwell_s=30.0),
 )
 REGIONS = ("a", "b")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+ZONE = "z"
+GATEWAY = "gw"
 
 
 @dataclass
@@ -65,7 +67,10 @@ class Sample:
 @dataclass
 class FailoverStack:
     tmp: Path
-    nats: NatsServer | None = None
+    plan: TopologyPlan | None = None
+    topology: Topology | None = None
+    #: Region a's NATS link (its leaf → the hub's leaf port), severable.
+    link: LinkProxy | None = None
     app: ControlPlaneApp | None = None
     gateway: Gateway | None = None
     http: aiohttp.ClientSession | None = None
@@ -77,12 +82,22 @@ class FailoverStack:
     # ------------------------------------------------------------------ setup
 
     async def start(self) -> FailoverStack:
-        self.nats = NatsServer(self.tmp / "nats")
-        self.nats.__enter__()
+        self.plan = plan = plan_topology(
+            [RegionSpec(name=r, zone=ZONE) for r in REGIONS],
+            [(f"n{r}", r) for r in REGIONS],
+            hub_users=[gateway_user(GATEWAY)],
+        )
+        via = free_port()
+        self.topology = Topology(plan, self.tmp / "nats", links={"a": via})
+        self.link = await LinkProxy(via, self.topology.leaf_port).start()
+        await asyncio.to_thread(self.topology.start)
+        self._write_credentials()
         release = load_public_key(shipped_dir() / "kefu-release.pub")
         self.app = ControlPlaneApp(
             ControlPlaneOptions(
-                nats_url=self.nats.url,
+                nats_url=self.topology.hub.url,
+                nats_user=plan.control_plane.user,
+                nats_password=plan.control_plane.password,
                 trust=TrustStore([release]),
                 listen="127.0.0.1:0",
                 failover=self.options,
@@ -91,7 +106,7 @@ class FailoverStack:
         await self.app.start()
         keys = await self._seed()
         for region in REGIONS:
-            self.ports[region] = _free_port()
+            self.ports[region] = free_port()
             self.start_node(region)
         await self.wait_serving()
         gw_dir = self.tmp / "gateway"
@@ -109,7 +124,12 @@ class FailoverStack:
                 for t in keys
             ],
             "health": {"interval_s": 0.2, "timeout_s": 0.5},
-            "routes": {"nats": self.nats.url, "gateway_id": "gw", "report_s": 0.5},
+            "routes": {
+                "nats": self.topology.hub.url,
+                "creds_file": str(self.tmp / "creds" / f"{GATEWAY}.json"),
+                "gateway_id": GATEWAY,
+                "report_s": 0.5,
+            },
         }
         resolved = resolve_gateway(GatewayConfig.model_validate(raw), base=gw_dir)
         self.gateway = await Gateway(resolved).start()
@@ -146,15 +166,30 @@ class FailoverStack:
             )
         return keys
 
+    def _write_credentials(self) -> None:
+        """Every login's credentials file under ``<tmp>/creds`` (0600): the control plane's
+        and the gateway's at the hub, each node's (and its ``-repl`` replication login,
+        beside it) on its region's leaf."""
+        assert self.plan is not None and self.topology is not None
+        out = self.tmp / "creds"
+        out.mkdir(parents=True, exist_ok=True, mode=0o700)
+        logins: list[tuple[Any, str | None]] = [(u, None) for u in self.plan.hub_users]
+        for name, leaf in self.plan.leaves.items():
+            logins += [(u, name) for u in [*leaf.nodes, *leaf.replicators]]
+        for user, where in logins:
+            path = out / f"{user.user}.json"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self.topology.credentials(user, region=where), fh)
+
     def start_node(self, region: str) -> None:
-        assert self.nats is not None
         etc = self.tmp / f"node-{region}"
         etc.mkdir(parents=True, exist_ok=True)
-        (etc / "nats.json").write_text(json.dumps({"url": self.nats.url}), encoding="utf-8")
+        creds = self.tmp / "creds" / f"n{region}.json"
         (etc / "node.yaml").write_text(
             f"data_dir: data\nlisten: 127.0.0.1:{self.ports[region]}\nmetrics_listen: ''\n"
             "logging:\n  format: text\n"
-            f"control_plane:\n  credentials: nats.json\n  region: {region}\n"
+            f"control_plane:\n  credentials: {creds}\n  region: {region}\n"
             f"  node_id: n{region}\n  telemetry_interval_s: 600\n  heartbeat_s: 0.5\n",
             encoding="utf-8",
         )
@@ -198,8 +233,10 @@ class FailoverStack:
             p.wait(timeout=30)
         if self.app is not None:
             await self.app.stop()
-        if self.nats is not None:
-            self.nats.__exit__(None, None, None)
+        if self.link is not None:
+            await self.link.close()
+        if self.topology is not None:
+            await asyncio.to_thread(self.topology.stop)
 
     async def __aenter__(self) -> FailoverStack:
         try:
@@ -270,3 +307,13 @@ class FailoverStack:
 
     def resume(self, region: str) -> None:
         self.procs[region].send_signal(signal.SIGCONT)
+
+    async def cut_link(self) -> None:
+        """Sever region a's NATS link (leaf ↔ hub) only: its leaf server, its node and the
+        gateway's gRPC connections to that node keep running."""
+        assert self.link is not None
+        await self.link.sever()
+
+    async def restore_link(self) -> None:
+        assert self.link is not None
+        await self.link.restore()

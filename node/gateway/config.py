@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -160,6 +160,9 @@ class RoutesSettings(_Section):
     #: Also take nodes from the control plane's node registry (each node's reported gRPC
     #: address and region): ``nodes:`` may then be empty.
     discover_nodes: bool = False
+    #: With ``discover_nodes``: take only the nodes of these regions (a zone's gateway lists
+    #: its zone's regions); empty = every region.
+    regions: list[Annotated[str, Field(pattern="^[a-z0-9][a-z0-9_-]{0,62}$")]] = []
 
 
 class GatewayConfig(_Section):

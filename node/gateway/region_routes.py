@@ -28,6 +28,7 @@ from kefu.bus import Bus, BusUnavailable, NotFound, cancel_and_wait
 from kefu.errors import KefuError
 from kefu.natsbus import NatsBus, NatsOptions
 from kefu.natscreds import load_credentials
+from kefu.natsserver import inbox_prefix
 from kefu.node.gateway.answers import ApiError
 from kefu.node.gateway.config import RoutesSettings
 from kefu.node.gateway.routing import NodePool, NodeSpec
@@ -92,6 +93,8 @@ class RouteFollower:
                 user=user,
                 password=password,
                 name=f"kefu-gateway-{s.gateway_id}",
+                # A least-privilege user reads its replies on its own inbox only.
+                inbox_prefix=inbox_prefix(user) if user else "_INBOX",
                 tls=tls,
                 domain=domain,
             )
@@ -112,6 +115,8 @@ class RouteFollower:
         host, _, port = status.listen.rpartition(":")
         if not status.listen or not port.isdigit():
             return
+        if self.settings.regions and status.region not in self.settings.regions:
+            return  # another zone's node: this gateway never sends traffic there
         address = f"127.0.0.1:{port}" if host in ("", "0.0.0.0", "[::]", "::") else status.listen
         try:
             changed = self.pool.add(
