@@ -348,8 +348,7 @@ def plan(observed: GuardObserved, now: float, policy: SteadyPolicy) -> list[Guar
     actions: list[GuardAction] = []
     for n in observed.nodes:
         for r in n.guard:
-            if r.id not in observed.done:
-                actions.append(ReportRevert(id=r.id, node_id=n.node_id, region=n.region, revert=r))
+            actions.append(ReportRevert(id=r.id, node_id=n.node_id, region=n.region, revert=r))
     breaches: list[Breach] = []
     for s in observed.stats:
         breaches += findings(s, now, policy)
@@ -380,21 +379,20 @@ def plan(observed: GuardObserved, now: float, policy: SteadyPolicy) -> list[Guar
                         because=f"restarted {count} times in {policy.crash_loop_window_s:.0f}s",
                     )
                 )
-    actions += [b for b in breaches if b.id not in observed.done]
+    actions += breaches
     # A finding on a tenant whose last rollout was promoted recently: roll it back.
     for tenant in sorted({b.tenant for b in breaches if b.tenant}):
         ro = _recent_promoted(observed.rollouts.get(tenant, ()), now, policy.rollback_within_s)
-        rid = f"rollback:{ro.id}" if ro is not None else ""
-        if ro is None or rid in observed.done:
+        if ro is None:
             continue
         because = "; ".join(b.kind for b in breaches if b.tenant == tenant)
         actions.append(
             RollBack(
-                id=rid,
+                id=f"rollback:{ro.id}",
                 tenant=tenant,
                 rollout_id=ro.id,
                 regions={r: b.model_dump() for r, b in sorted(ro.baseline.items())},
                 because=because,
             )
         )
-    return actions
+    return [a for a in actions if a.id not in observed.done]

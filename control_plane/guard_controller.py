@@ -93,6 +93,7 @@ class GuardController:
         confirm: Callable[[], Awaitable[None]],
         period_s: float = 5.0,
         bootstrap_s: float = 3600.0,
+        clock: Callable[[], float] = time.time,
     ):
         self.cp = cp
         self.bus: Bus = cp.bus
@@ -101,6 +102,7 @@ class GuardController:
         self.period_s = period_s
         #: With no cursor yet (a fresh deployment): how much past telemetry makes the baseline.
         self.bootstrap_s = bootstrap_s
+        self.clock = clock
         self.runs = 0
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -202,7 +204,7 @@ class GuardController:
 
     async def run_once(self) -> list[GuardAction]:
         await self.confirm()
-        now = time.time()
+        now = self.clock()
         actions = plan(await self.observe(now), now, self.policy)
         for a in actions:
             await self.confirm()
