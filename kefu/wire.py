@@ -479,6 +479,9 @@ class NodeStatus(_Doc):
     boots: int = 0
     #: Recent node-local guard reverts (newest last, a few at most).
     guard: list[GuardRevert] = Field(default_factory=list)
+    #: Filled in by the control plane when it lists nodes (a node never sets it): why its
+    #: steady-state guard marked this node drained ("" = not drained).
+    drained: str = ""
 
 
 class Lease(_Doc):

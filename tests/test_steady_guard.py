@@ -297,6 +297,8 @@ async def test_a_crash_looping_node_is_marked_drained(
                     await guard.run_once()
             drained = await drained_nodes(stack.bus)
         assert set(drained) == {"n1"} and "restarted 2 times" in drained["n1"]["because"]
+        (n1,) = await stack.cp.list_nodes()
+        assert n1.drained == drained["n1"]["because"]  # in the node's listed status
         alerts = [a for a in await list_alerts(stack.bus) if a.kind == "guard"]
         assert [a.detail["finding"] for a in alerts] == ["crash_loop"]
         assert alerts[0].severity == "critical"
