@@ -170,9 +170,10 @@ class GuardController:
 
     async def _boots(self, nodes: list[NodeStatus], now: float) -> dict[str, BootHistory]:
         out = {}
+        saved = await snapshot(self.bus, BUCKET_GUARD, "boots.>")  # one read, not one per node
         for n in nodes:
             key = f"boots.{n.node_id}"
-            e = await self.bus.kv_get(BUCKET_GUARD, key)
+            e = saved.get(key)
             h = decode(BootHistory, e.value, what=key) if e else BootHistory(node_id=n.node_id)
             new = note_boots(h, n.boots, now, self.policy.crash_loop_window_s) if n.boots else h
             if new != h:
