@@ -25,6 +25,8 @@ from kefu.certstore import TlsFiles
 from kefu.control_plane.alerts import Webhook, WebhookDelivery
 from kefu.control_plane.api import ControlPlaneApi, serve_api
 from kefu.control_plane.failover import FailoverController, FailoverOptions
+from kefu.control_plane.guard import SteadyPolicy
+from kefu.control_plane.guard_controller import GuardController
 from kefu.control_plane.leader import LeaderLease
 from kefu.control_plane.reconciler import DesiredReconciler
 from kefu.control_plane.rollouts import RolloutController
@@ -68,6 +70,9 @@ class ControlPlaneOptions:
     nats_tls: TlsFiles | None = None
     #: Where the leader delivers alerts (signed JSON POSTs).
     webhooks: list[Webhook] = field(default_factory=list)
+    #: The steady-state guard (docs/control-plane.md); its pass period.
+    guard: SteadyPolicy = field(default_factory=SteadyPolicy)
+    guard_period_s: float = 5.0
 
 
 class ControlPlaneApp:
@@ -79,6 +84,7 @@ class ControlPlaneApp:
         self.rollouts: RolloutController | None = None
         self.failover: FailoverController | None = None
         self.alerts: WebhookDelivery | None = None
+        self.guard: GuardController | None = None
         self.lease: LeaderLease | None = None
         self.telemetry: TelemetryIndex | None = None
         self.tokens: OperatorTokens | None = None
@@ -122,6 +128,9 @@ class ControlPlaneApp:
         self.failover = FailoverController(self.cp, o.failover, confirm=lease.confirm)
         reconciler, rollouts, failover = self.reconciler, self.rollouts, self.failover
         self.alerts = WebhookDelivery(self.bus, o.webhooks)
+        self.guard = GuardController(
+            self.cp, policy=o.guard, confirm=lease.confirm, period_s=o.guard_period_s
+        )
 
         def changed() -> None:
             reconciler.kick()
@@ -149,10 +158,14 @@ class ControlPlaneApp:
             self.failover.start()
             if self.alerts is not None:
                 self.alerts.start()
+            if self.guard is not None:
+                self.guard.start()
         else:
             stops = [self.reconciler.stop(), self.rollouts.stop(), self.failover.stop()]
             if self.alerts is not None:
                 stops.append(self.alerts.stop())
+            if self.guard is not None:
+                stops.append(self.guard.stop())
             for stop in stops:
                 task = asyncio.create_task(stop)
                 self._pending.add(task)
@@ -172,6 +185,8 @@ class ControlPlaneApp:
             await self.failover.stop()
         if self.alerts is not None:
             await self.alerts.stop()
+        if self.guard is not None:
+            await self.guard.stop()
         if self.lease is not None:
             await self.lease.stop()  # hands the lease over at once
         if self._pending:

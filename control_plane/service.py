@@ -18,11 +18,13 @@ bilingual message; the API maps those to gRPC status codes.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 
 from kefu.bus import Conflict, snapshot
 from kefu.config.tenant import generate_api_key, hash_api_key
+from kefu.control_plane.guard import BUCKET_GUARD
 from kefu.control_plane.regions import RegionOps
 from kefu.control_plane.residency import ResidencyError
 from kefu.control_plane.rollouts import RolloutOps
@@ -323,6 +325,11 @@ class ControlPlane(RegionOps, RolloutOps):
     async def list_nodes(self, region: str = "") -> list[NodeStatus]:
         entries = await snapshot(self.bus, BUCKET_NODES)
         nodes = [decode(NodeStatus, e.value) for e in entries.values()]
+        drains = await snapshot(self.bus, BUCKET_GUARD, "drain.>")
+        for n in nodes:
+            mark = drains.get(f"drain.{n.node_id}")
+            if mark is not None:
+                n.drained = json.loads(mark.value).get("because", "drained") or "drained"
         return sorted(
             (n for n in nodes if not region or n.region == region), key=lambda n: n.node_id
         )

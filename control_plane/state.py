@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from kefu.bus import Bus, Conflict
 from kefu.control_plane.alerts import BUCKET_ALERTS, STREAM_ALERTS
 from kefu.control_plane.canary_store import BUCKET_CANARY
+from kefu.control_plane.guard import BUCKET_GUARD
 from kefu.errors import PermanentError
 from kefu.keys import TrustStore
 from kefu.rollout import BUCKET_ROLLOUTS
@@ -85,6 +86,7 @@ async def ensure_layout(bus: Bus, regions: list[str] = ()) -> None:  # type: ign
     await bus.ensure_kv(BUCKET_REACH, history=1)
     await bus.ensure_kv(BUCKET_CANARY, history=1)
     await bus.ensure_kv(BUCKET_ALERTS, history=1)
+    await bus.ensure_kv(BUCKET_GUARD, history=1)
     await bus.ensure_stream(STREAM_ALERTS, ["kefu.alerts.>"], max_age_s=90 * 86400)
     await bus.ensure_objects(OBJECT_BUNDLES)
     await bus.ensure_stream(STREAM_AUDIT, ["kefu.audit.>"])

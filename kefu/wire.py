@@ -75,6 +75,7 @@ __all__ = [
     "DesiredTenant",
     "FailoverMode",
     "GatewayReach",
+    "GuardRevert",
     "Lease",
     "ModelVersion",
     "NodeAuditEvent",
@@ -430,6 +431,30 @@ class ObservedTenant(_Doc):
     switched: int = 0
 
 
+class GuardRevert(_Doc):
+    """A node-local guard decision: a version the node applied failed its turns during the
+    probation window, so the node went back to its last-known-good by itself (and does not
+    re-apply that version until the desired state names another). Reported in the node status
+    until it rolls out of the node's short history; ``id`` is stable (alert deduplication)."""
+
+    id: str
+    tenant: str
+    #: What changed in the failing apply: model slots (``intent``…, ``scenario/slot``) and/or
+    #: ``config``.
+    slot: str
+    #: The failing version(s) (``name@version``, ``config v3``) and what serves again.
+    bad_version: str
+    reverted_to: str
+    #: Requests in the probation window and how many of them failed.
+    turns: int
+    errors: int
+    #: When the failing version was applied, and when the node reverted (epoch s).
+    applied_at: float
+    at: float
+    #: Fingerprint of the refused desired document (the one the node will not re-apply).
+    bad_fingerprint: str = ""
+
+
 class NodeStatus(_Doc):
     node_id: str
     region: str
@@ -449,6 +474,14 @@ class NodeStatus(_Doc):
     #: "" when it applied its whole desired state. ``reconcile_error_at`` = when (epoch s).
     reconcile_error: str = ""
     reconcile_error_at: float = 0.0
+    #: How many times this node's agent has started on its data directory (1 = first start);
+    #: a count that keeps changing is a crash loop (the control plane's steady-state guard).
+    boots: int = 0
+    #: Recent node-local guard reverts (newest last, a few at most).
+    guard: list[GuardRevert] = Field(default_factory=list)
+    #: Filled in by the control plane when it lists nodes (a node never sets it): why its
+    #: steady-state guard marked this node drained ("" = not drained).
+    drained: str = ""
 
 
 class Lease(_Doc):

@@ -120,5 +120,7 @@ async def test_a_node_emits_turn_handoff_feedback_end_and_failures(
     assert (feedback.rating, feedback.predicted_intent) == (4, "delivery_tracking")
     assert feedback.scenario == "logistics"
     assert feedback.model_version.startswith("demo-shop-intent@")
-    assert events[-2] == RequestFailed(tenant="demo-shop", code="INVALID_ARGUMENT")
+    assert events[-2] == RequestFailed(
+        tenant="demo-shop", code="INVALID_ARGUMENT", cause="InvalidTurn"
+    )
     assert events[-1] == AccessRefused(tenant="", reason="unknown_key")

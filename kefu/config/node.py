@@ -157,6 +157,19 @@ class ControlPlaneSettings(_Section):
     flush_timeout_s: float = Field(default=3.0, ge=0, le=60)
 
 
+class GuardSettings(_Section):
+    """``guard:``: the node-local guard of a node following a control plane. A new model or
+    config version whose requests fail (at least ``max_error_share`` of at least ``min_turns``
+    requests within ``probation_s`` of its apply) is reverted to the last-known-good by the
+    node itself, also while NATS is unreachable, and not re-applied until the desired state
+    names another version."""
+
+    enabled: bool = True
+    probation_s: float = Field(default=600.0, gt=0, le=86400)
+    min_turns: int = Field(default=20, ge=1, le=1_000_000)
+    max_error_share: float = Field(default=0.5, gt=0, le=1)
+
+
 class TlsSettings(_Section):
     """``tls:``: the gRPC API serves TLS with this pair (re-read when renewed); paths relative
     to node.yaml. ``client_auth`` asks clients (gateways) for a certificate of ``ca_file``."""
@@ -215,6 +228,8 @@ class NodeConfig(_Section):
     logging: LoggingSettings = LoggingSettings()
     #: Absent = a standalone node serving the tenants above.
     control_plane: ControlPlaneSettings | None = None
+    #: The node-local guard (used when following a control plane).
+    guard: GuardSettings = GuardSettings()
     #: Absent = plaintext gRPC (warned at start; keep ``listen`` on loopback then).
     tls: TlsSettings | None = None
     #: Absent = no OpenTelemetry spans.
@@ -417,6 +432,16 @@ inference:
 
 logging:
   format: json             # or text
+
+# Node-local guard (with a control plane): a new model/config version whose requests fail
+# (>= max_error_share of >= min_turns requests within probation_s of its apply) is reverted to
+# the last-known-good by the node itself, even with NATS down, and reported when it reconnects.
+# 节点守护：新版本在观察期内请求失败率过高时，节点自行回退到上一个可用版本（NATS 断开时也可）。
+#guard:
+#  enabled: true
+#  probation_s: 600
+#  min_turns: 20
+#  max_error_share: 0.5
 
 # Join a control plane (optional; absent = a standalone node serving the tenants above).
 # The node then serves what the control plane assigns to its region, reports status and

@@ -40,6 +40,8 @@ from kefu.bus import Bus, BusUnavailable, NotFound, cancel_and_wait
 from kefu.config import TenantConfig, parse_tenant_config
 from kefu.errors import KefuError, PermanentError, TemporaryError
 from kefu.models.store import ModelStore
+from kefu.node.agent.guard import GuardPolicy, Probation, held, is_failure
+from kefu.node.agent.guard_keeper import GuardKeeper, count_boot
 from kefu.node.agent.reconcile import (
     ApplySplit,
     ApplyTenant,
@@ -88,6 +90,8 @@ class AgentOptions:
     unload_grace_s: float = 30.0
     #: On close: how long the last telemetry may take to reach NATS before it is saved.
     flush_timeout_s: float = 3.0
+    #: The node-local guard (node.yaml ``guard:``): a failing new version is reverted.
+    guard: GuardPolicy = field(default_factory=GuardPolicy)
 
     def __post_init__(self) -> None:
         check_id(self.node_id, "node id")
@@ -139,6 +143,16 @@ class NodeAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self._tenant_locks: dict[str, asyncio.Lock] = {}
         self.lkg = LastKnownGood(options.data_dir / "agent" / "lkg")
+        self.guard = GuardKeeper(
+            options.data_dir / "agent" / "guard.json",
+            policy=options.guard,
+            node_id=options.node_id,
+        )
+        #: tenant → the document it serves (what a guard revert goes back to).
+        self._docs: dict[str, DesiredTenant] = {}
+        self._reverting: set[asyncio.Task[None]] = set()
+        #: Starts of this node on its data directory (set by :meth:`start`).
+        self.boots = 0
         self.fetcher = BundleFetcher(
             store, target, bus=lambda: self.bus, fetch_timeout_s=options.fetch_timeout_s
         )
@@ -161,6 +175,8 @@ class NodeAgent:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> NodeAgent:
+        self.boots = await asyncio.to_thread(count_boot, self.options.data_dir / "agent" / "boots")
+        await asyncio.to_thread(self.guard.load)
         await self._restore_lkg()
         self.shipper.restore()
         self._tasks = [
@@ -178,7 +194,8 @@ class NodeAgent:
         """Stop following (no reconcile, heartbeat or telemetry task runs after it); the bus
         stays open for :meth:`close`. Idempotent."""
         tasks, self._tasks = self._tasks, []
-        await cancel_and_wait(*tasks)
+        reverting, self._reverting = self._reverting, set()
+        await cancel_and_wait(*tasks, *reverting)
 
     async def close(self) -> TelemetryShutdown:
         """Stop, flush the telemetry within ``flush_timeout_s``, save what is left, close the
@@ -286,12 +303,18 @@ class NodeAgent:
             refused=dict(self.refused),
             stored=stored,
             loaded=self.target.loaded(),
+            held=frozenset(t for t, d in self.desired.items() if held(self.guard.holds, d)),
         )
 
     async def reconcile_once(self) -> None:
         if not self._flags.synced:
             return  # never plan removals from a partial view
-        actions = plan(self.desired, self.local_state())
+        self.guard.release(self.desired)
+        await self._save_guard()
+        local = self.local_state()
+        for tenant in local.held:
+            self._mark_held(tenant)
+        actions = plan(self.desired, local)
         results = await asyncio.gather(
             *(self._run_tenant(t, a) for t, a in actions.items()), return_exceptions=True
         )
@@ -342,6 +365,8 @@ class NodeAgent:
                         self.applied_base.pop(tenant, None)
                         self.target.apply_split(tenant, None)
                         self.observed.pop(tenant, None)
+                        self._docs.pop(tenant, None)
+                        self.guard.forget(tenant)
                         self.lkg.remove(tenant)
                         log.info("tenant %s removed from this node", tenant)
             except PermanentError as exc:
@@ -391,10 +416,14 @@ class NodeAgent:
 
     async def _apply(self, doc: DesiredTenant, *, persist: bool) -> None:
         config = pin_models(await self._parse(doc), doc)
+        previous = self._docs.get(doc.tenant)
         await self.target.apply_tenant(doc, config)
         await self._apply_split(doc, persist=False)
         if persist:
             await asyncio.to_thread(self.lkg.save, doc)
+            # A new version is watched for a while: failing turns revert it (see guard.py).
+            self.guard.applied(previous, doc)
+            await self._save_guard()
         log.info(
             "tenant %s serving config v%d with %s",
             doc.tenant,
@@ -411,6 +440,7 @@ class NodeAgent:
         await self.target.apply_canary_config(doc, canary)
         self.target.apply_split(doc.tenant, doc.split)
         fp = doc.fingerprint()
+        self._docs[doc.tenant] = doc
         self.applied[doc.tenant] = fp
         self.applied_base[doc.tenant] = doc.base_fingerprint()
         self.refused.pop(doc.tenant, None)
@@ -451,6 +481,79 @@ class NodeAgent:
             )
         return out
 
+    # ------------------------------------------------------------------ node-local guard
+
+    def observe_request(self, tenant: str, *, code: str = "", cause: str = "") -> None:
+        """One request of ``tenant`` answered (``code`` empty) or failed; called on the event
+        loop for every turn. Starts the revert when the guard says so, NATS or not."""
+        failed = bool(code)
+        if failed and not is_failure(code, cause):
+            return  # shed, rate-limited or bad input: not the version's fault
+        p = self.guard.request(tenant, failed=failed)
+        if p is None:
+            return
+        task = asyncio.create_task(self._revert(p), name=f"kefu-agent-guard-{tenant}")
+        self._reverting.add(task)
+        task.add_done_callback(self._reverting.discard)
+
+    async def _revert(self, p: Probation) -> None:
+        doc = p.previous
+        record = self.guard.reverted(p)
+        await self._save_guard()
+        log.error(
+            "guard: %s failed %d of %d requests since it was applied; reverting %s to %s / "
+            "新版本请求失败率过高，已自动回退到上一个可用版本",
+            record.bad_version,
+            record.errors,
+            record.turns,
+            p.tenant,
+            record.reverted_to,
+        )
+        defaults = {b.ref for b in doc.models.values()}
+        actions: list[NodeAction] = [
+            FetchBundle(bundle=b) for b in doc.bundles() if not self.fetcher.stored(b)
+        ]
+        actions += [LoadBundle(bundle=b, activate=b.ref in defaults) for b in doc.bundles()]
+        actions.append(ApplyTenant(doc=doc))
+        try:
+            await self._run_tenant(p.tenant, actions)
+        except KefuError as exc:
+            log.error("guard: could not revert %s: %s", p.tenant, exc)
+            return
+        self.guard.forget(p.tenant)  # the revert itself is no new version to watch
+        await self._save_guard()
+        self._mark_held(p.tenant)
+        await self._report()
+        async with self.changed:
+            self.changed.notify_all()
+
+    def _mark_held(self, tenant: str) -> None:
+        """The status of a tenant whose desired versions the guard reverted: refused (the
+        last-known-good serves), with why."""
+        record = next((r for r in reversed(self.guard.reverts) if r.tenant == tenant), None)
+        seen = self.observed.get(tenant)
+        if record is None or seen is None:
+            return
+        self.observed[tenant] = seen.model_copy(
+            update={
+                "state": "refused",
+                "refused_fingerprint": record.bad_fingerprint,
+                "error": (
+                    f"node-local guard: {record.bad_version} failed {record.errors} of "
+                    f"{record.turns} requests; reverted to {record.reverted_to} / "
+                    f"节点守护：新版本失败率过高，已回退"
+                ),
+            }
+        )
+
+    async def _save_guard(self) -> None:
+        if not self.guard.dirty:
+            return
+        try:
+            await asyncio.to_thread(self.guard.save)
+        except OSError as exc:
+            log.error("could not save the guard state: %s", exc)
+
     # ------------------------------------------------------------------ reporting
 
     def status(self) -> NodeStatus:
@@ -473,6 +576,8 @@ class NodeAgent:
             telemetry_buffered=self.telemetry.buffered,
             reconcile_error=self.reconcile_error,
             reconcile_error_at=self.reconcile_error_at if self.reconcile_error else 0.0,
+            boots=self.boots,
+            guard=self.guard.reverts,
         )
 
     async def _report(self) -> None:

@@ -29,6 +29,7 @@ from kefu.model_ref import ModelSlot
 from kefu.models.store import ModelStore
 from kefu.natscreds import NatsCredentials, load_credentials
 from kefu.node.agent.agent import AgentOptions, NodeAgent, TelemetryShutdown
+from kefu.node.agent.guard import GuardPolicy
 from kefu.node.agent.telemetry import TelemetryRecorder, TurnSample
 from kefu.node.audit.chain import AuditEntry, safe_id
 from kefu.node.dialog.conversation import TurnResult
@@ -235,6 +236,20 @@ def _observe_turns(node: Node, recorder: TelemetryRecorder) -> None:
     node.service.events.subscribe(on_event, TurnServed, RequestFailed, FeedbackGiven, SessionEnded)
 
 
+def _guard_turns(node: Node, agent: NodeAgent) -> None:
+    """Every answered or failed request of a tenant goes to the node-local guard."""
+    if node.service is None:
+        return
+
+    def on_event(e: ConversationEvent) -> None:
+        if isinstance(e, TurnServed):
+            agent.observe_request(e.tenant)
+        elif isinstance(e, RequestFailed) and e.tenant:
+            agent.observe_request(e.tenant, code=e.code, cause=e.cause)
+
+    node.service.events.subscribe(on_event, TurnServed, RequestFailed)
+
+
 def attach_agent(
     node: Node,
     *,
@@ -248,6 +263,7 @@ def attach_agent(
     flush_timeout_s: float = 3.0,
     tls: TlsFiles | None = None,
     domain: str | None = None,
+    guard: GuardPolicy | None = None,
 ) -> NodeAgent:
     """An agent (not yet started) that keeps ``node`` on its region's desired state; ``tls``
     verifies the NATS server and presents the node's certificate (its NATS identity)."""
@@ -264,6 +280,7 @@ def attach_agent(
         heartbeat_s=heartbeat_s,
         telemetry_s=telemetry_s,
         flush_timeout_s=flush_timeout_s,
+        guard=guard or GuardPolicy(),
     )
     nats_options = NatsOptions(
         servers=[url],
@@ -284,7 +301,9 @@ def attach_agent(
         # Audit records leave the node with the telemetry (ids and counts only, no text).
         node.audit.listeners.append(recorder.record_audit)
     target = ServingTarget(node, node_id=node_id)
-    return NodeAgent(options, target, store, connect=connect, telemetry=recorder)
+    agent = NodeAgent(options, target, store, connect=connect, telemetry=recorder)
+    _guard_turns(node, agent)
+    return agent
 
 
 def default_node_id() -> str:
@@ -305,6 +324,7 @@ class ControlPlaneLink:
     telemetry_s: float = 10.0
     heartbeat_s: float = 5.0
     flush_timeout_s: float = 3.0
+    guard: GuardPolicy | None = None
 
     @classmethod
     def from_config(cls, resolved: ResolvedNodeConfig) -> ControlPlaneLink | None:
@@ -319,6 +339,7 @@ class ControlPlaneLink:
             telemetry_s=cp.telemetry_interval_s,
             heartbeat_s=cp.heartbeat_s,
             flush_timeout_s=cp.flush_timeout_s,
+            guard=GuardPolicy(**resolved.config.guard.model_dump()),
         )
 
 
@@ -346,6 +367,7 @@ async def follow_control_plane(node: Node, link: ControlPlaneLink) -> AsyncItera
         heartbeat_s=link.heartbeat_s,
         telemetry_s=link.telemetry_s,
         flush_timeout_s=link.flush_timeout_s,
+        guard=link.guard,
     )
     await agent.start()
     try:

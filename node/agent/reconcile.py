@@ -77,6 +77,9 @@ class LocalState:
     stored: frozenset[str] = frozenset()
     #: ``name@version`` loaded in the inference runtime.
     loaded: frozenset[str] = frozenset()
+    #: Tenants whose desired document names versions the node-local guard reverted (skipped
+    #: until the desired state names others).
+    held: frozenset[str] = frozenset()
 
 
 def plan(desired: Mapping[str, DesiredTenant], local: LocalState) -> dict[str, list[NodeAction]]:
@@ -95,6 +98,8 @@ def plan(desired: Mapping[str, DesiredTenant], local: LocalState) -> dict[str, l
             continue
         if local.applied.get(tenant) == fp or local.refused.get(tenant) == fp:
             continue
+        if tenant in local.held:
+            continue  # the node reverted these versions by itself: not again
         actions: list[NodeAction] = []
         defaults = {b.ref for b in doc.models.values()}
         for b in doc.bundles():

@@ -74,6 +74,9 @@ class RequestFailed:
     code: str
     #: The session the request named, when it named one (errors attributed to its arm).
     session_id: str = ""
+    #: The error's type (``InferenceFailed``…): the node-local guard counts a model failing
+    #: at inference, not a shed or rate-limited request, although both answer UNAVAILABLE.
+    cause: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

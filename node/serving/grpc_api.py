@@ -140,7 +140,11 @@ class KefuNodeService:
         session_id: str = "",
     ) -> None:
         code = self._status(exc)
-        self.events.emit(RequestFailed(tenant=tenant, code=code.name, session_id=session_id))
+        self.events.emit(
+            RequestFailed(
+                tenant=tenant, code=code.name, session_id=session_id, cause=type(exc).__name__
+            )
+        )
         retry = getattr(exc, "retry_after", None)
         if isinstance(retry, int | float):
             context.set_trailing_metadata(((RETRY_AFTER_METADATA_KEY, str(int(retry * 1000))),))
