@@ -1,0 +1,334 @@
+"""Replicated sessions inside the residency zone (issue 15): the pure plan, the outbox in the
+turn's own SQLite transaction, and — on a real hub + leaf nats-server topology — shipping,
+sourcing into the other allowed region, import, isolation from the hub and other zones, and
+retention. Stores are the real SQLite adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import nats.js.errors
+import pytest
+from support.polling import eventually
+from support.zone_topology import ZoneTopology
+
+from kefu.natsbus import NatsOptions
+from kefu.node.replication.records import (
+    OutboxWriter,
+    ReplicationError,
+    ZoneKey,
+    open_change,
+    plan_streams,
+    replica_stream,
+    turns_stream,
+)
+from kefu.node.replication.service import Replication, ReplicationOptions
+from kefu.node.sessions.sqlite_store import SQLiteSessionStore
+from kefu.node.sessions.store import (
+    DuplicateRequest,
+    NewSession,
+    NewTurn,
+    TurnRecord,
+    TurnRole,
+    start_session,
+    utc_now,
+)
+from kefu.wire import TenantResidency
+
+SHOP = TenantResidency(home="cn-east", allowed=["cn-east", "cn-north"], replicate=True)
+SOLO = TenantResidency(home="cn-east", allowed=["cn-east"], replicate=True)
+NOREP = TenantResidency(home="cn-east", allowed=["cn-east", "cn-north"], replicate=False)
+SECRET = "我的订单号是 DD20261206 secret-text"
+
+
+def zone_key(zone: str = "cn") -> ZoneKey:
+    return ZoneKey.parse(zone, base64.b64encode(os.urandom(32)))
+
+
+async def turn(store: SQLiteSessionStore, sid: str | None, text: str, **slots: object) -> str:
+    """One customer turn + bot reply as the dialog core records it; the session id."""
+    new = None
+    if sid is None:
+        new = start_session(
+            NewSession(channel="web", language="zh"), tenant=store.tenant, now=utc_now()
+        )
+        sid = new.id
+    await store.record_turn(
+        TurnRecord(
+            session_id=sid,
+            new_session=new,
+            turns=(
+                NewTurn(session_id=sid, role=TurnRole.CUSTOMER, text=text),
+                NewTurn(session_id=sid, role=TurnRole.BOT, text=f"re: {text}"),
+            ),
+            slots=slots,
+            scenario="order_query",
+        )
+    )
+    return sid
+
+
+# --------------------------------------------------------------------------- the plan (pure)
+
+
+def test_plan_ships_and_sources_only_allowed_replicating_tenants() -> None:
+    residency = {"shop": SHOP, "solo": SOLO, "norep": NOREP, "plain": None}
+    a = plan_streams("cn-east", residency, {"shop": 7})
+    assert a.ship == {"shop"}
+    assert [s.name for s in a.streams] == [
+        turns_stream("cn-east"),
+        replica_stream("cn-north", "shop"),
+    ]
+    assert a.streams[0].subjects == ("kefu.turns.cn-east.>",)
+    assert a.streams[0].max_age_s == 7 * 86400
+    b = plan_streams("cn-north", {"shop": SHOP}, {"shop": 3}, day_s=1.0)
+    (replica,) = b.streams[1:]
+    assert replica.origin == "cn-east" and replica.filter_subject == "kefu.turns.cn-east.shop.>"
+    assert replica.max_age_s == 3.0
+    assert b.replicas_by_tenant == {"shop": (replica.name,)}
+    # A region the tenant does not allow never sources it, even if handed its residency.
+    eu = plan_streams("eu-1", {"shop": SHOP, "solo": SOLO}, {})
+    assert eu.ship == set() and [s.name for s in eu.streams] == [turns_stream("eu-1")]
+
+
+def test_change_opens_only_with_the_zone_key_and_tenant() -> None:
+    key = zone_key()
+    w = OutboxWriter(region="cn-east", cipher=key.cipher())
+    row = w.entry("shop", {"id": "s1"}, [{"session_id": "s1", "seq": 1, "text": SECRET}])
+    assert SECRET not in row["payload"] and row["subject"] == "kefu.turns.cn-east.shop.s1"
+    assert open_change(key.cipher(), "shop", row["payload"])["turns"][0]["text"] == SECRET
+    with pytest.raises(ReplicationError):
+        open_change(zone_key("eu").cipher(), "shop", row["payload"])
+    with pytest.raises(ReplicationError):
+        open_change(key.cipher(), "other", row["payload"])
+    with pytest.raises(ReplicationError, match="32 bytes"):
+        ZoneKey.parse("cn", "short")
+
+
+# --------------------------------------------------------------------------- outbox atomicity
+
+
+class _Broken(OutboxWriter):
+    def entry(self, *args: object, **kw: object) -> dict[str, object]:
+        raise RuntimeError("outbox write fails")
+
+
+async def test_outbox_row_commits_with_the_turn_or_not_at_all(tmp_path: Path) -> None:
+    async with await SQLiteSessionStore.open(tmp_path, "shop") as store:
+        store.outbox = OutboxWriter(region="cn-east", cipher=zone_key().cipher())
+        sid = await turn(store, None, "hello", order_no="DD1")
+        rows = await store.outbox_batch(10)
+        assert len(rows) == 1 and rows[0]["subject"].endswith(f".shop.{sid}")
+        # A turn that fails (a duplicate request) leaves no outbox row.
+        dup = NewTurn(session_id=sid, role=TurnRole.CUSTOMER, text="x", request_id="r1")
+        await store.record_turn(TurnRecord(session_id=sid, turns=(dup,)))
+        with pytest.raises(DuplicateRequest):
+            await store.record_turn(TurnRecord(session_id=sid, turns=(dup,)))
+        assert len(await store.outbox_batch(10)) == 2
+        # An outbox row that cannot be written takes the turn with it.
+        store.outbox = _Broken(region="cn-east", cipher=zone_key().cipher())
+        with pytest.raises(RuntimeError):
+            await turn(store, sid, "lost")
+        assert [t.text for t in await store.get_turns(sid)] == ["hello", "re: hello", "x"]
+        assert len(await store.outbox_batch(10)) == 2
+        # Off: no outbox rows at all.
+        store.outbox = None
+        await turn(store, sid, "local only")
+        assert len(await store.outbox_batch(10)) == 2
+
+
+# --------------------------------------------------------------------------- real topology
+
+
+@pytest.fixture
+def topo(tmp_path: Path) -> Iterator[ZoneTopology]:
+    with ZoneTopology(tmp_path / "nats", {"cn": ["cn-east", "cn-north"], "eu": ["eu-1"]}) as t:
+        yield t
+
+
+def _replication(topo: ZoneTopology, region: str, key: ZoneKey, **kw: object) -> Replication:
+    opts = ReplicationOptions(
+        region=region,
+        zone_key=key,
+        nats=NatsOptions(servers=[topo.repl_url(region)], name=f"{region}-repl"),
+        reconcile_s=0.5,
+        **kw,  # type: ignore[arg-type]
+    )
+    return Replication(opts)
+
+
+@pytest.fixture
+async def zone(topo: ZoneTopology, tmp_path: Path) -> AsyncIterator[dict[str, object]]:
+    key = zone_key()
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_shop = await SQLiteSessionStore.open(a_dir, "shop")
+    a_solo = await SQLiteSessionStore.open(a_dir, "solo")
+    b_shop = await SQLiteSessionStore.open(b_dir, "shop")
+    rep_a = _replication(topo, "cn-east", key)
+    rep_b = _replication(topo, "cn-north", key)
+    rep_a.tenant_applied("shop", a_shop, SHOP, 30)
+    rep_a.tenant_applied("solo", a_solo, SOLO, 30)
+    rep_b.tenant_applied("shop", b_shop, SHOP, 30)
+    await rep_a.start()
+    await rep_b.start()
+    try:
+        yield {
+            "key": key,
+            "a_shop": a_shop,
+            "a_solo": a_solo,
+            "b_shop": b_shop,
+            "rep_a": rep_a,
+            "rep_b": rep_b,
+            "a_dir": a_dir,
+            "b_dir": b_dir,
+        }
+    finally:
+        for r in (rep_a, rep_b):
+            await r.close()
+        for s in (a_shop, a_solo, b_shop):
+            await s.close()
+
+
+async def _replica_messages(rep: Replication, name: str) -> int:
+    if rep.bus is None:
+        return -2  # not connected yet
+    try:
+        return (await rep.bus.js.stream_info(name)).state.messages
+    except nats.js.errors.NotFoundError:
+        return -1
+
+
+async def test_a_session_committed_in_a_is_imported_in_b_with_history_and_slots(
+    zone: dict[str, object], topo: ZoneTopology
+) -> None:
+    a_shop, a_solo, b_shop = zone["a_shop"], zone["a_solo"], zone["b_shop"]
+    rep_a, rep_b = zone["rep_a"], zone["rep_b"]
+    assert isinstance(a_shop, SQLiteSessionStore) and isinstance(b_shop, SQLiteSessionStore)
+    assert isinstance(a_solo, SQLiteSessionStore)
+    assert isinstance(rep_a, Replication) and isinstance(rep_b, Replication)
+    assert a_shop.outbox is not None and a_solo.outbox is None  # solo allows only cn-east
+    sid = await turn(a_shop, None, "我的订单什么时候到", order_no="DD20261206")
+    await turn(a_shop, sid, SECRET)
+    solo_sid = await turn(a_solo, None, "solo-secret-text")
+    replica = replica_stream("cn-east", "shop")
+    assert await eventually(lambda: _replica_messages(rep_b, replica), lambda n: n == 2) == 2
+    assert await a_shop.outbox_state() == (0, None)  # deleted after the ack
+    # B does not have it until a turn asks for it; then history and slots are there.
+    assert await b_shop.get_session(sid) is None
+    assert await rep_b.import_session("shop", sid)
+    turns = await b_shop.get_turns(sid)
+    assert [t.text for t in turns] == [t.text for t in await a_shop.get_turns(sid)]
+    assert len(turns) == 4 and turns[2].text == SECRET
+    slots = await b_shop.get_slots(sid)
+    assert slots["order_no"].value == "DD20261206"
+    session = await b_shop.get_session(sid)
+    assert session is not None and session.turn_count == 4 and session.scenario == "order_query"
+    # The conversation continues in B: seqs go on, and B ships its own turns.
+    await turn(b_shop, sid, "continued in B")
+    assert [t.seq for t in await b_shop.get_turns(sid)][-2:] == [5, 6]
+    assert not await rep_b.import_session("shop", "no-such-session")
+    assert not await rep_b.import_session("solo", solo_sid)  # not sourced here at all
+    # Nothing of solo in B's streams, nothing in clear text anywhere in B's files.
+    assert rep_b.bus is not None
+    names = {i.config.name for i in await rep_b.bus.js.streams_info()}
+    assert not any("solo" in (n or "") for n in names)
+    for path in [*Path(topo.root / "cn-north").rglob("*"), *Path(zone["b_dir"]).rglob("*")]:  # type: ignore[arg-type]
+        if path.is_file():
+            data = path.read_bytes()
+            assert b"solo-secret-text" not in data, path
+            assert b"DD20261206 secret" not in data or path.suffix.startswith(".db"), path
+
+
+async def test_the_hub_and_another_zone_see_nothing(
+    zone: dict[str, object], topo: ZoneTopology
+) -> None:
+    rep_b = zone["rep_b"]
+    a_shop = zone["a_shop"]
+    assert isinstance(rep_b, Replication) and isinstance(a_shop, SQLiteSessionStore)
+    cp = await nats.connect(topo.cp_url())
+    eu = await nats.connect(topo.repl_url("eu-1"))
+    seen: list[str] = []
+
+    async def saw(msg: nats.aio.msg.Msg) -> None:
+        seen.append(msg.subject)
+
+    try:
+        await cp.subscribe(">", cb=saw)
+        await eu.subscribe(">", cb=saw)
+        await cp.flush()
+        await eu.flush()
+        await turn(a_shop, None, SECRET)
+        replica = replica_stream("cn-east", "shop")
+        assert await eventually(lambda: _replica_messages(rep_b, replica), lambda n: n >= 1) >= 1
+        await asyncio.sleep(0.3)
+        assert not [s for s in seen if "turns" in s or "cn-east" in s], seen
+        # Neither can reach the region's JetStream API (account isolation, not convention).
+        for conn in (cp, eu):
+            with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
+                await conn.jetstream(domain="cn-east", timeout=1.0).stream_info(
+                    turns_stream("cn-east")
+                )
+    finally:
+        await cp.close()
+        await eu.close()
+
+
+async def test_shipper_resumes_after_a_restart_from_the_outbox_on_disk(
+    topo: ZoneTopology, tmp_path: Path
+) -> None:
+    key = zone_key()
+    store = await SQLiteSessionStore.open(tmp_path / "a", "shop")
+    rep = _replication(topo, "cn-east", key)
+    rep.tenant_applied("shop", store, SHOP, 30)  # outbox on, shipper not running
+    sids = [await turn(store, None, f"turn {i}") for i in range(5)]
+    await store.close()  # the node stops before shipping
+    store = await SQLiteSessionStore.open(tmp_path / "a", "shop")
+    assert (await store.outbox_state())[0] == 5
+    rep = _replication(topo, "cn-east", key, batch=2)
+    rep.tenant_applied("shop", store, SHOP, 30)
+    b_store = await SQLiteSessionStore.open(tmp_path / "b", "shop")
+    rep_b = _replication(topo, "cn-north", key)
+    rep_b.tenant_applied("shop", b_store, SHOP, 30)
+    async with rep, rep_b:
+        replica = replica_stream("cn-east", "shop")
+        assert await eventually(lambda: _replica_messages(rep_b, replica), lambda n: n == 5) == 5
+        assert await eventually(store.outbox_state, lambda s: s[0] == 0) == (0, None)
+        assert rep.report()["replication_lag_s"] == 0
+        for sid in sids:
+            assert await rep_b.import_session("shop", sid)
+    await store.close()
+    await b_store.close()
+
+
+async def test_retention_purges_the_replica_and_leaving_tenants_are_unsourced(
+    topo: ZoneTopology, tmp_path: Path
+) -> None:
+    key = zone_key()
+    a = await SQLiteSessionStore.open(tmp_path / "a", "shop")
+    b = await SQLiteSessionStore.open(tmp_path / "b", "shop")
+    rep_a = _replication(topo, "cn-east", key)
+    rep_b = _replication(topo, "cn-north", key, day_s=2.0)  # a "day" of two seconds
+    rep_a.tenant_applied("shop", a, SHOP, 1)
+    rep_b.tenant_applied("shop", b, SHOP, 1)
+    replica = replica_stream("cn-east", "shop")
+    async with rep_a, rep_b:
+        await turn(a, None, SECRET)
+        assert await eventually(lambda: _replica_messages(rep_b, replica), lambda n: n == 1) == 1
+        assert rep_b.bus is not None
+        assert (await rep_b.bus.js.stream_info(replica)).config.max_age == 2.0
+        assert (
+            await eventually(
+                lambda: _replica_messages(rep_b, replica), lambda n: n == 0, timeout_s=10
+            )
+            == 0
+        )
+        # The tenant's residency stops allowing replication: the replica stream goes.
+        rep_b.tenant_applied("shop", b, NOREP, 1)
+        assert await eventually(lambda: _replica_messages(rep_b, replica), lambda n: n == -1) == -1
+    await a.close()
+    await b.close()
