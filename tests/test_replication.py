@@ -9,15 +9,20 @@ import asyncio
 import base64
 import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import nats
 import nats.js.errors
 import pytest
+from support.grpc_node import node_options, serving
 from support.polling import eventually
 from support.zone_topology import ZoneTopology
 
+from kefu.config import hash_api_key, parse_tenant_config
 from kefu.natsbus import NatsOptions
+from kefu.node.agent.cp_link import ServingTarget
+from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
 from kefu.node.replication.records import (
     OutboxWriter,
     ReplicationError,
@@ -28,6 +33,7 @@ from kefu.node.replication.records import (
     turns_stream,
 )
 from kefu.node.replication.service import Replication, ReplicationOptions
+from kefu.node.serving.server import Node
 from kefu.node.sessions.sqlite_store import SQLiteSessionStore
 from kefu.node.sessions.store import (
     DuplicateRequest,
@@ -38,7 +44,10 @@ from kefu.node.sessions.store import (
     start_session,
     utc_now,
 )
-from kefu.wire import TenantResidency
+from kefu.v1 import bearer_metadata
+from kefu.v1 import node_pb2 as pb
+from kefu.v1 import node_pb2_grpc as pbg
+from kefu.wire import DesiredTenant, TenantResidency
 
 SHOP = TenantResidency(home="cn-east", allowed=["cn-east", "cn-north"], replicate=True)
 SOLO = TenantResidency(home="cn-east", allowed=["cn-east"], replicate=True)
@@ -108,6 +117,36 @@ def test_change_opens_only_with_the_zone_key_and_tenant() -> None:
         open_change(key.cipher(), "other", row["payload"])
     with pytest.raises(ReplicationError, match="32 bytes"):
         ZoneKey.parse("cn", "short")
+
+
+def test_node_yaml_replication_section(tmp_path: Path) -> None:
+    from kefu.config.node import DEFAULT_NODE_YAML, parse_node_config
+    from kefu.errors import ConfigError, PermanentError
+    from kefu.node.agent.cp_link import ControlPlaneLink
+
+    rest = DEFAULT_NODE_YAML.partition("#replication:")[2]
+    block, _, _ = rest.partition("\n\n")
+    enabled = (
+        "control_plane:\n  url: nats://127.0.0.1:4222\n  region: cn-east\n"
+        + "replication:"
+        + block.replace("\n#  ", "\n  ").replace("credentials: nats-repl.json", "url: nats://h:1")
+    )
+    with pytest.raises(ConfigError, match="key_file"):  # the line of the missing key file
+        parse_node_config(enabled, base=tmp_path)
+    (tmp_path / "zone-cn.key").write_text("not a key")
+    resolved = parse_node_config(enabled, base=tmp_path)
+    r = resolved.config.replication
+    assert r is not None and r.zone == "cn" and resolved.replication_key_file is not None
+    link = ControlPlaneLink.from_config(resolved)
+    assert link is not None and link.replication is not None
+    with pytest.raises(PermanentError, match="32 bytes"):  # a clear error, no traceback
+        link.replication.build(region="cn-east", node_id="n1")
+    (tmp_path / "zone-cn.key").write_text(base64.b64encode(os.urandom(32)).decode())
+    rep = link.replication.build(region="cn-east", node_id="n1")
+    assert rep.options.region == "cn-east" and rep.options.nats.servers == ["nats://h:1"]
+    alone = "replication:" + enabled.partition("replication:")[2]
+    with pytest.raises(ConfigError, match="needs control_plane"):
+        parse_node_config(alone, base=tmp_path)
 
 
 # --------------------------------------------------------------------------- outbox atomicity
@@ -332,3 +371,70 @@ async def test_retention_purges_the_replica_and_leaving_tenants_are_unsourced(
         assert await eventually(lambda: _replica_messages(rep_b, replica), lambda n: n == -1) == -1
     await a.close()
     await b.close()
+
+
+# --------------------------------------------------------------------------- real nodes
+
+
+@asynccontextmanager
+async def _region_node(
+    topo: ZoneTopology, region: str, key: ZoneKey, data: Path, tenant_yaml: str
+) -> AsyncIterator[tuple[Node, pbg.KefuNodeStub, Replication]]:
+    """A real node (gRPC on loopback) with replication attached the way
+    ``follow_control_plane`` does, serving ``shop`` as the control plane would apply it."""
+    data.mkdir(parents=True)
+    (data / "shop.yaml").write_text(tenant_yaml, encoding="utf-8")
+    opts = node_options(data, tenant_configs=[data / "shop.yaml"])  # loads the demo models
+    rep = _replication(topo, region, key)
+    async with serving(opts) as (node, stub), rep:
+        assert node.service is not None
+        target = ServingTarget(node, node_id=f"node-{region}")
+        target.replication = rep
+        node.service.importer = rep.import_session
+        doc = DesiredTenant(
+            tenant="shop",
+            region=region,
+            config_version=1,
+            config_digest="d1",
+            config_yaml=tenant_yaml,
+            api_key_hashes=[hash_api_key("shop-key")],
+            residency=SHOP,
+        )
+        await target.apply_tenant(doc, parse_tenant_config(tenant_yaml))
+        assert target.replication_report()["replication_backlog"] == 0
+        yield node, stub, rep
+
+
+@pytest.mark.slow
+async def test_a_failed_over_conversation_continues_on_a_node_of_the_other_region(
+    topo: ZoneTopology, tmp_path: Path
+) -> None:
+    key = zone_key()
+    text = DEMO_TENANT_CONFIG.read_text(encoding="utf-8").replace("id: demo-shop", "id: shop", 1)
+    md = bearer_metadata("shop-key")
+    async with (
+        _region_node(topo, "cn-east", key, tmp_path / "a", text) as (node_a, stub_a, _),
+        _region_node(topo, "cn-north", key, tmp_path / "b", text) as (_, stub_b, rep_b),
+    ):
+        ask = "我的订单号是 2024112512345678，什么时候到？"
+        first = await stub_a.Converse(
+            pb.ConverseRequest(channel=pb.CHANNEL_WEB, text=ask), metadata=md
+        )
+        sid = first.session_id
+        await stub_a.Converse(pb.ConverseRequest(session_id=sid, text="还没收到"), metadata=md)
+        view_a = await stub_a.GetSession(pb.GetSessionRequest(session_id=sid), metadata=md)
+        assert view_a.slots["order_number"] == "2024112512345678"
+        # Both turns are in b's replica; then region a goes away.
+        replica = replica_stream("cn-east", "shop")
+        assert await eventually(lambda: _replica_messages(rep_b, replica), lambda n: n == 2) == 2
+        await node_a.drain()
+        # The next turn of the conversation reaches b with the same session id.
+        third = await stub_b.Converse(
+            pb.ConverseRequest(session_id=sid, text="帮我查一下物流"), metadata=md
+        )
+        assert third.session_id == sid
+        view_b = await stub_b.GetSession(pb.GetSessionRequest(session_id=sid), metadata=md)
+        texts = [t.text for t in view_b.turns]
+        assert texts[: len(view_a.turns)] == [t.text for t in view_a.turns]
+        assert len(view_b.turns) == len(view_a.turns) + 2
+        assert view_b.slots["order_number"] == "2024112512345678"

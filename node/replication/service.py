@@ -45,6 +45,7 @@ from kefu.node.replication.records import (
     open_change,
     plan_streams,
     session_subject,
+    turns_stream,
 )
 from kefu.node.sessions.sqlite_store import SQLiteSessionStore
 from kefu.wire import TenantResidency
@@ -209,7 +210,7 @@ class Replication:
                 duplicate_window=min(120.0, spec.max_age_s),
                 sources=[
                     StreamSource(
-                        name=f"KEFU_TURNS_{spec.origin}",
+                        name=turns_stream(spec.origin),
                         filter_subject=spec.filter_subject,
                         external=ExternalStream(api=f"$JS.{spec.origin}.API"),
                     )
@@ -351,8 +352,14 @@ class Replication:
             return []
         js = self.bus.js
         found: list[tuple[str, int, dict[str, Any]]] = []
-        for name in self.state.plan.replicas_by_tenant.get(tenant, ()):
-            origin = self.state.plan.wanted()[name].origin
+        plan = self.state.plan
+        region = self.options.region
+        # Another node of this region shipped it to the region's own stream; another region's
+        # node to its stream, sourced into a replica here.
+        lookups = [(turns_stream(region), region)] + [
+            (name, plan.wanted()[name].origin) for name in plan.replicas_by_tenant.get(tenant, ())
+        ]
+        for name, origin in lookups:
             subject = session_subject(origin, tenant, session_id)
             seq = 1
             while len(found) < self.options.max_import:
@@ -375,8 +382,10 @@ class Replication:
         try:
             async with asyncio.timeout(self.options.timeout_s):
                 changes = await self.read_session(tenant, session_id)
-        except ReplicationError:
-            raise
+        except ReplicationError as exc:  # a wrong zone key: the operator's to fix, not a crash
+            self.last_error = f"import: {exc}"
+            log.error("replication: %s", exc)
+            return False
         except (TimeoutError, nats.errors.Error) as exc:
             log.warning("replication: import of a %s session failed: %s", tenant, exc)
             return False
