@@ -193,18 +193,7 @@ class Conversations:
         return self._holder(caller, sid), local_id(sid)
 
     def _holder(self, caller: Caller, sid: str) -> NodeState:
-        """The node holding a session; when it is down and the tenant follows routes, a node
-        of the tenant's serving region (then its standby regions), which imports the session
-        from its replicas on the first turn (replicated sessions, docs/failover.md)."""
-        try:
-            return self.pool.holder(sid)
-        except ApiError as exc:
-            if exc.code != "node_down" or self.regions_for(caller.tenant.id) is None:
-                raise
-            try:
-                return self._choose_new(caller)
-            except ApiError:
-                raise exc from None
+        return self.pool.holder_or_failover(sid, self.rng, self.regions_for(caller.tenant.id))
 
     async def send(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         """One customer message → the bot's reply (a new conversation without session_id)."""
@@ -230,12 +219,7 @@ class Conversations:
         regions = self.regions_for(caller.tenant.id)
         if regions is None:
             return self.pool.choose_new(self.rng, exclude=exclude or ())
-        for region in regions[:-1]:
-            try:
-                return self.pool.choose_new(self.rng, exclude=exclude or (), region=region)
-            except ApiError:
-                continue
-        return self.pool.choose_new(self.rng, exclude=exclude or (), region=regions[-1])
+        return self.pool.choose_in_regions(self.rng, regions, exclude=exclude or ())
 
     async def _send_once(
         self, node: NodeState, caller: Caller, req: pb.ConverseRequest

@@ -1,8 +1,9 @@
-"""A real multi-region NATS topology for the replication tests: one hub nats-server (JetStream
-domain ``hub``, account ``KEFU`` for the control plane, one account ``ZONE_<zone>`` per
-residency zone with no JetStream and no users) and one leaf nats-server per region (JetStream
-domain = the region; account ``KEFU`` linked to the hub's ``KEFU``, account ``ZONE`` with
-JetStream linked to the hub's ``ZONE_<zone>``). The shape kefu/natstopology.py deploys."""
+"""A real multi-region NATS topology for the replication tests and benchmark: one hub
+nats-server (JetStream domain ``hub``, account ``KEFU`` for the control plane, one account
+``ZONE_<zone>`` per residency zone with no JetStream and no users) and one leaf nats-server per
+region (JetStream domain = the region; account ``KEFU`` linked to the hub's ``KEFU``, account
+``ZONE`` with JetStream linked to the hub's ``ZONE_<zone>``) — the shape decided for
+``kefu up --regions``. Development only: plaintext loopback, one shared password."""
 
 from __future__ import annotations
 
