@@ -58,6 +58,10 @@ class NatsOptions:
     #: Verify the server against this CA and present this pair (NATS maps it to a user);
     #: None = plaintext (loopback development).
     tls: TlsFiles | None = None
+    #: The JetStream domain holding the control plane's buckets, when this client sits on a
+    #: leaf nats-server with a domain of its own (a region of the multi-region topology,
+    #: :mod:`kefu.natstopology`): requests go to ``$JS.<domain>.API``. None = the server's own.
+    domain: str | None = None
     #: Give up after the first failed connect attempt with its error (a wrong CA, TLS
     #: required, an unknown certificate) instead of retrying in the background.
     fail_fast: bool = False
@@ -95,9 +99,10 @@ class NatsBus:
 
     def __init__(self, nc: Any, options: NatsOptions):
         self.nc = nc
-        self.js = nc.jetstream(timeout=options.timeout_s)
+        self.js = nc.jetstream(timeout=options.timeout_s, domain=options.domain)
         self.options = options
         self._kv: dict[str, Any] = {}
+        self._kv_write: dict[str, Any] = {}
         self._obj: dict[str, Any] = {}
         #: Bumped on every reconnect; watchers created under an older generation end.
         self.generation = 0
@@ -255,6 +260,26 @@ class NatsBus:
             kv = self._kv[bucket] = await self._call(f"bucket {bucket}", go)
         return kv
 
+    async def _writer(self, bucket: str) -> Any:
+        """The bucket for writes. Across a leaf link to another domain a KV write is published
+        to ``$JS.<domain>.API.$KV.<bucket>.<key>`` (the server maps it back to ``$KV...``):
+        a plain ``$KV`` subject does not cross a domain boundary."""
+        if not self.options.domain:
+            return await self._bucket(bucket)
+        kv = self._kv_write.get(bucket)
+        if kv is None:
+            from nats.js.kv import KeyValue
+
+            read = await self._bucket(bucket)
+            kv = self._kv_write[bucket] = KeyValue(
+                name=bucket,
+                stream=f"KV_{bucket}",
+                pre=f"$JS.{self.options.domain}.API.$KV.{bucket}.",
+                js=self.js,
+                direct=read._direct,
+            )
+        return kv
+
     async def _store(self, bucket: str) -> Any:
         obs = self._obj.get(bucket)
         if obs is None:
@@ -280,20 +305,20 @@ class NatsBus:
         return await self._call(f"get {bucket}/{key}", go)
 
     async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
-        kv = await self._bucket(bucket)
+        kv = await self._writer(bucket)
         return await self._call(f"put {bucket}/{key}", lambda: kv.put(key, value))
 
     async def kv_create(self, bucket: str, key: str, value: bytes) -> int:
-        kv = await self._bucket(bucket)
+        kv = await self._writer(bucket)
         return await self._call(f"create {bucket}/{key}", lambda: kv.create(key, value))
 
     async def kv_update(self, bucket: str, key: str, value: bytes, *, last: int) -> int:
-        kv = await self._bucket(bucket)
+        kv = await self._writer(bucket)
         # `last` is never None here: nats-py treats a missing last as "must not exist".
         return await self._call(f"update {bucket}/{key}", lambda: kv.update(key, value, last=last))
 
     async def kv_delete(self, bucket: str, key: str) -> None:
-        kv = await self._bucket(bucket)
+        kv = await self._writer(bucket)
         await self._call(f"delete {bucket}/{key}", lambda: kv.delete(key))
 
     async def kv_keys(self, bucket: str, pattern: str = ">") -> list[str]:

@@ -2,7 +2,8 @@
 
 ``{"url", "user", "password"}`` for a password login, or ``{"url", "user", "ca_file",
 "cert_file", "key_file"}`` for TLS with a client certificate (no secret in the file itself;
-the key file is 0600)."""
+the key file is 0600). ``"domain"``, when present, is the JetStream domain of the control
+plane's buckets (a node on a region's leaf server, :mod:`kefu.natstopology`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ class NatsCredentials:
     #: TLS to NATS (CA, and the client pair NATS maps to the user); relative paths in the
     #: file are relative to the file.
     tls: TlsFiles | None = None
+    #: JetStream domain of the control plane's buckets (None: the server's own).
+    domain: str | None = None
 
 
 def load_credentials(path: Path, *, require_url: bool = True) -> NatsCredentials:
@@ -42,6 +45,12 @@ def load_credentials(path: Path, *, require_url: bool = True) -> NatsCredentials
             tls = TlsFiles(
                 ca_file=here / raw["ca_file"], cert_file=at("cert_file"), key_file=at("key_file")
             )
-        return NatsCredentials(url=url, user=raw.get("user"), password=raw.get("password"), tls=tls)
+        return NatsCredentials(
+            url=url,
+            user=raw.get("user"),
+            password=raw.get("password"),
+            tls=tls,
+            domain=raw.get("domain") or None,
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PermanentError(f"{path}: unreadable NATS credentials ({exc})") from exc

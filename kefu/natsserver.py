@@ -41,6 +41,7 @@ __all__ = [
     "find_nats_server",
     "free_port",
     "inbox_prefix",
+    "js_api",
     "node_permissions",
     "node_user",
     "render_config",
@@ -112,9 +113,13 @@ def control_plane_user(name: str = "control-plane", password: str | None = None)
     return user
 
 
-def _read_stream(stream: str) -> list[str]:
+def js_api(domain: str | None = None) -> str:
+    """The JetStream API prefix: the server's own, or another domain's across a leaf link."""
+    return f"$JS.{domain}.API" if domain else "$JS.API"
+
+
+def _read_stream(stream: str, api: str = "$JS.API") -> list[str]:
     """The JetStream API subjects a client needs to read one stream with ordered consumers."""
-    api = "$JS.API"
     return [
         f"{api}.STREAM.INFO.{stream}",
         f"{api}.CONSUMER.CREATE.{stream}",
@@ -127,15 +132,20 @@ def _read_stream(stream: str) -> list[str]:
     ]
 
 
-def node_permissions(node_id: str, region: str) -> tuple[list[str], list[str]]:
+def node_permissions(
+    node_id: str, region: str, *, domain: str | None = None
+) -> tuple[list[str], list[str]]:
     """(publish, subscribe) allow lists of a node: its region's desired state, the bundles,
-    its own status key and telemetry subject, its own inbox. Nothing else."""
+    its own status key and telemetry subject, its own inbox. Nothing else. ``domain``: the
+    control plane's JetStream domain when the node sits on a region's leaf server."""
+    api = js_api(domain)
     publish = [
-        "$JS.API.INFO",
-        *_read_stream(f"KV_{desired_bucket(region)}"),
-        *_read_stream(f"OBJ_{OBJECT_BUNDLES}"),
-        f"$JS.API.STREAM.INFO.KV_{BUCKET_NODES}",
-        f"$KV.{BUCKET_NODES}.{node_id}",
+        f"{api}.INFO",
+        *_read_stream(f"KV_{desired_bucket(region)}", api),
+        *_read_stream(f"OBJ_{OBJECT_BUNDLES}", api),
+        f"{api}.STREAM.INFO.KV_{BUCKET_NODES}",
+        # Across a leaf link the status write is published into the hub's domain.
+        f"{api}.$KV.{BUCKET_NODES}.{node_id}" if domain else f"$KV.{BUCKET_NODES}.{node_id}",
         telemetry_subject(region, node_id),
         "$JS.FC.>",  # flow-control replies of ordered consumers
     ]
@@ -143,8 +153,10 @@ def node_permissions(node_id: str, region: str) -> tuple[list[str], list[str]]:
     return publish, subscribe
 
 
-def node_user(node_id: str, region: str, password: str | None = None) -> NatsUser:
-    pub, sub = node_permissions(node_id, region)
+def node_user(
+    node_id: str, region: str, password: str | None = None, *, domain: str | None = None
+) -> NatsUser:
+    pub, sub = node_permissions(node_id, region, domain=domain)
     user = NatsUser(user=node_id, publish=pub, subscribe=sub)
     if password:
         user.password = password
@@ -208,8 +220,13 @@ class NatsServer:
         users: list[NatsUser] | None = None,
         log_file: Path | None = None,
         tls: TlsFiles | None = None,
+        config: Mapping[str, Any] | None = None,
     ):
+        """``config``: a whole server config (accounts, leaf links, a JetStream domain — see
+        :mod:`kefu.natstopology`) instead of the one-server config of ``users``/``tls``; the
+        listen address and the monitor port are set here."""
         self.data_dir = Path(data_dir)
+        self.config = dict(config) if config is not None else None
         self.port = port or free_port()
         self.monitor_port = free_port()
         self.users = users
@@ -227,13 +244,18 @@ class NatsServer:
 
     def write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        text = render_config(
-            port=self.port,
-            store_dir=self.data_dir / "jetstream",
-            users=self.users,
-            monitor_port=self.monitor_port,
-            tls=self.tls,
-        )
+        if self.config is not None:
+            cfg = {**self.config, "listen": f"127.0.0.1:{self.port}"}
+            cfg["http"] = f"127.0.0.1:{self.monitor_port}"
+            text = json.dumps(cfg, indent=2)
+        else:
+            text = render_config(
+                port=self.port,
+                store_dir=self.data_dir / "jetstream",
+                users=self.users,
+                monitor_port=self.monitor_port,
+                tls=self.tls,
+            )
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -265,6 +265,7 @@ def attach_agent(
     telemetry_s: float = 10.0,
     flush_timeout_s: float = 3.0,
     tls: TlsFiles | None = None,
+    domain: str | None = None,
 ) -> NodeAgent:
     """An agent (not yet started) that keeps ``node`` on its region's desired state; ``tls``
     verifies the NATS server and presents the node's certificate (its NATS identity)."""
@@ -289,6 +290,7 @@ def attach_agent(
         name=f"kefu-node-{node_id}",
         inbox_prefix=inbox_prefix(user) if user else "_INBOX",
         tls=tls,
+        domain=domain,
     )
 
     async def connect() -> Bus:
@@ -312,17 +314,19 @@ def default_node_id() -> str:
 
 def nats_login(
     url: str | None, credentials: Path | None
-) -> tuple[str, str | None, str | None, TlsFiles | None]:
-    """(url, user, password, TLS files) from a URL and/or a credentials file holding one."""
-    user, password, tls = None, None, None
+) -> tuple[str, str | None, str | None, TlsFiles | None, str | None]:
+    """(url, user, password, TLS files, JetStream domain) from a URL and/or a credentials
+    file holding one."""
+    user, password, tls, domain = None, None, None, None
     if credentials is not None:
         creds = load_credentials(credentials, require_url=not url)
         url, user, password, tls = url or creds.url, creds.user, creds.password, creds.tls
+        domain = creds.domain
     if not url:
         raise PermanentError(
             "no NATS URL: give one, or a credentials file holding it / 缺少 NATS 地址"
         )
-    return url, user, password, tls
+    return url, user, password, tls, domain
 
 
 @dataclass(kw_only=True)
@@ -340,8 +344,10 @@ class ReplicationLink:
         """The replication service (not started); a bad key or credentials file is a clear
         ConfigError-like PermanentError, never a traceback."""
         from kefu.natsbus import NatsOptions
+        from kefu.natsserver import inbox_prefix
 
-        url, user, password, tls = nats_login(self.url, self.credentials)
+        # The leaf's ZONE account: its JetStream is the region's own (no domain prefix).
+        url, user, password, tls, _ = nats_login(self.url, self.credentials)
         try:
             text = self.key_file.read_text(encoding="utf-8")
         except OSError as exc:
@@ -359,6 +365,8 @@ class ReplicationLink:
                     password=password,
                     tls=tls,
                     name=f"{node_id}-repl",
+                    # The replication login may read only its own inbox (kefu/natstopology.py).
+                    inbox_prefix=inbox_prefix(f"{node_id}-repl"),
                     timeout_s=self.timeout_s,
                 ),
                 batch=self.batch,
@@ -416,7 +424,7 @@ async def follow_control_plane(node: Node, link: ControlPlaneLink) -> AsyncItera
     """Run the agent for a started ``node``. On exit the node is drained too (idempotent, so
     the caller's own ``Node`` context exits harmlessly); ``agent.shutdown`` then tells what
     became of the telemetry."""
-    url, user, password, tls = nats_login(link.url, link.credentials)
+    url, user, password, tls, domain = nats_login(link.url, link.credentials)
     agent = attach_agent(
         node,
         url=url,
@@ -425,6 +433,7 @@ async def follow_control_plane(node: Node, link: ControlPlaneLink) -> AsyncItera
         user=user,
         password=password,
         tls=tls,
+        domain=domain,
         heartbeat_s=link.heartbeat_s,
         telemetry_s=link.telemetry_s,
         flush_timeout_s=link.flush_timeout_s,

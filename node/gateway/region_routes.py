@@ -80,11 +80,12 @@ class RouteFollower:
     async def start(self) -> None:
         s = self.settings
         user = password = None
-        url, tls = s.nats, None
+        url, tls, domain = s.nats, None, None
         if s.creds_file:
             path = Path(s.creds_file)
             creds = load_credentials(path if path.is_absolute() else self.base / path)
             url, user, password, tls = creds.url or url, creds.user, creds.password, creds.tls
+            domain = creds.domain
         self.bus = await NatsBus.connect(
             NatsOptions(
                 servers=[url],
@@ -92,6 +93,7 @@ class RouteFollower:
                 password=password,
                 name=f"kefu-gateway-{s.gateway_id}",
                 tls=tls,
+                domain=domain,
             )
         )
         self._tasks = [
