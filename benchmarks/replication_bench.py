@@ -1,12 +1,13 @@
 """Replication lag: a turn committed in region a → readable in region b's replica stream.
 
-A real topology (kefu/dev/zone_topology.py: hub + one leaf nats-server per region, each with
-its own JetStream domain), the real SQLite store of tenant ``shop`` in a (outbox in the turn's
-transaction, zone-key sealed) with the node's shipper, and b's replica stream sourcing a's
-turns stream. ``--writers`` concurrent conversations record turns (customer + bot, a slot) for
-``--seconds``; an ordered consumer on b's replica stream notes when each change arrives. Per
-change: lag = arrival in b − commit in a (both on this machine's monotonic clock). Printed:
-turns/s committed in a, changes/s arriving in b, lag p50 / p99 / max.
+The deployed topology (kefu/natstopology.py: hub + one leaf nats-server per region, each with
+its own JetStream domain, the nodes' least-privilege replication logins), the real SQLite store
+of tenant ``shop`` in a (outbox in the turn's transaction, zone-key sealed) with the node's
+shipper, and b's replica stream sourcing a's turns stream. ``--writers`` concurrent
+conversations record turns (customer + bot, a slot) for ``--seconds``; an ordered consumer on
+b's replica stream notes when each change arrives. Per change: lag = arrival in b − commit in
+a (both on this machine's monotonic clock). Printed: turns/s committed in a, changes/s
+arriving in b, lag p50 / p99 / max.
 
     python benchmarks/replication_bench.py [--writers 8] [--seconds 10]
 """
@@ -23,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from kefu.dev.zone_topology import ZoneTopology
 from kefu.natsbus import NatsOptions
+from kefu.natsserver import inbox_prefix
+from kefu.natstopology import RegionSpec, Topology, plan_topology
 from kefu.node.replication.records import ZoneKey, replica_stream
 from kefu.node.replication.service import Replication, ReplicationOptions
 from kefu.node.sessions.sqlite_store import SQLiteSessionStore
@@ -41,12 +43,19 @@ from kefu.wire import TenantResidency
 SHOP = TenantResidency(home="cn-east", allowed=["cn-east", "cn-north"], replicate=True)
 
 
-def _replication(topo: ZoneTopology, region: str, key: ZoneKey) -> Replication:
+def _replication(topo: Topology, region: str, key: ZoneKey) -> Replication:
+    login = topo.credentials(topo.plan.leaves[region].replicators[0], region=region)
     return Replication(
         ReplicationOptions(
             region=region,
             zone_key=key,
-            nats=NatsOptions(servers=[topo.repl_url(region)], name=f"bench-{region}"),
+            nats=NatsOptions(
+                servers=[login["url"]],
+                user=login["user"],
+                password=login["password"],
+                inbox_prefix=inbox_prefix(login["user"]),
+                name=login["user"],
+            ),
             reconcile_s=0.5,
         )
     )
@@ -54,7 +63,9 @@ def _replication(topo: ZoneTopology, region: str, key: ZoneKey) -> Replication:
 
 async def run(tmp: Path, writers: int, seconds: float) -> dict[str, float]:
     key = ZoneKey.parse("cn", base64.b64encode(os.urandom(32)))
-    with ZoneTopology(tmp / "nats", {"cn": ["cn-east", "cn-north"]}) as topo:
+    regions = [RegionSpec(name="cn-east", zone="cn"), RegionSpec(name="cn-north", zone="cn")]
+    plan = plan_topology(regions, [("na", "cn-east"), ("nb", "cn-north")])
+    with Topology(plan, tmp / "nats") as topo:
         a = await SQLiteSessionStore.open(tmp / "a", "shop")
         b = await SQLiteSessionStore.open(tmp / "b", "shop")
         rep_a, rep_b = _replication(topo, "cn-east", key), _replication(topo, "cn-north", key)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import nats
 import nats.js.errors
@@ -19,8 +20,9 @@ from support.grpc_node import node_options, serving
 from support.polling import eventually
 
 from kefu.config import hash_api_key, parse_tenant_config
-from kefu.dev.zone_topology import ZoneTopology
 from kefu.natsbus import NatsOptions
+from kefu.natsserver import inbox_prefix
+from kefu.natstopology import RegionSpec, Topology, plan_topology
 from kefu.node.agent.cp_link import ServingTarget
 from kefu.node.dialog.tenant import DEMO_TENANT_CONFIG
 from kefu.node.replication.records import (
@@ -52,6 +54,7 @@ from kefu.wire import DesiredTenant, TenantResidency
 SHOP = TenantResidency(home="cn-east", allowed=["cn-east", "cn-north"], replicate=True)
 SOLO = TenantResidency(home="cn-east", allowed=["cn-east"], replicate=True)
 NOREP = TenantResidency(home="cn-east", allowed=["cn-east", "cn-north"], replicate=False)
+T = TypeVar("T")
 SECRET = "我的订单号是 DD20261206 secret-text"
 
 
@@ -185,16 +188,36 @@ async def test_outbox_row_commits_with_the_turn_or_not_at_all(tmp_path: Path) ->
 
 
 @pytest.fixture
-def topo(tmp_path: Path) -> Iterator[ZoneTopology]:
-    with ZoneTopology(tmp_path / "nats", {"cn": ["cn-east", "cn-north"], "eu": ["eu-1"]}) as t:
+def topo(tmp_path: Path) -> Iterator[Topology]:
+    """The deployed topology (kefu/natstopology.py): hub + one leaf per region, each node's
+    replication login with its least-privilege permissions."""
+    regions = [
+        RegionSpec(name="cn-east", zone="cn"),
+        RegionSpec(name="cn-north", zone="cn"),
+        RegionSpec(name="eu-1", zone="eu"),
+    ]
+    plan = plan_topology(regions, [("na", "cn-east"), ("nb", "cn-north"), ("nu", "eu-1")])
+    with Topology(plan, tmp_path / "nats") as t:
         yield t
 
 
-def _replication(topo: ZoneTopology, region: str, key: ZoneKey, **kw: object) -> Replication:
+def _login(topo: Topology, region: str) -> dict[str, str]:
+    """The credentials of the node of ``region``'s replication login."""
+    return topo.credentials(topo.plan.leaves[region].replicators[0], region=region)
+
+
+def _replication(topo: Topology, region: str, key: ZoneKey, **kw: object) -> Replication:
+    creds = _login(topo, region)
     opts = ReplicationOptions(
         region=region,
         zone_key=key,
-        nats=NatsOptions(servers=[topo.repl_url(region)], name=f"{region}-repl"),
+        nats=NatsOptions(
+            servers=[creds["url"]],
+            user=creds["user"],
+            password=creds["password"],
+            inbox_prefix=inbox_prefix(creds["user"]),
+            name=creds["user"],
+        ),
         reconcile_s=0.5,
         **kw,  # type: ignore[arg-type]
     )
@@ -202,7 +225,7 @@ def _replication(topo: ZoneTopology, region: str, key: ZoneKey, **kw: object) ->
 
 
 @pytest.fixture
-async def zone(topo: ZoneTopology, tmp_path: Path) -> AsyncIterator[dict[str, object]]:
+async def zone(topo: Topology, tmp_path: Path) -> AsyncIterator[dict[str, object]]:
     key = zone_key()
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     a_shop = await SQLiteSessionStore.open(a_dir, "shop")
@@ -233,6 +256,13 @@ async def zone(topo: ZoneTopology, tmp_path: Path) -> AsyncIterator[dict[str, ob
             await s.close()
 
 
+def _async(fn: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    async def call() -> T:
+        return fn()
+
+    return call
+
+
 async def _replica_messages(rep: Replication, name: str) -> int:
     if rep.bus is None:
         return -2  # not connected yet
@@ -243,7 +273,7 @@ async def _replica_messages(rep: Replication, name: str) -> int:
 
 
 async def test_a_session_committed_in_a_is_imported_in_b_with_history_and_slots(
-    zone: dict[str, object], topo: ZoneTopology
+    zone: dict[str, object], topo: Topology
 ) -> None:
     a_shop, a_solo, b_shop = zone["a_shop"], zone["a_solo"], zone["b_shop"]
     rep_a, rep_b = zone["rep_a"], zone["rep_b"]
@@ -277,7 +307,11 @@ async def test_a_session_committed_in_a_is_imported_in_b_with_history_and_slots(
     assert rep_b.bus is not None
     names = {i.config.name for i in await rep_b.bus.js.streams_info()}
     assert not any("solo" in (n or "") for n in names)
-    for path in [*Path(topo.root / "cn-north").rglob("*"), *Path(zone["b_dir"]).rglob("*")]:  # type: ignore[arg-type]
+    b_files = [
+        *(topo.data_dir / "regions" / "cn-north").rglob("*"),
+        *Path(zone["b_dir"]).rglob("*"),
+    ]  # type: ignore[arg-type]
+    for path in b_files:
         if path.is_file():
             data = path.read_bytes()
             assert b"solo-secret-text" not in data, path
@@ -285,13 +319,15 @@ async def test_a_session_committed_in_a_is_imported_in_b_with_history_and_slots(
 
 
 async def test_the_hub_and_another_zone_see_nothing(
-    zone: dict[str, object], topo: ZoneTopology
+    zone: dict[str, object], topo: Topology
 ) -> None:
     rep_b = zone["rep_b"]
     a_shop = zone["a_shop"]
     assert isinstance(rep_b, Replication) and isinstance(a_shop, SQLiteSessionStore)
-    cp = await nats.connect(topo.cp_url())
-    eu = await nats.connect(topo.repl_url("eu-1"))
+    login = topo.credentials(topo.plan.control_plane)
+    cp = await nats.connect(login["url"], user=login["user"], password=login["password"])
+    login = _login(topo, "eu-1")
+    eu = await nats.connect(login["url"], user=login["user"], password=login["password"])
     seen: list[str] = []
 
     async def saw(msg: nats.aio.msg.Msg) -> None:
@@ -319,7 +355,7 @@ async def test_the_hub_and_another_zone_see_nothing(
 
 
 async def test_shipper_resumes_after_a_restart_from_the_outbox_on_disk(
-    topo: ZoneTopology, tmp_path: Path
+    topo: Topology, tmp_path: Path
 ) -> None:
     key = zone_key()
     store = await SQLiteSessionStore.open(tmp_path / "a", "shop")
@@ -338,7 +374,8 @@ async def test_shipper_resumes_after_a_restart_from_the_outbox_on_disk(
         replica = replica_stream("cn-east", "shop")
         assert await eventually(lambda: _replica_messages(rep_b, replica), lambda n: n == 5) == 5
         assert await eventually(store.outbox_state, lambda s: s[0] == 0) == (0, None)
-        assert rep.report()["replication_lag_s"] == 0
+        report = await eventually(_async(rep.report), lambda r: r["replication_lag_s"] == 0)
+        assert report["replication_backlog"] == 0
         for sid in sids:
             assert await rep_b.import_session("shop", sid)
     await store.close()
@@ -346,7 +383,7 @@ async def test_shipper_resumes_after_a_restart_from_the_outbox_on_disk(
 
 
 async def test_retention_purges_the_replica_and_leaving_tenants_are_unsourced(
-    topo: ZoneTopology, tmp_path: Path
+    topo: Topology, tmp_path: Path
 ) -> None:
     key = zone_key()
     a = await SQLiteSessionStore.open(tmp_path / "a", "shop")
@@ -379,7 +416,7 @@ async def test_retention_purges_the_replica_and_leaving_tenants_are_unsourced(
 
 @asynccontextmanager
 async def _region_node(
-    topo: ZoneTopology, region: str, key: ZoneKey, data: Path, tenant_yaml: str
+    topo: Topology, region: str, key: ZoneKey, data: Path, tenant_yaml: str
 ) -> AsyncIterator[tuple[Node, pbg.KefuNodeStub, Replication]]:
     """A real node (gRPC on loopback) with replication attached the way
     ``follow_control_plane`` does, serving ``shop`` as the control plane would apply it."""
@@ -408,7 +445,7 @@ async def _region_node(
 
 @pytest.mark.slow
 async def test_a_failed_over_conversation_continues_on_a_node_of_the_other_region(
-    topo: ZoneTopology, tmp_path: Path
+    topo: Topology, tmp_path: Path
 ) -> None:
     key = zone_key()
     text = DEMO_TENANT_CONFIG.read_text(encoding="utf-8").replace("id: demo-shop", "id: shop", 1)
