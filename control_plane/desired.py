@@ -139,6 +139,7 @@ def compile_desired(a: Assignment, inputs: DesiredInputs) -> DesiredTenant | Non
         api_key_hashes=tenant.active_key_hashes(),
         api_key_expiry=tenant.key_expiry(),
         split=split,
+        residency=tenant.residency,
     )
 
 

@@ -363,6 +363,15 @@ class CanarySplit(_Doc):
         return self.weights.get(node_id, 0.0)
 
 
+def _compat(data: dict[str, Any]) -> dict[str, Any]:
+    """Fields added later leave the fingerprint as it was while they are empty."""
+    if not data["api_key_expiry"]:
+        del data["api_key_expiry"]  # what it was before rotation existed
+    if data["residency"] is None:
+        del data["residency"]  # ... and before residency reached the nodes
+    return data
+
+
 class DesiredTenant(_Doc):
     """Everything a node needs to serve one tenant, compiled by the leader per region."""
 
@@ -382,6 +391,9 @@ class DesiredTenant(_Doc):
     #: Set while a rollout runs in this region (a node without the ``split-v1`` capability
     #: ignores it: the control plane never puts such a node in a wave).
     split: CanarySplit | None = None
+    #: The tenant's residency (home, allowed regions, ``replicate``): a node with
+    #: ``replication:`` ships and sources the tenant's sessions from it. None = not set.
+    residency: TenantResidency | None = None
 
     def fingerprint(self) -> str:
         """Identifies this desired state; a node reports it back once it serves it. Without a
@@ -389,17 +401,12 @@ class DesiredTenant(_Doc):
         data = self.model_dump()
         if data["split"] is None:
             del data["split"]
-        if not data["api_key_expiry"]:
-            del data["api_key_expiry"]  # what it was before rotation existed
-        return digest(json.dumps(data, sort_keys=True))
+        return digest(json.dumps(_compat(data), sort_keys=True))
 
     def base_fingerprint(self) -> str:
         """The fingerprint without the split: equal when only rollout weights changed, which
         a node applies without re-applying the tenant."""
-        data = self.model_dump(exclude={"split"})
-        if not data["api_key_expiry"]:
-            del data["api_key_expiry"]
-        return digest(json.dumps(data, sort_keys=True))
+        return digest(json.dumps(_compat(self.model_dump(exclude={"split"})), sort_keys=True))
 
     def bundles(self) -> list[BundleRef]:
         refs = {b.ref: b for b in self.models.values()}
@@ -482,6 +489,12 @@ class NodeStatus(_Doc):
     #: Filled in by the control plane when it lists nodes (a node never sets it): why its
     #: steady-state guard marked this node drained ("" = not drained).
     drained: str = ""
+    #: Replicated sessions (node.yaml ``replication:``): how long the oldest committed change
+    #: not yet acknowledged by the region's turns stream has waited (0 = none waiting), how
+    #: many wait, and per replica stream its messages, source lag (messages) and error.
+    replication_lag_s: float = 0.0
+    replication_backlog: int = 0
+    replication_streams: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class Lease(_Doc):

@@ -116,6 +116,32 @@ def test_a_session_on_an_ejected_node_is_node_down_and_unknown_nodes_not_found()
     assert ei.value.code == "not_found"
 
 
+def test_a_down_nodes_session_goes_to_the_serving_region_only_when_routes_are_followed() -> None:
+    p = NodePool(
+        specs=[
+            NodeSpec(id="a1", address="127.0.0.1:7401", region="cn-east"),
+            NodeSpec(id="b1", address="127.0.0.1:7402", region="cn-north"),
+            NodeSpec(id="c1", address="127.0.0.1:7403", region="cn-south"),
+        ],
+        policy=EjectionPolicy(),
+    )
+    for nid in p.nodes:
+        p.probe_ok(nid, 0.0)
+    rng = random.Random(1)
+    assert p.holder_or_failover("a1.s", rng, ["cn-north"]).id == "a1"  # up: stays
+    p.probe_failed("a1", 0.0, "down")
+    assert p.holder_or_failover("a1.s", rng, ["cn-north", "cn-south"]).id == "b1"
+    p.probe_failed("b1", 0.0, "down")
+    assert p.holder_or_failover("a1.s", rng, ["cn-north", "cn-south"]).id == "c1"
+    for regions in (None, [], ["cn-north"]):  # no routes, unavailable, no node left there
+        with pytest.raises(ApiError) as ei:
+            p.holder_or_failover("a1.s", rng, regions)
+        assert ei.value.code == "node_down"
+    with pytest.raises(ApiError) as ei:
+        p.holder_or_failover("zz.s", rng, ["cn-south"])
+    assert ei.value.code == "not_found"
+
+
 def test_pool_refuses_bad_node_lists() -> None:
     with pytest.raises(ValueError, match="no dots"):
         NodePool(specs=[NodeSpec(id="a.b", address="x:1")])

@@ -43,6 +43,7 @@ __all__ = [
     "LimitSettings",
     "LoggingSettings",
     "NodeConfig",
+    "ReplicationSettings",
     "ResolvedNodeConfig",
     "TlsSettings",
     "load_node_config",
@@ -209,6 +210,23 @@ class EncryptionSettings(_Section):
     master_key_file: Annotated[str | None, Field(min_length=1)] = None
 
 
+class ReplicationSettings(_Section):
+    """``replication:``: replicated sessions inside the residency zone (docs/failover.md). The
+    node's second NATS connection, to its region leaf server's ``ZONE`` account; the region is
+    ``control_plane.region``. Absent = no replication (single-region installs)."""
+
+    #: NATS URL of the region's leaf server; may be omitted when the credentials file has one.
+    url: Annotated[str | None, AfterValidator(_nats_url)] = None
+    #: JSON credentials (url, user ``<node_id>-repl``, password), relative to this file.
+    credentials: Annotated[str | None, Field(min_length=1)] = None
+    #: The residency zone (e.g. ``cn``); its key file is the same in every region of it.
+    zone: Annotated[str, _id("zone")]
+    #: The zone replication key: 32 bytes in base64, provided by the deployment.
+    key_file: Annotated[str, Field(min_length=1)]
+    batch: int = Field(default=64, ge=1, le=10_000)
+    timeout_s: float = Field(default=5.0, gt=0, le=120)
+
+
 class NodeConfig(_Section):
     """The node.yaml schema. Paths are as written; :meth:`resolve` makes them absolute."""
 
@@ -235,6 +253,8 @@ class NodeConfig(_Section):
     #: Absent = no OpenTelemetry spans.
     tracing: TracingSettings = TracingSettings()
     encryption: EncryptionSettings = EncryptionSettings()
+    #: Absent = sessions stay on this node only.
+    replication: ReplicationSettings | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,6 +272,9 @@ class ResolvedNodeConfig:
     tls_files: tuple[Path, Path, Path] | None = None
     #: ``encryption.master_key_file`` made absolute, if given.
     master_key_file: Path | None = None
+    #: ``replication:`` credentials and zone key file made absolute (checked readable).
+    replication_credentials: Path | None = None
+    replication_key_file: Path | None = None
 
 
 def load_node_config(path: str | Path) -> ResolvedNodeConfig:
@@ -296,19 +319,7 @@ def _resolve(doc: YamlDocument, *, base: Path) -> ResolvedNodeConfig:
     credentials: Path | None = None
     cp = cfg.control_plane
     if cp is not None:
-        if cp.url is None and cp.credentials is None:
-            problems.append(
-                Problem(
-                    loc=("control_plane",),
-                    message="needs url: or credentials: (a file holding the NATS URL) / "
-                    "需要 url 或 credentials",
-                )
-            )
-        if cp.credentials is not None:
-            credentials = Path(cp.credentials)
-            credentials = credentials if credentials.is_absolute() else base / credentials
-            if (why := _credentials_problem(credentials, need_url=cp.url is None)) is not None:
-                problems.append(Problem(loc=("control_plane", "credentials"), message=why))
+        credentials = _login_file("control_plane", cp.url, cp.credentials, base, problems)
         if cfg.workers > 1:
             # The worker pool does not run agents yet: N processes would each need their own
             # node id and telemetry stream.
@@ -334,6 +345,7 @@ def _resolve(doc: YamlDocument, *, base: Path) -> ResolvedNodeConfig:
     if cfg.encryption.master_key_file is not None:
         master_key = Path(cfg.encryption.master_key_file)
         master_key = master_key if master_key.is_absolute() else base / master_key
+    repl_creds, repl_key = _replication_files(cfg, base, problems)
     if problems:
         raise doc.problems_error(problems)
     data_dir = Path(cfg.data_dir)
@@ -347,7 +359,56 @@ def _resolve(doc: YamlDocument, *, base: Path) -> ResolvedNodeConfig:
         credentials_file=credentials,
         tls_files=tls_files,
         master_key_file=master_key,
+        replication_credentials=repl_creds,
+        replication_key_file=repl_key,
     )
+
+
+def _login_file(
+    section: str, url: str | None, credentials: str | None, base: Path, problems: list[Problem]
+) -> Path | None:
+    """A NATS connection section's credentials file, absolute and checked (url or file)."""
+    if url is None and credentials is None:
+        problems.append(
+            Problem(
+                loc=(section,),
+                message="needs url: or credentials: (a file holding the NATS URL) / "
+                "需要 url 或 credentials",
+            )
+        )
+    if credentials is None:
+        return None
+    path = Path(credentials) if Path(credentials).is_absolute() else base / credentials
+    if (why := _credentials_problem(path, need_url=url is None)) is not None:
+        problems.append(Problem(loc=(section, "credentials"), message=why))
+    return path
+
+
+def _replication_files(
+    cfg: NodeConfig, base: Path, problems: list[Problem]
+) -> tuple[Path | None, Path | None]:
+    """The ``replication:`` section's files, absolute; what is wrong goes to ``problems``."""
+    r = cfg.replication
+    if r is None:
+        return None, None
+    if cfg.control_plane is None:
+        problems.append(
+            Problem(
+                loc=("replication",),
+                message="needs control_plane: (residency and the region come from it) / "
+                "复制需要 control_plane 配置",
+            )
+        )
+    creds = _login_file("replication", r.url, r.credentials, base, problems)
+    key = Path(r.key_file) if Path(r.key_file).is_absolute() else base / r.key_file
+    if not key.is_file():
+        problems.append(
+            Problem(
+                loc=("replication", "key_file"),
+                message=f"no such file: {key} (the zone replication key) / 找不到区域复制密钥文件",
+            )
+        )
+    return creds, key
 
 
 def _credentials_problem(path: Path, *, need_url: bool) -> str | None:
@@ -442,6 +503,16 @@ logging:
 #  probation_s: 600
 #  min_turns: 20
 #  max_error_share: 0.5
+
+# Replicated sessions inside the residency zone (optional; needs control_plane). Each committed
+# turn of a tenant whose residency says `replicate` is shipped, sealed with the zone key, to
+# this region's JetStream; the zone's other allowed regions keep a copy, so a conversation
+# continues there with its history after a failover (docs/failover.md).
+# 区域内会话复制（可选）：租户允许时，会话密封后复制到同一驻留区域的其他允许区域。
+#replication:
+#  credentials: nats-repl.json   # the region leaf server's ZONE account: {url, user, password}
+#  zone: cn                      # residency zone of control_plane.region
+#  key_file: zone-cn.key         # 32 bytes base64, the same file in every region of the zone
 
 # Join a control plane (optional; absent = a standalone node serving the tenants above).
 # The node then serves what the control plane assigns to its region, reports status and

@@ -126,6 +126,14 @@ class SessionPolicies(ConfigModel):
     #: Merged policies by scenario: the config is frozen, and a turn asks several times.
     _merged: dict[str, SessionPolicy] = PrivateAttr(default_factory=dict)
 
+    def longest_retention_days(self) -> int:
+        """The store purges per tenant, so the longest period of any business line applies:
+        nothing a business line must keep is deleted early (replicas are kept as long)."""
+        return max(
+            [self.default.retention_days]
+            + [o.retention_days for o in self.overrides.values() if o.retention_days]
+        )
+
     def for_scenario(self, scenario_id: str | None) -> SessionPolicy:
         key = scenario_id or ""
         merged = self._merged.get(key)

@@ -34,6 +34,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kefu import __version__
 from kefu.bus import Bus, BusUnavailable, NotFound, cancel_and_wait
@@ -578,7 +579,12 @@ class NodeAgent:
             reconcile_error_at=self.reconcile_error_at if self.reconcile_error else 0.0,
             boots=self.boots,
             guard=self.guard.reverts,
+            **self._replication_report(),
         )
+
+    def _replication_report(self) -> dict[str, Any]:
+        report = getattr(self.target, "replication_report", None)
+        return report() if report is not None else {}
 
     async def _report(self) -> None:
         if self.bus is None:

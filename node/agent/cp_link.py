@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kefu.bus import Bus
 from kefu.certstore import TlsFiles
@@ -42,6 +42,8 @@ from kefu.node.dialog.events import (
 )
 from kefu.node.dialog.split import NodeSplit
 from kefu.node.dialog.tenant import Tenant
+from kefu.node.replication.records import ZoneKey
+from kefu.node.replication.service import Replication, ReplicationOptions
 from kefu.node.serving.server import Node
 from kefu.rollout import CAPABILITY_SPLIT
 from kefu.wire import BundleRef, CanarySplit, DesiredTenant
@@ -72,6 +74,8 @@ class ServingTarget:
         self._unused_since: dict[str, float] = {}
         #: tenant → (canary config digest, the tenant built from it).
         self._canary_configs: dict[str, tuple[str, Tenant]] = {}
+        #: Replicated sessions (node.yaml ``replication:``), told of every tenant applied.
+        self.replication: Replication | None = None
 
     async def load_bundle(self, bundle: BundleRef, path: Path, *, activate: bool) -> None:
         # Verifies signature and hashes again, loads and warms off the event loop, then
@@ -143,9 +147,23 @@ class ServingTarget:
             key_hashes=doc.api_key_hashes,
             key_expiry=doc.api_key_expiry,
         )
+        if self.replication is not None:  # no await since the apply: no turn slipped between
+            served = self.registry.tenants[doc.tenant]
+            self.replication.tenant_applied(
+                doc.tenant,
+                served.store,
+                doc.residency,
+                served.config.session_policy.longest_retention_days(),
+            )
 
     async def remove_tenant(self, tenant: str) -> None:
+        if self.replication is not None:
+            self.replication.tenant_removed(tenant)
         await self.registry.remove(tenant)
+
+    def replication_report(self) -> dict[str, Any]:
+        """The replication fields of the node status (empty without ``replication:``)."""
+        return self.replication.report() if self.replication is not None else {}
 
     def loaded(self) -> frozenset[str]:
         return frozenset(m.ref for m in self.runtime.models())
@@ -313,6 +331,69 @@ def default_node_id() -> str:
     return host.strip("-") or "node"
 
 
+def nats_login(
+    url: str | None, credentials: Path | None
+) -> tuple[str, str | None, str | None, TlsFiles | None, str | None]:
+    """(url, user, password, TLS files, JetStream domain) from a URL and/or a credentials
+    file holding one."""
+    user, password, tls, domain = None, None, None, None
+    if credentials is not None:
+        creds = load_credentials(credentials, require_url=not url)
+        url, user, password, tls = url or creds.url, creds.user, creds.password, creds.tls
+        domain = creds.domain
+    if not url:
+        raise PermanentError(
+            "no NATS URL: give one, or a credentials file holding it / 缺少 NATS 地址"
+        )
+    return url, user, password, tls, domain
+
+
+@dataclass(kw_only=True)
+class ReplicationLink:
+    """node.yaml ``replication:`` resolved: the ZONE connection, the zone and its key file."""
+
+    url: str | None = None
+    credentials: Path | None = None
+    zone: str
+    key_file: Path
+    batch: int = 64
+    timeout_s: float = 5.0
+
+    def build(self, *, region: str, node_id: str) -> Replication:
+        """The replication service (not started); a bad key or credentials file is a clear
+        ConfigError-like PermanentError, never a traceback."""
+        from kefu.natsbus import NatsOptions
+        from kefu.natsserver import inbox_prefix
+
+        # The leaf's ZONE account: its JetStream is the region's own (no domain prefix).
+        url, user, password, tls, _ = nats_login(self.url, self.credentials)
+        try:
+            text = self.key_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PermanentError(
+                f"replication: cannot read the zone key {self.key_file}: {exc.strerror} / "
+                "无法读取区域复制密钥"
+            ) from exc
+        return Replication(
+            ReplicationOptions(
+                region=region,
+                zone_key=ZoneKey.parse(self.zone, text),
+                nats=NatsOptions(
+                    servers=[url],
+                    user=user,
+                    password=password,
+                    tls=tls,
+                    name=f"{node_id}-repl",
+                    # The replication login may read only its own inbox (kefu/natstopology.py).
+                    inbox_prefix=inbox_prefix(f"{node_id}-repl"),
+                    timeout_s=self.timeout_s,
+                ),
+                batch=self.batch,
+                timeout_s=self.timeout_s,
+            )
+        )
+
+
 @dataclass(kw_only=True)
 class ControlPlaneLink:
     """How a node reaches its control plane: from flags or from node.yaml ``control_plane:``."""
@@ -325,6 +406,7 @@ class ControlPlaneLink:
     heartbeat_s: float = 5.0
     flush_timeout_s: float = 3.0
     guard: GuardPolicy | None = None
+    replication: ReplicationLink | None = None
 
     @classmethod
     def from_config(cls, resolved: ResolvedNodeConfig) -> ControlPlaneLink | None:
@@ -340,7 +422,22 @@ class ControlPlaneLink:
             heartbeat_s=cp.heartbeat_s,
             flush_timeout_s=cp.flush_timeout_s,
             guard=GuardPolicy(**resolved.config.guard.model_dump()),
+            replication=_replication_link(resolved),
         )
+
+
+def _replication_link(resolved: ResolvedNodeConfig) -> ReplicationLink | None:
+    r = resolved.config.replication
+    if r is None or resolved.replication_key_file is None:
+        return None
+    return ReplicationLink(
+        url=r.url,
+        credentials=resolved.replication_credentials,
+        zone=r.zone,
+        key_file=resolved.replication_key_file,
+        batch=r.batch,
+        timeout_s=r.timeout_s,
+    )
 
 
 @asynccontextmanager
@@ -348,13 +445,7 @@ async def follow_control_plane(node: Node, link: ControlPlaneLink) -> AsyncItera
     """Run the agent for a started ``node``. On exit the node is drained too (idempotent, so
     the caller's own ``Node`` context exits harmlessly); ``agent.shutdown`` then tells what
     became of the telemetry."""
-    url, user, password, tls, domain = link.url, None, None, None, None
-    if link.credentials is not None:
-        creds = load_credentials(link.credentials, require_url=not link.url)
-        url, user, password, tls = url or creds.url, creds.user, creds.password, creds.tls
-        domain = creds.domain
-    if not url:
-        raise PermanentError("no NATS URL: give one, or a credentials file holding it")
+    url, user, password, tls, domain = nats_login(link.url, link.credentials)
     agent = attach_agent(
         node,
         url=url,
@@ -369,16 +460,26 @@ async def follow_control_plane(node: Node, link: ControlPlaneLink) -> AsyncItera
         flush_timeout_s=link.flush_timeout_s,
         guard=link.guard,
     )
+    replication = None
+    if link.replication is not None:
+        replication = link.replication.build(region=link.region, node_id=agent.options.node_id)
+        assert isinstance(agent.target, ServingTarget) and node.service is not None
+        agent.target.replication = replication
+        node.service.importer = replication.import_session
+        await replication.start()
     await agent.start()
     try:
         yield agent
     finally:
         # No reconcile may swap a tenant while the node drains; the turns that finish during
-        # the drain are recorded, so the telemetry is flushed only after it.
+        # the drain are recorded, so the telemetry is flushed only after it. Changes not yet
+        # shipped stay in the outbox on disk and go after the restart.
         try:
             await asyncio.shield(agent.stop())
             await asyncio.shield(node.drain())
         finally:
+            if replication is not None:
+                await asyncio.shield(replication.close())
             await asyncio.shield(agent.close())
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -124,6 +125,13 @@ class ConversationService:
                 self.limiter.set_tenant(t.id, tenant_rate_limits(t))
         # Tenants added, changed or removed later (a managed node starts with none).
         registry.listeners.append(self._tenant_changed)
+        #: Imports a session this node does not have from the zone's replicas (tenant id,
+        #: session id → found); set when the node replicates sessions (docs/failover.md).
+        self.importer: Callable[[str, str], Awaitable[bool]] | None = None
+
+    async def import_session(self, tenant: Tenant, session_id: str) -> bool:
+        """A session unknown here: imported from the replicas (a failed-over conversation)?"""
+        return self.importer is not None and await self.importer(tenant.id, session_id)
 
     def _tenant_changed(self, tenant_id: str, tenant: Tenant | None) -> None:
         if tenant is None:
@@ -205,13 +213,14 @@ class ConversationService:
                     raise
                 return done
 
-    @staticmethod
-    async def _channel(tenant: Tenant, req: TurnRequest) -> str:
+    async def _channel(self, tenant: Tenant, req: TurnRequest) -> str:
         if req.channel is not None:
             return req.channel
         if not req.session_id:
             raise InvalidTurn("channel is required for a new session / 新会话须指定渠道 (channel)")
         session = await tenant.store.get_session(req.session_id)
+        if session is None and await self.import_session(tenant, req.session_id):
+            session = await tenant.store.get_session(req.session_id)
         if session is None:
             raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
         return session.channel
@@ -267,6 +276,8 @@ class ConversationService:
         """The session and its slots; a new session is built here and stored with the turn."""
         if req.session_id:
             context = await tenant.store.load_context(req.session_id)
+            if context is None and await self.import_session(tenant, req.session_id):
+                context = await tenant.store.load_context(req.session_id)
             if context is None:
                 raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
             if req.channel != context.session.channel:

@@ -6,7 +6,8 @@ Customer requests use the tenant's configured ``channel`` key towards the node; 
 console forwards the agent's own key (the node decides what it may do). A new conversation
 that gets no answer from its node is tried once more on another healthy node (nothing can have
 been stored for it); a conversation whose node is down gets ``node_down`` until the region
-failover work moves sessions.
+failover work moves sessions — unless the tenant follows routes: then it goes to the serving
+region, whose node imports the session's replicated history (docs/failover.md).
 """
 
 from __future__ import annotations
@@ -185,16 +186,19 @@ class Conversations:
             request_id=field(body, "request_id", str, max_len=64) or caller.request_id,
         )
 
-    def _target(self, body: dict[str, Any]) -> tuple[NodeState | None, str]:
+    def _target(self, caller: Caller, body: dict[str, Any]) -> tuple[NodeState | None, str]:
         sid = field(body, "session_id", str, max_len=128) or ""
         if not sid:
             return None, ""
-        return self.pool.holder(sid), local_id(sid)
+        return self._holder(caller, sid), local_id(sid)
+
+    def _holder(self, caller: Caller, sid: str) -> NodeState:
+        return self.pool.holder_or_failover(sid, self.rng, self.regions_for(caller.tenant.id))
 
     async def send(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         """One customer message → the bot's reply (a new conversation without session_id)."""
         req = self._converse_request(caller, body)
-        node, sid = self._target(body)
+        node, sid = self._target(caller, body)
         async with self.backlog.slot():
             if node is not None:
                 req.session_id = sid
@@ -215,12 +219,7 @@ class Conversations:
         regions = self.regions_for(caller.tenant.id)
         if regions is None:
             return self.pool.choose_new(self.rng, exclude=exclude or ())
-        for region in regions[:-1]:
-            try:
-                return self.pool.choose_new(self.rng, exclude=exclude or (), region=region)
-            except ApiError:
-                continue
-        return self.pool.choose_new(self.rng, exclude=exclude or (), region=regions[-1])
+        return self.pool.choose_in_regions(self.rng, regions, exclude=exclude or ())
 
     async def _send_once(
         self, node: NodeState, caller: Caller, req: pb.ConverseRequest
@@ -238,7 +237,7 @@ class Conversations:
     ) -> AsyncIterator[dict[str, Any]]:
         """``typing``, then ``reply``, then ``handoff`` when the reply hands over."""
         req = self._converse_request(caller, body)
-        node, sid = self._target(body)
+        node, sid = self._target(caller, body)
         async with self.backlog.slot():
             if node is None:
                 node = self._choose_new(caller)
@@ -272,7 +271,7 @@ class Conversations:
                 raise exc.error from None
 
     async def get_session(self, caller: Caller, sid: str) -> dict[str, Any]:
-        node = self.pool.holder(sid)
+        node = self._holder(caller, sid)
         view = await self._unary(
             node, "GetSession", pb.GetSessionRequest(session_id=local_id(sid)), caller.metadata()
         )

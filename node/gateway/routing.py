@@ -212,6 +212,37 @@ class NodePool:
         least = min(n.in_flight for n in up)
         return rng.choice([n for n in up if n.in_flight == least])
 
+    def choose_in_regions(
+        self, rng: random.Random, regions: list[str], *, exclude: Iterable[str] = ()
+    ) -> NodeState:
+        """A node for a tenant following routes: the first of ``regions`` (serving, then
+        standby) with a healthy node; ``no_node`` when none has one."""
+        if not regions:
+            raise ApiError.of("no_node")
+        skip = list(exclude)
+        for region in regions[:-1]:
+            try:
+                return self.choose_new(rng, exclude=skip, region=region)
+            except ApiError:
+                continue
+        return self.choose_new(rng, exclude=skip, region=regions[-1])
+
+    def holder_or_failover(
+        self, public: str, rng: random.Random, regions: list[str] | None
+    ) -> NodeState:
+        """The node holding a session; when it is down and the tenant follows routes
+        (``regions``), a node of the serving region — which imports the session's replicated
+        history on its first turn (docs/failover.md). Still ``node_down`` when none can."""
+        try:
+            return self.holder(public)
+        except ApiError as exc:
+            if exc.code != "node_down" or not regions:
+                raise
+            try:
+                return self.choose_in_regions(rng, regions)
+            except ApiError:
+                raise exc from None
+
     def holder(self, public: str) -> NodeState:
         """The node holding a session or hand-off; ``node_down`` while it is ejected."""
         n = self.nodes.get(node_of(public))

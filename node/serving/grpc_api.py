@@ -327,6 +327,12 @@ class KefuNodeService:
     ) -> pb.SessionView:
         store = tenant.store
         session = await store.get_session(req.session_id) if req.session_id else None
+        if (
+            session is None
+            and req.session_id
+            and await self.service.import_session(tenant, req.session_id)
+        ):
+            session = await store.get_session(req.session_id)
         if session is None:
             raise SessionNotFound(f"session {req.session_id!r} not found / 会话不存在")
         turns = await store.get_turns(session.id)

@@ -221,11 +221,7 @@ class Node:
         now = now or datetime.now(UTC)
         purged: dict[str, int] = {}
         for tenant in self.registry.tenants.values():
-            policies = tenant.config.session_policy
-            days = max(
-                [policies.default.retention_days]
-                + [o.retention_days for o in policies.overrides.values() if o.retention_days]
-            )
+            days = tenant.config.session_policy.longest_retention_days()
             purged[tenant.id] = await tenant.store.purge_expired(now, timedelta(days=days))
             if purged[tenant.id] and self.audit is not None:
                 await self.audit.record(

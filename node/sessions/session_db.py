@@ -57,7 +57,7 @@ __all__ = [
     "write",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PURGE_BATCH = 200
 R = TypeVar("R")
 
@@ -144,7 +144,15 @@ CREATE UNIQUE INDEX turns_by_request ON turns (session_id, request_id, role)
     WHERE request_id IS NOT NULL;
 ALTER TABLE feedback ADD COLUMN comment TEXT;
 """
-_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+# v3: the replication outbox (issue 15): a committed change, sealed with the zone key, waiting
+# for the shipper; written in the same transaction as the change, deleted after the stream's ack.
+_SCHEMA_V3 = """
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, msg_id TEXT NOT NULL, subject TEXT NOT NULL,
+    payload TEXT NOT NULL, created_at REAL NOT NULL
+) STRICT;
+"""
+_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 
 
 def prepare(db: Database, tenant: str, now: str) -> None:

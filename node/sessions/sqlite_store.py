@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlite_utils import Database
 
@@ -83,12 +83,15 @@ from kefu.node.sessions.tenant_keys import EncryptionOptions, TenantKeys, load_m
 
 __all__ = [
     "SCHEMA_VERSION",
+    "OutboxSink",
     "SQLiteSessionStore",
     "SQLiteStoreOptions",
     "StoreStats",
     "sqlite_store_opener",
     "tenant_db_path",
 ]
+
+_R = TypeVar("_R")
 
 #: Columns holding what customers and agents wrote: encrypted at rest when a cipher is set.
 #: Ids, timestamps, statuses, intents and scores stay clear (indexes and retention need them).
@@ -101,8 +104,28 @@ _UPSERT_SLOT = (
 )
 
 
+class OutboxSink(Protocol):
+    """Where a committed change also goes when the tenant's sessions are replicated
+    (:class:`kefu.node.replication.records.OutboxWriter`): ``entry`` builds the outbox row on
+    the writer thread, inside the change's own transaction; ``notify`` wakes the shipper."""
+
+    def entry(
+        self,
+        tenant: str,
+        session: Mapping[str, Any],
+        turns: Any = (),
+        slots: Any = (),
+    ) -> dict[str, Any]: ...
+
+    def notify(self) -> None: ...
+
+
 class SQLiteSessionStore:
-    """:class:`SessionStore` over one tenant's SQLite file. Create it with :meth:`open`."""
+    """:class:`SessionStore` over one tenant's SQLite file. Create it with :meth:`open`.
+
+    With :attr:`outbox` set (the tenant's residency allows replication), every change that a
+    failed-over conversation needs — the session row, appended turns, set slots — also writes
+    an outbox row in the *same* transaction: both or neither."""
 
     def __init__(
         self,
@@ -130,6 +153,8 @@ class SQLiteSessionStore:
         self._read = self._db.read
         self._write = self._db.write
         self.stats = self._db.stats
+        #: Replication outbox (None: this tenant's changes are not replicated).
+        self.outbox: OutboxSink | None = None
 
     @classmethod
     async def open(
@@ -185,6 +210,30 @@ class SQLiteSessionStore:
                     row[col] = c.open(col, row[col])
         return row
 
+    def _ship(
+        self,
+        conn: sqlite3.Connection,
+        sink: OutboxSink | None,
+        session: Session,
+        turns: list[Turn] | tuple[()] = (),
+        slots: list[Slot] | tuple[()] = (),
+    ) -> None:
+        """The outbox row of a change, in the caller's transaction (clear rows, sealed by the
+        sink with the zone key)."""
+        if sink is not None:
+            row = sink.entry(
+                self._tenant,
+                encode(session, skip=frozenset({"tenant"})),
+                [encode(t) for t in turns],
+                [encode(s) for s in slots],
+            )
+            insert(conn, "outbox", row)
+
+    async def _shipped(self, sink: OutboxSink | None, result: _R) -> _R:
+        if sink is not None:
+            sink.notify()
+        return result
+
     def _session(
         self, conn: sqlite3.Connection, session_id: str, *, writable: bool = True
     ) -> Session:
@@ -193,12 +242,15 @@ class SQLiteSessionStore:
     # ------------------------------------------------------------------ sessions
 
     async def create_session(self, new: NewSession) -> Session:
+        sink = self.outbox
+
         def op(conn: sqlite3.Connection) -> Session:
             session = start_session(new, tenant=self._tenant, now=self._now())
             insert(conn, "sessions", encode(session, skip=frozenset({"tenant"})))
+            self._ship(conn, sink, session)
             return session
 
-        return await self._write(op)
+        return await self._shipped(sink, await self._write(op))
 
     async def get_session(self, session_id: str) -> Session | None:
         def op(conn: sqlite3.Connection) -> Session | None:
@@ -270,6 +322,8 @@ class SQLiteSessionStore:
         scenario: str | None = None,
         attributes: Mapping[str, Any] | None = None,
     ) -> Session:
+        sink = self.outbox
+
         def op(conn: sqlite3.Connection) -> Session:
             session = self._session(conn, session_id, writable=False)
             patched = patch_session(
@@ -278,13 +332,16 @@ class SQLiteSessionStore:
             if patched is None:
                 return session
             _update_session_row(conn, patched)
+            self._ship(conn, sink, patched)
             return patched
 
-        return await self._write(op)
+        return await self._shipped(sink, await self._write(op))
 
     # ------------------------------------------------------------------ turns and slots
 
     async def append_turn(self, turn: NewTurn) -> Turn:
+        sink = self.outbox
+
         def op(conn: sqlite3.Connection) -> Turn:
             session = self._session(conn, turn.session_id)
             stored = stored_turn(turn, seq=session.turn_count + 1, now=self._now())
@@ -294,9 +351,11 @@ class SQLiteSessionStore:
                 "UPDATE sessions SET turn_count = ?, last_active_at = ? WHERE id = ?",
                 (stored.seq, to_iso(stored.created_at), session.id),
             )
+            after = replace(session, turn_count=stored.seq, last_active_at=stored.created_at)
+            self._ship(conn, sink, after, [stored])
             return stored
 
-        return await self._write(op)
+        return await self._shipped(sink, await self._write(op))
 
     async def get_turns(
         self, session_id: str, *, after_seq: int = 0, tail: int | None = None
@@ -324,8 +383,10 @@ class SQLiteSessionStore:
         )
 
     async def set_slot(self, session_id: str, key: str, value: Any) -> Slot:
+        sink = self.outbox
+
         def op(conn: sqlite3.Connection) -> Slot:
-            self._session(conn, session_id)
+            session = self._session(conn, session_id)
             slot = Slot(
                 session_id=session_id,
                 key=key,
@@ -333,9 +394,10 @@ class SQLiteSessionStore:
                 value=json_clone(value, what="slot value"),
             )
             _upsert_slot(conn, slot, self._seal)
+            self._ship(conn, sink, session, slots=[slot])
             return slot
 
-        return await self._write(op)
+        return await self._shipped(sink, await self._write(op))
 
     async def get_slots(self, session_id: str) -> dict[str, Slot]:
         return await self._read(lambda conn: _slots(conn, session_id, self._open))
@@ -355,6 +417,8 @@ class SQLiteSessionStore:
         return await self._read(op)
 
     async def record_turn(self, record: TurnRecord) -> RecordedTurn:
+        sink = self.outbox
+
         def op(conn: sqlite3.Connection) -> RecordedTurn:
             now = self._now()
             new = record.new_session
@@ -376,20 +440,77 @@ class SQLiteSessionStore:
                 _update_session_row(conn, after)
             for t in turns:
                 insert(conn, "turns", self._seal(encode(t)))
-            for key, value in record.slots.items():
-                _upsert_slot(
-                    conn,
-                    Slot(
-                        session_id=session.id,
-                        key=key,
-                        value=json_clone(value, what="slot value"),
-                        updated_at=now,
-                    ),
-                    self._seal,
+            slots = [
+                Slot(
+                    session_id=session.id,
+                    key=key,
+                    value=json_clone(value, what="slot value"),
+                    updated_at=now,
                 )
+                for key, value in record.slots.items()
+            ]
+            for slot in slots:
+                _upsert_slot(conn, slot, self._seal)
             if handoff is not None:
                 insert(conn, "handoffs", self._seal(encode(handoff)))
+            self._ship(conn, sink, after, turns, slots)
             return RecordedTurn(session=after, turns=turns, handoff=handoff)
+
+        return await self._shipped(sink, await self._write(op))
+
+    # ------------------------------------------------------------------ replication
+
+    async def outbox_batch(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest ``limit`` outbox rows (id, msg_id, subject, payload, created_at)."""
+        sql = "SELECT * FROM outbox ORDER BY id LIMIT ?"
+        return await self._read(lambda conn: rows(conn, sql, (max(limit, 0),)))
+
+    async def outbox_delete(self, ids: list[int]) -> None:
+        """Forget rows the stream acknowledged."""
+        if not ids:
+            return
+        marks = ", ".join("?" * len(ids))
+        await self._write(
+            lambda conn: conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids) and None
+        )
+
+    async def outbox_state(self) -> tuple[int, float | None]:
+        """(rows waiting, commit time of the oldest) — the shipper's backlog and lag."""
+        sql = "SELECT count(*), min(created_at) FROM outbox"
+        return await self._read(lambda conn: tuple(conn.execute(sql).fetchone()))
+
+    async def import_changes(self, changes: list[dict[str, Any]]) -> Session | None:
+        """Apply replicated changes (oldest first) in one transaction: the session row as the
+        last change left it, every turn and slot; turns already here are kept. Not shipped
+        again. Returns the session (None when ``changes`` is empty)."""
+        if not changes:
+            return None
+
+        def op(conn: sqlite3.Connection) -> Session:
+            session_row: dict[str, Any] = {}
+            for change in changes:
+                session_row = dict(change["session"])
+                session_row.pop("tenant", None)
+                cols = ", ".join(session_row)
+                marks = ", ".join(f":{k}" for k in session_row)
+                sets = ", ".join(f"{k} = excluded.{k}" for k in session_row if k != "id")
+                conn.execute(
+                    f"INSERT INTO sessions ({cols}) VALUES ({marks}) "
+                    f"ON CONFLICT (id) DO UPDATE SET {sets}",
+                    session_row,
+                )
+                for t in change.get("turns", ()):
+                    row = self._seal(dict(t))
+                    cols = ", ".join(row)
+                    marks = ", ".join(f":{k}" for k in row)
+                    conn.execute(f"INSERT OR IGNORE INTO turns ({cols}) VALUES ({marks})", row)
+                for s in change.get("slots", ()):
+                    row = self._seal(dict(s))
+                    conn.execute(
+                        _UPSERT_SLOT,
+                        (row["session_id"], row["key"], row["value"], row["updated_at"]),
+                    )
+            return self._session(conn, str(session_row["id"]), writable=False)
 
         return await self._write(op)
 
