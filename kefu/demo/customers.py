@@ -113,6 +113,7 @@ class TurnResult:
     latency_ms: float
     model_version: str = ""  # the intent model that answered ("name@version")
     handoff: bool = False
+    at: float = 0.0  # wall-clock time the reply arrived
 
     @property
     def understood(self) -> bool:

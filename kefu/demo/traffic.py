@@ -243,6 +243,7 @@ class TrafficRun:
                         latency_ms=(time.perf_counter() - started) * 1000,
                         model_version=reply.model_versions.get("intent", ""),
                         handoff=reply.handoff,
+                        at=time.time(),
                     )
                 )
                 if reply.handoff:
