@@ -17,6 +17,7 @@ import asyncio
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,15 +29,14 @@ from cp_support import ACTOR, FAST_YAML, seed_demo, trust_on_node, trust_with
 from support.processes import stop_process
 from test_node_cp_join import converse_when_assigned, run_node, write_node_yaml
 
-from kefu.bus import snapshot
 from kefu.control_plane.alerts import SIGNATURE_HEADER, Webhook, sign
 from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
 from kefu.control_plane.canary import CanaryPolicy
-from kefu.control_plane.canary_store import save_policy
+from kefu.control_plane.canary_store import load_verdict, save_policy
 from kefu.demo.customers import SessionResult
 from kefu.demo.traffic import TrafficOptions, TrafficRun
 from kefu.keys import SigningKey
-from kefu.rollout import Rollout, Step, Wave
+from kefu.rollout import BUCKET_ROLLOUTS, Rollout, Step, Wave, rollout_key
 from kefu.wire import BUCKET_NODES, NodeStatus, decode
 
 TENANT = "demo-shop"
@@ -76,12 +76,13 @@ class CanaryStack:
         return self.app.cp
 
     async def statuses(self) -> dict[str, NodeStatus]:
+        """Each node's last status heartbeat (one get per node: this is polled often)."""
         assert self.app.bus is not None
-        entries = await snapshot(self.app.bus, BUCKET_NODES)
         out = {}
-        for e in entries.values():
-            s = decode(NodeStatus, e.value)
-            out[s.node_id] = s
+        for node_id in self.ports:
+            e = await self.app.bus.kv_get(BUCKET_NODES, node_id)
+            if e is not None:
+                out[node_id] = decode(NodeStatus, e.value)
         return out
 
 
@@ -166,12 +167,17 @@ class CanaryRun:
     t_first_canary: float = 0.0  # the first turn the canary served
     t_removed: float = 0.0  # every node applied the rollback (no split any more)
     t_end: float = 0.0  # the rollout finalized
+    evidence: dict[str, Any] = field(default_factory=dict)  # the last verdict's
 
     def exposed(self, until: float) -> tuple[int, int]:
         """(sessions that ever saw the canary, sessions) among those started from the rollout
         start until ``until``."""
         window = [s for s in self.sessions if self.t_start <= s.started_at <= until]
         return sum(self.canary in s.versions for s in window), len(window)
+
+    def _errors(self, canary: bool) -> dict[str, int]:
+        failed = [s for s in self.sessions if s.errors and (self.canary in s.versions) == canary]
+        return dict(Counter(s.error.split(":")[0] for s in failed))
 
     def to_json(self) -> dict[str, Any]:
         end = self.t_removed or self.t_end
@@ -188,6 +194,9 @@ class CanaryRun:
             "sessions_in_window": total,
             "sessions_exposed": exposed,
             "exposed_share": round(exposed / total, 4) if total else 0.0,
+            "worse_metrics": [m["metric"] for m in self.evidence.get("metrics", []) if m["worse"]],
+            # sessions the simulator saw a call fail in (status: count), per arm
+            "client_errors": {"canary": self._errors(True), "baseline": self._errors(False)},
         }
 
 
@@ -231,6 +240,7 @@ async def run_canary(
         run = CanaryRun(rollout=ro, sessions=sessions, canary=canary, t_start=t_start)
         deadline = time.monotonic() + timeout_s
         nodes = set(stack.ports)
+        key = rollout_key(TENANT, ro.id)
         while time.monotonic() < deadline:
             st = await stack.statuses()
             now = time.time()
@@ -240,15 +250,20 @@ async def run_canary(
                 run.t_split = now
             if run.t_split and not run.t_removed and not split and on == nodes:
                 run.t_removed = now
-            run.rollout = await stack.cp.get_rollout(ro.id)
+            # the rollout by its key (a get, not a watch: this loop polls 5 times a second)
+            e = await stack.app.bus.kv_get(BUCKET_ROLLOUTS, key)  # type: ignore[union-attr]
+            if e is not None:
+                run.rollout = decode(Rollout, e.value)
             if run.rollout.finalized and not run.t_end:
                 run.t_end = now
             if run.t_end and (run.t_removed or run.rollout.phase == "promoted"):
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)
     finally:
         stop.set()
         await traffic
     turns = [t.at for s in sessions for t in s.turns if t.model_version == canary]
     run.t_first_canary = min(turns) if turns else 0.0
+    verdict = await load_verdict(stack.app.bus, ro.id)  # type: ignore[arg-type]
+    run.evidence = dict(verdict.evidence) if verdict is not None else {}
     return run

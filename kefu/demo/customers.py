@@ -169,6 +169,7 @@ class SessionResult:
     session_id: str = ""
     turns: list[TurnResult] = field(default_factory=list)
     errors: int = 0
+    error: str = ""  # the failed call's status and details
     feedback: SessionFeedback = field(default_factory=SessionFeedback)
     started_at: float = 0.0
 

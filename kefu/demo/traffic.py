@@ -256,8 +256,9 @@ class TrafficRun:
                     metadata=md,
                     timeout=o.timeout_s,
                 )
-        except grpc.RpcError:
+        except grpc.aio.AioRpcError as exc:
             res.errors += 1
+            res.error = f"{exc.code().name}: {exc.details()}"
         return res
 
     async def _feedback(self, stub: Any, md: Any, session_id: str, fb: SessionFeedback) -> None:
