@@ -1,6 +1,6 @@
 """Issue 13's end-to-end proof on a real nats-server, the control plane (ControlPlaneApp:
 lease, reconciler, rollout controller with the canary analysis, webhook delivery) and two
-``kefu node run`` processes, with the traffic simulator as the customers at 30 sessions/s
+``kefu node run`` processes, with the traffic simulator as the customers at 20 sessions/s
 (2–4 turn zh/en sessions from the demo tenant's held-out data, feedback by whether the bot
 understood):
 
@@ -36,7 +36,7 @@ from kefu.rollout import Step
 
 pytestmark = pytest.mark.slow
 
-RATE = 30.0  # sessions per second, over both nodes
+RATE = 20.0  # sessions per second, over both nodes
 POLICY = CanaryPolicy(
     name="e2e", tolerance={m: 0.2 for m in METRICS}, min_trials=30, min_sessions=10
 )
@@ -50,11 +50,14 @@ async def test_bad_canary_rolled_back_and_good_canary_promoted(
         await cp.publish_model(new_version(tmp_path, ops_key, "e2e-bad", permute=True), actor=ACTOR)
         await cp.publish_model(new_version(tmp_path, ops_key, "e2e-good"), actor=ACTOR)
 
-        # (a) the bad canary: 3 % of new sessions, a long bake (it must never advance)
+        # (a) the bad canary: 2 % of new sessions (a few hundred sessions pass before the
+        # rollback, so the exposed share is 2 % ± 1 point: ≤ 5 % holds by > 3 standard
+        # errors), a long bake (it must never advance)
         bad = await run_canary(
-            stack, "e2e-bad", policy=POLICY, steps=[Step(weight=0.03, bake_s=600)], rate=RATE
+            stack, "e2e-bad", policy=POLICY, steps=[Step(weight=0.02, bake_s=600)], rate=RATE
         )
         ro = bad.rollout
+        print("bad canary:", bad.to_json())  # shown with -s
         assert ro.phase == "rolled_back", (ro.phase, ro.reason, bad.to_json())
         assert "canary analysis" in ro.reason and "hard stop" not in ro.reason, ro.reason
         assert bad.t_first_canary and bad.t_removed, bad.to_json()  # served, then removed
@@ -99,6 +102,7 @@ async def test_bad_canary_rolled_back_and_good_canary_promoted(
             seed=14,
         )
         ro = good.rollout
+        print("good canary:", good.to_json())
         assert ro.phase == "promoted" and ro.finalized, (ro.phase, ro.reason, good.to_json())
         assert {a.models["intent"] for a in await cp.list_assignments(TENANT)} == {good.canary}
         actions = [
