@@ -15,12 +15,15 @@ Scenarios: ``aa`` (canary = baseline) at 1 and 10 sessions/s → false rollback 
 (hand-off per session 10 % → 20 %) → detection power and sessions until rollback; ``srm`` (the
 canary arm receives 0.9 × its nominal share, 45:50, at a 10 % weight: 9 % instead of 10 %) →
 the sample-ratio check alone, repeated every pass up to 200,000 sessions → share detected and
-sessions until detected.
+sessions until detected. *sessions for 80 %* is the number of sessions (canary sessions) by
+which 80 % of all runs had reached the scenario's expected end — the samples needed for 80 %
+power (for ``aa``: 80 % promoted).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -148,6 +151,17 @@ def _srm_only(sc: Scenario, policy: CanaryPolicy, rng: np.random.Generator, chec
     return Outcome("promoted", t, kc_total + kb_total, kc_total)
 
 
+def _reached_by(outs: list[Outcome], end: str, share: float) -> str:
+    """Sessions (canary sessions) by which ``share`` of all runs had ended in ``end``: the
+    samples needed for that power. Runs that never did count as never; "—" if < ``share``."""
+    hit = sorted((o.sessions, o.canary_sessions) for o in outs if o.end == end)
+    need = math.ceil(share * len(outs))
+    if need == 0 or len(hit) < need:
+        return "—"
+    s, c = hit[need - 1]
+    return f"{s} ({c})"
+
+
 def scenarios() -> list[Scenario]:
     return [
         Scenario("aa", rate=1.0),
@@ -172,7 +186,8 @@ def main() -> None:
     print(f"steps {', '.join(f'{w:.0%}' for w in STEPS)}, bake {a.bake:.0f} s, analysis every "
           f"{a.check_s:.0f} s, {a.runs} runs per scenario")  # fmt: skip
     head = f"{'scenario':<10}{'sess/s':>7}{'promoted':>10}{'rollback':>10}{'pause srm':>10}"
-    head += f"{'pause inc.':>11}{'median s':>10}{'median sessions (canary)':>26}{'cpu s':>7}"
+    head += f"{'pause inc.':>11}{'median s':>10}{'median sessions (canary)':>26}"
+    head += f"{'sessions for 80 % (canary)':>28}{'cpu s':>7}"
     print(head)
     for sc in scenarios():
         if a.scenario and sc.name not in a.scenario:
@@ -187,9 +202,10 @@ def main() -> None:
         med_t = statistics.median(o.seconds for o in hit)
         med_s = statistics.median(o.sessions for o in hit)
         med_c = statistics.median(o.canary_sessions for o in hit)
+        p80 = _reached_by(outs, target[sc.name], 0.8)
         print(f"{sc.name:<10}{sc.rate:>7g}{count['promoted']:>10.1%}{count['rollback']:>10.1%}"
               f"{count['pause-srm']:>10.1%}{count['pause-inconclusive']:>11.1%}{med_t:>10.0f}"
-              f"{f'{med_s:.0f} ({med_c:.0f})':>26}{cpu:>7.1f}")  # fmt: skip
+              f"{f'{med_s:.0f} ({med_c:.0f})':>26}{p80:>28}{cpu:>7.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ from kefu.v1 import bearer_metadata
 from kefu.v1 import control_plane_pb2_grpc as cpg
 
 DEMO_YAML = DEMO_TENANT_CONFIG.read_text(encoding="utf-8")
+#: The demo config with rate limits high enough for bursts of test sessions (the demo's are
+#: for one real shop).
+FAST_YAML = DEMO_YAML.replace(
+    "rate_per_second: 50\n    burst: 200", "rate_per_second: 5000\n    burst: 5000"
+).replace("web: {rate_per_second: 20, burst: 80}", "web: {rate_per_second: 5000, burst: 5000}")
 ACTOR = "tester"
 
 
@@ -73,15 +78,26 @@ def shipped_packed(name: str) -> tuple[bytes, str]:
 
 
 def new_version(
-    tmp_path: Path, key: SigningKey, version: str, name: str = "demo-shop-intent", pad: int = 0
+    tmp_path: Path,
+    key: SigningKey,
+    version: str,
+    name: str = "demo-shop-intent",
+    pad: int = 0,
+    *,
+    permute: bool = False,
 ) -> bytes:
-    """The shipped bundle re-signed as ``version`` (optionally padded to a bigger size)."""
+    """The shipped bundle re-signed as ``version`` (optionally padded to a bigger size, or with
+    its labels rotated by one: a bad model that loads, verifies and answers confidently, every
+    class as the next one)."""
     dest = tmp_path / f"{name}-{version}"
     shutil.copytree(shipped_dir() / name, dest)
     m = Manifest.from_bytes((dest / "manifest.json").read_bytes())
     m.version = version
-    if pad:
-        # A bigger tokenizer-like payload to measure transfer; listed with its hash.
+    if permute:
+        m.labels = m.labels[1:] + m.labels[:1]
+    if pad or permute:
+        # labels.json rewritten (a bigger tokenizer-like payload to measure transfer, or the
+        # rotated labels), listed with its hash.
         from kefu.bundle import sha256_file
 
         labels = dest / "labels.json"

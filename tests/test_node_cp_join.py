@@ -52,8 +52,11 @@ def write_node_yaml(
     user: NatsUser | None = None,
     region: str = "r1",
     node_id: str = "n1",
+    telemetry_s: float = 600,
 ) -> tuple[Path, int, Path]:
-    """node.yaml + credentials file (the node's deployment user when given, else url only)."""
+    """node.yaml + credentials file (the node's deployment user when given, else url only).
+    The long default telemetry interval means only the shutdown flush delivers a run's
+    telemetry."""
     etc = tmp / "etc"
     etc.mkdir(parents=True, exist_ok=True)
     creds = user.to_credentials(url) if user else {"url": url}
@@ -64,8 +67,8 @@ def write_node_yaml(
         f"data_dir: ../data\nlisten: 127.0.0.1:{port}\nmetrics_listen: ''\n"
         "logging:\n  format: text\n"
         f"control_plane:\n  credentials: nats.json\n  region: {region}\n  node_id: {node_id}\n"
-        # Long interval: only the shutdown flush can deliver this run's telemetry.
-        "  telemetry_interval_s: 600\n  heartbeat_s: 0.5\n  flush_timeout_s: 3\n" + extra,
+        f"  telemetry_interval_s: {telemetry_s}\n  heartbeat_s: 0.5\n  flush_timeout_s: 3\n"
+        + extra,
         encoding="utf-8",
     )
     return path, port, tmp / "data"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cp_support import ACTOR, DEMO_YAML, control_plane, new_version, seed_demo, trust_on_node
+from cp_support import ACTOR, FAST_YAML, control_plane, new_version, seed_demo, trust_on_node
 from cp_support import trust_with as trust_of
 from support.processes import stop_process
 from test_node_cp_join import converse_when_assigned, run_node, write_node_yaml
@@ -39,10 +39,6 @@ NODES = [("r1", "a1"), ("r1", "a2"), ("r2", "b1"), ("r2", "b2")]
 CANARY = "demo-shop-intent@e2e-2"
 PER_STEP = 400
 BAKE_S = 60.0
-# High enough that 400 sessions in a burst are never rate limited.
-FAST_YAML = DEMO_YAML.replace(
-    "rate_per_second: 50\n    burst: 200", "rate_per_second: 5000\n    burst: 5000"
-).replace("web: {rate_per_second: 20, burst: 80}", "web: {rate_per_second: 5000, burst: 5000}")
 
 
 def _drain(proc: object) -> None:

@@ -1,4 +1,5 @@
-"""``kefu demo order-center``: run the demo order center the demo tenant's plugins call."""
+"""``kefu demo order-center``: run the demo order center the demo tenant's plugins call;
+``kefu demo traffic``: simulated customers (:mod:`kefu.demo.traffic`)."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def _order_center(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="demo back-office systems (order center)")
+    p = sub.add_parser("demo", help="demo back-office systems (order center), simulated customers")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     oc = verbs.add_parser("order-center", help="run the demo order center (HTTP + SQLite)")
     oc.add_argument(
@@ -84,3 +85,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     oc.add_argument("--token", help="API token (default: <data-dir>/secrets/order_center_token)")
     oc.add_argument("--orders", type=int, default=600, help="orders to seed a new database with")
     oc.set_defaults(handler=_order_center)
+    from kefu.demo.traffic import register as register_traffic
+
+    register_traffic(verbs)

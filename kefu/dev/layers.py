@@ -65,6 +65,7 @@ PURE = (
     "kefu.model_ref",
     "kefu.rollout",
     "kefu.canary_stats",
+    "kefu.demo.customers",
     "kefu.node.nlu.language",
     "kefu.node.nlu.entities",
     "kefu.node.nlu.entity_patterns",
