@@ -25,6 +25,7 @@ from kefu.tui.client import (
     Snapshot,
     fetch_snapshot,
 )
+from kefu.tui.regions_tab import ROUTES
 from kefu.tui.views import VIEWS, ago
 from kefu.tui.widgets import Banner, ViewTable
 
@@ -168,7 +169,9 @@ def test_views_format_the_snapshot() -> None:
     regions = dict({v.id: v for v in VIEWS}["regions"].rows(snap, NOW))
     assert str(regions["cn-east"][1]) == "up / 正常" and regions["cn-east"][5] == "demo-shop"
     assert regions["cn-north"][3] == "40s" and regions["cn-north"][4] == "no / 否"
-    assert "unavailable" in str(regions["route:solo"][1]) and regions["route:solo"][5] == "solo"
+    assert str(regions["cn-east"][6]) == "—"  # no replication lag reported (yet)
+    routes = dict(ROUTES.rows(snap, NOW))
+    assert "unavailable" in str(routes["solo"][2]) and routes["solo"][0] == "solo"
 
 
 def _wait_loaded(pilot: Any) -> Any:

@@ -51,9 +51,11 @@ def pct(x: float) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class View:
-    """One tab: an id (also its key binding's target), a bilingual title and its table."""
+    """One tab: an id (also its key binding's target), a bilingual title and its table; ``more``
+    are further tables shown below it in the same tab (e.g. the routes under the regions)."""
 
     id: str
     title: str
     columns: tuple[str, ...]
     rows: Callable[[Snapshot, float], Rows]
+    more: tuple[View, ...] = ()
