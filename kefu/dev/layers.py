@@ -96,6 +96,7 @@ PURE = (
     "kefu.control_plane.region_health",
     "kefu.control_plane.residency",
     "kefu.control_plane.canary",
+    "kefu.control_plane.policy_file",
     "kefu.models.gate",
     "kefu.node.gateway.routing",
     "kefu.node.gateway.answers",
