@@ -1,24 +1,35 @@
 """The console's rollout analysis screen (Enter on a rollout) and the Regions tab's admin
 actions (drain / fail back), driven with Pilot over the in-memory client double, plus SVG
-snapshots of both."""
+snapshots of both; then both through the gRPC client against a real control plane on a real
+nats-server."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+from cp_support import ACTOR, new_version, seed_demo, trust_with
 from rich.text import Text
 from textual.widgets import DataTable, Static
 from tui_support import ANALYSIS, NOW, MemoryClient, open_tab, until
 
+from kefu.control_plane.app import ControlPlaneApp, ControlPlaneOptions
 from kefu.errors import PermanentError
+from kefu.keys import SigningKey
+from kefu.natsserver import NatsServer
+from kefu.rollout import CAPABILITY_SPLIT, Step, Wave
 from kefu.tui.analysis_screen import AnalysisScreen
 from kefu.tui.analysis_view import analysis_summary, decision_history, metric_rows, srm_rows
 from kefu.tui.app import KefuConsole
-from kefu.tui.client import Snapshot
+from kefu.tui.client import GrpcControlPlaneClient, Snapshot
 from kefu.tui.regions_tab import REGIONS, ROUTES, replication_lag
 from kefu.tui.widgets import Confirm, ViewTable
 from kefu.v1 import control_plane_pb2 as pb
+from kefu.wire import BUCKET_NODES, NodeStatus, encode
 
 
 def _plain(cells: Any) -> list[str]:
@@ -101,7 +112,10 @@ async def test_enter_on_a_rollout_opens_its_analysis_fetched_in_a_worker() -> No
     console = KefuConsole(client, refresh_s=3600, clock=lambda: NOW)
     async with console.run_test(size=(200, 50)) as pilot:
         await until(lambda: console.generation > 0, pilot)
-        await pilot.press("6", "enter")
+        await pilot.press("6")
+        rollouts = console.query_one("#rollouts-table", ViewTable)
+        await until(lambda: rollouts.has_focus, pilot)
+        await pilot.press("enter")
         await until(lambda: isinstance(console.screen, AnalysisScreen), pilot)
         screen = console.screen
         assert isinstance(screen, AnalysisScreen)
@@ -115,7 +129,7 @@ async def test_enter_on_a_rollout_opens_its_analysis_fetched_in_a_worker() -> No
         await pilot.press("2")  # the tab keys do nothing here (no crash, still on the screen)
         assert isinstance(console.screen, AnalysisScreen)
         await pilot.press("escape")
-        await until(lambda: not isinstance(console.screen, AnalysisScreen), pilot)
+        await until(lambda: rollouts.has_focus, pilot)  # back on the table
         # A failing fetch: a line on the screen, no traceback; `r` retries and clears it.
         client.analysis_fail = PermanentError("NOT_FOUND: no rollout / 灰度发布不存在")
         await pilot.press("a")
@@ -136,7 +150,8 @@ async def test_drain_and_failback_keys_only_for_admins_after_a_confirm() -> None
         await until(lambda: console.generation > 0, pilot)
         await pilot.press("8")
         table = console.query_one("#regions-table", ViewTable)
-        assert table.has_focus and table.check_action("region", ("drain",))
+        await until(lambda: table.has_focus, pilot)
+        assert table.check_action("region", ("drain",))
         assert console.query_one("#routes-table", ViewTable).row_count == 2
         await pilot.press("d")
         await until(lambda: isinstance(console.screen, Confirm), pilot)
@@ -165,7 +180,9 @@ def test_snapshot_rollout_analysis(snap_compare: Any) -> None:
 
     async def run_before(pilot: Any) -> None:
         await until(lambda: console.generation > 0, pilot)
-        await pilot.press("6", "enter")
+        await pilot.press("6")
+        await until(lambda: console.query_one("#rollouts-table").has_focus, pilot)
+        await pilot.press("enter")
         await until(lambda: isinstance(console.screen, AnalysisScreen), pilot)
         screen = console.screen
         await until(lambda: screen.loaded > 0, pilot)  # type: ignore[attr-defined]
@@ -177,3 +194,94 @@ def test_snapshot_rollout_analysis(snap_compare: Any) -> None:
 def test_snapshot_regions(snap_compare: Any) -> None:
     console = KefuConsole(MemoryClient(), refresh_s=3600, clock=lambda: NOW)
     assert snap_compare(console, terminal_size=(200, 30), run_before=open_tab("8"))
+
+
+# --- against a real control plane ------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_analysis_and_drain_through_a_real_control_plane(
+    tmp_path: Path, nats_server: NatsServer, ops_key: SigningKey
+) -> None:
+    """The gRPC client's new calls on real RPCs: the analysis screen of a rollout started with
+    a policy, then drain and fail back from the Regions tab, checked in the control plane."""
+    opts = ControlPlaneOptions(
+        nats_url=nats_server.url, trust=trust_with(ops_key), listen="127.0.0.1:0", regions=["r1"]
+    )
+    async with ControlPlaneApp(opts) as app:
+        assert app.cp is not None and app.bus is not None and app.first_token
+        await seed_demo(app.cp, "r1")
+        await app.cp.publish_model(new_version(tmp_path, ops_key, "9.0.0"), actor=ACTOR)
+        bus = app.bus
+
+        async def heartbeat() -> None:  # the region stays healthy: fail back is allowed
+            while True:
+                node = NodeStatus(
+                    node_id="edge-1",
+                    region="r1",
+                    capabilities=[CAPABILITY_SPLIT],
+                    heartbeat_at=time.time(),
+                )
+                await bus.kv_put(BUCKET_NODES, node.node_id, encode(node))
+                await asyncio.sleep(0.5)
+
+        beating = asyncio.create_task(heartbeat())
+        ro = await app.cp.start_rollout(
+            "demo-shop",
+            models={"intent": "demo-shop-intent@9.0.0"},
+            waves=[Wave(regions=["r1"])],
+            steps=[Step(weight=0.5, bake_s=3600)],
+            actor=ACTOR,
+            policy="default",
+        )
+        token = app.first_token
+        client = GrpcControlPlaneClient(f"127.0.0.1:{app.port}", lambda: (token, "test"))
+        console = KefuConsole(client, refresh_s=0.5)
+        async with console.run_test(size=(200, 50)) as pilot:
+            await until(lambda: any(r.id == ro.id for r in console.snapshot.rollouts), pilot)
+            await until(lambda: console.snapshot.status.caller_role == "admin", pilot)
+            await pilot.press("6")
+            rollouts = console.query_one("#rollouts-table", ViewTable)
+            await until(lambda: rollouts.has_focus and rollouts.row_count > 0, pilot)
+            await pilot.press("enter")
+            await until(lambda: isinstance(console.screen, AnalysisScreen), pilot)
+            screen = console.screen
+            assert isinstance(screen, AnalysisScreen)
+            await until(lambda: screen.loaded > 0, pilot)
+            assert screen.analysis is not None and screen.analysis.rollout_id == ro.id
+            assert screen.problem == ""
+            summary = str(screen.query_one("#analysis-summary", Static).render())
+            assert ro.id in summary and "default" in summary
+            assert "created by" in str(screen.query_one("#analysis-history", Static).render())
+            await pilot.press("escape")
+
+            async def drained() -> bool:
+                (h,) = [h for h in await app.cp.region_health() if h.region == "r1"]
+                return h.drained
+
+            regions = console.query_one("#regions-table", ViewTable)
+            await until(lambda: regions.row_count > 0, pilot)
+            await pilot.press("8")
+            await until(lambda: regions.has_focus, pilot)
+            await pilot.press("d")
+            await until(lambda: isinstance(console.screen, Confirm), pilot)
+            await pilot.press("y")
+            await until(lambda: "drained" in _region_health_cell(console), pilot)
+            assert await drained()
+            await pilot.press("f", "y")
+            await until(lambda: "drained" not in _region_health_cell(console), pilot)
+            assert not await drained()
+        beating.cancel()
+        await asyncio.gather(beating, return_exceptions=True)  # our own task, ended here
+        events = await app.cp.audit_log(limit=100)
+        ops = [e for e in events if e.action in ("region.drain", "region.failback")]
+        assert [(e.action, e.actor) for e in ops] == [
+            ("region.drain", "admin"),
+            ("region.failback", "admin"),
+        ]
+
+
+def _region_health_cell(console: KefuConsole) -> str:
+    table = console.query_one("#regions-table", ViewTable)
+    rows = [_plain(table.get_row_at(i)) for i in range(table.row_count)]
+    return next((r[1] for r in rows if r[0] == "r1"), "")

@@ -157,7 +157,11 @@ class KefuConsole(App[None]):
         pane = self.query_one(f"#{tab}", TabPane)
         tables = pane.query(ViewTable)
         if tables:
-            tables.first().focus()  # the tab's main table (routes sit under the regions)
+            table = tables.first()  # the tab's main table (routes sit under the regions)
+            table.focus()
+            # Activating a tab may move focus to the tab strip once its messages are handled:
+            # focus the table again after that, so the next key (Enter, d, ...) reaches it.
+            self.call_after_refresh(table.focus)
 
     async def on_view_table_toggle_tenant(self, message: ViewTable.ToggleTenant) -> None:
         self.run_worker(
