@@ -142,7 +142,9 @@ async def test_memory_double_unreachable_banner_and_toggle() -> None:
         client.fail = None  # it comes back: the next tick clears the banner
         await until(lambda: console.generation > 0, pilot)
         assert _banner(console) == ""
-        await pilot.press("2", "e")
+        await pilot.press("2")
+        await until(lambda: console.query_one("#tenants-table").has_focus, pilot)
+        await pilot.press("e")
         await until(lambda: client.toggled == [("acme", True)], pilot)
 
 
@@ -219,10 +221,10 @@ async def test_rollouts_tab_commands_after_a_confirm_and_only_for_admins() -> No
         assert row[6] == "1/1" and row[7] == "12/230"
         await pilot.press("6")
         assert console.query_one("#rollouts-table").has_focus
-        await pilot.press("b", "n")  # asked, declined: nothing sent
-        await pilot.press("p", "y")
+        await _answer(console, pilot, "b", "n")  # asked, declined: nothing sent
+        await _answer(console, pilot, "p", "y")
         await until(lambda: client.commands == [("ro-0a1b2c3d4e", "pause")], pilot)
-        await pilot.press("b", "y")
+        await _answer(console, pilot, "b", "y")
         await until(lambda: client.commands[-1] == ("ro-0a1b2c3d4e", "rollback"), pilot)
         assert len(client.commands) == 2
     viewer = MemoryClient(role="viewer")
@@ -233,3 +235,13 @@ async def test_rollouts_tab_commands_after_a_confirm_and_only_for_admins() -> No
         await pilot.press("y")
         await pilot.pause(0.3)
         assert viewer.commands == []
+
+
+async def _answer(console: KefuConsole, pilot: Any, key: str, answer: str) -> None:
+    """Press an action key, wait for its confirm dialog, answer it, wait for it to close."""
+    from kefu.tui.widgets import Confirm
+
+    await pilot.press(key)
+    await until(lambda: isinstance(console.screen, Confirm), pilot)
+    await pilot.press(answer)
+    await until(lambda: not isinstance(console.screen, Confirm), pilot)
