@@ -267,6 +267,7 @@ class ControlPlaneApi(pbg.ControlPlaneServicer):
     FailbackRegion = _rpc(regions.FailbackRegion)
     GetRolloutAnalysis = _rpc(fleet.GetRolloutAnalysis)
     ListCanaryPolicies = _rpc(fleet.ListCanaryPolicies)
+    PutCanaryPolicy = _rpc(fleet.PutCanaryPolicy)
     ListAlerts = _rpc(fleet.ListAlerts)
     AckAlert = _rpc(fleet.AckAlert)
     # Tenants, their API keys and operator tokens (handlers in api_tenants.py).

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kefu.bus import NotFound
 from kefu.control_plane.alerts import Alert, ack_alert, list_alerts
-from kefu.control_plane.canary_store import list_policies, load_verdict
+from kefu.control_plane.canary import CanaryPolicy
+from kefu.control_plane.canary_store import list_policies, list_stored_policy_names, load_verdict
+from kefu.control_plane.policy_file import validate_policy
 from kefu.control_plane.state import NotFoundError
 from kefu.errors import PermanentError
 from kefu.rollout import DEFAULT_STEPS, Rollout, Step, Wave
@@ -35,8 +37,10 @@ __all__ = [
     "ListAlerts",
     "ListCanaryPolicies",
     "ListRollouts",
+    "PutCanaryPolicy",
     "StartRollout",
     "node_msg",
+    "policy_msg",
     "rollout_msg",
 ]
 
@@ -232,24 +236,42 @@ async def GetRolloutAnalysis(api: _Api, request: Any, context: Any) -> pb.Rollou
 _METRIC_FIELDS = tuple(f.name for f in pb.CanaryMetric.DESCRIPTOR.fields)
 
 
-async def ListCanaryPolicies(api: _Api, request: Any, context: Any) -> pb.ListCanaryPoliciesReply:
-    return pb.ListCanaryPoliciesReply(
-        policies=[
-            pb.CanaryPolicy(
-                name=p.name,
-                alpha=p.alpha,
-                advance_alpha=p.advance_alpha,
-                tolerance=p.tolerance,
-                min_trials=p.min_trials,
-                min_sessions=p.min_sessions,
-                hard_error_rate=p.hard_error_rate,
-                hard_error_turns=p.hard_error_turns,
-                srm_p=p.srm_p,
-                step_limit_s=p.step_limit_s,
-            )
-            for p in await list_policies(api.cp.bus)
-        ]
+def policy_msg(p: CanaryPolicy, *, stored: bool = False) -> pb.CanaryPolicy:
+    return pb.CanaryPolicy(
+        name=p.name,
+        alpha=p.alpha,
+        advance_alpha=p.advance_alpha,
+        tolerance=p.tolerance,
+        min_trials=p.min_trials,
+        min_sessions=p.min_sessions,
+        hard_error_rate=p.hard_error_rate,
+        hard_error_turns=p.hard_error_turns,
+        srm_p=p.srm_p,
+        srm_min_sessions=p.srm_min_sessions,
+        step_limit_s=p.step_limit_s,
+        min_bake_s=p.min_bake_s,
+        stored=stored,
     )
+
+
+async def ListCanaryPolicies(api: _Api, request: Any, context: Any) -> pb.ListCanaryPoliciesReply:
+    stored = await list_stored_policy_names(api.cp.bus)
+    return pb.ListCanaryPoliciesReply(
+        policies=[policy_msg(p, stored=p.name in stored) for p in await list_policies(api.cp.bus)]
+    )
+
+
+async def PutCanaryPolicy(api: _Api, request: Any, context: Any) -> pb.CanaryPolicy:
+    """Every field is taken as sent (a zero is a zero, e.g. ``step_limit_s`` 0 = never)."""
+    doc: dict[str, Any] = {
+        f.name: getattr(request, f.name)
+        for f in request.DESCRIPTOR.fields
+        if f.name in CanaryPolicy.model_fields
+    }
+    doc["tolerance"] = dict(request.tolerance)
+    policy = validate_policy(doc)
+    saved = await api.cp.set_canary_policy(policy, actor=api._actor_name())
+    return policy_msg(saved, stored=True)
 
 
 def _alert_msg(a: Alert) -> pb.AlertMessage:

@@ -33,6 +33,7 @@ Verdicts, in this order:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -56,6 +57,9 @@ __all__ = [
 ]
 
 Action = Literal["continue", "advance", "rollback", "pause"]
+
+#: A policy's name: a KV key token and a CLI word.
+POLICY_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 
 class CanaryPolicy(BaseModel):
@@ -90,6 +94,18 @@ class CanaryPolicy(BaseModel):
     srm_min_sessions: int = Field(default=100, ge=1)
     #: Pause as inconclusive when a step has run this long without advancing (0: never).
     step_limit_s: float = Field(default=6 * 3600.0, ge=0.0)
+    #: Advance no sooner than this at any step (the longer of this and the step's own bake).
+    min_bake_s: float = Field(default=0.0, ge=0.0, le=7 * 86400.0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not POLICY_NAME.fullmatch(v):
+            raise ValueError(
+                f"{v!r}: a policy name is lowercase letters, digits, '-' or '_', starting with "
+                "a letter (at most 64) / 策略名须为小写字母、数字、'-' 或 '_'，以字母开头"
+            )
+        return v
 
     @field_validator("tolerance")
     @classmethod
@@ -100,6 +116,10 @@ class CanaryPolicy(BaseModel):
             if not 0.0 < d < 1.0:
                 raise ValueError(f"tolerance of {k} must be in (0, 1) / 容差须在 (0, 1) 之间")
         return v
+
+    def bake_for(self, step_bake_s: float) -> float:
+        """The bake a step must meet before advancing: its own, or the policy's if longer."""
+        return max(step_bake_s, self.min_bake_s)
 
     def delta(self, metric: str) -> float:
         return self.tolerance.get(metric, 0.05)

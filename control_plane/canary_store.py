@@ -33,7 +33,9 @@ __all__ = [
     "CanaryFolder",
     "CanaryTotals",
     "StoredVerdict",
+    "UnknownPolicy",
     "list_policies",
+    "list_stored_policy_names",
     "load_policy",
     "load_totals",
     "load_verdict",
@@ -120,6 +122,11 @@ async def load_policy(bus: Bus, name: str) -> CanaryPolicy:
 
 async def save_policy(bus: Bus, policy: CanaryPolicy) -> None:
     await bus.kv_put(BUCKET_CANARY, f"p.{policy.name}", encode(policy))
+
+
+async def list_stored_policy_names(bus: Bus) -> set[str]:
+    """The names set by an operator (``policy set``), built-in names they replaced included."""
+    return {key[2:] for key in await bus.kv_keys(BUCKET_CANARY, "p.*")}
 
 
 async def list_policies(bus: Bus) -> list[CanaryPolicy]:

@@ -56,7 +56,8 @@ HELP: dict[tuple[str, ...], str] = {
     ("rollout", "rollback"): "every node back to the captured baseline / 回滚",
     ("rollout", "abort"): "end the rollout, assignments unchanged / 中止",
     ("rollout", "analysis"): "the canary analysis and its evidence per metric / 灰度分析",
-    ("rollout", "policy"): "canary-analysis policies: list / 灰度分析策略",
+    ("rollout", "policy"): "canary-analysis policies: list, set NAME (file or flags) / "
+    "灰度分析策略：列出、设置",
     ("alerts",): "alerts: rollbacks, pauses, sample-ratio mismatches, regions / 告警",
     ("alerts", "list"): "list alerts / 列出告警",
     ("alerts", "ack"): "acknowledge an alert / 确认告警",

@@ -1,5 +1,5 @@
 """``kefu cp rollout start|list|show|pause|resume|promote|rollback|abort|analysis`` and
-``kefu cp rollout policy list``: staged rollouts from the command line (human tables, or JSON
+``kefu cp rollout policy list|set``: staged rollouts from the command line (human tables, or JSON
 with ``--json``).
 
 ``start`` takes the target as ``--model slot=name@version`` (repeatable), waves as ``--wave
@@ -232,23 +232,50 @@ def show_alerts(r: Any) -> None:
     )
 
 
+def _policy(pb: Any, a: argparse.Namespace) -> tuple[str, Any]:
+    """``policy list``, or ``policy set NAME``: the policy built and validated here first."""
+    if a.action == "list":
+        return "ListCanaryPolicies", pb.ListCanaryPoliciesRequest()
+    from kefu.config.yamlsource import load_yaml
+    from kefu.control_plane.policy_file import PolicyFlags, build_policy
+
+    if not a.name:
+        raise PermanentError("policy set NAME: name the policy / 请指定策略名")
+    doc = load_yaml(a.file) if a.file else None
+    flags = PolicyFlags(
+        tolerance=a.tolerance or (),
+        alpha=a.alpha,
+        min_trials=a.min_trials,
+        min_sessions=a.min_sessions,
+        bake=a.bake,
+        step_limit=a.step_limit,
+    )
+    p = build_policy(a.name, doc, flags)
+    return "PutCanaryPolicy", pb.CanaryPolicy(
+        **p.model_dump(exclude={"tolerance"}), tolerance=p.tolerance
+    )
+
+
 def show_policies(r: Any) -> None:
+    policies = r.policies if hasattr(r, "policies") else [r]
     table(
         "canary policies / 金丝雀策略",
-        ["policy", "alpha", "advance alpha", "tolerances", "min trials", "hard stop", "SRM p",
-         "step limit"],
+        ["policy", "alpha", "advance alpha", "tolerances", "min trials", "min sessions",
+         "min bake", "hard stop", "SRM p", "step limit"],
         [
             (
-                p.name,
+                p.name + (" (stored / 已保存)" if p.stored else ""),
                 p.alpha,
                 p.advance_alpha,
                 ", ".join(f"{k} {v:.0%}" for k, v in sorted(p.tolerance.items())),
                 p.min_trials,
+                p.min_sessions,
+                f"{p.min_bake_s:.0f} s" if p.min_bake_s else "-",
                 f"errors ≥ {p.hard_error_rate:.0%} over ≥ {p.hard_error_turns} turns",
                 p.srm_p,
                 f"{p.step_limit_s:.0f} s" if p.step_limit_s else "none",
             )
-            for p in r.policies
+            for p in policies
         ],
     )  # fmt: skip
 
@@ -295,10 +322,7 @@ ROLLOUT_VERBS: dict[tuple[str, ...], dict[str, Any]] = {
         "build": lambda pb, a: ("AckAlert", pb.AckAlertRequest(id=a.alert_id, note=a.note or "")),
         "show": lambda r: show_alerts(type("R", (), {"alerts": [r]})()),
     },
-    ("rollout", "policy"): {
-        "build": lambda pb, a: ("ListCanaryPolicies", pb.ListCanaryPoliciesRequest()),
-        "show": show_policies,
-    },
+    ("rollout", "policy"): {"build": _policy, "show": show_policies},
 }
 
 
@@ -337,7 +361,7 @@ def add_rollout_args(path: tuple[str, ...], p: argparse.ArgumentParser) -> None:
             "the analysis says so, a significantly worse canary is rolled back",
         )
     elif verb == "policy":
-        p.add_argument("action", choices=["list"], help="list: built-in and stored policies")
+        _policy_args(p)
     elif verb == "list":
         p.add_argument("--tenant")
         p.add_argument("--active", action="store_true", help="only rollouts in progress")
@@ -345,3 +369,26 @@ def add_rollout_args(path: tuple[str, ...], p: argparse.ArgumentParser) -> None:
         p.add_argument("rollout_id")
         if verb not in ("show", "analysis"):
             p.add_argument("--reason", help="why (recorded in the audit log)")
+
+
+def _policy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "action",
+        choices=["list", "set"],
+        help="list: built-in and stored policies; set NAME: store one (defaults ← --file ← flags)",
+    )
+    p.add_argument("name", nargs="?", help="the policy's name (set)")
+    p.add_argument("--file", help="a YAML policy file (see docs/control-plane.md)")
+    p.add_argument(
+        "--tolerance",
+        action="append",
+        metavar="METRIC=RATE",
+        help="how much worse the canary may be, e.g. fallback=3%% (repeatable)",
+    )
+    p.add_argument("--alpha", type=float, help="family-wise false-rollback bound (default 0.01)")
+    p.add_argument("--min-trials", type=int, help="trials per arm before a metric decides")
+    p.add_argument("--min-sessions", type=int, help="sessions per arm before advancing")
+    p.add_argument("--bake", type=float, help="advance no sooner than this many seconds a step")
+    p.add_argument(
+        "--step-limit", type=float, help="pause as inconclusive after this many seconds (0: never)"
+    )

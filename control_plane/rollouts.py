@@ -27,12 +27,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from kefu.bus import Bus, Conflict, NotFound, cancel_and_wait, snapshot
 from kefu.config import parse_tenant_config
 from kefu.control_plane.alerts import Alert, raise_alert
-from kefu.control_plane.canary import Verdict, analyse
+from kefu.control_plane.canary import CanaryPolicy, Verdict, analyse
 from kefu.control_plane.canary_store import (
     CanaryFolder,
     StoredVerdict,
+    UnknownPolicy,
     load_policy,
     load_totals,
+    save_policy,
     save_verdict,
 )
 from kefu.control_plane.catalog import Catalog
@@ -159,6 +161,24 @@ class RolloutOps(Catalog):
 
     async def get_rollout(self, rollout_id: str) -> Rollout:
         return (await self._find_rollout(rollout_id))[1]
+
+    async def set_canary_policy(self, policy: CanaryPolicy, *, actor: str) -> CanaryPolicy:
+        """Store a named canary-analysis policy (new, or replacing a stored or built-in one);
+        audited with the digests before and after and the policy itself."""
+        try:
+            before: CanaryPolicy | None = await load_policy(self.bus, policy.name)
+        except UnknownPolicy:
+            before = None
+        await save_policy(self.bus, policy)
+        await self.audit(
+            actor,
+            "canary_policy.set",
+            f"canary_policies/{policy.name}",
+            before=before,
+            after=policy,
+            detail=json.dumps(policy.model_dump(), ensure_ascii=False, sort_keys=True),
+        )
+        return policy
 
     async def command_rollout(
         self, rollout_id: str, command: str, *, actor: str, why: str = ""
@@ -297,7 +317,7 @@ class RolloutController:
             list(totals.rows.values()),
             policy,
             step_age_s=now - ro.converged_at if ro.converged_at else 0.0,
-            bake_s=ro.steps[ro.step].bake_s,
+            bake_s=policy.bake_for(ro.steps[ro.step].bake_s),
             refusing_nodes=refusing,
         )
         await save_verdict(

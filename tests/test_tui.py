@@ -25,6 +25,7 @@ from kefu.tui.client import (
     Snapshot,
     fetch_snapshot,
 )
+from kefu.tui.regions_tab import ROUTES
 from kefu.tui.views import VIEWS, ago
 from kefu.tui.widgets import Banner, ViewTable
 
@@ -141,7 +142,9 @@ async def test_memory_double_unreachable_banner_and_toggle() -> None:
         client.fail = None  # it comes back: the next tick clears the banner
         await until(lambda: console.generation > 0, pilot)
         assert _banner(console) == ""
-        await pilot.press("2", "e")
+        await pilot.press("2")
+        await until(lambda: console.query_one("#tenants-table").has_focus, pilot)
+        await pilot.press("e")
         await until(lambda: client.toggled == [("acme", True)], pilot)
 
 
@@ -168,7 +171,9 @@ def test_views_format_the_snapshot() -> None:
     regions = dict({v.id: v for v in VIEWS}["regions"].rows(snap, NOW))
     assert str(regions["cn-east"][1]) == "up / 正常" and regions["cn-east"][5] == "demo-shop"
     assert regions["cn-north"][3] == "40s" and regions["cn-north"][4] == "no / 否"
-    assert "unavailable" in str(regions["route:solo"][1]) and regions["route:solo"][5] == "solo"
+    assert str(regions["cn-east"][6]) == "—"  # no replication lag reported (yet)
+    routes = dict(ROUTES.rows(snap, NOW))
+    assert "unavailable" in str(routes["solo"][2]) and routes["solo"][0] == "solo"
 
 
 def _wait_loaded(pilot: Any) -> Any:
@@ -216,10 +221,10 @@ async def test_rollouts_tab_commands_after_a_confirm_and_only_for_admins() -> No
         assert row[6] == "1/1" and row[7] == "12/230"
         await pilot.press("6")
         assert console.query_one("#rollouts-table").has_focus
-        await pilot.press("b", "n")  # asked, declined: nothing sent
-        await pilot.press("p", "y")
+        await _answer(console, pilot, "b", "n")  # asked, declined: nothing sent
+        await _answer(console, pilot, "p", "y")
         await until(lambda: client.commands == [("ro-0a1b2c3d4e", "pause")], pilot)
-        await pilot.press("b", "y")
+        await _answer(console, pilot, "b", "y")
         await until(lambda: client.commands[-1] == ("ro-0a1b2c3d4e", "rollback"), pilot)
         assert len(client.commands) == 2
     viewer = MemoryClient(role="viewer")
@@ -230,3 +235,13 @@ async def test_rollouts_tab_commands_after_a_confirm_and_only_for_admins() -> No
         await pilot.press("y")
         await pilot.pause(0.3)
         assert viewer.commands == []
+
+
+async def _answer(console: KefuConsole, pilot: Any, key: str, answer: str) -> None:
+    """Press an action key, wait for its confirm dialog, answer it, wait for it to close."""
+    from kefu.tui.widgets import Confirm
+
+    await pilot.press(key)
+    await until(lambda: isinstance(console.screen, Confirm), pilot)
+    await pilot.press(answer)
+    await until(lambda: not isinstance(console.screen, Confirm), pilot)

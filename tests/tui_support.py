@@ -4,8 +4,8 @@ console's snapshot and banner tests), and a helper to wait on a running Textual 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from kefu.errors import KefuError
 from kefu.v1 import control_plane_pb2 as pb
@@ -23,6 +23,11 @@ class MemoryClient:
         self.role = role
         self.toggled: list[tuple[str, bool]] = []
         self.commands: list[tuple[str, str]] = []
+        self.region_commands: list[tuple[str, str]] = []
+        #: Set to make ``analysis`` fail (the analysis screen's problem line).
+        self.analysis_fail: KefuError | None = None
+        #: ``replication_lag_s`` per region, carried only if the message type has the field.
+        self.lag: dict[str, float] = {}
         self._tenants = {
             "demo-shop": pb.Tenant(
                 id="demo-shop",
@@ -202,6 +207,14 @@ class MemoryClient:
                         sessions_baseline=230,
                         updated_at=NOW - 90,
                         reason="wave 1 step 2 (5%) serving on 1 node(s)",
+                        policy="default",
+                        history=[
+                            "2026-09-21 13:50:00 created by admin",
+                            "2026-09-21 13:55:00 wave 1 step 1 (1%) serving on 1 node(s) "
+                            "(controller)",
+                            "2026-09-21 14:00:00 canary analysis: advance — every metric within "
+                            "its tolerance (controller)",
+                        ],
                     )
                 ]
             )
@@ -231,7 +244,15 @@ class MemoryClient:
         )  # fmt: skip
 
     async def failover(self) -> pb.FailoverStatus:
-        return await self._reply(
+        reply = await self._reply(self._failover())
+        lag_field = "replication_lag_s"  # added by the replication work; absent until then
+        if lag_field in pb.RegionHealth.DESCRIPTOR.fields_by_name:
+            for h in reply.regions:
+                setattr(h, lag_field, self.lag.get(h.region, 0.0))
+        return reply
+
+    def _failover(self) -> pb.FailoverStatus:
+        return (
             pb.FailoverStatus(
                 regions=[
                     pb.RegionHealth(region="cn-east", state="up", since=NOW - 4000,
@@ -247,8 +268,55 @@ class MemoryClient:
             )
         )  # fmt: skip
 
+    async def analysis(self, rollout_id: str) -> pb.RolloutAnalysis:
+        if self.analysis_fail is not None:
+            raise self.analysis_fail
+        return await self._reply(ANALYSIS)
+
+    async def command_region(self, region: str, command: str) -> pb.RegionHealth:
+        self.region_commands.append((region, command))
+        return await self._reply(pb.RegionHealth(region=region, drained=command == "drain"))
+
     async def close(self) -> None:
         pass
+
+
+def _metric(
+    name: str, ce: float, ct: float, be: float, bt: float, tol: float, **kw: Any
+) -> pb.CanaryMetric:
+    cr, br = ce / ct, be / bt
+    return pb.CanaryMetric(
+        metric=name, canary_events=ce, canary_trials=ct, baseline_events=be, baseline_trials=bt,
+        canary_rate=cr, baseline_rate=br, diff=cr - br, tolerance=tol, enough=True, **kw,
+    )  # fmt: skip
+
+
+#: A rolled-back canary: fallback significantly worse (red), errors within tolerance (green),
+#: wrong intent with too few corrections (undecided), and a per-node sample-ratio mismatch.
+ANALYSIS = pb.RolloutAnalysis(
+    rollout_id="ro-0a1b2c3d4e",
+    policy="default",
+    at=NOW - 60,
+    action="rollback",
+    reasons=["fallback significantly worse: +18.00% [+9.10%, +26.90%] / 兜底率显著变差"],
+    canary_sessions=120,
+    baseline_sessions=2300,
+    metrics=[
+        _metric("error", 1, 400, 9, 7000, 0.01,
+                lower=-0.004, upper=0.006, p_value=1.0, within=True),
+        _metric("fallback", 92, 400, 350, 7000, 0.05,
+                lower=0.091, upper=0.269, p_value=0.0004, worse=True),
+        pb.CanaryMetric(metric="wrong_intent", canary_events=2, canary_trials=9, baseline_events=10,
+                        baseline_trials=150, canary_rate=2 / 9, baseline_rate=10 / 150,
+                        diff=2 / 9 - 10 / 150, tolerance=0.05, p_value=1.0),
+    ],
+    sample_ratio=[
+        pb.SampleRatio(scope="overall", canary=120, baseline=2300, expected_canary=121.0,
+                       chi2=0.01, p_value=1.0, chi2_p=0.92),
+        pb.SampleRatio(scope="sh-2", canary=80, baseline=300, expected_canary=19.0,
+                       chi2=205.3, p_value=0.0001, mismatch=True, chi2_p=0.0),
+    ],
+)  # fmt: skip
 
 
 async def until(check: Callable[[], bool], pilot: object, *, limit_s: float = 60.0) -> None:
@@ -259,3 +327,14 @@ async def until(check: Callable[[], bool], pilot: object, *, limit_s: float = 60
         if loop.time() > end:
             raise AssertionError(f"condition not reached within {limit_s}s")
         await pilot.pause(0.05)  # type: ignore[attr-defined]
+
+
+def open_tab(key: str) -> Callable[[Any], Coroutine[Any, Any, None]]:
+    """A snapshot test's ``run_before``: wait for the first refresh, then press the tab's key."""
+
+    async def run_before(pilot: Any) -> None:
+        await until(lambda: pilot.app.generation > 0, pilot)
+        await pilot.press(key)
+        await pilot.pause()
+
+    return run_before

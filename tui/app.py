@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -19,6 +20,7 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from kefu.errors import KefuError
+from kefu.tui.analysis_screen import AnalysisScreen
 from kefu.tui.client import (
     ConsoleAuthError,
     ConsoleUnavailable,
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 
 class KefuConsole(App[None]):
     """The central operator's console: overview, nodes, tenants, models, telemetry, audit,
-    rollouts."""
+    rollouts (Enter: the canary analysis), alerts, regions (drain / fail back for admins)."""
 
     TITLE = "Kefu operator console / 客服运维控制台"
     CSS = """
@@ -81,6 +83,8 @@ class KefuConsole(App[None]):
             for v in VIEWS:
                 with TabPane(v.title, id=v.id):
                     yield ViewTable(v, id=f"{v.id}-table")
+                    for more in v.more:
+                        yield ViewTable(more, id=f"{more.id}-table")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -142,40 +146,81 @@ class KefuConsole(App[None]):
 
     # ------------------------------------------------------------------ navigation, actions
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # The tab keys work on the main screen only (not under the analysis screen or a dialog).
+        if action == "show":
+            return len(self.screen_stack) == 1
+        return True
+
     def action_show(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
         pane = self.query_one(f"#{tab}", TabPane)
-        for table in pane.query(ViewTable):
+        tables = pane.query(ViewTable)
+        if tables:
+            table = tables.first()  # the tab's main table (routes sit under the regions)
             table.focus()
+            # Activating a tab may move focus to the tab strip once its messages are handled:
+            # focus the table again after that, so the next key (Enter, d, ...) reaches it.
+            self.call_after_refresh(table.focus)
 
     async def on_view_table_toggle_tenant(self, message: ViewTable.ToggleTenant) -> None:
         self.run_worker(
             self._toggle(message.tenant, message.enable), group="action", exit_on_error=False
         )
 
-    def on_view_table_rollout_command(self, message: ViewTable.RolloutCommand) -> None:
-        """Pause / resume / roll back: admin tokens only, after a confirm dialog."""
+    def _confirm_as_admin(
+        self, question: str, then: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None:
+        """An admin write: refused at once for a viewer token, else asked, then run in a worker."""
         if self.snapshot.status.caller_role != "admin":
             self.notify(
                 "needs an admin token / 需要管理员令牌", title="Not done / 未执行", severity="error"
             )
             return
-        rid, command = message.rollout_id, message.command
-        question = f"{command} rollout {rid}? / 确认对灰度发布 {rid} 执行 {command}？"
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.run_worker(self._command(rid, command), group="action", exit_on_error=False)
+                self.run_worker(then(), group="action", exit_on_error=False)
 
         self.push_screen(Confirm(question), answered)
 
-    async def _command(self, rollout_id: str, command: str) -> None:
+    def on_view_table_rollout_command(self, message: ViewTable.RolloutCommand) -> None:
+        """Pause / resume / roll back: admin tokens only, after a confirm dialog."""
+        rid, command = message.rollout_id, message.command
+        self._confirm_as_admin(
+            f"{command} rollout {rid}? / 确认对灰度发布 {rid} 执行 {command}？",
+            lambda: self._act(rid, command, self.client.command_rollout(rid, command)),
+        )
+
+    def on_view_table_region_command(self, message: ViewTable.RegionCommand) -> None:
+        """Drain (move every tenant's traffic away) / fail back: admins, after a confirm."""
+        region, command = message.region, message.command
+        question = (
+            f"Drain region {region}? Its tenants move to their next allowed region. / "
+            f"确认排空区域 {region}？其租户将切换到下一个允许的区域。"
+            if command == "drain"
+            else f"Fail back region {region}? It takes traffic again once healthy. / "
+            f"确认区域 {region} 回切？恢复健康后重新承载流量。"
+        )
+        self._confirm_as_admin(
+            question,
+            lambda: self._act(region, command, self.client.command_region(region, command)),
+        )
+
+    def on_view_table_open_analysis(self, message: ViewTable.OpenAnalysis) -> None:
+        """The rollout's canary analysis on its own screen (fetched there, in a worker)."""
+        rid = message.rollout_id
+        rollout = next((r for r in self.snapshot.rollouts if r.id == rid), None)
+        self.push_screen(AnalysisScreen(rid, rollout, self.client.analysis))
+
+    async def _act(self, what: str, command: str, call: Awaitable[object]) -> None:
+        """Run one admin write, say how it went, then refresh."""
         try:
-            await self.client.command_rollout(rollout_id, command)
+            await call
         except KefuError as exc:
-            self.notify(f"{rollout_id}: {exc}", title="Not done / 未执行", severity="error")
+            self.notify(f"{what}: {exc}", title="Not done / 未执行", severity="error")
             return
-        self.notify(f"{rollout_id}: {command} done / 已执行")
+        self.notify(f"{what}: {command} done / 已执行")
         await asyncio.sleep(0)
         self.action_refresh_now()
 

@@ -25,6 +25,7 @@ from kefu.v1 import control_plane_pb2 as pb
 __all__ = [
     "DEFAULT_CP",
     "DEFAULT_TIMEOUT_S",
+    "REGION_COMMANDS",
     "TOKEN_ENV",
     "ConsoleAuthError",
     "ConsoleUnavailable",
@@ -40,6 +41,8 @@ TELEMETRY_SINCE_S = 3600.0
 AUDIT_LIMIT = 100
 #: Alerts shown, newest first.
 ALERTS_LIMIT = 100
+#: The region actions an admin may take from the Regions tab, and their RPCs.
+REGION_COMMANDS = {"drain": "DrainRegion", "failback": "FailbackRegion"}
 
 
 class ConsoleUnavailable(TemporaryError):
@@ -79,6 +82,10 @@ class ControlPlaneClient(Protocol):
     async def alerts(self) -> pb.ListAlertsReply: ...
 
     async def failover(self) -> pb.FailoverStatus: ...
+
+    async def analysis(self, rollout_id: str) -> pb.RolloutAnalysis: ...
+
+    async def command_region(self, region: str, command: str) -> pb.RegionHealth: ...
 
     async def close(self) -> None: ...
 
@@ -255,6 +262,17 @@ class GrpcControlPlaneClient:
 
     async def failover(self) -> pb.FailoverStatus:
         return await self._call("GetFailoverStatus", pb.GetFailoverStatusRequest())
+
+    async def analysis(self, rollout_id: str) -> pb.RolloutAnalysis:
+        """The latest canary-analysis verdict with its evidence (``kefu cp rollout analysis``)."""
+        return await self._call("GetRolloutAnalysis", pb.GetRolloutRequest(rollout_id=rollout_id))
+
+    async def command_region(self, region: str, command: str) -> pb.RegionHealth:
+        """``drain`` (move traffic away on purpose) or ``failback`` (let it take traffic back)."""
+        rpc = REGION_COMMANDS.get(command)
+        if rpc is None:
+            raise PermanentError(f"unknown region command {command!r} / 未知区域操作")
+        return await self._call(rpc, pb.RegionActionRequest(region=region))
 
     async def command_rollout(self, rollout_id: str, command: str) -> pb.Rollout:
         return await self._call(

@@ -1,8 +1,9 @@
 """The console's widgets: the problem banner, the overview, and one table per view.
 
 Data flows down (the app calls :meth:`show` with each new snapshot); requests flow up as
-messages (:class:`ViewTable.ToggleTenant`, :class:`ViewTable.RolloutCommand`), so no widget
-talks to the control plane itself. :class:`Confirm` asks yes / no before a rollout command.
+messages (:class:`ViewTable.ToggleTenant`, :class:`ViewTable.RolloutCommand`,
+:class:`ViewTable.OpenAnalysis`, :class:`ViewTable.RegionCommand`), so no widget talks to the
+control plane itself. :class:`Confirm` asks yes / no before a rollout or region command.
 """
 
 from __future__ import annotations
@@ -58,7 +59,25 @@ class ViewTable(DataTable[str | Text]):
         Binding("e", "toggle_tenant", "Enable/disable / 启停租户", show=True),
         Binding("p", "rollout('pause')", "Pause/resume / 暂停/继续", show=True),
         Binding("b", "rollout('rollback')", "Roll back / 回滚", show=True),
+        Binding("a", "open_analysis", "Analysis (Enter) / 分析", show=True),
+        Binding("d", "region('drain')", "Drain / 排空", show=True),
+        Binding("f", "region('failback')", "Fail back / 回切", show=True),
     ]
+
+    class OpenAnalysis(Message):
+        """The operator asked for the canary analysis of the rollout under the cursor."""
+
+        def __init__(self, rollout_id: str) -> None:
+            self.rollout_id = rollout_id
+            super().__init__()
+
+    class RegionCommand(Message):
+        """An admin asked to drain the region under the cursor, or to let it fail back."""
+
+        def __init__(self, region: str, command: str) -> None:
+            self.region = region
+            self.command = command
+            super().__init__()
 
     class RolloutCommand(Message):
         """The operator asked to pause, resume or roll back the rollout under the cursor."""
@@ -81,6 +100,7 @@ class ViewTable(DataTable[str | Text]):
         self.view = view
         self._enabled: dict[str, bool] = {}
         self._phases: dict[str, str] = {}
+        self._admin = False
 
     def on_mount(self) -> None:
         self.add_columns(*self.view.columns)
@@ -92,6 +112,10 @@ class ViewTable(DataTable[str | Text]):
             self.add_row(*cells, key=key)
         self._enabled = {t.id: t.enabled for t in snapshot.tenants}
         self._phases = {r.id: r.phase for r in snapshot.rollouts}
+        admin = snapshot.status.caller_role == "admin"
+        if admin != self._admin:
+            self._admin = admin
+            self.refresh_bindings()  # the admin-only keys appear in (or leave) the footer
         if self.row_count:
             self.move_cursor(row=min(keep, self.row_count - 1))
 
@@ -105,9 +129,26 @@ class ViewTable(DataTable[str | Text]):
         # Only the tenants table offers the toggle (and shows it in the footer).
         if action == "toggle_tenant":
             return self.view.id == "tenants"
-        if action == "rollout":
+        if action in ("rollout", "open_analysis"):
             return self.view.id == "rollouts"
+        if action == "region":
+            # Drain / fail back are admin writes: offered only to an admin token.
+            return self.view.id == "regions" and self._admin
         return True
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if self.view.id == "rollouts" and event.row_key.value is not None:
+            self.post_message(self.OpenAnalysis(event.row_key.value))
+
+    def action_open_analysis(self) -> None:
+        rollout_id = self.selected_key()
+        if rollout_id is not None:
+            self.post_message(self.OpenAnalysis(rollout_id))
+
+    def action_region(self, command: str) -> None:
+        region = self.selected_key()
+        if region is not None:
+            self.post_message(self.RegionCommand(region, command))
 
     def action_toggle_tenant(self) -> None:
         tenant = self.selected_key()
@@ -124,7 +165,7 @@ class ViewTable(DataTable[str | Text]):
 
 
 class Confirm(ModalScreen[bool]):
-    """Yes / no before a rollout command (y / n, or the buttons)."""
+    """Yes / no before a rollout or region command (y / n, or the buttons)."""
 
     DEFAULT_CSS = """
     Confirm { align: center middle; }

@@ -306,6 +306,9 @@ class Scenario(ConfigModel):
     templates: dict[Ident, Ident] = Field(default_factory=dict)  # intent → template id
     soothing: bool = True
     models: ScenarioModels = ScenarioModels()
+    #: The response-time objective of this business line: a turn slower than this counts as
+    #: a slow turn in telemetry and the canary comparison (unset: the node-wide 1,000 ms).
+    latency_objective_ms: float | None = Field(default=None, gt=0.0, le=60_000.0)
 
 
 # -------------------------------------------------------------------------- the config

@@ -100,6 +100,7 @@ PURE = (
     "kefu.control_plane.residency",
     "kefu.control_plane.canary",
     "kefu.control_plane.guard",
+    "kefu.control_plane.policy_file",
     "kefu.models.gate",
     "kefu.node.gateway.routing",
     "kefu.node.gateway.answers",

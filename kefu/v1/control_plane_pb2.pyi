@@ -877,7 +877,7 @@ class ListCanaryPoliciesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CanaryPolicy(_message.Message):
-    __slots__ = ("name", "alpha", "advance_alpha", "tolerance", "min_trials", "min_sessions", "hard_error_rate", "hard_error_turns", "srm_p", "step_limit_s")
+    __slots__ = ("name", "alpha", "advance_alpha", "tolerance", "min_trials", "min_sessions", "hard_error_rate", "hard_error_turns", "srm_p", "step_limit_s", "srm_min_sessions", "min_bake_s", "stored")
     class ToleranceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -895,6 +895,9 @@ class CanaryPolicy(_message.Message):
     HARD_ERROR_TURNS_FIELD_NUMBER: _ClassVar[int]
     SRM_P_FIELD_NUMBER: _ClassVar[int]
     STEP_LIMIT_S_FIELD_NUMBER: _ClassVar[int]
+    SRM_MIN_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    MIN_BAKE_S_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
     name: str
     alpha: float
     advance_alpha: float
@@ -905,7 +908,10 @@ class CanaryPolicy(_message.Message):
     hard_error_turns: int
     srm_p: float
     step_limit_s: float
-    def __init__(self, name: _Optional[str] = ..., alpha: _Optional[float] = ..., advance_alpha: _Optional[float] = ..., tolerance: _Optional[_Mapping[str, float]] = ..., min_trials: _Optional[int] = ..., min_sessions: _Optional[int] = ..., hard_error_rate: _Optional[float] = ..., hard_error_turns: _Optional[int] = ..., srm_p: _Optional[float] = ..., step_limit_s: _Optional[float] = ...) -> None: ...
+    srm_min_sessions: int
+    min_bake_s: float
+    stored: bool
+    def __init__(self, name: _Optional[str] = ..., alpha: _Optional[float] = ..., advance_alpha: _Optional[float] = ..., tolerance: _Optional[_Mapping[str, float]] = ..., min_trials: _Optional[int] = ..., min_sessions: _Optional[int] = ..., hard_error_rate: _Optional[float] = ..., hard_error_turns: _Optional[int] = ..., srm_p: _Optional[float] = ..., step_limit_s: _Optional[float] = ..., srm_min_sessions: _Optional[int] = ..., min_bake_s: _Optional[float] = ..., stored: _Optional[bool] = ...) -> None: ...
 
 class ListCanaryPoliciesReply(_message.Message):
     __slots__ = ("policies",)

@@ -219,6 +219,11 @@ class ControlPlaneStub:
                 request_serializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesRequest.SerializeToString,
                 response_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesReply.FromString,
                 _registered_method=True)
+        self.PutCanaryPolicy = channel.unary_unary(
+                '/kefu.v1.ControlPlane/PutCanaryPolicy',
+                request_serializer=kefu_dot_v1_dot_control__plane__pb2.CanaryPolicy.SerializeToString,
+                response_deserializer=kefu_dot_v1_dot_control__plane__pb2.CanaryPolicy.FromString,
+                _registered_method=True)
         self.ListAlerts = channel.unary_unary(
                 '/kefu.v1.ControlPlane/ListAlerts',
                 request_serializer=kefu_dot_v1_dot_control__plane__pb2.ListAlertsRequest.SerializeToString,
@@ -474,6 +479,14 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutCanaryPolicy(self, request, context):
+        """Store a named policy (admin; audited): a new name, or a stored / built-in one replaced.
+        Every field is validated as a whole (send the complete policy, as `policy set` does).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAlerts(self, request, context):
         """Alerts (rollback, pause, sample-ratio mismatch, inconclusive, guard, fail-over).
         """
@@ -674,6 +687,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.ListCanaryPolicies,
                     request_deserializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesRequest.FromString,
                     response_serializer=kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesReply.SerializeToString,
+            ),
+            'PutCanaryPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutCanaryPolicy,
+                    request_deserializer=kefu_dot_v1_dot_control__plane__pb2.CanaryPolicy.FromString,
+                    response_serializer=kefu_dot_v1_dot_control__plane__pb2.CanaryPolicy.SerializeToString,
             ),
             'ListAlerts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAlerts,
@@ -1685,6 +1703,33 @@ class ControlPlane:
             '/kefu.v1.ControlPlane/ListCanaryPolicies',
             kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesRequest.SerializeToString,
             kefu_dot_v1_dot_control__plane__pb2.ListCanaryPoliciesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutCanaryPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kefu.v1.ControlPlane/PutCanaryPolicy',
+            kefu_dot_v1_dot_control__plane__pb2.CanaryPolicy.SerializeToString,
+            kefu_dot_v1_dot_control__plane__pb2.CanaryPolicy.FromString,
             options,
             channel_credentials,
             insecure,

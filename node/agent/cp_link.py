@@ -60,6 +60,7 @@ __all__ = [
     "describe_shutdown",
     "follow_control_plane",
     "load_credentials",
+    "turn_sample",
 ]
 
 
@@ -207,6 +208,26 @@ class ServingTarget:
         return seen or ["CPUExecutionProvider"]
 
 
+def turn_sample(tenant: str, r: TurnResult) -> TurnSample:
+    """What telemetry keeps of a served turn: labels, counts and timings, never its text."""
+    tag = r.split
+    return TurnSample(
+        tenant=tenant,
+        scenario=r.scenario,
+        model_version=r.model_versions.get(ModelSlot.INTENT, ""),
+        latency_ms=r.latency_us / 1000.0,
+        confidence=r.confidence,
+        fallback=r.clarify,
+        handoff=r.handoff,
+        session_id=r.session_id,
+        rollout_id=tag.rollout_id if tag else "",
+        arm=tag.arm if tag else "",
+        weight=tag.weight if tag else 0.0,
+        new_session=tag.new_session if tag else False,
+        latency_objective_ms=r.latency_objective_ms,
+    )
+
+
 def _observe_turns(node: Node, recorder: TelemetryRecorder) -> None:
     """Feed every turn, failed request, feedback and session end to the recorder (labels,
     counts and timings only)."""
@@ -214,23 +235,7 @@ def _observe_turns(node: Node, recorder: TelemetryRecorder) -> None:
         return
 
     def on_turn(tenant: str, r: TurnResult) -> None:
-        tag = r.split
-        recorder.record_turn(
-            TurnSample(
-                tenant=tenant,
-                scenario=r.scenario,
-                model_version=r.model_versions.get(ModelSlot.INTENT, ""),
-                latency_ms=r.latency_us / 1000.0,
-                confidence=r.confidence,
-                fallback=r.clarify,
-                handoff=r.handoff,
-                session_id=r.session_id,
-                rollout_id=tag.rollout_id if tag else "",
-                arm=tag.arm if tag else "",
-                weight=tag.weight if tag else 0.0,
-                new_session=tag.new_session if tag else False,
-            )
-        )
+        recorder.record_turn(turn_sample(tenant, r))
 
     def on_event(e: ConversationEvent) -> None:
         if isinstance(e, TurnServed):

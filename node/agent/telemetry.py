@@ -75,10 +75,14 @@ class TurnSample:
     #: The node's canary weight when this turn started the session (0 otherwise).
     weight: float = 0.0
     new_session: bool = False
+    #: The scenario's response-time objective (``latency_objective_ms`` in its config);
+    #: 0 = the recorder's ``slow_ms``.
+    latency_objective_ms: float = 0.0
 
 
-#: A turn slower than this is a "slow turn" in the canary comparison (the response-time
-#: objective; ``TelemetryRecorder.slow_ms`` overrides it).
+#: A turn slower than this is a "slow turn" in the canary comparison (the node-wide
+#: response-time objective; ``TelemetryRecorder.slow_ms`` overrides it, a scenario's
+#: ``latency_objective_ms`` overrides that for its turns).
 SLOW_TURN_MS = 1000.0
 #: Sessions the recorder remembers (for attributing errors, feedback and ends); oldest first out.
 MAX_SESSIONS = 100_000
@@ -170,7 +174,7 @@ class TelemetryRecorder:
             c.sessions_started += 1
             c.expected_canary += s.weight
         c.turns += 1
-        slow = s.latency_ms > self.slow_ms
+        slow = s.latency_ms > (s.latency_objective_ms or self.slow_ms)
         c.fallbacks += int(s.fallback)
         c.slow_turns += int(slow)
         c.latency_buckets[bisect.bisect_left(LATENCY_BOUNDS_MS, s.latency_ms)] += 1

@@ -516,6 +516,7 @@ class ConversationService:
             plugin_calls=flow.calls,
             flow=flow.flow or "",
             flow_event=flow.event,
+            latency_objective_ms=cfg.scenario(choice.scenario_id).latency_objective_ms or 0.0,
             split=None
             if pin is None
             else SplitTag(

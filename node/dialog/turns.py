@@ -110,3 +110,5 @@ class TurnResult:
     replayed: bool = False
     #: The rollout arm that served this turn (None: the session is not in a rollout).
     split: SplitTag | None = None
+    #: The scenario's response-time objective (0: the node-wide default applies).
+    latency_objective_ms: float = 0.0
