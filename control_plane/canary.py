@@ -19,7 +19,8 @@ the metrics (Bonferroni), so the policy's α bounds the chance of *any* false ro
 Verdicts, in this order:
 
 * **rollback** — a hard stop (the canary's error rate ≥ ``hard_error_rate`` over ≥
-  ``hard_error_turns`` turns; a node refusing the canary) or a metric whose interval lies
+  ``hard_error_turns`` turns *and* that much above the baseline's — node-wide overload shedding
+  hits both arms and is not the canary's fault; a node refusing the canary) or a metric whose interval lies
   wholly above 0 (the canary is significantly worse) once both arms have ``min_trials``;
 * **pause** — sample-ratio mismatch (χ² of sessions per arm against the weights, overall or
   on one node, p < ``srm_p``: the split itself is broken, so no comparison can be trusted), or
@@ -323,14 +324,17 @@ def analyse(
             )
 
     err_turns = c.tally("error").n
+    c_err, b_err = c.tally("error").rate, b.tally("error").rate
     if (
         err_turns >= policy.hard_error_turns
-        and c.tally("error").y / err_turns >= policy.hard_error_rate
+        and c_err >= policy.hard_error_rate
+        and c_err - b_err >= policy.hard_error_rate
     ):
         v.action = "rollback"
         v.reasons.append(
-            f"hard stop: canary error rate {c.tally('error').rate:.1%} over {err_turns:.0f} turns"
-            f" / 硬性止损：金丝雀错误率 {c.tally('error').rate:.1%}（{err_turns:.0f} 轮）"
+            f"hard stop: canary error rate {c_err:.1%} over {err_turns:.0f} turns (baseline"
+            f" {b_err:.1%}) / 硬性止损：金丝雀错误率 {c_err:.1%}（{err_turns:.0f} 轮，"
+            f"基线 {b_err:.1%}）"
         )
     for node in refusing_nodes:
         v.action = "rollback"

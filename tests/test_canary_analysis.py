@@ -176,6 +176,22 @@ def test_hard_stop_on_the_canary_error_rate() -> None:
     assert analyse([c2, b], CanaryPolicy(), step_age_s=0, bake_s=300).action == "continue"
 
 
+def test_no_hard_stop_when_the_baseline_fails_as_often() -> None:
+    """Node-wide shedding under overload fails both arms alike: not the canary's fault."""
+    arms = []
+    for arm, every in (("canary", 10), ("baseline", 12)):
+        a = ArmCounts(tenant="t", rollout_id="ro-abcdef", arm=arm)
+        st = SessionTallies()
+        for i in range(600):
+            if i % every == 0:
+                st.error(a, f"s{i}")
+            else:
+                st.turn(a, f"s{i}", fallback=False, slow=False, handoff=False)
+        arms.append(a)
+    v = analyse(arms, CanaryPolicy(), step_age_s=0, bake_s=300)
+    assert not any("hard stop" in r for r in v.reasons), v.reasons
+
+
 def test_node_refusing_the_canary_rolls_back() -> None:
     v = analyse([], CanaryPolicy(), step_age_s=0, bake_s=0, refusing_nodes=["edge-1"])
     assert v.action == "rollback" and "edge-1" in v.reasons[0]
