@@ -16,6 +16,7 @@ from kefu.errors import PermanentError
 from kefu.v1 import control_plane_pb2 as pb
 from kefu.wire import (
     FailoverMode,
+    NodeStatus,
     RegionHealth,
     RegionRecord,
     TenantRecord,
@@ -66,7 +67,11 @@ def residency_msg(res: TenantResidency | None) -> pb.TenantResidency | None:
     )
 
 
-def health_msg(h: RegionHealth, now: float) -> pb.RegionHealth:
+def health_msg(
+    h: RegionHealth, now: float, lag: tuple[float, bool] = (0.0, False)
+) -> pb.RegionHealth:
+    """``lag``: the region's largest replication lag its nodes report, and whether any of them
+    replicates (see :func:`replication_lags`)."""
     return pb.RegionHealth(
         region=h.region,
         state=h.state,
@@ -76,7 +81,22 @@ def health_msg(h: RegionHealth, now: float) -> pb.RegionHealth:
         relapses=h.relapses,
         countdown_s=max(0.0, h.next_at - now) if h.next_at else 0.0,
         serves_traffic=serves_traffic(h),
+        replication_lag_s=lag[0],
+        replicating=lag[1],
     )
+
+
+def replication_lags(nodes: list[NodeStatus]) -> dict[str, tuple[float, bool]]:
+    """Per region: the largest replication lag of its nodes, and whether any replicates. Read
+    from the node statuses at request time (the lag changes every heartbeat; region health is
+    only written on transitions)."""
+    out: dict[str, tuple[float, bool]] = {}
+    for n in nodes:
+        if not n.replication_streams and n.replication_lag_s <= 0:
+            continue
+        lag, _ = out.get(n.region, (0.0, True))
+        out[n.region] = (max(lag, n.replication_lag_s), True)
+    return out
 
 
 def route_msg(r: TenantRoute) -> pb.TenantRoute:
@@ -123,8 +143,12 @@ async def set_tenant_residency(api: _Api, request: Any) -> TenantRecord:
 
 async def GetFailoverStatus(api: _Api, request: Any, context: Any) -> pb.FailoverStatus:
     now = time.time()
+    lags = replication_lags(await api.cp.list_nodes())
     return pb.FailoverStatus(
-        regions=[health_msg(h, now) for h in await api.cp.region_health()],
+        regions=[
+            health_msg(h, now, lags.get(h.region, (0.0, False)))
+            for h in await api.cp.region_health()
+        ],
         routes=[route_msg(r) for r in await api.cp.routes()],
     )
 

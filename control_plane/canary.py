@@ -19,9 +19,10 @@ the metrics (Bonferroni), so the policy's α bounds the chance of *any* false ro
 Verdicts, in this order:
 
 * **rollback** — a hard stop (the canary's error rate ≥ ``hard_error_rate`` over ≥
-  ``hard_error_turns`` turns *and* that much above the baseline's — node-wide overload shedding
-  hits both arms and is not the canary's fault; a node refusing the canary) or a metric whose interval lies
-  wholly above 0 (the canary is significantly worse) once both arms have ``min_trials``;
+  ``hard_error_turns`` turns *and* that much above the baseline's — node-wide overload
+  shedding hits both arms and is not the canary's fault; a node refusing the canary) or a
+  metric whose interval lies wholly above 0 (the canary is significantly worse) once both
+  arms have ``min_trials``;
 * **pause** — sample-ratio mismatch (χ² of sessions per arm against the weights, overall or
   on one node, p < ``srm_p``: the split itself is broken, so no comparison can be trusted), or
   ``step_limit_s`` passed without a decision (inconclusive);

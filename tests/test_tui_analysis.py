@@ -81,16 +81,21 @@ def test_srm_rows_summary_and_history() -> None:
 
 
 def test_regions_show_replication_lag_when_the_status_carries_it_and_every_route() -> None:
-    assert replication_lag(pb.RegionHealth(region="a")).plain == "—"  # no such field yet
-    assert replication_lag(SimpleNamespace(replication_lag_s=0.0)).plain == "—"
-    assert replication_lag(SimpleNamespace(replication_lag_s=1.25)).plain == "1.2s"
-    slow = replication_lag(SimpleNamespace(replication_lag_s=7.0))
+    assert replication_lag(pb.RegionHealth(region="a")).plain == "—"  # nobody replicates
+    assert replication_lag(pb.RegionHealth(region="a", replicating=True)).plain == "0.0s"
+    assert replication_lag(SimpleNamespace(replication_lag_s=0.0, replicating=False)).plain == "—"
+
+    def lag(s: float) -> Text:
+        return replication_lag(pb.RegionHealth(region="a", replication_lag_s=s, replicating=True))
+
+    assert lag(1.25).plain == "1.2s"
+    slow = lag(7.0)
     assert slow.plain == "7.0s" and str(slow.style) == "bold yellow"
-    assert replication_lag(SimpleNamespace(replication_lag_s=600.0)).plain == "10m"
+    assert lag(600.0).plain == "10m"
 
     lagging = SimpleNamespace(
         region="eu-1", state="up", since=NOW - 10, drained=True, countdown_s=0.0,
-        serves_traffic=False, evidence="drained by admin", replication_lag_s=2.5,
+        serves_traffic=False, evidence="drained by admin", replication_lag_s=2.5, replicating=True,
     )  # fmt: skip
     routes = [
         pb.TenantRoute(tenant="acme", region="eu-2", home="eu-1", state="serving", epoch=4),
@@ -285,3 +290,21 @@ def _region_health_cell(console: KefuConsole) -> str:
     table = console.query_one("#regions-table", ViewTable)
     rows = [_plain(table.get_row_at(i)) for i in range(table.row_count)]
     return next((r[1] for r in rows if r[0] == "r1"), "")
+
+
+def test_failover_status_carries_each_regions_largest_replication_lag() -> None:
+    from kefu.control_plane.api_regions import health_msg, replication_lags
+    from kefu.wire import NodeStatus, RegionHealth
+
+    nodes = [
+        NodeStatus(node_id="e1", region="cn-east", replication_lag_s=0.4,
+                   replication_streams={"KEFU_TURNS_cn-east": {"messages": 3}}),
+        NodeStatus(node_id="e2", region="cn-east", replication_lag_s=2.0,
+                   replication_streams={"KEFU_TURNS_cn-east": {"messages": 3}}),
+        NodeStatus(node_id="u1", region="eu-1"),  # replication off
+    ]  # fmt: skip
+    lags = replication_lags(nodes)
+    assert lags == {"cn-east": (2.0, True)}
+    msg = health_msg(RegionHealth(region="cn-east"), NOW, lags["cn-east"])
+    assert replication_lag(msg).plain == "2.0s"
+    assert replication_lag(health_msg(RegionHealth(region="eu-1"), NOW)).plain == "—"

@@ -30,9 +30,9 @@ LAG_WARN_S = 5.0
 
 
 def replication_lag(health: Any) -> Text:
-    """``replication_lag_s`` if the region's health carries it (and it is set), else "—"."""
+    """The largest replication lag of the region's nodes; "—" when none of them replicates."""
     lag = getattr(health, "replication_lag_s", None)
-    if not isinstance(lag, int | float) or lag <= 0:
+    if not getattr(health, "replicating", False) or not isinstance(lag, int | float):
         return Text(NO_VALUE)
     text = f"{lag:.1f}s" if lag < 120 else f"{lag / 60:.0f}m"
     return Text(text, style=WARN if lag >= LAG_WARN_S else "")

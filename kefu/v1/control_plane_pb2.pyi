@@ -950,7 +950,7 @@ class CommandRolloutRequest(_message.Message):
     def __init__(self, rollout_id: _Optional[str] = ..., command: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RegionHealth(_message.Message):
-    __slots__ = ("region", "state", "since", "drained", "evidence", "relapses", "countdown_s", "serves_traffic")
+    __slots__ = ("region", "state", "since", "drained", "evidence", "relapses", "countdown_s", "serves_traffic", "replication_lag_s", "replicating")
     REGION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
@@ -959,6 +959,8 @@ class RegionHealth(_message.Message):
     RELAPSES_FIELD_NUMBER: _ClassVar[int]
     COUNTDOWN_S_FIELD_NUMBER: _ClassVar[int]
     SERVES_TRAFFIC_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_LAG_S_FIELD_NUMBER: _ClassVar[int]
+    REPLICATING_FIELD_NUMBER: _ClassVar[int]
     region: str
     state: str
     since: float
@@ -967,7 +969,9 @@ class RegionHealth(_message.Message):
     relapses: int
     countdown_s: float
     serves_traffic: bool
-    def __init__(self, region: _Optional[str] = ..., state: _Optional[str] = ..., since: _Optional[float] = ..., drained: _Optional[bool] = ..., evidence: _Optional[str] = ..., relapses: _Optional[int] = ..., countdown_s: _Optional[float] = ..., serves_traffic: _Optional[bool] = ...) -> None: ...
+    replication_lag_s: float
+    replicating: bool
+    def __init__(self, region: _Optional[str] = ..., state: _Optional[str] = ..., since: _Optional[float] = ..., drained: _Optional[bool] = ..., evidence: _Optional[str] = ..., relapses: _Optional[int] = ..., countdown_s: _Optional[float] = ..., serves_traffic: _Optional[bool] = ..., replication_lag_s: _Optional[float] = ..., replicating: _Optional[bool] = ...) -> None: ...
 
 class TenantRoute(_message.Message):
     __slots__ = ("tenant", "region", "state", "epoch", "home", "reason", "since")
