@@ -141,7 +141,16 @@ class FailoverStack:
         self.gateway = await Gateway(resolved).start()
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         await self.until(lambda: self._routed("a"), what="both tenants routed to a")
+        await self.until(self._replicating, timeout_s=60, what="demo-shop replicated both ways")
         return self
+
+    async def _replicating(self) -> bool:
+        """Each node has applied demo-shop's ``replicate: true`` (its outbox is on in the same
+        apply) once its replica of the other region's stream exists."""
+        for here, there in (("a", "b"), ("b", "a")):
+            if f"KEFU_REPLICA_{there}_demo-shop" not in await self.zone_streams(here):
+                return False
+        return True
 
     async def _seed(self) -> dict[str, str]:
         from kefu.bundle import Manifest, pack
@@ -339,6 +348,7 @@ class FailoverStack:
         """Every JetStream stream in ``region``'s leaf ZONE account (its node's replication
         login): name → (messages, subjects present)."""
         import nats
+        import nats.js.errors
 
         from kefu.natsserver import inbox_prefix
 
@@ -356,7 +366,10 @@ class FailoverStack:
             out: dict[str, tuple[int, list[str]]] = {}
             for info in await js.streams_info():
                 name = info.config.name or ""
-                full = await js.stream_info(name, subjects_filter=">")
+                try:
+                    full = await js.stream_info(name, subjects_filter=">")
+                except nats.js.errors.NotFoundError:
+                    continue  # deleted meanwhile
                 out[name] = (full.state.messages, sorted(full.state.subjects or {}))
             return out
         finally:
