@@ -65,7 +65,11 @@ async def one_run(tmp: Path) -> dict[str, float]:
             ok = len(view.turns) == turns_a + 2 and view.slots.get("order_number") == order
             continued = int(ok)
         if not continued:
-            print(f"not continued: {status} {third}", flush=True)
+            streams = await s.zone_streams("b")
+            rep = streams.get("KEFU_REPLICA_a_demo-shop", (0, []))
+            local = sid.partition(".")[2]
+            has = [x for x in rep[1] if local in x]
+            print(f"not continued: {status} {third} replica: {rep[0]} msgs, {has}", flush=True)
         return {
             "served_from_b_s": first_b - t_kill,
             "route_moved_s": t_route - t_kill,

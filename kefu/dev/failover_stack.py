@@ -55,6 +55,8 @@ FAST_FAILOVER = FailoverOptions(
     policy=HealthPolicy(down_after_s=0.5, dwell_s=3.0, max_dwell_s=30.0),
 )
 REGIONS = ("a", "b")
+#: demo-shop's sessions from a, as b keeps them (node/replication/records.py).
+REPLICA_A = "KEFU_REPLICA_a_demo-shop"
 ZONE = "z"
 GATEWAY = "gw"
 
@@ -142,6 +144,14 @@ class FailoverStack:
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         await self.until(lambda: self._routed("a"), what="both tenants routed to a")
         await self.until(self._replicating, timeout_s=60, what="demo-shop replicated both ways")
+        # The replica's cross-domain source can take seconds to connect after the streams
+        # are created: one warm-up conversation in a, until it is in b's replica.
+        await self.send("demo-shop", text="你好")
+
+        async def flowing() -> bool:
+            return (await self.zone_streams("b")).get(REPLICA_A, (0, []))[0] >= 1
+
+        await self.until(flowing, timeout_s=90, what="a's turns arriving in b's replica")
         return self
 
     async def _replicating(self) -> bool:
