@@ -12,7 +12,9 @@ Starts, in order (docs/failover.md "kefu up --regions"):
   region; allowed: every region of its zone; sessions may be replicated) — all idempotent;
 * one ``kefu node run`` child process per region on its region's leaf (``<region>-1``), with
   its NATS credentials and its replication (``<node>-repl``, the leaf's ``ZONE`` account)
-  credentials side by side in ``<data-dir>/nats/creds``;
+  credentials side by side in ``<data-dir>/nats/creds``, and a ``replication:`` section
+  naming them with its zone and the zone's key file ``<data-dir>/secrets/zone-<zone>.key``
+  (32 random bytes, base64, 0600; written once per zone, reused by later runs);
 * one access gateway per zone (``gw-<zone>``), logged in at the hub with a least-privilege
   user, following the routes and taking its zone's nodes from the node registry.
 
@@ -158,8 +160,38 @@ class _Processes:
                 p.wait(10)
 
 
+def zone_key_file(data: Path, zone: str) -> Path:
+    """The zone's replication key (``<data>/secrets/zone-<zone>.key``, 0600): the same file
+    for every region of the zone, written on the first run and kept after (replicas written
+    with it stay readable)."""
+    import base64
+    import os
+
+    from kefu.up import _write_secret
+
+    path = data / "secrets" / f"zone-{zone}.key"
+    if not path.exists():
+        _write_secret(path, base64.b64encode(os.urandom(32)).decode("ascii") + "\n")
+    return path
+
+
+@dataclass(frozen=True)
+class _Replication:
+    """A node's ``replication:`` section: its ``-repl`` login, its zone, the zone key."""
+
+    credentials: Path
+    zone: str
+    key_file: Path
+
+
 def _node_yaml(
-    data: Path, region: str, listen: str, creds: Path, certs: dict[str, Any], secure: bool
+    data: Path,
+    region: str,
+    listen: str,
+    creds: Path,
+    certs: dict[str, Any],
+    secure: bool,
+    replication: _Replication | None = None,
 ) -> Path:
     nid = node_id(region)
     etc = data / "nodes" / nid
@@ -179,6 +211,12 @@ def _node_yaml(
         # Conversation text and slots encrypted at rest unless --plaintext.
         "encryption": {"at_rest": secure},
     }
+    if replication is not None:
+        doc["replication"] = {
+            "credentials": str(replication.credentials),
+            "zone": replication.zone,
+            "key_file": str(replication.key_file),
+        }
     if secure:
         tls = certs[nid]
         doc["tls"] = {
@@ -328,11 +366,15 @@ async def run_regions(args: argparse.Namespace) -> int:
     creds(plan.control_plane)
     gw_creds = {g.user: creds(g) for g in plan.hub_users}
     node_creds: dict[str, Path] = {}
+    repl: dict[str, _Replication] = {}
     for region, leaf in plan.leaves.items():
         for u in leaf.nodes:
             node_creds[u.user] = creds(u, region)
         for u in leaf.replicators:  # <node>-repl.json, beside the node's own (replication)
-            creds(u, region)
+            zone = plan.zone_of(region)
+            repl[u.user.removesuffix("-repl")] = _Replication(
+                creds(u, region), zone, zone_key_file(data, zone)
+            )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -386,7 +428,9 @@ async def run_regions(args: argparse.Namespace) -> int:
             for i, s in enumerate(specs):
                 nid = node_id(s.name)
                 listens[nid] = _address(args.listen, i)
-                cfg = _node_yaml(data, s.name, listens[nid], node_creds[nid], certs, secure)
+                cfg = _node_yaml(
+                    data, s.name, listens[nid], node_creds[nid], certs, secure, repl.get(nid)
+                )
                 procs.start(nid, cfg)
             await _wait(app, procs, [n for n, _ in nodes], None)
             key_file, residency = await _seed(app.cp, data, specs)

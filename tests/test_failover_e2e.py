@@ -4,8 +4,10 @@ region on its leaf, a gateway following routes (kefu/dev/failover_stack.py).
 
 A SIGSTOP/SIGCONT of region a's node shorter than the hysteresis changes no route; kill -9 of
 it under continuous traffic moves ``demo-shop`` (allows b) to b, while ``demo-solo`` (allows
-only a) gets the zh/en "temporarily unavailable" reply and nothing of it reaches b. Time to
-switch is measured in benchmarks/failover_bench.py, not asserted here.
+only a) gets the zh/en "temporarily unavailable" reply and nothing of it reaches b (no file, no
+replica stream, no subject). A demo-shop conversation begun in a (order number over two turns)
+continues in b with the same session id: b's GetSession shows a's turns and the order number.
+Time to switch is measured in benchmarks/failover_bench.py, not asserted here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from kefu.dev.failover_stack import FailoverStack
 from kefu.wire import BUCKET_ASSIGNMENTS, assignment_key, desired_bucket
 
 pytestmark = pytest.mark.slow
+ORDER = "2024112512345678"
 
 
 async def test_kill_region_a_under_traffic_residency_and_stall_hysteresis(tmp_path: Path) -> None:
@@ -38,6 +41,21 @@ async def test_kill_region_a_under_traffic_residency_and_stall_hysteresis(tmp_pa
             now = await s.route(t)
             assert now is not None and r is not None and now.epoch == r.epoch, t
         assert [h.state for h in await cp.region_health() if h.region == "a"] == ["up"]
+
+        # A conversation in a gives its order number over two turns; it is replicated to b.
+        status, first = await s.send("demo-shop", text=f"我的订单号是 {ORDER}，什么时候到？")
+        assert status == 200 and first["session_id"].startswith("na."), first
+        sid = first["session_id"]
+        status, second = await s.send("demo-shop", sid, "还没收到")
+        assert status == 200 and second["session_id"] == sid, second
+        view_a = await s.get_session("a", "demo-shop", sid)
+        assert view_a.slots["order_number"] == ORDER
+        replica = "KEFU_REPLICA_a_demo-shop"
+
+        async def replicated() -> bool:
+            return (await s.zone_streams("b")).get(replica, (0, []))[0] >= 2
+
+        await s.until(replicated, timeout_s=30, what="the conversation's turns in b's replica")
 
         # kill -9 under continuous traffic from both tenants.
         stop = asyncio.Event()
@@ -71,6 +89,22 @@ async def test_kill_region_a_under_traffic_residency_and_stall_hysteresis(tmp_pa
         assert await bus.kv_get(desired_bucket("b"), "demo-solo") is None
         assert not list(s.data_dir("b").rglob("*demo-solo*"))
         assert list(s.data_dir("a").rglob("*demo-solo*"))  # it was stored in a
+        # ... and no replica stream or subject of it in b's JetStream.
+        streams = await s.zone_streams("b")
+        assert replica in streams
+        assert not [n for n in streams if "demo-solo" in n], streams
+        assert not [x for _, subs in streams.values() for x in subs if ".demo-solo." in x]
+
+        # The conversation begun in a continues in b with its history and order number.
+        # (the gateway names the node that answered: nb.<the same session>)
+        status, third = await s.send("demo-shop", sid, "帮我查一下物流")
+        assert status == 200 and third["session_id"] == "nb." + sid.partition(".")[2], third
+        view_b = await s.get_session("b", "demo-shop", sid)
+        texts = [t.text for t in view_b.turns]
+        assert texts[: len(view_a.turns)] == [t.text for t in view_a.turns], texts
+        assert len(view_b.turns) == len(view_a.turns) + 2
+        assert "帮我查一下物流" in texts[len(view_a.turns) :]
+        assert view_b.slots["order_number"] == ORDER
 
         # Each health transition is audited with its evidence; the stall left none.
         events = [(e.action, e.detail) for e in await cp.audit_log(limit=1000)]

@@ -5,6 +5,8 @@ run; and the flag parsing (zones by prefix or by --zones), unit-tested."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
 import re
@@ -18,10 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.polling import eventually
 
 from kefu.errors import ConfigError
+from kefu.natsbus import NatsBus, NatsOptions
+from kefu.natscreds import load_credentials
+from kefu.natsserver import inbox_prefix
 from kefu.natstopology import RegionSpec
 from kefu.up_regions import failover_orders, parse_regions
+from kefu.wire import BUCKET_NODES, NodeStatus, decode
 
 PORTS = [
     "--listen",
@@ -169,6 +176,26 @@ def test_kefu_up_regions_hub_leaves_nodes_gateways_idempotent(tmp_path: Path) ->
         regions = {r["id"]: r for r in json.loads(listing.stdout)["regions"]}
         assert regions["cn-east"]["zone"] == "cn" and regions["cn-east"]["failover"] == ["cn-north"]
         assert regions["eu-1"]["zone"] == "eu"
+
+        # Replication: one zone key per zone (0600), named by every node of the zone; the
+        # nodes report replicating (the demo tenant's replica of the other cn region).
+        keys = {z: data / "secrets" / f"zone-{z}.key" for z in ("cn", "eu")}
+        for f in keys.values():
+            assert f.stat().st_mode & 0o777 == 0o600 and len(base64.b64decode(f.read_text())) == 32
+        zone_key = keys["cn"].read_text()
+        for nid, zone in (("cn-east-1", "cn"), ("cn-north-1", "cn"), ("eu-1-1", "eu")):
+            conf = json.loads((data / "nodes" / nid / "node.yaml").read_text())["replication"]
+            assert conf == {
+                "credentials": str(creds / f"{nid}-repl.json"),
+                "zone": zone,
+                "key_file": str(keys[zone]),
+            }, conf
+        peers = {"cn-east-1": "cn-north", "cn-north-1": "cn-east"}
+        status = asyncio.run(_replicating(data, peers))
+        for nid, other in peers.items():
+            streams = status[nid].replication_streams
+            assert not streams[f"KEFU_REPLICA_{other}_demo-shop"]["error"], streams
+            assert status[nid].replication_lag_s >= 0
     finally:
         _stop(proc, log)
 
@@ -179,5 +206,40 @@ def test_kefu_up_regions_hub_leaves_nodes_gateways_idempotent(tmp_path: Path) ->
         gws = dict(re.findall(r"zone (\w+) \([^)]*\): (http://\S+)/demo", out))
         status, body = _chat(gws["cn"], "我的订单什么时候到？")
         assert status == 200 and body["session_id"].startswith("cn-east-1."), body
+        assert keys["cn"].read_text() == zone_key  # the zone key is reused, not replaced
     finally:
         _stop(proc, log)
+
+
+async def _replicating(data: Path, nodes: dict[str, str]) -> dict[str, NodeStatus]:
+    """Each node's status (the hub's node registry, read with the control plane's login)
+    once it reports the demo tenant's replica of ``nodes[node]``'s stream."""
+    creds = load_credentials(data / "nats" / "creds" / "control-plane.json")
+    bus = await NatsBus.connect(
+        NatsOptions(
+            servers=[creds.url],
+            user=creds.user,
+            password=creds.password,
+            tls=creds.tls,
+            inbox_prefix=inbox_prefix(creds.user or "control-plane"),
+        )
+    )
+    try:
+
+        async def status() -> dict[str, NodeStatus]:
+            out = {}
+            for nid in nodes:
+                e = await bus.kv_get(BUCKET_NODES, nid)
+                if e is not None:
+                    out[nid] = decode(NodeStatus, e.value)
+            return out
+
+        def ready(st: dict[str, NodeStatus]) -> bool:
+            return all(
+                n in st and f"KEFU_REPLICA_{other}_demo-shop" in st[n].replication_streams
+                for n, other in nodes.items()
+            )
+
+        return await eventually(status, ready, timeout_s=90)
+    finally:
+        await bus.close()

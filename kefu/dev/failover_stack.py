@@ -8,13 +8,17 @@ this process, its own least-privilege user at the hub) that follows the routes.
 Region ``a``'s leaf dials the hub through a :class:`~kefu.dev.link_proxy.LinkProxy`, so a
 test can cut **only a's NATS link** (:meth:`FailoverStack.cut_link`) while its node serves.
 
-Tenants: ``demo-shop`` (home ``a``, allowed ``b``: fails over) and ``demo-solo`` (home ``a``
-only: never leaves it). Both run the shipped demo config and models.
+Tenants: ``demo-shop`` (home ``a``, allowed ``b``, ``replicate: true``: fails over, and its
+conversations continue in ``b`` with their history) and ``demo-solo`` (home ``a`` only: never
+leaves it). Both run the shipped demo config and models. Each node has a ``replication:``
+section: its ``<node>-repl`` login on its leaf's ZONE account and the zone key file (one for
+zone ``z``, the same in a and b).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -51,6 +55,8 @@ FAST_FAILOVER = FailoverOptions(
     policy=HealthPolicy(down_after_s=0.5, dwell_s=3.0, max_dwell_s=30.0),
 )
 REGIONS = ("a", "b")
+#: demo-shop's sessions from a, as b keeps them (node/replication/records.py).
+REPLICA_A = "KEFU_REPLICA_a_demo-shop"
 ZONE = "z"
 GATEWAY = "gw"
 
@@ -77,6 +83,8 @@ class FailoverStack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
+    #: Each tenant's API key (as the gateway has it), for gRPC calls straight to a node.
+    keys: dict[str, str] = field(default_factory=dict)
     options: FailoverOptions = FAST_FAILOVER
 
     # ------------------------------------------------------------------ setup
@@ -104,7 +112,7 @@ class FailoverStack:
             )
         )
         await self.app.start()
-        keys = await self._seed()
+        self.keys = keys = await self._seed()
         for region in REGIONS:
             self.ports[region] = free_port()
             self.start_node(region)
@@ -135,7 +143,24 @@ class FailoverStack:
         self.gateway = await Gateway(resolved).start()
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         await self.until(lambda: self._routed("a"), what="both tenants routed to a")
+        await self.until(self._replicating, timeout_s=60, what="demo-shop replicated both ways")
+        # The replica's cross-domain source can take seconds to connect after the streams
+        # are created: one warm-up conversation in a, until it is in b's replica.
+        await self.send("demo-shop", text="你好")
+
+        async def flowing() -> bool:
+            return (await self.zone_streams("b")).get(REPLICA_A, (0, []))[0] >= 1
+
+        await self.until(flowing, timeout_s=90, what="a's turns arriving in b's replica")
         return self
+
+    async def _replicating(self) -> bool:
+        """Each node has applied demo-shop's ``replicate: true`` (its outbox is on in the same
+        apply) once its replica of the other region's stream exists."""
+        for here, there in (("a", "b"), ("b", "a")):
+            if f"KEFU_REPLICA_{there}_demo-shop" not in await self.zone_streams(here):
+                return False
+        return True
 
     async def _seed(self) -> dict[str, str]:
         from kefu.bundle import Manifest, pack
@@ -162,7 +187,9 @@ class FailoverStack:
             _, keys[tenant] = await cp.issue_key(tenant, actor=ACTOR)
             await cp.assign(tenant, "a", models=refs, actor=ACTOR)
             await cp.set_tenant_residency(
-                tenant, TenantResidency(home="a", allowed=allowed), actor=ACTOR
+                tenant,
+                TenantResidency(home="a", allowed=allowed, replicate=bool(allowed)),
+                actor=ACTOR,
             )
         return keys
 
@@ -181,6 +208,18 @@ class FailoverStack:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(self.topology.credentials(user, region=where), fh)
+        # The zone's replication key: one file, the same for every region of zone z.
+        fd = os.open(self.zone_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(base64.b64encode(os.urandom(32)).decode("ascii") + "\n")
+
+    @property
+    def zone_key_file(self) -> Path:
+        return self.tmp / "creds" / f"zone-{ZONE}.key"
+
+    def replication_credentials(self, region: str) -> Path:
+        """Region ``region``'s node's replication login (its leaf's ZONE account)."""
+        return self.tmp / "creds" / f"n{region}-repl.json"
 
     def start_node(self, region: str) -> None:
         etc = self.tmp / f"node-{region}"
@@ -190,7 +229,9 @@ class FailoverStack:
             f"data_dir: data\nlisten: 127.0.0.1:{self.ports[region]}\nmetrics_listen: ''\n"
             "logging:\n  format: text\n"
             f"control_plane:\n  credentials: {creds}\n  region: {region}\n"
-            f"  node_id: n{region}\n  telemetry_interval_s: 600\n  heartbeat_s: 0.5\n",
+            f"  node_id: n{region}\n  telemetry_interval_s: 600\n  heartbeat_s: 0.5\n"
+            f"replication:\n  credentials: {self.replication_credentials(region)}\n"
+            f"  zone: {ZONE}\n  key_file: {self.zone_key_file}\n",
             encoding="utf-8",
         )
         log = (etc / "node.log").open("ab")
@@ -269,9 +310,11 @@ class FailoverStack:
                 raise TimeoutError(f"timed out waiting for {what}")
             await asyncio.sleep(0.05)
 
-    async def send(self, tenant: str, session_id: str = "") -> tuple[int, dict[str, Any]]:
+    async def send(
+        self, tenant: str, session_id: str = "", text: str = "我的订单什么时候到？"
+    ) -> tuple[int, dict[str, Any]]:
         assert self.http is not None and self.gateway is not None
-        body: dict[str, Any] = {"text": "我的订单什么时候到？"}
+        body: dict[str, Any] = {"text": text}
         if session_id:
             body["session_id"] = session_id
         try:
@@ -294,6 +337,53 @@ class FailoverStack:
                 await asyncio.sleep(0.01)
 
         await asyncio.gather(*(one(t) for t in tenants))
+
+    async def get_session(self, region: str, tenant: str, session_id: str) -> Any:
+        """GetSession straight to ``region``'s node over gRPC (the tenant's own API key);
+        ``session_id`` as the gateway gives it (``<node>.<the node's id>``)."""
+        import grpc
+
+        from kefu.v1 import bearer_metadata
+        from kefu.v1 import node_pb2 as pb
+        from kefu.v1 import node_pb2_grpc as pbg
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.ports[region]}") as ch:
+            return await pbg.KefuNodeStub(ch).GetSession(
+                pb.GetSessionRequest(session_id=session_id.partition(".")[2] or session_id),
+                metadata=bearer_metadata(self.keys[tenant]),
+                timeout=10,
+            )
+
+    async def zone_streams(self, region: str) -> dict[str, tuple[int, list[str]]]:
+        """Every JetStream stream in ``region``'s leaf ZONE account (its node's replication
+        login): name → (messages, subjects present)."""
+        import nats
+        import nats.js.errors
+
+        from kefu.natsserver import inbox_prefix
+
+        creds = json.loads(self.replication_credentials(region).read_text(encoding="utf-8"))
+        nc = await nats.connect(
+            servers=[creds["url"]],
+            user=creds["user"],
+            password=creds["password"],
+            inbox_prefix=inbox_prefix(creds["user"]),
+            allow_reconnect=False,
+            connect_timeout=5,
+        )
+        try:
+            js = nc.jetstream(timeout=5)
+            out: dict[str, tuple[int, list[str]]] = {}
+            for info in await js.streams_info():
+                name = info.config.name or ""
+                try:
+                    full = await js.stream_info(name, subjects_filter=">")
+                except nats.js.errors.NotFoundError:
+                    continue  # deleted meanwhile
+                out[name] = (full.state.messages, sorted(full.state.subjects or {}))
+            return out
+        finally:
+            await nc.close()
 
     # ------------------------------------------------------------------ faults
 
