@@ -37,6 +37,8 @@ from kefu.tls import client_ssl_context, refresh_context
 __all__ = ["NatsBus", "NatsOptions"]
 
 _EMPTY_RECHECKS = 3  # re-watches of an empty start (see _watch)
+#: Seconds the server keeps a watcher's consumer once nobody listens (see _watch).
+_INACTIVE_S = 5.0
 log = logging.getLogger("kefu.natsbus")
 
 _T = TypeVar("_T")
@@ -348,9 +350,17 @@ class NatsBus:
     ) -> AsyncIterator[KvEntry | None]:
         kv = await self._bucket(bucket)
         generation = self.generation
+        # nats-py keeps an ordered consumer for 5 min after its watcher stopped; a stream
+        # allows 1,000 consumers, so a leader snapshotting a bucket a few times a second ran
+        # into "maximum consumers limit reached". A live watcher keeps its consumer (it
+        # listens), and one cut off by a reconnect is re-created anyway: 5 s is enough.
+        inactive_threshold = _INACTIVE_S
         for attempt in range(_EMPTY_RECHECKS + 1):
             watcher = await self._call(
-                f"watch {bucket}/{pattern}", lambda: kv.watch(pattern, meta_only=meta_only)
+                f"watch {bucket}/{pattern}",
+                lambda: kv.watch(
+                    pattern, meta_only=meta_only, inactive_threshold=inactive_threshold
+                ),
             )
             initial = 0  # entries delivered before the "initial values done" marker
             done = False

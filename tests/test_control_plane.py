@@ -340,3 +340,24 @@ async def test_telemetry_retries_are_counted_once() -> None:
     twice = [decode(TelemetryBatch, msgs[0].data)] * 2  # even if a copy got through
     (series,) = summarise(twice)
     assert series.total.turns == 1
+
+
+async def test_snapshots_do_not_pile_up_consumers(tmp_path: Path) -> None:
+    """A leader reads whole buckets several times a second: each one-off read must let go of
+    its ordered consumer at once (nats-py's default keeps it 5 min; a stream allows 1,000)."""
+    with NatsServer(tmp_path / "nats") as srv:
+        bus = await NatsBus.connect(NatsOptions(servers=[srv.url]))
+        try:
+            await bus.ensure_kv("kefu_probe")
+            await bus.kv_put("kefu_probe", "k", b"v")
+            for _ in range(40):
+                assert set(await snapshot(bus, "kefu_probe")) == {"k"}
+            deadline = time.monotonic() + 15
+            while True:
+                left = (await bus.js.stream_info("KV_kefu_probe")).state.consumer_count
+                if left == 0 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.25)
+            assert left == 0, f"{left} consumers left behind"
+        finally:
+            await bus.close()

@@ -60,7 +60,11 @@ async def test_kill_region_a_under_traffic_residency_and_stall_hysteresis(tmp_pa
         # kill -9 under continuous traffic from both tenants.
         stop = asyncio.Event()
         traffic = asyncio.create_task(s.traffic(("demo-shop", "demo-solo"), stop))
-        await s.until(lambda: _has(s, "na"), what="traffic served by a")
+        # Both tenants answered by a before the kill (under load the first few samples may all
+        # be one tenant's).
+        await s.until(
+            lambda: _has(s, "na", "demo-shop", "demo-solo"), what="both tenants served by a"
+        )
         s.kill("a")
 
         async def moved() -> bool:
@@ -119,8 +123,10 @@ async def _all_up(cp: object) -> bool:
     return all(h.state == "up" for h in hs)
 
 
-async def _has(s: FailoverStack, node: str) -> bool:
-    return any(x.node == node for x in s.samples)
+async def _has(s: FailoverStack, node: str, *tenants: str) -> bool:
+    """Whether ``node`` answered (200) a sample of each of ``tenants`` (any tenant if none)."""
+    ok = [x for x in s.samples if x.node == node and x.status == 200]
+    return all(any(x.tenant == t for x in ok) for t in tenants) if tenants else bool(ok)
 
 
 async def test_cut_only_a_nats_link_then_failback_after_the_dwell(tmp_path: Path) -> None:
